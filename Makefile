@@ -1,0 +1,62 @@
+# stop_lightning: every entry point a user needs. `make help` lists them.
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+CLI     := $(VENV)/bin/stop-lightning
+EXP     ?= demo
+ARGS    ?=
+CKPT    ?=
+RESUME  ?=
+SWEEP   ?= hmdb51_fig4
+# torch first, as a matching pair: a lone torchvision would otherwise drag in another torch.
+TORCH_SPEC       ?= torch>=2.11,<=2.14.1
+TORCHVISION_SPEC ?= torchvision>=0.26,<=0.29.1
+
+.PHONY: help install test test-fast lint format train eval demo sweep bench manifests clean
+
+help:
+	@echo "make install                      create $(VENV) and install the package with dev tools"
+	@echo "make test                         run the test suite (CPU only, no network)"
+	@echo "make demo                         train + evaluate on a tiny synthetic dataset (no downloads)"
+	@echo "make train EXP=hmdb51 [ARGS='k=v'] [RESUME=last|path.ckpt]"
+	@echo "make eval  EXP=hmdb51 CKPT=path.ckpt [ARGS='k=v']"
+	@echo "make sweep SWEEP=hmdb51_fig4      W&B sweep online, local grid offline"
+	@echo "make bench [ARGS=--quick]         cost of prompts against frozen CLIP -> docs/benchmarks.md"
+	@echo "make lint                         ruff"
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)"
+	$(PY) -m pip install -e ".[dev]"
+	$(PY) -c "import torch, torchvision, stop_lightning; torchvision.ops.nms; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'ok')"
+
+# Exit 5 ("no tests collected") is a failure here, like any other non-zero exit.
+test:
+	WANDB_MODE=offline $(PY) -m pytest -q tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no tests ran: failing"; exit 1; fi; exit $$rc
+
+lint:
+	$(VENV)/bin/ruff check src tests
+
+format:
+	$(VENV)/bin/ruff format src tests
+
+train:
+	$(CLI) train $(EXP) $(if $(RESUME),--resume $(RESUME)) $(ARGS)
+
+eval:
+	@test -n "$(CKPT)" || (echo "make eval needs CKPT=path/to/checkpoint.ckpt" && exit 2)
+	$(CLI) eval $(EXP) --ckpt $(CKPT) $(ARGS)
+
+demo:
+	$(CLI) train demo $(ARGS)
+
+sweep:
+	$(CLI) sweep $(SWEEP) $(ARGS)
+
+bench:
+	$(PY) benchmarks/run.py $(ARGS)
+
+clean:
+	rm -rf .cache runs outputs wandb lightning_logs .pytest_cache

@@ -1,0 +1,97 @@
+"""``stop-lightning``: train | eval | predict | embed | manifest | sweep | bench.
+
+Every subcommand takes an experiment name (``experiments/<name>.yaml``) and OmegaConf dotlist
+overrides, e.g. ``stop-lightning train hmdb51 trainer.max_epochs=3 model.spatial.alpha=0.1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from stop_lightning.config import ConfigError, available_experiments, load_config
+
+
+def _add_experiment_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", help=f"experiment name in experiments/ ({', '.join(available_experiments())}) or a YAML path")
+    p.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. trainer.max_epochs=3)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stop-lightning", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="fit, validate and test an experiment")
+    _add_experiment_args(p)
+    p.add_argument("--resume", default=None, help="'last' or a checkpoint path: continue an interrupted run")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+    p = sub.add_parser("eval", help="test a checkpoint (or zero-shot CLIP without one)")
+    _add_experiment_args(p)
+    p.add_argument("--ckpt", default=None, help="checkpoint path; omit for zero-shot")
+
+    p = sub.add_parser("manifest", help="build data manifests from the official dataset files")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="hmdb51|ucf101|msrvtt --root R [--annotations A] --out O")
+
+    p = sub.add_parser("predict", help="top-5 classes of videos with a recognition checkpoint")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("videos", nargs="+")
+    p.add_argument("--top", type=int, default=5)
+
+    p = sub.add_parser("embed", help="export video embeddings of a manifest with a checkpoint")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("sweep", help="W&B sweep online, local grid/random search offline")
+    p.add_argument("sweep", help="sweeps/<name>.yaml or a path")
+    p.add_argument("overrides", nargs="*")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "manifest":
+            from stop_lightning.data.builders import main as manifest_main
+
+            return manifest_main(args.args)
+        if args.command in ("train", "eval"):
+            cfg = load_config(args.experiment, args.overrides)
+            if args.command == "train" and args.print_config:
+                from stop_lightning.config import to_yaml
+
+                print(to_yaml(cfg))
+                return 0
+            from stop_lightning.train import evaluate, train
+
+            if args.command == "train":
+                train(cfg, resume=args.resume)
+            else:
+                evaluate(cfg, ckpt=args.ckpt)
+            return 0
+        if args.command == "predict":
+            from stop_lightning.inference import predict_main
+
+            return predict_main(args.ckpt, args.videos, top=args.top)
+        if args.command == "embed":
+            from stop_lightning.inference import embed_main
+
+            return embed_main(args.ckpt, args.manifest, args.out)
+        if args.command == "sweep":
+            from stop_lightning.sweep import sweep_main
+
+            return sweep_main(args.sweep, args.overrides)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

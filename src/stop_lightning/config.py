@@ -1,0 +1,450 @@
+"""Typed experiment schema, composition and validation.
+
+A run's config is composed, in this order, from:
+
+1. ``experiments/base.yaml``                shared defaults (every key of the schema)
+2. ``experiments/presets/<model.preset>.yaml``  a named model (``stop``, ``dgl``, ...)
+3. ``experiments/<name>.yaml``              the experiment
+4. command-line dotlist overrides            ``trainer.max_epochs=3 model.spatial.alpha=0.1``
+
+and merged onto the structured schema below, so an unknown key, a wrong type or a missing
+required value fails before any work, with the key, the file it came from and the valid choices.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigKeyError,
+    ConfigTypeError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+    ValidationError,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+EXPERIMENTS_DIR = Path(os.environ.get("STOP_EXPERIMENTS_DIR", PROJECT_ROOT / "experiments"))
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; the message says what to change."""
+
+
+# --------------------------------------------------------------------------------------------
+# Schema. Defaults are the reference settings of METHOD.md; experiments override what differs.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClipSource:
+    # HF hub id, a local directory written by save_pretrained, an OpenAI ``.pt`` checkpoint,
+    # or ``tiny`` (a small random CLIP built in ``paths.cache_dir``; needs nothing from outside).
+    source: str = "openai/clip-vit-base-patch32"
+    attn_implementation: str = "sdpa"  # sdpa | eager
+    # Sizes of the ``tiny`` CLIP (ignored for real weights, whose sizes come from their config).
+    tiny_width: int = 64
+    tiny_layers: int = 2
+    tiny_patch_size: int = 16
+    tiny_image_size: int = 64
+
+
+@dataclass
+class SpatialPromptConfig:
+    """Section 1 of METHOD.md: intra-frame spatial prompts."""
+
+    enabled: bool = True
+    generator: str = "fast"  # fast | reference
+    scorer: str = "attention"  # attention (paper: attention x temporal variation) | reference (conv)
+    topk_ratio: float = 6 / 49  # fraction of patches per frame kept by the mask (reference: 6 of 49)
+    alpha: float = 0.05
+    dropout: float = 0.5
+    hidden_channels: int = 16  # width of the generator's last conv / per-pixel MLP
+
+
+@dataclass
+class TemporalPromptConfig:
+    """Section 2 of METHOD.md: inter-frame temporal prompts."""
+
+    enabled: bool = True
+    num_tokens: int = 4  # K tokens per frame
+    alpha: float = 0.05
+    variation: str = "similarity"  # similarity | reference (learned conv)
+    normalize: str = "video"  # video | batch (min-max range of the frame variation)
+    insertion: str = "soft"  # soft: q * (1 + w) | hard: only the top-m frames get prompts
+    hard_top_m: int = 4
+    depth: int = -1  # number of layers that get deep prompts; -1: all layers
+    conv_channels: int = 9
+    conv_kernel: list[int] = field(default_factory=lambda: [3, 15, 25])
+    dropout: float = 0.0
+
+
+@dataclass
+class LocalPromptConfig:
+    """Section 3: deep local visual prompts, K per frame at each layer."""
+
+    enabled: bool = True
+    num_tokens: int = 4
+
+
+@dataclass
+class GlobalPromptConfig:
+    """Section 3: G global tokens per video seeing every frame."""
+
+    enabled: bool = True
+    num_tokens: int = 4
+
+
+@dataclass
+class TextPromptConfig:
+    """Section 3: deep text prompts around the caption tokens at every text layer."""
+
+    enabled: bool = True
+    prefix: int = 4
+    postfix: int = 4
+
+
+@dataclass
+class AdapterConfig:
+    enabled: bool = True
+    bottleneck: int = 32
+    scale: float = 0.1
+    vision: bool = True
+    text: bool = True
+
+
+@dataclass
+class AggregationConfig:
+    """How a video's frames become one vector."""
+
+    # global_prompt0 | global_mean | mean_cls (CLIP4Clip meanP) | global_and_cls
+    output: str = "global_prompt0"
+    # A trainable multi-head self-attention block over frame CLS + temporal prompt tokens
+    # before pooling (STOP core); off in the pure meanP baseline.
+    msa: bool = True
+    msa_layers: int = 1
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "stop"  # stop | stop_fast | dgl | clip4clip_meanp | zero_shot (experiments/presets)
+    clip: ClipSource = field(default_factory=ClipSource)
+    spatial: SpatialPromptConfig = field(default_factory=SpatialPromptConfig)
+    temporal: TemporalPromptConfig = field(default_factory=TemporalPromptConfig)
+    local_prompts: LocalPromptConfig = field(default_factory=LocalPromptConfig)
+    global_prompts: GlobalPromptConfig = field(default_factory=GlobalPromptConfig)
+    text_prompts: TextPromptConfig = field(default_factory=TextPromptConfig)
+    shared_latent: str = "linear"  # none | linear | transformer
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+
+
+@dataclass
+class DataConfig:
+    # hmdb51 | ucf101 | msrvtt | manifest (any manifest folder) | synthetic (made on the fly)
+    dataset: str = "synthetic"
+    video_root: str = "${paths.data_root}/${data.dataset}/videos"
+    manifest_dir: str = "${paths.manifest_root}/${data.dataset}"
+    split: int = 1  # official split 1..3 (HMDB51, UCF101)
+    num_frames: int = 8
+    sampling: str = "segment"  # segment (uniform, recognition) | fps (retrieval)
+    fps: float = 3.0
+    image_size: int = -1  # -1: the CLIP config's image_size
+    test_clips: int = 1  # multi-view testing: temporal clips x spatial crops, scores averaged
+    test_crops: int = 1  # 1 (centre) | 3 (left/centre/right)
+    batch_size: int = 8
+    eval_batch_size: int = -1  # -1: same as batch_size
+    num_workers: int = 2
+    pin_memory: bool = True
+    persistent_workers: bool = True
+    bad_video: str = "raise"  # raise | skip
+    max_text_tokens: int = 32
+    # Protocols (recognition): supervised | few_shot | base_to_novel | zero_shot
+    protocol: str = "supervised"
+    shots: int = 0  # few-shot K clips per class
+    protocol_seed: int = 0
+    # Synthetic data (demo and tests): written under paths.cache_dir when missing.
+    synthetic_classes: int = 4
+    synthetic_clips_per_class: int = 6
+    synthetic_frames: int = 16
+    synthetic_size: int = 64
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.2
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    warmup_ratio: float = 0.1
+    scheduler: str = "cosine"  # cosine | constant
+    min_lr_ratio: float = 0.0
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TaskConfig:
+    name: str = "recognition"  # recognition | retrieval
+    templates: list[str] = field(default_factory=lambda: ["a video of a person {name}."])
+    dual_softmax: bool = False  # retrieval re-ranking at inference
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 5
+    max_steps: int = -1
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "auto"  # auto: bf16-mixed on GPUs that support it, 32-true on CPU
+    gradient_clip_val: float = 1.0
+    accumulate_grad_batches: int = 1
+    log_every_n_steps: int = 10
+    val_check_interval: float = 1.0
+    check_val_every_n_epoch: int = 1
+    limit_train_batches: float = 1.0
+    limit_val_batches: float = 1.0
+    limit_test_batches: float = 1.0
+    num_sanity_val_steps: int = 0
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    wandb: bool = True
+    mode: str = "auto"  # auto (offline without an API key) | online | offline | disabled
+    project: str = "stop-lightning"
+    entity: str = ""
+    tags: list[str] = field(default_factory=list)
+    log_images_every_n_steps: int = 200
+
+
+@dataclass
+class CheckpointConfig:
+    monitor: str = "val/top1"
+    mode: str = "max"
+    save_last: bool = True
+    save_top_k: int = 1
+    every_n_epochs: int = 1
+
+
+@dataclass
+class PathsConfig:
+    data_root: str = "${oc.env:STOP_DATA_ROOT,data}"
+    manifest_root: str = "data_manifests"
+    cache_dir: str = "${oc.env:STOP_CACHE_DIR,.cache/stop_lightning}"
+    output_dir: str = "runs"
+    run_dir: str = "${paths.output_dir}/${name}"
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "demo"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+# String fields with a closed set of values: checked after composition.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.preset": ("stop", "stop_fast", "dgl", "clip4clip_meanp", "zero_shot"),
+    "model.clip.attn_implementation": ("sdpa", "eager"),
+    "model.spatial.generator": ("fast", "reference"),
+    "model.spatial.scorer": ("attention", "reference"),
+    "model.temporal.variation": ("similarity", "reference"),
+    "model.temporal.normalize": ("video", "batch"),
+    "model.temporal.insertion": ("soft", "hard"),
+    "model.shared_latent": ("none", "linear", "transformer"),
+    "model.aggregation.output": ("global_prompt0", "global_mean", "mean_cls", "global_and_cls"),
+    "data.dataset": ("hmdb51", "ucf101", "msrvtt", "manifest", "synthetic"),
+    "data.sampling": ("segment", "fps"),
+    "data.bad_video": ("raise", "skip"),
+    "data.protocol": ("supervised", "few_shot", "base_to_novel", "zero_shot"),
+    "optim.scheduler": ("cosine", "constant"),
+    "task.name": ("recognition", "retrieval"),
+    "logger.mode": ("auto", "online", "offline", "disabled"),
+    "checkpoint.mode": ("min", "max"),
+}
+
+# Numeric ranges: key -> (low, high), inclusive.
+RANGES: dict[str, tuple[float, float]] = {
+    "model.spatial.topk_ratio": (0.0, 1.0),
+    "model.spatial.alpha": (0.0, 10.0),
+    "model.spatial.dropout": (0.0, 1.0),
+    "model.temporal.alpha": (0.0, 10.0),
+    "model.temporal.num_tokens": (1, 64),
+    "data.split": (1, 3),
+    "data.num_frames": (1, 256),
+    "data.test_crops": (1, 3),
+    "data.test_clips": (1, 64),
+    "data.batch_size": (1, 1 << 16),
+    "optim.lr": (0.0, 10.0),
+    "optim.warmup_ratio": (0.0, 1.0),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Composition
+# --------------------------------------------------------------------------------------------
+
+
+def available_experiments(exp_dir: Path = EXPERIMENTS_DIR) -> list[str]:
+    return sorted(p.stem for p in exp_dir.glob("*.yaml") if p.stem != "base")
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    try:
+        cfg = OmegaConf.load(path)
+    except OmegaConfBaseException as err:  # pragma: no cover - yaml syntax errors
+        raise ConfigError(f"{path}: cannot parse YAML: {err}") from err
+    except Exception as err:
+        raise ConfigError(f"{path}: cannot parse YAML: {err}") from err
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(cfg).__name__}")
+    return cfg
+
+
+def _schema_keys(schema: Any, prefix: str = "") -> dict[str, Any]:
+    """All dotted keys of the schema dataclass with their field default."""
+    out: dict[str, Any] = {}
+    for f in fields(schema):
+        key = f"{prefix}{f.name}"
+        default = getattr(schema(), f.name) if isinstance(schema, type) else getattr(schema, f.name)
+        if is_dataclass(default):
+            out[key] = default
+            out.update(_schema_keys(type(default), key + "."))
+        else:
+            out[key] = default
+    return out
+
+
+_ALL_KEYS = _schema_keys(ExperimentConfig)
+
+
+def _check_keys(cfg: DictConfig, origin: str, prefix: str = "") -> None:
+    """Unknown keys: name the key, the file and the closest valid keys."""
+    for key, value in cfg.items_ex(resolve=False) if hasattr(cfg, "items_ex") else cfg.items():
+        dotted = f"{prefix}{key}"
+        if dotted not in _ALL_KEYS:
+            siblings = sorted(k[len(prefix) :] for k in _ALL_KEYS if k.startswith(prefix) and "." not in k[len(prefix) :])
+            close = difflib.get_close_matches(str(key), siblings, n=3)
+            hint = f" Did you mean {', '.join(prefix + c for c in close)}?" if close else ""
+            raise ConfigError(
+                f"unknown config key '{dotted}' in {origin}.{hint} "
+                f"Valid keys under '{prefix[:-1] or '<top level>'}': {', '.join(siblings)}"
+            )
+        if isinstance(value, DictConfig) and is_dataclass(_ALL_KEYS[dotted]):
+            _check_keys(value, origin, dotted + ".")
+
+
+def _merge_checked(base: DictConfig, layer: DictConfig, origin: str) -> DictConfig:
+    _check_keys(layer, origin)
+    try:
+        merged = OmegaConf.merge(base, layer)
+    except (ValidationError, ConfigTypeError, ConfigKeyError) as err:
+        key = getattr(err, "full_key", None) or "?"
+        expected = _ALL_KEYS.get(key)
+        want = f" (expected {type(expected).__name__}, default {expected!r})" if key in _ALL_KEYS else ""
+        reason = str(getattr(err, "msg", err)).splitlines()[0]
+        raise ConfigError(f"bad value for config key '{key}' in {origin}{want}: {reason}") from err
+    _validate_values(merged, layer, origin)
+    return merged
+
+
+def _validate_values(cfg: DictConfig, layer: DictConfig, origin: str) -> None:
+    """Check closed choices and ranges of the keys this layer sets, naming the layer's file."""
+    for key, choices in CHOICES.items():
+        if OmegaConf.select(layer, key, throw_on_missing=False, default=None) is None:
+            continue
+        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}' = {value!r} in {origin} is not one of: {', '.join(choices)}")
+    for key, (low, high) in RANGES.items():
+        if OmegaConf.select(layer, key, throw_on_missing=False, default=None) is None:
+            continue
+        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        if not (low <= value <= high):
+            raise ConfigError(f"config key '{key}' = {value!r} in {origin} is outside the valid range [{low}, {high}]")
+
+
+def load_config(
+    experiment: str | Path,
+    overrides: list[str] | None = None,
+    exp_dir: Path | None = None,
+) -> DictConfig:
+    """Compose base + preset + experiment + overrides onto the schema and validate.
+
+    ``experiment`` is a name in ``experiments/`` or a path to a YAML file. Returns a resolved,
+    read-only ``DictConfig`` typed by :class:`ExperimentConfig`.
+    """
+    exp_dir = Path(exp_dir) if exp_dir is not None else EXPERIMENTS_DIR
+    exp_path = Path(experiment)
+    if exp_path.suffix not in (".yaml", ".yml"):
+        exp_path = exp_dir / f"{experiment}.yaml"
+    if not exp_path.is_file():
+        names = available_experiments(exp_dir)
+        close = difflib.get_close_matches(str(experiment), names, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"no experiment '{experiment}' ({exp_path} does not exist).{hint} Available: {', '.join(names)}")
+
+    overrides = list(overrides or [])
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"command-line override '{item}' is not of the form key=value (e.g. trainer.max_epochs=3)")
+    cli = OmegaConf.from_dotlist(overrides)
+    exp = _load_yaml(exp_path)
+
+    cfg = OmegaConf.structured(ExperimentConfig)
+    base_path = exp_dir / "base.yaml"
+    if base_path.is_file():
+        cfg = _merge_checked(cfg, _load_yaml(base_path), str(base_path))
+
+    # The preset is chosen by the override, else the experiment, else the base.
+    preset = OmegaConf.select(cli, "model.preset") or OmegaConf.select(exp, "model.preset") or cfg.model.preset
+    if preset not in CHOICES["model.preset"]:
+        origin = "command-line overrides" if OmegaConf.select(cli, "model.preset") else str(exp_path)
+        raise ConfigError(
+            f"config key 'model.preset' = {preset!r} in {origin} is not one of: {', '.join(CHOICES['model.preset'])}"
+        )
+    preset_path = exp_dir / "presets" / f"{preset}.yaml"
+    if preset_path.is_file():
+        cfg = _merge_checked(cfg, _load_yaml(preset_path), str(preset_path))
+
+    if "name" not in exp:
+        exp.name = exp_path.stem
+    cfg = _merge_checked(cfg, exp, str(exp_path))
+    cfg = _merge_checked(cfg, cli, "command-line overrides")
+    try:
+        OmegaConf.resolve(cfg)
+        missing = OmegaConf.missing_keys(cfg)
+    except (MissingMandatoryValue, OmegaConfBaseException) as err:
+        raise ConfigError(f"cannot resolve config key '{getattr(err, 'full_key', '?')}': {err}") from err
+    if missing:
+        raise ConfigError(f"required config values missing: {', '.join(sorted(missing))} (set them in {exp_path} or on the command line)")
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def to_yaml(cfg: DictConfig | ListConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def save_config(cfg: DictConfig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(to_yaml(cfg))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,216 @@
+"""Manifest format: one JSON object per line, one line per clip.
+
+A row::
+
+    {"path": "brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi",  # relative to data.video_root
+     "label": 3, "label_name": "brush_hair",                          # recognition
+     "captions": ["a man brushes his hair", ...],                      # retrieval
+     "video_id": "video7579", "num_frames": 96, "fps": 30.0}           # optional
+
+A row needs ``path`` and at least one of ``label`` or ``captions``. Recognition manifests live in
+``<manifest_dir>/split<k>/{train,val,test}.jsonl`` with the class list in
+``<manifest_dir>/classes.txt`` (line i = class index i); retrieval manifests in
+``<manifest_dir>/{train,val,test}.jsonl``. ``data_manifests/README.md`` documents the layout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+STAGES = ("train", "val", "test")
+CLASSES_FILE = "classes.txt"
+
+
+class ManifestError(ValueError):
+    """A manifest file or row that does not follow the format; the message names file, line and field."""
+
+
+@dataclass(frozen=True)
+class ClipRecord:
+    """One manifest row."""
+
+    path: str
+    label: int | None = None
+    label_name: str | None = None
+    captions: tuple[str, ...] = ()
+    video_id: str | None = None
+    num_frames: int | None = None
+    fps: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"path": self.path}
+        if self.label is not None:
+            row["label"] = self.label
+        if self.label_name is not None:
+            row["label_name"] = self.label_name
+        if self.captions:
+            row["captions"] = list(self.captions)
+        for key in ("video_id", "num_frames", "fps"):
+            value = getattr(self, key)
+            if value is not None:
+                row[key] = value
+        return row
+
+
+# field -> (accepted python types, human description)
+_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "path": ((str,), "a relative path string"),
+    "label": ((int,), "a non-negative integer"),
+    "label_name": ((str,), "a string"),
+    "captions": ((list,), "a list of non-empty strings"),
+    "video_id": ((str,), "a string"),
+    "num_frames": ((int,), "a non-negative integer"),
+    "fps": ((int, float), "a positive number"),
+}
+
+
+def check_relative_path(path: str, where: str = "") -> str:
+    """Refuse absolute paths and paths that climb out of the video root (``..``)."""
+    prefix = f"{where}: " if where else ""
+    if not path or not path.strip():
+        raise ManifestError(f"{prefix}field 'path' is empty")
+    if "\\" in path:
+        path = path.replace("\\", "/")
+    pure = PurePosixPath(path)
+    if pure.is_absolute() or re.match(r"^[A-Za-z]:", path):
+        raise ManifestError(f"{prefix}field 'path' = {path!r} is absolute; manifest paths must be relative to data.video_root")
+    if ".." in pure.parts:
+        raise ManifestError(f"{prefix}field 'path' = {path!r} escapes data.video_root ('..' is not allowed)")
+    return str(pure)
+
+
+def resolve_video_path(video_root: str | Path, rel_path: str) -> Path:
+    """Join a manifest path to the video root, refusing anything (e.g. a symlink) that lands outside it."""
+    rel = check_relative_path(rel_path)
+    root = Path(video_root).resolve()
+    full = (root / rel).resolve()
+    if full != root and root not in full.parents:
+        raise ManifestError(f"manifest path {rel_path!r} resolves to {full}, outside data.video_root {root}")
+    return full
+
+
+def parse_row(obj: Any, where: str) -> ClipRecord:
+    """Validate one decoded JSON row; ``where`` is ``file:line`` for the error message."""
+    if not isinstance(obj, dict):
+        raise ManifestError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - set(_FIELDS))
+    if unknown:
+        raise ManifestError(f"{where}: unknown field '{unknown[0]}' (valid fields: {', '.join(_FIELDS)})")
+    if "path" not in obj:
+        raise ManifestError(f"{where}: missing required field 'path'")
+    for key, value in obj.items():
+        types, desc = _FIELDS[key]
+        bad = not isinstance(value, types) or isinstance(value, bool)
+        if not bad and key in ("label", "num_frames") and value < 0:
+            bad = True
+        if not bad and key == "fps" and not value > 0:
+            bad = True
+        if not bad and key == "captions" and not all(isinstance(c, str) and c.strip() for c in value):
+            bad = True
+        if bad:
+            raise ManifestError(f"{where}: field '{key}' = {value!r} is not {desc}")
+    if "label" not in obj and not obj.get("captions"):
+        raise ManifestError(f"{where}: field 'label' or 'captions' is required (a row needs a class or a caption)")
+    path = check_relative_path(obj["path"], where)
+    return ClipRecord(
+        path=path,
+        label=obj.get("label"),
+        label_name=obj.get("label_name"),
+        captions=tuple(obj.get("captions", ())),
+        video_id=obj.get("video_id"),
+        num_frames=obj.get("num_frames"),
+        fps=float(obj["fps"]) if "fps" in obj else None,
+    )
+
+
+def read_manifest(path: str | Path) -> list[ClipRecord]:
+    """Read and validate every row of a JSONL manifest. Blank lines are ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest file {path} does not exist")
+    records = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ManifestError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from err
+            records.append(parse_row(obj, where))
+    return records
+
+
+def _atomic_write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def write_manifest(path: str | Path, records: Iterable[ClipRecord]) -> Path:
+    """Write rows as JSONL (atomically: readers never see a half-written file)."""
+    lines = [json.dumps(r.to_json(), ensure_ascii=False) for r in records]
+    return _atomic_write(Path(path), "".join(line + "\n" for line in lines))
+
+
+def read_classes(path: str | Path) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"class list {path} does not exist")
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    while names and not names[-1]:
+        names.pop()
+    for i, name in enumerate(names, start=1):
+        if not name:
+            raise ManifestError(f"{path}:{i}: empty class name")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ManifestError(f"{path}: class '{dup}' is listed twice")
+    return names
+
+
+def write_classes(path: str | Path, names: Iterable[str]) -> Path:
+    return _atomic_write(Path(path), "".join(f"{n}\n" for n in names))
+
+
+def check_labels(records: list[ClipRecord], class_names: list[str], source: str) -> None:
+    """Every row has a label inside the class list (and a matching name when it gives one)."""
+    for i, rec in enumerate(records):
+        if rec.label is None:
+            raise ManifestError(f"{source}: row {i + 1} ({rec.path}) has no 'label'; recognition needs one on every row")
+        if rec.label >= len(class_names):
+            raise ManifestError(
+                f"{source}: row {i + 1} ({rec.path}) field 'label' = {rec.label} but the class list has {len(class_names)} classes"
+            )
+        if rec.label_name is not None and rec.label_name != class_names[rec.label]:
+            raise ManifestError(
+                f"{source}: row {i + 1} ({rec.path}) field 'label_name' = {rec.label_name!r} but class {rec.label} "
+                f"is {class_names[rec.label]!r} in {CLASSES_FILE}"
+            )
+
+
+def readable_class_name(name: str) -> str:
+    """A dataset's class id as words: 'brush_hair' -> 'brush hair', 'ApplyEyeMakeup' -> 'apply eye makeup'."""
+    text = name.replace("_", " ").replace("-", " ")
+    # Split before an upper-case letter that follows a lower-case letter or digit, and inside
+    # runs of capitals before a capitalised word ('TVShow' -> 'TV Show').
+    text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", text)
+    text = re.sub(r"(?<=[A-Z])(?=[A-Z][a-z])", " ", text)
+    return " ".join(text.lower().split())
+
+
+def recognition_manifest_path(manifest_dir: str | Path, split: int, stage: str) -> Path:
+    return Path(manifest_dir) / f"split{split}" / f"{stage}.jsonl"
+
+
+def retrieval_manifest_path(manifest_dir: str | Path, stage: str) -> Path:
+    return Path(manifest_dir) / f"{stage}.jsonl"

@@ -1,0 +1,366 @@
+"""Tiny synthetic video datasets written as real encoded files in the official layouts.
+
+``kind="motion"``: every class is a direction of motion of a coloured square on a plain
+background. Clip ``j`` of every class uses the same colours and the same off-axis position, so
+"move left" clip ``j`` is exactly "move right" clip ``j`` played backwards: the class lives only in
+the temporal order, which is what a video model (and not a single-frame model) must learn.
+
+The files are written with the same split and annotation files as HMDB51, UCF101 and MSRVTT,
+so the manifest builders are exercised against the real formats.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = ("hmdb51", "ucf101", "msrvtt")
+HMDB_SPLIT_DIR = "testTrainMulti_7030_splits"
+UCF_LIST_DIR = "ucfTrainTestlist"
+MSRVTT_ANNOTATION_DIR = "msrvtt_data"
+MSRVTT_VIDEO_DIR = "videos/all"
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 190, 70),
+    "blue": (40, 80, 230),
+    "yellow": (235, 215, 40),
+    "purple": (150, 60, 210),
+    "orange": (245, 140, 30),
+    "white": (245, 245, 245),
+    "cyan": (40, 210, 220),
+}
+BACKGROUNDS = ((20, 20, 20), (110, 110, 110), (60, 60, 90))
+
+# (name, dx, dy); opposite directions sit next to each other.
+_DIRECTIONS = (
+    ("left", -1, 0),
+    ("right", 1, 0),
+    ("up", 0, -1),
+    ("down", 0, 1),
+    ("up_left", -1, -1),
+    ("down_right", 1, 1),
+    ("up_right", 1, -1),
+    ("down_left", -1, 1),
+)
+MAX_CLASSES = 2 * len(_DIRECTIONS)  # each direction at full span, then at half span ("slowly")
+
+
+@dataclass(frozen=True)
+class MotionClass:
+    name: str  # words, e.g. "move up left slowly"
+    dx: int
+    dy: int
+    span: float  # fraction of the free range the square travels
+
+
+def motion_classes(num_classes: int) -> list[MotionClass]:
+    if not 1 <= num_classes <= MAX_CLASSES:
+        raise ValueError(f"synthetic motion data has 1..{MAX_CLASSES} classes, got num_classes={num_classes}")
+    out = []
+    for i in range(num_classes):
+        name, dx, dy = _DIRECTIONS[i % len(_DIRECTIONS)]
+        slow = i >= len(_DIRECTIONS)
+        words = "move " + name.replace("_", " ") + (" slowly" if slow else "")
+        out.append(MotionClass(words, dx, dy, 0.5 if slow else 1.0))
+    return out
+
+
+@dataclass(frozen=True)
+class ClipLook:
+    """What clip ``j`` looks like in every class (only the motion differs between classes)."""
+
+    colour: str
+    background: tuple[int, int, int]
+    cross: float  # position along the axis that does not move, in [0, 1]
+
+
+def clip_look(j: int, seed: int) -> ClipLook:
+    rng = np.random.default_rng([seed, j])
+    names = list(COLOURS)
+    return ClipLook(
+        colour=names[int(rng.integers(len(names)))],
+        background=BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))],
+        cross=float(rng.uniform(0.15, 0.85)),
+    )
+
+
+def square_positions(cls: MotionClass, look: ClipLook, num_frames: int, size: int) -> np.ndarray:
+    """Top-left corner (x, y) of the square in each frame, shape ``(num_frames, 2)``."""
+    side = square_side(size)
+    free = size - side
+    t = np.linspace(0.0, 1.0, num_frames) if num_frames > 1 else np.zeros(1)
+    lo, hi = 0.5 - cls.span / 2, 0.5 + cls.span / 2
+
+    def axis(d: int) -> np.ndarray:
+        if d == 0:
+            return np.full(num_frames, look.cross)
+        return lo + (hi - lo) * (t if d > 0 else 1.0 - t)
+
+    return np.stack([np.rint(axis(cls.dx) * free), np.rint(axis(cls.dy) * free)], axis=1).astype(int)
+
+
+def square_side(size: int) -> int:
+    return max(4, size // 4)
+
+
+def motion_frames(cls: MotionClass, look: ClipLook, num_frames: int, size: int) -> np.ndarray:
+    """RGB frames ``(num_frames, size, size, 3)`` uint8."""
+    frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
+    frames[:] = np.asarray(look.background, dtype=np.uint8)
+    side = square_side(size)
+    colour = np.asarray(COLOURS[look.colour], dtype=np.uint8)
+    for i, (x, y) in enumerate(square_positions(cls, look, num_frames, size)):
+        frames[i, y : y + side, x : x + side] = colour
+    return frames
+
+
+# ---------------------------------------------------------------------------------------------
+# Frame-number patterns: tests read back which frames were sampled.
+# ---------------------------------------------------------------------------------------------
+
+CODE_BITS = 8
+
+
+def frame_code_frames(num_frames: int, size: int = 64) -> np.ndarray:
+    """Frames whose index is written in binary as CODE_BITS black/white vertical bars."""
+    if num_frames > 2**CODE_BITS:
+        raise ValueError(f"frame codes hold at most {2**CODE_BITS} frames, got {num_frames}")
+    frames = np.zeros((num_frames, size, size, 3), dtype=np.uint8)
+    bar = size // CODE_BITS
+    for i in range(num_frames):
+        for b in range(CODE_BITS):
+            if (i >> b) & 1:
+                frames[i, :, b * bar : (b + 1) * bar] = 255
+    return frames
+
+
+def read_frame_code(frame: np.ndarray) -> int:
+    """Inverse of :func:`frame_code_frames` for one decoded frame ``[H, W, 3]`` or ``[3, H, W]``."""
+    arr = np.asarray(frame, dtype=np.float32)
+    if arr.shape[0] == 3 and arr.shape[-1] != 3:
+        arr = arr.transpose(1, 2, 0)
+    bar = arr.shape[1] // CODE_BITS
+    value = 0
+    for b in range(CODE_BITS):
+        # Sample the middle of the bar, away from edges that the codec blurs.
+        centre = arr[:, b * bar + bar // 4 : (b + 1) * bar - bar // 4].mean()
+        if centre > 127:
+            value |= 1 << b
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding
+# ---------------------------------------------------------------------------------------------
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: float = 8.0, gop: int = 8) -> Path:
+    """Encode RGB uint8 frames ``(T, H, W, 3)``: libx264 for ``.mp4``, MPEG-4 part 2 for ``.avi``.
+
+    Both at high quality so a decoded frame is within a few grey levels of what was written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".mp4":
+        codec, options = "libx264", {"crf": "8", "preset": "ultrafast", "g": str(gop), "bf": "0"}
+    elif path.suffix == ".avi":
+        codec, options = "mpeg4", {"qscale": "2", "g": str(gop)}
+    else:
+        raise ValueError(f"write_video: unsupported extension {path.suffix!r} for {path} (use .mp4 or .avi)")
+    frames = np.ascontiguousarray(frames)
+    _, h, w, _ = frames.shape
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height = w, h
+        stream.pix_fmt = "yuv420p"
+        stream.options = options
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Layouts
+# ---------------------------------------------------------------------------------------------
+
+
+def _hmdb_role(j: int, split: int) -> int:
+    """1 train, 2 test, 0 unused: a third of the clips test, one in six unused, rotating per split."""
+    if j % 3 == split - 1:
+        return 2
+    if j % 3 == split % 3 and j >= 3:
+        return 0
+    return 1
+
+
+def _ucf_is_test(group: int, split: int) -> bool:
+    return group % 3 == split - 1
+
+
+def _msrvtt_is_test(j: int) -> bool:
+    return j % 3 == 0
+
+
+def motion_captions(cls: MotionClass, look: ClipLook) -> list[str]:
+    motion = cls.name.removeprefix("move ")
+    return [
+        f"a {look.colour} square moves {motion}",
+        f"a {look.colour} box moving {motion}",
+        f"the {look.colour} square slides {motion} across the screen",
+        f"a small {look.colour} block travels {motion}",
+        f"video of a {look.colour} square going {motion}",
+    ]
+
+
+def write_synthetic_dataset(
+    root: str | Path,
+    layout: str,
+    num_classes: int = 4,
+    clips_per_class: int = 6,
+    num_frames: int = 16,
+    size: int = 64,
+    seed: int = 0,
+    kind: str = "motion",
+    fps: float = 8.0,
+) -> Path:
+    """Write a tiny dataset in the official ``layout`` (hmdb51 | ucf101 | msrvtt) under ``root``.
+
+    Returns ``root``, the folder to pass as ``--root`` to the manifest builder. Annotation files sit
+    where the builder looks by default (``root/testTrainMulti_7030_splits``, ``root/ucfTrainTestlist``,
+    ``root/msrvtt_data``).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown synthetic layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if kind != "motion":
+        raise ValueError(f"unknown synthetic kind {kind!r}; only 'motion' is implemented")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    classes = motion_classes(num_classes)
+    looks = [clip_look(j, seed) for j in range(clips_per_class)]
+
+    def frames(c: int, j: int) -> np.ndarray:
+        return motion_frames(classes[c], looks[j], num_frames, size)
+
+    if layout == "hmdb51":
+        split_dir = root / HMDB_SPLIT_DIR
+        split_dir.mkdir(exist_ok=True)
+        for c, cls in enumerate(classes):
+            folder = cls.name.replace(" ", "_")
+            names = [f"synthetic_{folder}_u_nm_np1_fr_med_{j}.avi" for j in range(clips_per_class)]
+            for j, name in enumerate(names):
+                write_video(root / folder / name, frames(c, j), fps)
+            for split in (1, 2, 3):
+                lines = "".join(f"{name} {_hmdb_role(j, split)} \n" for j, name in enumerate(names))
+                (split_dir / f"{folder}_test_split{split}.txt").write_text(lines)
+    elif layout == "ucf101":
+        list_dir = root / UCF_LIST_DIR
+        list_dir.mkdir(exist_ok=True)
+        camel = ["".join(w.capitalize() for w in cls.name.split()) for cls in classes]
+        # UCF101's own lists use Windows line endings; so do ours.
+        (list_dir / "classInd.txt").write_text("".join(f"{i + 1} {n}\r\n" for i, n in enumerate(camel)), newline="")
+        train: dict[int, list[str]] = {1: [], 2: [], 3: []}
+        test: dict[int, list[str]] = {1: [], 2: [], 3: []}
+        for c, name in enumerate(camel):
+            for j in range(clips_per_class):
+                group, clip = j + 1, 1
+                rel = f"{name}/v_{name}_g{group:02d}_c{clip:02d}.avi"
+                write_video(root / "UCF-101" / rel, frames(c, j), fps)
+                for split in (1, 2, 3):
+                    if _ucf_is_test(group, split):
+                        test[split].append(f"{rel}\r\n")
+                    else:
+                        train[split].append(f"{rel} {c + 1}\r\n")
+        for split in (1, 2, 3):
+            (list_dir / f"trainlist0{split}.txt").write_text("".join(train[split]), newline="")
+            (list_dir / f"testlist0{split}.txt").write_text("".join(test[split]), newline="")
+    else:
+        ann_dir = root / MSRVTT_ANNOTATION_DIR
+        ann_dir.mkdir(exist_ok=True)
+        videos: list[dict[str, Any]] = []
+        sentences: list[dict[str, Any]] = []
+        train_ids: list[str] = []
+        test_rows: list[tuple[str, str]] = []
+        for j in range(clips_per_class):
+            for c, cls in enumerate(classes):
+                idx = j * num_classes + c
+                vid = f"video{idx}"
+                write_video(root / MSRVTT_VIDEO_DIR / f"{vid}.mp4", frames(c, j), fps)
+                is_test = _msrvtt_is_test(j)
+                videos.append({"category": c, "video_id": vid, "id": idx, "split": "test" if is_test else "train"})
+                caps = motion_captions(cls, looks[j])
+                for caption in caps:
+                    sentences.append({"caption": caption, "video_id": vid, "sen_id": len(sentences)})
+                if is_test:
+                    test_rows.append((vid, caps[0]))
+                else:
+                    train_ids.append(vid)
+        data = {"info": {"description": "synthetic MSRVTT layout"}, "videos": videos, "sentences": sentences}
+        (ann_dir / "MSRVTT_data.json").write_text(json.dumps(data))
+        (ann_dir / "MSRVTT_train.9k.csv").write_text("video_id\n" + "".join(f"{v}\n" for v in train_ids))
+        rows = "".join(f"ret{i},msr{v[5:]},{v},{s}\n" for i, (v, s) in enumerate(test_rows))
+        (ann_dir / "MSRVTT_JSFUSION_test.csv").write_text("key,vid_key,video_id,sentence\n" + rows)
+    return root
+
+
+# ---------------------------------------------------------------------------------------------
+# On-demand generation for `data.dataset: synthetic`
+# ---------------------------------------------------------------------------------------------
+
+_DONE = ".complete"
+
+
+def ensure_synthetic(cfg_data: Any, cache_dir: str | Path, layout: str = "hmdb51", seed: int = 0) -> tuple[Path, Path]:
+    """Generate the synthetic dataset and its manifests under ``cache_dir`` if missing.
+
+    Returns ``(video_root, manifest_dir)``. Idempotent, and safe when several DDP ranks (or
+    several runs) call it at once: each writer builds in a private temporary folder and renames it
+    into place; the first rename wins and the others discard their copy.
+    """
+    from .builders import build_manifests
+
+    key = (
+        f"{layout}_c{cfg_data.synthetic_classes}_n{cfg_data.synthetic_clips_per_class}"
+        f"_f{cfg_data.synthetic_frames}_s{cfg_data.synthetic_size}_seed{seed}"
+    )
+    final = Path(cache_dir) / "synthetic" / key
+    if not (final / _DONE).is_file():
+        tmp = final.with_name(f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+        try:
+            write_synthetic_dataset(
+                tmp / "videos",
+                layout,
+                num_classes=cfg_data.synthetic_classes,
+                clips_per_class=cfg_data.synthetic_clips_per_class,
+                num_frames=cfg_data.synthetic_frames,
+                size=cfg_data.synthetic_size,
+                seed=seed,
+            )
+            build_manifests(layout, tmp / "videos", None, tmp / "manifests", progress=False)
+            (tmp / _DONE).write_text("ok\n")
+            final.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(tmp, final)
+                log.info("wrote synthetic %s dataset to %s", layout, final)
+            except OSError:
+                if not (final / _DONE).is_file():
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return final / "videos", final / "manifests"

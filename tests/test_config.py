@@ -1,0 +1,78 @@
+"""Config composition and validation: errors name the key, the file and the valid choices."""
+
+import pytest
+from omegaconf import OmegaConf
+
+from stop_lightning.config import ConfigError, available_experiments, load_config, save_config
+
+
+def test_every_shipped_experiment_composes():
+    names = available_experiments()
+    assert {"demo", "hmdb51", "ucf101", "msrvtt"} <= set(names)
+    for name in names:
+        cfg = load_config(name)
+        assert cfg.name == name
+
+
+def test_preset_then_experiment_then_override_order():
+    cfg = load_config("hmdb51")
+    assert cfg.model.preset == "stop" and cfg.model.spatial.generator == "reference"  # from presets/stop.yaml
+    assert cfg.data.batch_size == 32  # from hmdb51.yaml
+    cfg = load_config("hmdb51", ["model.preset=stop_fast", "trainer.max_epochs=3", "model.spatial.alpha=0.1"])
+    assert cfg.model.spatial.generator == "fast"  # the override picked another preset
+    assert cfg.trainer.max_epochs == 3 and cfg.model.spatial.alpha == pytest.approx(0.1)
+    cfg = load_config("hmdb51", ["model.preset=dgl"])
+    assert not cfg.model.spatial.enabled and not cfg.model.temporal.enabled and cfg.model.global_prompts.enabled
+
+
+def test_interpolations_are_resolved_and_config_is_read_only(tmp_path):
+    cfg = load_config("hmdb51", ["paths.data_root=/datasets"])
+    assert cfg.data.video_root == "/datasets/hmdb51/videos"
+    assert cfg.paths.run_dir == "runs/hmdb51"
+    with pytest.raises(Exception):
+        cfg.trainer.max_epochs = 7
+    path = save_config(cfg, tmp_path / "config.yaml")
+    assert OmegaConf.load(path).data.video_root == "/datasets/hmdb51/videos"
+
+
+def test_misspelled_key_names_key_origin_and_suggestion():
+    with pytest.raises(ConfigError) as err:
+        load_config("demo", ["trainer.max_epoch=3"])
+    msg = str(err.value)
+    assert "trainer.max_epoch" in msg and "command-line overrides" in msg
+    assert "Did you mean trainer.max_epochs" in msg
+
+
+def test_unknown_key_in_experiment_file_names_the_file(tmp_path):
+    (tmp_path / "base.yaml").write_text("seed: 1\n")
+    (tmp_path / "bad.yaml").write_text("model:\n  spatial:\n    alpah: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config("bad", exp_dir=tmp_path)
+    msg = str(err.value)
+    assert "model.spatial.alpah" in msg and str(tmp_path / "bad.yaml") in msg
+    assert "model.spatial.alpha" in msg  # suggestion
+
+
+def test_wrong_type_names_expected_type():
+    with pytest.raises(ConfigError) as err:
+        load_config("demo", ["trainer.max_epochs=abc"])
+    assert "trainer.max_epochs" in str(err.value) and "expected int" in str(err.value)
+
+
+def test_bad_choice_lists_valid_choices_and_file(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config("demo", ["model.spatial.generator=slow"])
+    assert "fast, reference" in str(err.value)
+    (tmp_path / "x.yaml").write_text("model:\n  temporal:\n    insertion: medium\n")
+    with pytest.raises(ConfigError) as err:
+        load_config("x", exp_dir=tmp_path)
+    assert "model.temporal.insertion" in str(err.value) and "x.yaml" in str(err.value) and "soft, hard" in str(err.value)
+
+
+def test_out_of_range_and_unknown_experiment():
+    with pytest.raises(ConfigError, match=r"model.spatial.topk_ratio.*\[0.0, 1.0\]"):
+        load_config("demo", ["model.spatial.topk_ratio=1.5"])
+    with pytest.raises(ConfigError, match="Did you mean 'hmdb51'"):
+        load_config("hmdb5")
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config("demo", ["trainer.max_epochs"])
