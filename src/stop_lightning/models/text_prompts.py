@@ -1,0 +1,209 @@
+"""Deep text prompts on the HF CLIP text tower (METHOD.md section 3), applied through hooks.
+
+Every text layer sees the caption with ``P`` prefix and ``Q`` postfix prompt tokens::
+
+    [SOT, prefix_1..P, word_1..w, postfix_1..Q, EOT, pad...]      # length S + P + Q
+
+- Prefix right after SOT, postfix right before EOT. The text tower is causal and pools at EOT,
+  so tokens placed after EOT could never reach the caption's feature; before it they can.
+- The prompt slots are *replaced* by the layer's own tokens before every layer (not
+  accumulated): layer ``l`` sees ``prompts[l]``. Prompts carry no position embedding; caption
+  tokens keep the positions ``0..S-1`` they had, so only ``S <= max_text_tokens`` positions are used.
+- The stock tower still runs end to end: a forward hook on the embeddings widens the sequence,
+  a pre-hook on each layer writes the prompt slots, the padding mask is widened before the call
+  (the tower builds its causal mask from the widened embeddings), and the feature is pooled
+  here at the shifted EOT index ``EOT + P + Q``. The tower's own ``pooler_output`` reads the
+  unshifted index from ``input_ids`` and is ignored.
+- Hooks only act during :meth:`PromptedTextEncoder.forward`; any other call of the text tower
+  (e.g. ``clip.get_text_features``) sees stock CLIP plus the adapters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from stop_lightning.models.adapters import attach_adapters
+from stop_lightning.models.hooks import HookSet, text_parts
+
+
+def eot_positions(input_ids: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
+    """Index of each caption's end-of-text token, by the rule the HF text tower pools with.
+
+    ``input_ids``: ``[N, S]`` -> ``[N]``. Legacy configs (``eos_token_id == 2``) take the highest
+    id, which is EOT in OpenAI's vocabulary; otherwise the first ``eos_token_id`` (the pad token
+    may equal it).
+    """
+    if eos_token_id is None:
+        raise ValueError(
+            "the CLIP text config has no eos_token_id, so the end-of-text position cannot be found; "
+            "set text_config.eos_token_id to the tokenizer's eos_token_id"
+        )
+    if eos_token_id == 2:
+        eot = input_ids.argmax(dim=-1)
+    else:
+        is_eos = input_ids == eos_token_id
+        missing = (~is_eos.any(dim=-1)).nonzero().flatten()
+        if missing.numel():
+            raise ValueError(
+                f"captions {missing.tolist()} have no end-of-text token (id {eos_token_id}); "
+                "tokenize with the CLIP tokenizer, which appends it"
+            )
+        eot = is_eos.int().argmax(dim=-1)
+    if (eot < 1).any():
+        raise ValueError("a caption has its end-of-text token at position 0; captions must start with start-of-text")
+    return eot
+
+
+@dataclass
+class PromptLayout:
+    """Where caption tokens and prompt slots sit in the widened sequence (length ``S' = S + P + Q``)."""
+
+    token_index: torch.Tensor  # [N, S'] caption position each slot copies (0 for prompt slots)
+    is_prompt: torch.Tensor  # [N, S'] bool
+    prompt_index: torch.Tensor  # [N, S'] row of the layer's [P+Q, D] prompts (0 for caption slots)
+    pool_index: torch.Tensor  # [N] position of EOT in the widened sequence
+
+    @classmethod
+    def build(cls, eot: torch.Tensor, seq_len: int, num_prefix: int, num_postfix: int) -> PromptLayout:
+        P, Q = num_prefix, num_postfix
+        j = torch.arange(seq_len + P + Q, device=eot.device).unsqueeze(0)  # [1, S']
+        e = eot.unsqueeze(1)  # [N, 1]
+        is_prefix = (j >= 1) & (j <= P)
+        is_postfix = (j >= P + e) & (j < P + Q + e)
+        is_prompt = is_prefix | is_postfix
+        token_index = torch.where(j == 0, 0, torch.where(j < P + e, j - P, j - P - Q))
+        token_index = token_index.masked_fill(is_prompt, 0)
+        prompt_index = torch.where(is_prefix, j - 1, j - e).masked_fill(~is_prompt, 0)  # postfix: P + (j - P - e)
+        return cls(token_index, is_prompt, prompt_index, eot + P + Q)
+
+    def fill(self, hidden: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        """Write one layer's ``prompts [P+Q, D]`` into the prompt slots of ``hidden [N, S', D]``."""
+        slot_values = prompts.to(hidden.dtype)[self.prompt_index]  # [N, S', D]
+        return torch.where(self.is_prompt.unsqueeze(-1), slot_values, hidden)
+
+
+class PromptedTextEncoder(nn.Module):
+    """CLIP text features with deep prefix/postfix prompts and adapters.
+
+    ``forward(input_ids [N, S], attention_mask [N, S], text_prompts) -> [N, E]``: the projected
+    EOT feature after the final LayerNorm and ``text_projection``, not normalised.
+
+    ``text_prompts`` is ``[L_t, prefix + postfix, D_t]`` (prefix rows first), one set per text
+    layer, e.g. the text half of :class:`SharedPromptSpace`. With ``None`` the encoder uses its
+    own learnable prompts (``model.text_prompts.enabled`` and ``model.shared_latent == none``)
+    or, with text prompts disabled, runs stock CLIP (plus adapters when enabled).
+
+    The encoder does not own ``clip`` (it is not registered as a submodule): the caller holds,
+    freezes and moves CLIP; this module holds only the prompts and the text adapters.
+    """
+
+    def __init__(self, clip: nn.Module, model_cfg, hooks: HookSet) -> None:
+        super().__init__()
+        parts = text_parts(clip)
+        if parts.tower is None or parts.projection is None:
+            raise ValueError("PromptedTextEncoder needs a CLIPModel (text tower and text_projection)")
+        self._parts = parts  # a plain dataclass: CLIP's weights stay out of this module's state_dict
+        config = parts.tower.config
+        prompt_cfg = model_cfg.text_prompts
+        self.width = config.hidden_size
+        self.num_layers = len(parts.layers)
+        self.eos_token_id = config.eos_token_id
+        self.prompts_enabled = bool(prompt_cfg.enabled)
+        self.num_prefix, self.num_postfix = prompt_cfg.prefix, prompt_cfg.postfix
+        self.max_text_tokens = prompt_cfg.max_text_tokens
+        if self.max_text_tokens > config.max_position_embeddings:
+            raise ValueError(
+                f"model.text_prompts.max_text_tokens = {self.max_text_tokens} exceeds the text tower's "
+                f"max_position_embeddings = {config.max_position_embeddings}"
+            )
+        if self.num_prefix < 0 or self.num_postfix < 0:
+            raise ValueError(f"text prompt counts must be >= 0, got prefix={self.num_prefix}, postfix={self.num_postfix}")
+
+        own = self.prompts_enabled and model_cfg.shared_latent == "none"
+        if own:
+            shape = (self.num_layers, self.num_prefix + self.num_postfix, self.width)
+            self.prompts = nn.Parameter(torch.randn(shape) * prompt_cfg.init_std)  # [L_t, P+Q, D_t]
+        else:
+            self.register_parameter("prompts", None)
+
+        adapter_cfg = model_cfg.adapter
+        self.adapters = (
+            attach_adapters(parts.layers, self.width, adapter_cfg, hooks)
+            if adapter_cfg.enabled and adapter_cfg.text
+            else None
+        )
+
+        self._active: tuple[PromptLayout, torch.Tensor] | None = None  # set only inside forward
+        if self.prompts_enabled:
+            hooks.forward(parts.embeddings, self._widen_hook)
+            for index, layer in enumerate(parts.layers):
+                hooks.forward_pre(layer, self._fill_hook(index), with_kwargs=True)
+
+    # -- hooks ---------------------------------------------------------------------------------
+
+    def _widen_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        if self._active is None:
+            return None
+        layout, _ = self._active
+        index = layout.token_index.unsqueeze(-1).expand(-1, -1, output.shape[-1])
+        return output.gather(1, index)  # [N, S, D] -> [N, S', D]; prompt slots filled per layer
+
+    def _fill_hook(self, layer_index: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict):
+            if self._active is None:
+                return None
+            layout, prompts = self._active
+            if args:
+                return (layout.fill(args[0], prompts[layer_index]), *args[1:]), kwargs
+            kwargs = dict(kwargs, hidden_states=layout.fill(kwargs["hidden_states"], prompts[layer_index]))
+            return args, kwargs
+
+        return hook
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        text_prompts: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        N, S = input_ids.shape
+        if S > self.max_text_tokens:
+            raise ValueError(
+                f"cannot encode captions of {S} tokens, the text encoder's cap is {self.max_text_tokens} "
+                f"(model.text_prompts.max_text_tokens); tokenize with max_length={self.max_text_tokens}, "
+                "truncation=True (data.max_text_tokens)"
+            )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        tower, projection = self._parts.tower, self._parts.projection
+
+        prompts = text_prompts if text_prompts is not None else self.prompts
+        if text_prompts is not None and not self.prompts_enabled:
+            raise ValueError("text prompts were passed but model.text_prompts.enabled is false, so no prompt hooks are attached")
+        if prompts is None:
+            if self.prompts_enabled:
+                raise ValueError(
+                    "model.text_prompts.enabled with a shared latent space: pass the text prompts "
+                    "[L_t, prefix+postfix, D_t] from SharedPromptSpace"
+                )
+            pooled = tower(input_ids=input_ids, attention_mask=attention_mask).pooler_output  # stock
+            return projection(pooled)
+
+        expected = (self.num_layers, self.num_prefix + self.num_postfix, self.width)
+        if tuple(prompts.shape) != expected:
+            raise ValueError(f"text prompts have shape {tuple(prompts.shape)}, expected [L_t, prefix+postfix, D_t] = {list(expected)}")
+
+        layout = PromptLayout.build(eot_positions(input_ids, self.eos_token_id), S, self.num_prefix, self.num_postfix)
+        wide_mask = attention_mask.gather(1, layout.token_index).masked_fill(layout.is_prompt, 1)  # [N, S']
+        self._active = (layout, prompts)
+        try:
+            hidden = tower(input_ids=input_ids, attention_mask=wide_mask).last_hidden_state  # [N, S', D], final LN applied
+        finally:
+            self._active = None
+        pooled = hidden[torch.arange(N, device=hidden.device), layout.pool_index]  # [N, D]
+        return projection(pooled)
