@@ -79,7 +79,9 @@ def check_relative_path(path: str, where: str = "") -> str:
         path = path.replace("\\", "/")
     pure = PurePosixPath(path)
     if pure.is_absolute() or re.match(r"^[A-Za-z]:", path):
-        raise ManifestError(f"{prefix}field 'path' = {path!r} is absolute; manifest paths must be relative to data.video_root")
+        raise ManifestError(
+            f"{prefix}field 'path' = {path!r} is absolute; manifest paths must be relative to data.video_root"
+        )
     if ".." in pure.parts:
         raise ManifestError(f"{prefix}field 'path' = {path!r} escapes data.video_root ('..' is not allowed)")
     return str(pure)
@@ -116,7 +118,9 @@ def parse_row(obj: Any, where: str) -> ClipRecord:
         if bad:
             raise ManifestError(f"{where}: field '{key}' = {value!r} is not {desc}")
     if "label" not in obj and not obj.get("captions"):
-        raise ManifestError(f"{where}: field 'label' or 'captions' is required (a row needs a class or a caption)")
+        raise ManifestError(
+            f"{where}: field 'label' or 'captions' is required (a row needs a class or a caption)"
+        )
     path = check_relative_path(obj["path"], where)
     return ClipRecord(
         path=path,
@@ -186,7 +190,9 @@ def check_labels(records: list[ClipRecord], class_names: list[str], source: str)
     """Every row has a label inside the class list (and a matching name when it gives one)."""
     for i, rec in enumerate(records):
         if rec.label is None:
-            raise ManifestError(f"{source}: row {i + 1} ({rec.path}) has no 'label'; recognition needs one on every row")
+            raise ManifestError(
+                f"{source}: row {i + 1} ({rec.path}) has no 'label'; recognition needs one on every row"
+            )
         if rec.label >= len(class_names):
             raise ManifestError(
                 f"{source}: row {i + 1} ({rec.path}) field 'label' = {rec.label} but the class list has {len(class_names)} classes"

@@ -273,7 +273,9 @@ def write_synthetic_dataset(
         list_dir.mkdir(exist_ok=True)
         camel = ["".join(w.capitalize() for w in cls.name.split()) for cls in classes]
         # UCF101's own lists use Windows line endings; so do ours.
-        (list_dir / "classInd.txt").write_text("".join(f"{i + 1} {n}\r\n" for i, n in enumerate(camel)), newline="")
+        (list_dir / "classInd.txt").write_text(
+            "".join(f"{i + 1} {n}\r\n" for i, n in enumerate(camel)), newline=""
+        )
         train: dict[int, list[str]] = {1: [], 2: [], 3: []}
         test: dict[int, list[str]] = {1: [], 2: [], 3: []}
         for c, name in enumerate(camel):
@@ -302,7 +304,9 @@ def write_synthetic_dataset(
                 vid = f"video{idx}"
                 write_video(root / MSRVTT_VIDEO_DIR / f"{vid}.mp4", frames(c, j), fps)
                 is_test = _msrvtt_is_test(j)
-                videos.append({"category": c, "video_id": vid, "id": idx, "split": "test" if is_test else "train"})
+                videos.append(
+                    {"category": c, "video_id": vid, "id": idx, "split": "test" if is_test else "train"}
+                )
                 caps = motion_captions(cls, looks[j])
                 for caption in caps:
                     sentences.append({"caption": caption, "video_id": vid, "sen_id": len(sentences)})
@@ -325,7 +329,9 @@ def write_synthetic_dataset(
 _DONE = ".complete"
 
 
-def ensure_synthetic(cfg_data: Any, cache_dir: str | Path, layout: str = "hmdb51", seed: int = 0) -> tuple[Path, Path]:
+def ensure_synthetic(
+    cfg_data: Any, cache_dir: str | Path, layout: str = "hmdb51", seed: int = 0
+) -> tuple[Path, Path]:
     """Generate the synthetic dataset and its manifests under ``cache_dir`` if missing.
 
     Returns ``(video_root, manifest_dir)``. Idempotent, and safe when several DDP ranks (or

@@ -1,0 +1,119 @@
+"""UCF101: ``root/UCF-101/<Class>/v_*.avi`` and ``ucfTrainTestlist/`` with ``classInd.txt``
+("1 ApplyEyeMakeup"), ``trainlist0k.txt`` ("Class/v_X.avi 1") and ``testlist0k.txt`` ("Class/v_X.avi").
+
+Class indices are ``classInd.txt``'s (1-based there, 0-based here). UCF101 has no validation list,
+so ``val.jsonl`` is the official test list. Folder, list and file names disagree in letter case for
+some classes (``HandstandPushups`` / ``v_HandStandPushups_*``); names are matched case-insensitively.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..manifest import ClipRecord
+from ..synthetic import UCF_LIST_DIR
+from . import (
+    BuildError,
+    BuildReport,
+    FileIndex,
+    find_file,
+    probe_records,
+    read_text_lines,
+    write_class_list,
+    write_split,
+)
+
+
+def _list_dir(root: Path, annotations: Path | None) -> Path:
+    places = (
+        [annotations] if annotations is not None else [root / UCF_LIST_DIR, root.parent / UCF_LIST_DIR, root]
+    )
+    hit = find_file("classInd.txt", places)
+    if hit is None:
+        where = annotations if annotations is not None else root
+        raise BuildError(
+            f"no UCF101 classInd.txt under {where}; pass the extracted ucfTrainTestlist folder with --annotations"
+        )
+    return hit.parent
+
+
+def _video_prefix(root: Path) -> str:
+    """Manifest paths are relative to root: 'UCF-101/<Class>/...' or '<Class>/...' if root is UCF-101."""
+    return "UCF-101/" if (root / "UCF-101").is_dir() else ""
+
+
+def _read_classes(path: Path) -> list[str]:
+    names = []
+    for lineno, line in enumerate(read_text_lines(path), start=1):
+        parts = line.split()
+        if len(parts) != 2 or not parts[0].isdigit() or int(parts[0]) != lineno:
+            raise BuildError(f"{path}:{lineno}: expected '{lineno} <ClassName>', got {line!r}")
+        names.append(parts[1])
+    return names
+
+
+def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, progress: bool) -> BuildReport:
+    list_dir = _list_dir(root, annotations)
+    classes = _read_classes(list_dir / "classInd.txt")
+    by_lower = {c.lower(): i for i, c in enumerate(classes)}
+    prefix = _video_prefix(root)
+    files = FileIndex(root)
+    report = BuildReport("ucf101", root, out_dir)
+    write_class_list(report, out_dir, classes)
+    missing: set[str] = set()
+    probed: dict = {}
+
+    def row(list_file: Path, lineno: int, rel: str, label: int | None) -> ClipRecord | None:
+        folder = rel.replace("\\", "/").split("/")[0]
+        from_folder = by_lower.get(folder.lower())
+        if from_folder is None:
+            raise BuildError(
+                f"{list_file}:{lineno}: class folder {folder!r} is not in {list_dir / 'classInd.txt'}"
+            )
+        if label is not None and label != from_folder:
+            raise BuildError(
+                f"{list_file}:{lineno}: label {label + 1} ({classes[label]}) disagrees with the folder {folder!r}"
+            )
+        found = files.find(prefix + rel)
+        if found is None:
+            missing.add(prefix + rel)
+            return None
+        return ClipRecord(path=found, label=from_folder, label_name=classes[from_folder])
+
+    for split in (1, 2, 3):
+        train_file, test_file = list_dir / f"trainlist0{split}.txt", list_dir / f"testlist0{split}.txt"
+        train, test = [], []
+        for lineno, line in enumerate(
+            tqdm(read_text_lines(train_file), desc=f"ucf101 split{split} train", disable=not progress), 1
+        ):
+            parts = line.split()
+            if len(parts) != 2 or not parts[1].isdigit() or not 1 <= int(parts[1]) <= len(classes):
+                raise BuildError(
+                    f"{train_file}:{lineno}: expected '<Class>/<video.avi> <1..{len(classes)}>', got {line!r}"
+                )
+            if (rec := row(train_file, lineno, parts[0], int(parts[1]) - 1)) is not None:
+                train.append(rec)
+        for lineno, line in enumerate(
+            tqdm(read_text_lines(test_file), desc=f"ucf101 split{split} test", disable=not progress), 1
+        ):
+            parts = line.split()
+            if len(parts) != 1:
+                raise BuildError(f"{test_file}:{lineno}: expected '<Class>/<video.avi>', got {line!r}")
+            if (rec := row(test_file, lineno, parts[0], None)) is not None:
+                test.append(rec)
+        if probe:
+            train, test = (
+                probe_records(train, root, progress, probed),
+                probe_records(test, root, progress, probed),
+            )
+        write_split(
+            report, out_dir / f"split{split}", f"split{split}", {"train": train, "val": test, "test": test}
+        )
+    report.missing = sorted(missing)
+    if not any(report.clips.values()):
+        raise BuildError(
+            f"none of the videos listed in {list_dir} exist under {root}; is --root the folder holding UCF-101/?"
+        )
+    return report

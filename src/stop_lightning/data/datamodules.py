@@ -1,0 +1,416 @@
+"""LightningDataModules for recognition and retrieval, built from a ``DataConfig`` and manifests.
+
+Recognition batches::
+
+    train/val: {"video": float32 [B, T, 3, H, W], "label": int64 [B], "index": int64 [B]}
+    test:      "video" is [B, V, T, 3, H, W] when V = test_clips * test_crops > 1
+
+Retrieval batches::
+
+    train:    {"video": [B, T, 3, H, W], "frame_mask": bool [B, T], "caption": list[str], "video_index": int64 [B]}
+    val/test: {"video", "frame_mask", "video_index"}, one item per video; captions via eval_captions(stage)
+
+Distributed sampling is left to Lightning (it wraps these loaders in a DistributedSampler; in
+evaluation it pads with repeated items, so de-duplicate by ``index``/``video_index``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+from ..config import ConfigError, DataConfig
+from .datasets import DataHealth, SamplingConfig, VideoCaptionDataset, VideoClipDataset, seed_worker
+from .manifest import (
+    CLASSES_FILE,
+    STAGES,
+    ClipRecord,
+    ManifestError,
+    check_labels,
+    read_classes,
+    read_manifest,
+    readable_class_name,
+    recognition_manifest_path,
+    retrieval_manifest_path,
+    write_manifest,
+)
+from .transforms import eval_transform, train_transform
+
+log = logging.getLogger(__name__)
+
+BUILDABLE = ("hmdb51", "ucf101", "msrvtt")
+
+
+def as_data_config(cfg: Any) -> DataConfig:
+    """A ``DataConfig`` from a DataConfig, an OmegaConf node or a plain mapping."""
+    if isinstance(cfg, DataConfig):
+        return cfg
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    if not isinstance(cfg, Mapping):
+        raise TypeError(f"expected a DataConfig, DictConfig or mapping, got {type(cfg).__name__}")
+    known = {f.name for f in fields(DataConfig)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ConfigError(f"unknown data config key(s): {', '.join('data.' + k for k in unknown)}")
+    return DataConfig(**dict(cfg))
+
+
+class VideoDataModule(L.LightningDataModule):
+    """What recognition and retrieval share: config, transforms, loaders, data-health counters."""
+
+    def __init__(
+        self, data_cfg: Any, image_size: int, mean: tuple[float, ...], std: tuple[float, ...], seed: int = 0
+    ):
+        super().__init__()
+        self.cfg = as_data_config(data_cfg)
+        self.image_size = int(image_size)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.seed = seed
+        self.video_root = Path(self.cfg.video_root)
+        self.manifest_dir = Path(self.cfg.manifest_dir)
+        self.health = {stage: DataHealth() for stage in STAGES}
+        self._totals = {stage: dict.fromkeys(DataHealth.KEYS, 0) for stage in STAGES}
+        self.datasets: dict[str, Dataset | None] = dict.fromkeys(STAGES)
+
+    # -- config helpers -----------------------------------------------------------------------
+
+    def _sampling(self) -> SamplingConfig:
+        c = self.cfg
+        return SamplingConfig(
+            num_frames=c.num_frames, sampling=c.sampling, fps=c.fps, min_video_frames=c.min_video_frames
+        )
+
+    def _transform(self, stage: str, crops: int = 1):
+        if stage == "train":
+            return train_transform(
+                self.image_size, self.mean, self.std, hflip=self.cfg.hflip, scale=self.cfg.train_crop_scale
+            )
+        return eval_transform(self.image_size, self.mean, self.std, crops=crops)
+
+    def _read(self, path: Path) -> list[ClipRecord]:
+        if not path.is_file():
+            raise ManifestError(self._missing_message(path))
+        return read_manifest(path)
+
+    def _missing_message(self, path: Path) -> str:
+        msg = f"manifest file {path} does not exist (data.manifest_dir={self.manifest_dir}, data.dataset={self.cfg.dataset})."
+        if self.cfg.dataset in BUILDABLE:
+            ann = " [--annotations <folder with the official split files>]"
+            return (
+                f"{msg} Build it with:\n  stop-lightning manifest {self.cfg.dataset} --root {self.video_root}{ann} "
+                f"--out {self.manifest_dir}"
+            )
+        return f"{msg} Write the manifests in the format described in data_manifests/README.md."
+
+    def _check_video_root(self) -> None:
+        if not self.video_root.is_dir():
+            raise ManifestError(
+                f"data.video_root={self.video_root} is not a directory; set it to the folder the manifest paths "
+                f"in {self.manifest_dir} are relative to (the --root given to 'stop-lightning manifest')"
+            )
+
+    # -- loaders --------------------------------------------------------------------------------
+
+    def _loader(self, stage: str) -> DataLoader:
+        dataset = self.datasets.get(stage)
+        if dataset is None:
+            raise RuntimeError(
+                f"no {stage} dataset: call setup() first (the {stage} loader needs a {stage} split)"
+            )
+        c = self.cfg
+        train = stage == "train"
+        batch = c.batch_size if train or c.eval_batch_size <= 0 else c.eval_batch_size
+        generator = torch.Generator().manual_seed(self.seed + STAGES.index(stage))
+        return DataLoader(
+            dataset,
+            batch_size=batch,
+            shuffle=train,
+            drop_last=False,
+            num_workers=c.num_workers,
+            persistent_workers=c.persistent_workers and c.num_workers > 0,
+            pin_memory=c.pin_memory and torch.cuda.is_available(),
+            worker_init_fn=seed_worker,
+            generator=generator,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    # -- data health ----------------------------------------------------------------------------
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Bad videos replaced so far in the current epoch, per stage (reset by ``epoch_summary``)."""
+        return {stage: h.snapshot()["skipped"] for stage, h in self.health.items()}
+
+    def epoch_summary(self, stage: str, reset: bool = True) -> dict[str, int]:
+        """Counts for ``stage`` since the last call (clips, skipped, decode warnings/errors); logs a line."""
+        counts = self.health[stage].reset() if reset else self.health[stage].snapshot()
+        for key, n in counts.items():
+            self._totals[stage][key] += n if reset else 0
+        if counts["skipped"] or counts["decode_warnings"] or counts["decode_errors"]:
+            log.warning(
+                "%s epoch: %d clips, %d bad videos skipped, %d FFmpeg warnings and %d errors in %d files",
+                stage,
+                counts["clips"],
+                counts["skipped"],
+                counts["decode_warnings"],
+                counts["decode_errors"],
+                counts["files_with_warnings"],
+            )
+        return counts
+
+    def teardown(self, stage: str) -> None:
+        for name in STAGES:
+            left = self.health[name].reset()
+            total = {k: self._totals[name][k] + left[k] for k in DataHealth.KEYS}
+            self._totals[name] = dict.fromkeys(DataHealth.KEYS, 0)
+            if total["skipped"] or total["decode_errors"] or total["decode_warnings"]:
+                log.warning(
+                    "data summary (%s): %d clips read, %d bad videos skipped, %d FFmpeg warnings, %d errors",
+                    name,
+                    total["clips"],
+                    total["skipped"],
+                    total["decode_warnings"],
+                    total["decode_errors"],
+                )
+
+
+class RecognitionDataModule(VideoDataModule):
+    """Action recognition from ``<manifest_dir>/split<k>/{train,val,test}.jsonl`` + ``classes.txt``.
+
+    After ``setup()``: ``class_names`` (readable, index = label), ``raw_class_names`` (as in
+    classes.txt), ``num_classes``, ``base_class_ids`` / ``novel_class_ids`` (the base-to-novel halves:
+    the alphabetically first ceil(n/2) class names are base), ``train_records``.
+    """
+
+    def __init__(
+        self, data_cfg: Any, image_size: int, mean: tuple[float, ...], std: tuple[float, ...], seed: int = 0
+    ):
+        super().__init__(data_cfg, image_size, mean, std, seed)
+        self.class_names: list[str] = []
+        self.raw_class_names: list[str] = []
+        self.num_classes = 0
+        self.base_class_ids: list[int] = []
+        self.novel_class_ids: list[int] = []
+        self.train_records: list[ClipRecord] = []
+
+    def manifest_path(self, stage: str) -> Path:
+        split_path = recognition_manifest_path(self.manifest_dir, self.cfg.split, stage)
+        flat = retrieval_manifest_path(self.manifest_dir, stage)
+        if self.cfg.dataset == "manifest" and not split_path.parent.is_dir() and flat.is_file():
+            return flat  # a custom manifest folder without split<k>/ subfolders
+        return split_path
+
+    def _classes(self) -> list[str]:
+        for place in (self.manifest_dir / CLASSES_FILE, self.manifest_path("train").parent / CLASSES_FILE):
+            if place.is_file():
+                return read_classes(place)
+        raise ManifestError(self._missing_message(self.manifest_dir / CLASSES_FILE))
+
+    def setup(self, stage: str | None = None) -> None:
+        self._check_video_root()
+        self.raw_class_names = self._classes()
+        self.class_names = [readable_class_name(n) for n in self.raw_class_names]
+        self.num_classes = len(self.class_names)
+        self.base_class_ids, self.novel_class_ids = base_novel_split(self.raw_class_names)
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(
+            stage or "", STAGES
+        )
+        protocol = self.cfg.protocol
+        for name in wanted:
+            if name == "train" and protocol == "zero_shot":
+                self.datasets["train"] = None
+                continue
+            if self.datasets.get(name) is not None:
+                continue
+            path = self.manifest_path(name)
+            records = self._read(path)
+            check_labels(records, self.raw_class_names, str(path))
+            if name == "train":
+                records = self._protocol_train(records, path)
+                self.train_records = records
+            test = name == "test"
+            self.health[name] = DataHealth()  # per process: a DDP rank counts its own clips
+            self.datasets[name] = VideoClipDataset(
+                records,
+                self.video_root,
+                name,
+                self._sampling(),
+                self._transform(name, crops=self.cfg.test_crops if test else 1),
+                bad_video=self.cfg.bad_video,
+                health=self.health[name],
+                num_clips=self.cfg.test_clips if test else 1,
+                num_crops=self.cfg.test_crops if test else 1,
+            )
+
+    def _protocol_train(self, records: list[ClipRecord], path: Path) -> list[ClipRecord]:
+        c = self.cfg
+        if c.protocol == "base_to_novel":
+            base = set(self.base_class_ids)
+            records = [r for r in records if r.label in base]
+        if c.protocol == "few_shot" or (c.protocol == "base_to_novel" and c.shots > 0):
+            if c.shots <= 0:
+                raise ConfigError(
+                    f"data.protocol=few_shot needs data.shots > 0 (clips per class), got {c.shots}"
+                )
+            tag = "train_base" if c.protocol == "base_to_novel" else "train"
+            records = few_shot_records(records, c.shots, c.protocol_seed, path, self.raw_class_names, tag=tag)
+        return records
+
+    def train_dataloader(self) -> DataLoader:
+        if self.cfg.protocol == "zero_shot":
+            raise ConfigError(
+                "data.protocol=zero_shot has no training set; evaluate instead (stop-lightning eval)"
+            )
+        return super().train_dataloader()
+
+
+class RetrievalDataModule(VideoDataModule):
+    """Text-video retrieval from ``<manifest_dir>/{train,val,test}.jsonl`` rows with captions."""
+
+    def setup(self, stage: str | None = None) -> None:
+        self._check_video_root()
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(
+            stage or "", STAGES
+        )
+        for name in wanted:
+            if self.datasets.get(name) is not None:
+                continue
+            records = self._read(retrieval_manifest_path(self.manifest_dir, name))
+            self.health[name] = DataHealth()  # per process: a DDP rank counts its own clips
+            self.datasets[name] = VideoCaptionDataset(
+                records,
+                self.video_root,
+                name,
+                self._sampling(),
+                self._transform(name),
+                bad_video=self.cfg.bad_video,
+                health=self.health[name],
+            )
+
+    def eval_captions(self, stage: str = "test") -> tuple[list[str], list[int]]:
+        """All captions of ``stage`` and the ``video_index`` each belongs to (1k-A: one per video)."""
+        dataset = self.datasets.get(stage)
+        if dataset is None:
+            self.setup({"val": "validate", "test": "test", "train": "fit"}[stage])
+            dataset = self.datasets[stage]
+        assert isinstance(dataset, VideoCaptionDataset)
+        return dataset.caption_index()
+
+
+# ---------------------------------------------------------------------------------------------
+# Protocols
+# ---------------------------------------------------------------------------------------------
+
+
+def base_novel_split(class_names: list[str]) -> tuple[list[int], list[int]]:
+    """Base = the alphabetically first ceil(n/2) class names, novel = the rest (ids in class-list order)."""
+    order = sorted(range(len(class_names)), key=lambda i: class_names[i])
+    n_base = math.ceil(len(class_names) / 2)
+    return sorted(order[:n_base]), sorted(order[n_base:])
+
+
+def few_shot_records(
+    records: list[ClipRecord],
+    shots: int,
+    seed: int,
+    train_path: Path,
+    class_names: list[str],
+    tag: str = "train",
+) -> list[ClipRecord]:
+    """K clips per class drawn with ``seed``; kept as ``<tag>_fewshot_k<K>_seed<S>.jsonl`` next to the
+    training manifest. An existing file of that name is used as is (e.g. a published few-shot list)."""
+    out_path = train_path.with_name(f"{tag}_fewshot_k{shots}_seed{seed}.jsonl")
+    if out_path.is_file():
+        return read_manifest(out_path)
+    by_class: dict[int, list[ClipRecord]] = {}
+    for r in sorted(records, key=lambda r: r.path):
+        by_class.setdefault(int(r.label), []).append(r)  # type: ignore[arg-type]
+    rng = random.Random(seed)
+    chosen: list[ClipRecord] = []
+    for label in sorted(by_class):
+        pool = by_class[label]
+        if len(pool) < shots:
+            raise ConfigError(
+                f"data.shots={shots} but class {class_names[label]!r} has only {len(pool)} training clips in {train_path}"
+            )
+        chosen.extend(rng.sample(pool, shots))
+    try:
+        write_manifest(out_path, chosen)
+        log.info("few-shot training list (%d per class, seed %d) written to %s", shots, seed, out_path)
+    except OSError as err:  # a read-only manifest folder: the list is still reproducible from the seed
+        log.info("could not write %s (%s); the list is reproducible from data.protocol_seed", out_path, err)
+    return chosen
+
+
+# ---------------------------------------------------------------------------------------------
+# Factory
+# ---------------------------------------------------------------------------------------------
+
+
+def build_datamodule(
+    cfg_data: Any,
+    task_name: str,
+    image_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    seed: int = 0,
+    cache_dir: str | Path = ".cache/stop_lightning",
+) -> VideoDataModule:
+    """The DataModule for ``task_name`` (recognition | retrieval); ``data.dataset=synthetic`` generates
+    its videos and manifests under ``cache_dir`` first (HMDB51 layout for recognition, MSRVTT for retrieval)."""
+    from .synthetic import ensure_synthetic
+
+    cfg = as_data_config(cfg_data)
+    if task_name not in ("recognition", "retrieval"):
+        raise ConfigError(f"task.name = {task_name!r} is not one of: recognition, retrieval")
+    if cfg.dataset == "synthetic":
+        layout = "hmdb51" if task_name == "recognition" else "msrvtt"
+        video_root, manifest_dir = ensure_synthetic(cfg, cache_dir, layout=layout)
+        cfg = replace(cfg, video_root=str(video_root), manifest_dir=str(manifest_dir))
+    cls = RecognitionDataModule if task_name == "recognition" else RetrievalDataModule
+    return cls(cfg, image_size, mean, std, seed)
+
+
+class DataHealthCallback(L.Callback):
+    """Logs the DataModule's per-epoch counts (bad videos skipped, FFmpeg warnings/errors) as
+    ``data/<stage>_<count>`` and resets them."""
+
+    def _report(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        dm = getattr(trainer, "datamodule", None)
+        if not isinstance(dm, VideoDataModule):
+            return
+        counts = dm.epoch_summary(stage)
+        for key in ("skipped", "decode_warnings", "decode_errors"):
+            pl_module.log(f"data/{stage}_{key}", float(counts[key]), sync_dist=True, reduce_fx="sum")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._report(trainer, pl_module, "train")
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._report(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._report(trainer, pl_module, "test")

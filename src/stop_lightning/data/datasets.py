@@ -1,0 +1,271 @@
+"""Map-style datasets that stream clips from video files listed in a manifest.
+
+``VideoClipDataset`` (recognition) yields ``{"video", "label", "index"}``; ``VideoCaptionDataset``
+(retrieval) yields ``{"video", "frame_mask", "caption", "video_index"}`` in training and
+``{"video", "frame_mask", "video_index"}`` in evaluation. Bad videos follow ``bad_video``:
+``raise`` (``VideoDecodeError`` naming the file and the reason) or ``skip`` (a training clip is
+replaced by another random clip; an evaluation clip by a blank one, so every video and caption
+still counts in the metrics), counted in a :class:`DataHealth` shared with the worker processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing import context as mp_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .decode import SEEK_THRESHOLD, VideoDecodeError, VideoFile, configure_ffmpeg_logging
+from .manifest import ClipRecord, resolve_video_path
+from .sampling import fps_indices, segment_indices
+
+log = logging.getLogger(__name__)
+
+MAX_REPLACEMENTS = 20
+_SPAWN = mp.get_context("spawn")
+
+
+class DataHealth:
+    """Counters of one dataset (clips served, skipped, FFmpeg warnings/errors) shared by all
+    DataLoader workers through shared memory, read and reset by the main process each epoch."""
+
+    KEYS = ("clips", "skipped", "decode_warnings", "decode_errors", "files_with_warnings")
+
+    def __init__(self, values: list[int] | None = None):
+        # A spawn-context lock can be shared with both forked and spawned worker processes.
+        self._shared = _SPAWN.Array("q", values or [0] * len(self.KEYS))
+
+    def add(self, **counts: int) -> None:
+        with self._shared.get_lock():
+            for key, n in counts.items():
+                self._shared[self.KEYS.index(key)] += n
+
+    def snapshot(self) -> dict[str, int]:
+        with self._shared.get_lock():
+            return dict(zip(self.KEYS, self._shared[:]))
+
+    def reset(self) -> dict[str, int]:
+        """Current counts, then zero them."""
+        with self._shared.get_lock():
+            out = dict(zip(self.KEYS, self._shared[:]))
+            self._shared[:] = [0] * len(self.KEYS)
+        return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Shared memory travels to worker processes being started; any other pickling (deepcopy,
+        # checkpoint hparams) gets an independent copy of the current values.
+        if mp_context.get_spawning_popen() is not None:
+            return {"shared": self._shared}
+        return {"values": list(self._shared[:])}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "shared" in state:
+            self._shared = state["shared"]
+        else:
+            self._shared = _SPAWN.Array("q", state["values"])
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    num_frames: int
+    sampling: str = "segment"  # segment | fps
+    fps: float = 3.0
+    min_video_frames: int = 1
+    seek_threshold: int = SEEK_THRESHOLD
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed python and numpy from the worker's torch seed, quiet FFmpeg."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    configure_ffmpeg_logging()
+
+
+class VideoDataset(Dataset):
+    """Shared machinery: path checks, decoding, sampling, the bad-video policy."""
+
+    def __init__(
+        self,
+        records: list[ClipRecord],
+        video_root: str | Path,
+        stage: str,
+        sampling: SamplingConfig,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        bad_video: str = "raise",
+        health: DataHealth | None = None,
+    ):
+        if bad_video not in ("raise", "skip"):
+            raise ValueError(f"bad_video must be 'raise' or 'skip', got {bad_video!r}")
+        if sampling.sampling not in ("segment", "fps"):
+            raise ValueError(f"sampling must be 'segment' or 'fps', got {sampling.sampling!r}")
+        self.records = records
+        self.video_root = Path(video_root)
+        # Resolve (and refuse escaping paths) up front, not in a worker half-way through an epoch.
+        self.paths = [resolve_video_path(self.video_root, r.path) for r in records]
+        self.stage = stage
+        self.train = stage == "train"
+        self.sampling = sampling
+        self.transform = transform
+        self.bad_video = bad_video
+        self.health = health if health is not None else DataHealth()
+        self._known_bad: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    # -- decoding ---------------------------------------------------------------------------
+
+    def frame_indices(
+        self, num_frames: int, fps: float, clip: int = 0, num_clips: int = 1
+    ) -> tuple[list[int], list[bool]]:
+        s = self.sampling
+        if s.sampling == "fps":
+            return fps_indices(
+                num_frames, fps, s.num_frames, s.fps, self.train, clip=clip, num_clips=num_clips
+            )
+        idx = segment_indices(num_frames, s.num_frames, self.train, clip=clip, num_clips=num_clips)
+        return idx, [True] * s.num_frames
+
+    def decode(self, i: int, num_clips: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip(s) of item ``i``: uint8 ``[num_clips, T, 3, H, W]`` and the bool frame mask ``[num_clips, T]``."""
+        path = self.paths[i]
+        with VideoFile(path, seek_threshold=self.sampling.seek_threshold) as video:
+            n = video.info.num_frames
+            if n < self.sampling.min_video_frames:
+                raise VideoDecodeError(
+                    path, f"too short: {n} frames < data.min_video_frames={self.sampling.min_video_frames}"
+                )
+            plans = [self.frame_indices(n, video.info.fps, c, num_clips) for c in range(num_clips)]
+            flat = [j for idx, _ in plans for j in idx]
+            try:
+                frames = video.get_frames(flat)  # [num_clips*T, H, W, 3]
+            finally:
+                self._record_stats(path, video.stats)
+        t = self.sampling.num_frames
+        clips = torch.from_numpy(frames).permute(0, 3, 1, 2).reshape(num_clips, t, 3, *frames.shape[1:3])
+        mask = torch.tensor([m for _, m in plans], dtype=torch.bool)
+        return clips, mask
+
+    def _record_stats(self, path: Path, stats: Any) -> None:
+        if stats.warnings or stats.errors:
+            self.health.add(decode_warnings=stats.warnings, decode_errors=stats.errors, files_with_warnings=1)
+            log.debug(
+                "%s: %d FFmpeg warnings, %d errors: %s", path, stats.warnings, stats.errors, stats.messages
+            )
+
+    # -- policy -----------------------------------------------------------------------------
+
+    def load(self, i: int) -> dict[str, Any]:  # pragma: no cover - implemented by subclasses
+        raise NotImplementedError
+
+    def placeholder(self, i: int) -> dict[str, Any]:  # pragma: no cover - implemented by subclasses
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        i = int(i)
+        for _ in range(MAX_REPLACEMENTS):
+            try:
+                if i in self._known_bad:
+                    raise VideoDecodeError(self.paths[i], self._known_bad[i])
+                item = self.load(i)
+                self.health.add(clips=1)
+                return item
+            except VideoDecodeError as err:
+                if self.bad_video == "raise":
+                    raise VideoDecodeError(
+                        err.path, f"{err.reason} (set data.bad_video=skip to skip bad videos)"
+                    ) from err
+                if i not in self._known_bad:
+                    self._known_bad[i] = err.reason
+                    log.warning("skipping bad video %s: %s", err.path, err.reason)
+                self.health.add(skipped=1)
+                if not self.train:
+                    return self.placeholder(i)
+                i = int(torch.randint(len(self), ()).item())
+        raise VideoDecodeError(
+            self.paths[i],
+            f"{MAX_REPLACEMENTS} bad videos in a row in the {self.stage} set; is data.video_root right?",
+        )
+
+
+class VideoClipDataset(VideoDataset):
+    """Recognition. ``views = test_clips * test_crops`` evaluation views per item (only in ``test``)."""
+
+    def __init__(self, *args: Any, num_clips: int = 1, num_crops: int = 1, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        for i, r in enumerate(self.records):
+            if r.label is None:
+                raise ValueError(f"recognition row {i + 1} ({r.path}) has no label")
+        self.num_clips = num_clips
+        self.num_crops = num_crops
+
+    @property
+    def labels(self) -> list[int]:
+        return [int(r.label) for r in self.records]  # type: ignore[arg-type]
+
+    def load(self, i: int) -> dict[str, Any]:
+        clips, _ = self.decode(i, self.num_clips)  # [C, T, 3, H, W]
+        views = [self.transform(c) for c in clips]  # each [T, 3, S, S] or [crops, T, 3, S, S]
+        video = torch.cat([v.reshape(-1, *v.shape[-4:]) for v in views])  # [C*crops, T, 3, S, S]
+        if video.shape[0] == 1:
+            video = video[0]
+        return {"video": video, "label": int(self.records[i].label), "index": i}  # type: ignore[arg-type]
+
+    def placeholder(self, i: int) -> dict[str, Any]:
+        size = self._output_size()
+        views = self.num_clips * self.num_crops
+        shape = (
+            (self.sampling.num_frames, 3, size, size)
+            if views == 1
+            else (views, self.sampling.num_frames, 3, size, size)
+        )
+        return {"video": torch.zeros(shape), "label": int(self.records[i].label), "index": i}  # type: ignore[arg-type]
+
+    def _output_size(self) -> int:
+        out = self.transform(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+        return int(out.shape[-1])
+
+
+class VideoCaptionDataset(VideoDataset):
+    """Retrieval: one item per video. Rows with the same path are merged (all their captions)."""
+
+    def __init__(self, records: list[ClipRecord], *args: Any, **kwargs: Any):
+        merged: dict[str, ClipRecord] = {}
+        captions: dict[str, list[str]] = {}
+        for r in records:
+            if not r.captions:
+                raise ValueError(f"retrieval row for {r.path} has no captions")
+            merged.setdefault(r.path, r)
+            captions.setdefault(r.path, []).extend(r.captions)
+        self.captions = [captions[p] for p in merged]
+        super().__init__(list(merged.values()), *args, **kwargs)
+
+    def caption_index(self) -> tuple[list[str], list[int]]:
+        """Every caption and the index of its video, in manifest order."""
+        texts = [c for caps in self.captions for c in caps]
+        owners = [i for i, caps in enumerate(self.captions) for _ in caps]
+        return texts, owners
+
+    def load(self, i: int) -> dict[str, Any]:
+        clips, mask = self.decode(i)
+        item = {"video": self.transform(clips[0]), "frame_mask": mask[0], "video_index": i}
+        if self.train:
+            caps = self.captions[i]
+            item["caption"] = caps[int(torch.randint(len(caps), ()).item())]
+        return item
+
+    def placeholder(self, i: int) -> dict[str, Any]:
+        t = self.sampling.num_frames
+        size = int(self.transform(torch.zeros(1, 3, 8, 8, dtype=torch.uint8)).shape[-1])
+        mask = torch.zeros(t, dtype=torch.bool)
+        mask[0] = True  # one valid (blank) frame, so masked means stay defined
+        return {"video": torch.zeros(t, 3, size, size), "frame_mask": mask, "video_index": i}

@@ -1,0 +1,254 @@
+"""PyAV streaming decoder: open a video, read its header, decode only the frames asked for.
+
+Short videos are decoded from the start and stop after the last wanted frame; long ones seek to
+the key frame before each run of wanted frames. FFmpeg's own messages are captured per file and
+counted (``DecodeStats``) instead of being printed by every worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import av.logging
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# Frames further apart than this are reached by seeking instead of decoding through.
+SEEK_THRESHOLD = 250
+
+
+class _NoTimestamps(Exception):
+    """Decoded frames lack timestamps, so a seek cannot be located: decode from the start instead."""
+
+
+class VideoDecodeError(RuntimeError):
+    """A video that cannot be used; ``path`` and ``reason`` say which and why."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclass
+class DecodeStats:
+    warnings: int = 0  # FFmpeg warnings (e.g. h264 "mmco: unref short failure")
+    errors: int = 0  # FFmpeg errors and packets that failed to decode
+    # Wanted frames past the real end (the header over-counted): filled with the last frame.
+    missing_frames: int = 0
+    messages: list[str] = field(default_factory=list)  # the first few distinct messages
+
+    def add_message(self, level: int, text: str) -> None:
+        if level <= av.logging.ERROR:
+            self.errors += 1
+        else:
+            self.warnings += 1
+        text = text.strip()
+        if len(self.messages) < 5 and text not in self.messages:
+            self.messages.append(text)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+
+
+_logging_configured = False
+
+
+def configure_ffmpeg_logging() -> None:
+    """Let FFmpeg report warnings to PyAV (so they can be captured and counted), never to the console.
+
+    Anything emitted outside a capture goes to the ``libav`` Python logger, which only passes errors.
+    """
+    global _logging_configured
+    if _logging_configured:
+        return
+    av.logging.set_level(av.logging.WARNING)
+    logging.getLogger("libav").setLevel(logging.ERROR)
+    _logging_configured = True
+
+
+class VideoFile:
+    """An open video stream. Use as a context manager::
+
+    with VideoFile(path) as video:
+        frames = video.get_frames([0, 4, 8])  # uint8 [3, H, W, 3]
+    """
+
+    def __init__(self, path: str | Path, seek_threshold: int = SEEK_THRESHOLD, threads: int = 1):
+        configure_ffmpeg_logging()
+        self.path = Path(path)
+        self.seek_threshold = seek_threshold
+        self.stats = DecodeStats()
+        if not self.path.is_file():
+            raise VideoDecodeError(self.path, "file not found")
+        if self.path.stat().st_size == 0:
+            raise VideoDecodeError(self.path, "empty file (0 bytes)")
+        capture = av.logging.Capture()
+        try:
+            with capture:
+                self.container = av.open(str(self.path))
+        except (av.error.FFmpegError, OSError) as err:
+            self._absorb(capture.logs)
+            raise VideoDecodeError(self.path, f"cannot open: {err}; {self._why()}") from err
+        self._absorb(capture.logs)
+        if not self.container.streams.video:
+            self.container.close()
+            raise VideoDecodeError(self.path, "no video stream")
+        self.stream = self.container.streams.video[0]
+        self.stream.codec_context.thread_count = threads
+        self._decoded_before = False
+        self.info = self._read_info()
+
+    def __enter__(self) -> VideoFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.container.close()
+
+    def _read_info(self) -> VideoInfo:
+        s = self.stream
+        rate = s.average_rate or s.guessed_rate or s.base_rate
+        fps = float(rate) if rate else 0.0
+        if fps <= 0:
+            fps = 25.0
+            self.stats.add_message(av.logging.WARNING, "no frame rate in header; assuming 25 fps")
+        n = int(s.frames or 0)
+        if n <= 0 and s.duration is not None and s.time_base is not None:
+            n = int(round(float(s.duration * s.time_base) * fps))
+        if n <= 0 and self.container.duration:
+            n = int(round(self.container.duration / av.time_base * fps))
+        if n <= 0:
+            n = self._count_packets()
+        if n <= 0:
+            raise VideoDecodeError(self.path, "no frames (empty video stream)")
+        ctx = s.codec_context
+        return VideoInfo(num_frames=n, fps=fps, width=int(ctx.width or 0), height=int(ctx.height or 0))
+
+    def _count_packets(self) -> int:
+        n = 0
+        try:
+            with av.logging.Capture() as logs:
+                for packet in self.container.demux(self.stream):
+                    n += packet.size > 0
+        except av.error.FFmpegError:
+            pass
+        self._absorb(logs)
+        self.container.seek(0)
+        return n
+
+    def _frame_index(self, frame: av.VideoFrame) -> int | None:
+        if frame.pts is None or self.stream.time_base is None:
+            return None
+        start = self.stream.start_time or 0
+        return int(round(float((frame.pts - start) * self.stream.time_base) * self.info.fps))
+
+    def _decode(self, seek_to: int | None):
+        """Yield ``(index, frame)`` from the start, or from the key frame before frame ``seek_to``."""
+        if seek_to is not None:
+            start = self.stream.start_time or 0
+            target = start + int(seek_to / self.info.fps / float(self.stream.time_base))
+            self.container.seek(target, stream=self.stream, backward=True, any_frame=False)
+        elif self._decoded_before:
+            self.container.seek(0)
+        self._decoded_before = True
+        counter = -1
+        for packet in self.container.demux(self.stream):
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError as err:
+                self.stats.add_message(av.logging.ERROR, f"packet decode failed: {err}")
+                continue
+            for frame in frames:
+                if seek_to is None:
+                    counter += 1
+                else:
+                    idx = self._frame_index(frame)
+                    if idx is None:  # no timestamps to tell where the seek landed
+                        raise _NoTimestamps
+                    counter = idx
+                yield counter, frame
+
+    def _runs(self, wanted: list[int]) -> list[list[int]]:
+        """Group sorted frame indices into runs that are cheaper to decode through than to seek between."""
+        if self.info.num_frames <= self.seek_threshold:
+            return [wanted]
+        runs = [[wanted[0]]]
+        for i in wanted[1:]:
+            if i - runs[-1][-1] > self.seek_threshold:
+                runs.append([i])
+            else:
+                runs[-1].append(i)
+        return runs
+
+    def get_frames(self, indices: Sequence[int]) -> np.ndarray:
+        """RGB frames at ``indices`` (any order, repeats allowed) as uint8 ``[len(indices), H, W, 3]``."""
+        if len(indices) == 0:
+            raise ValueError("get_frames needs at least one index")
+        last = self.info.num_frames - 1
+        wanted = sorted({min(max(int(i), 0), last) for i in indices})
+        got: dict[int, np.ndarray] = {}
+        with av.logging.Capture() as logs:
+            for run in self._runs(wanted):
+                seek_to = run[0] if run[0] > self.seek_threshold else None
+                try:
+                    self._collect(self._decode(seek_to), set(run), run[-1], got)
+                except _NoTimestamps:
+                    self._collect(self._decode(None), set(run), run[-1], got)
+        self._absorb(logs)
+        if not got:
+            raise VideoDecodeError(
+                self.path, f"no decodable frames (header says {self.info.num_frames}); {self._why()}"
+            )
+        missing = [i for i in wanted if i not in got]
+        if len(missing) * 2 > len(wanted):
+            raise VideoDecodeError(
+                self.path,
+                f"truncated or corrupt: decoded {len(got)} of {len(wanted)} wanted frames "
+                f"(header says {self.info.num_frames}, last decoded {max(got)}); {self._why()}",
+            )
+        if missing:
+            # The header over-counted by a few frames (common); repeat the nearest earlier frame.
+            self.stats.missing_frames += len(missing)
+            have = sorted(got)
+            for i in missing:
+                earlier = [h for h in have if h <= i]
+                got[i] = got[earlier[-1] if earlier else have[0]]
+        out = [got[min(max(int(i), 0), last)] for i in indices]
+        return np.stack(out)
+
+    @staticmethod
+    def _collect(frames, todo: set[int], last: int, got: dict[int, np.ndarray]) -> None:
+        for idx, frame in frames:
+            if idx in todo:
+                got[idx] = frame.to_ndarray(format="rgb24")
+                todo.discard(idx)
+            if not todo or idx > last:
+                break
+
+    def _absorb(self, logs) -> None:
+        for level, _, message in logs:
+            self.stats.add_message(level, message)
+
+    def _why(self) -> str:
+        return (
+            "FFmpeg said: " + " | ".join(self.stats.messages) if self.stats.messages else "no FFmpeg message"
+        )
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """Frame count, fps and size from the header (counting packets if the header lacks a count)."""
+    with VideoFile(path) as video:
+        return video.info

@@ -1,0 +1,74 @@
+"""Video transforms (torchvision v2) on uint8 ``[T, 3, H, W]`` clips; one set of random parameters per
+clip so every frame gets the same crop and flip. Conversion to float and CLIP normalisation come last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+VideoTransform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def normalize(mean: Sequence[float], std: Sequence[float]) -> v2.Transform:
+    """uint8 -> float32 in [0, 1] -> (x - mean) / std."""
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))])
+
+
+def train_transform(
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    hflip: bool = False,
+    scale: Sequence[float] = (0.4, 1.0),
+) -> VideoTransform:
+    """Random resized crop (+ optional horizontal flip): ``uint8 [T, 3, H, W] -> float32 [T, 3, S, S]``.
+
+    ``hflip`` defaults to off: on motion data a flip turns "move left" into "move right".
+    """
+    steps: list[v2.Transform] = [
+        v2.RandomResizedCrop(
+            image_size, scale=(float(scale[0]), float(scale[1])), ratio=(3 / 4, 4 / 3), antialias=True
+        )
+    ]
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    pipeline = v2.Compose([*steps, normalize(mean, std)])
+
+    def apply(video: torch.Tensor) -> torch.Tensor:
+        return pipeline(tv_tensors.Video(video)).as_subclass(torch.Tensor)
+
+    return apply
+
+
+def three_crops(video: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """Start, centre and end ``size x size`` crops along the longer side of ``[..., H, W]``."""
+    h, w = video.shape[-2:]
+    if w >= h:
+        tops, lefts = [(h - size) // 2] * 3, [0, (w - size) // 2, w - size]
+    else:
+        tops, lefts = [0, (h - size) // 2, h - size], [(w - size) // 2] * 3
+    return [F.crop(video, t, left, size, size) for t, left in zip(tops, lefts)]
+
+
+def eval_transform(
+    image_size: int, mean: Sequence[float], std: Sequence[float], crops: int = 1
+) -> VideoTransform:
+    """Resize the short side to ``image_size``, then a centre crop (``crops=1``: ``[T, 3, S, S]``)
+    or three crops (``crops=3``: ``[3, T, 3, S, S]``), as normalised float32."""
+    if crops not in (1, 3):
+        raise ValueError(f"eval crops must be 1 (centre) or 3 (start/centre/end), got {crops}")
+    resize = v2.Resize(image_size, antialias=True)
+    norm = normalize(mean, std)
+
+    def apply(video: torch.Tensor) -> torch.Tensor:
+        video = resize(tv_tensors.Video(video)).as_subclass(torch.Tensor)  # short side -> image_size
+        if crops == 1:
+            return norm(F.center_crop(video, [image_size, image_size]))
+        return torch.stack([norm(c) for c in three_crops(video, image_size)])
+
+    return apply
