@@ -65,6 +65,9 @@ class SpatialPromptConfig:
     alpha: float = 0.05
     dropout: float = 0.5
     hidden_channels: int = 16  # width of the generator's last conv / per-pixel MLP
+    conv_channels: int = 9  # channels of the generator's inner convs (reference: 9)
+    fast_samples_per_patch: int = 4  # fast generator: resolution, in samples per patch side
+    fast_kernel: int = 5  # fast generator: spatial kernel of its (2+1)D convs
 
 
 @dataclass
@@ -90,6 +93,8 @@ class LocalPromptConfig:
 
     enabled: bool = True
     num_tokens: int = 4
+    init_std: float = 0.02  # normal init of the prompt tokens (and of the shared latent source)
+    depth: int = -1  # number of layers (from the first) whose prompt slots get local prompts; -1: all
 
 
 @dataclass
@@ -98,6 +103,10 @@ class GlobalPromptConfig:
 
     enabled: bool = True
     num_tokens: int = 4
+    # add: layer 0 inserts its tokens, later layers add theirs to the carried global states, so
+    # frames exchange information through them; replace: overwritten at every layer (VPT-deep).
+    per_layer: str = "add"
+    init_std: float = 0.02
 
 
 @dataclass
@@ -107,6 +116,10 @@ class TextPromptConfig:
     enabled: bool = True
     prefix: int = 4
     postfix: int = 4
+    # Caption tokens (SOT and EOT included) the text encoder accepts; keep equal to
+    # data.max_text_tokens, which the tokenizer pads/truncates to. Sequences are this + prefix + postfix.
+    max_text_tokens: int = 32
+    init_std: float = 0.02  # normal init of the text tower's own deep prompts
 
 
 @dataclass
@@ -128,6 +141,8 @@ class AggregationConfig:
     # before pooling (STOP core); off in the pure meanP baseline.
     msa: bool = True
     msa_layers: int = 1
+    # A video projection head initialised to the identity (the one trainable part of meanP).
+    head: bool = False
 
 
 @dataclass
@@ -163,6 +178,11 @@ class DataConfig:
     pin_memory: bool = True
     persistent_workers: bool = True
     bad_video: str = "raise"  # raise | skip
+    min_video_frames: int = 1  # a video with fewer frames is bad (policy data.bad_video)
+    # Training augmentation. Horizontal flip is off by default: on motion data (the synthetic set,
+    # "move left"/"move right") it swaps classes. Turn it on for HMDB51/UCF101/MSRVTT.
+    hflip: bool = False
+    train_crop_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])  # RandomResizedCrop area range
     max_text_tokens: int = 32
     # Protocols (recognition): supervised | few_shot | base_to_novel | zero_shot
     protocol: str = "supervised"
@@ -266,6 +286,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.temporal.variation": ("similarity", "reference"),
     "model.temporal.normalize": ("video", "batch"),
     "model.temporal.insertion": ("soft", "hard"),
+    "model.global_prompts.per_layer": ("add", "replace"),
     "model.shared_latent": ("none", "linear", "transformer"),
     "model.aggregation.output": ("global_prompt0", "global_mean", "mean_cls", "global_and_cls"),
     "data.dataset": ("hmdb51", "ucf101", "msrvtt", "manifest", "synthetic"),

@@ -50,6 +50,7 @@ class TextParts:
     layers: nn.ModuleList
     final_layernorm: nn.Module
     projection: nn.Module | None
+    tower: nn.Module | None = None  # the CLIPTextModel itself: call it to run the stock forward with hooks
 
 
 def vision_parts(clip: nn.Module) -> VisionParts:
@@ -70,6 +71,7 @@ def text_parts(clip: nn.Module) -> TextParts:
         layers=tower.encoder.layers,
         final_layernorm=tower.final_layer_norm,
         projection=getattr(clip, "text_projection", None),
+        tower=tower,
     )
 
 
