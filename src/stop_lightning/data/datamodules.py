@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import ConfigError, DataConfig
+from .samplers import EpochSampler
 from .datasets import DataHealth, SamplingConfig, VideoCaptionDataset, VideoClipDataset, seed_worker
 from .manifest import (
     CLASSES_FILE,
@@ -135,7 +136,9 @@ class VideoDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=batch,
-            shuffle=train,
+            # Seeded per epoch and position, sharded across DDP ranks: exact resume (the Trainer
+            # runs with use_distributed_sampler=False so Lightning keeps this sampler).
+            sampler=EpochSampler(len(dataset), seed=self.seed + STAGES.index(stage), shuffle=train),
             drop_last=False,
             num_workers=c.num_workers,
             persistent_workers=c.persistent_workers and c.num_workers > 0,

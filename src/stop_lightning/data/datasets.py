@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from .decode import SEEK_THRESHOLD, VideoDecodeError, VideoFile, configure_ffmpeg_logging
 from .manifest import ClipRecord, resolve_video_path
+from .samplers import seeded
 from .sampling import fps_indices, segment_indices
 
 log = logging.getLogger(__name__)
@@ -170,8 +171,15 @@ class VideoDataset(Dataset):
     def placeholder(self, i: int) -> dict[str, Any]:  # pragma: no cover - implemented by subclasses
         raise NotImplementedError
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        i = int(i)
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """``i`` or ``(i, item_seed)`` from :class:`~stop_lightning.data.samplers.EpochSampler`;
+        with a seed, the item's random offsets, crops and caption choice depend on it alone."""
+        if isinstance(key, (tuple, list)):
+            with seeded(int(key[1])):
+                return self._get(int(key[0]))
+        return self._get(int(key))
+
+    def _get(self, i: int) -> dict[str, Any]:
         for _ in range(MAX_REPLACEMENTS):
             try:
                 if i in self._known_bad:
