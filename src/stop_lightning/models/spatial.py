@@ -1,0 +1,239 @@
+"""Intra-frame spatial prompts (METHOD.md section 1).
+
+A generator turns the video into a pixel prompt ``p`` of the video's shape; a scorer picks the
+top-k patches of every frame (salient and changing); the frames become ``x + alpha*p + alpha*p*m``.
+Since CLIP's patch embedding is a linear convolution without bias, that equals adding
+``patch_conv(alpha*p*(1+m))`` to the patch embeddings, which is how the hook applies it: the hook
+also sees the clean patch embeddings the attention scorer needs, at no extra cost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stop_lightning.models.hooks import HookSet, VisionParts
+
+# Keeps attention as a tie-break when a frame has no temporal variation (static video, T = 1).
+_VARIATION_FLOOR = 1e-6
+
+
+def _same_padding(kernel: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(k // 2 for k in kernel)
+
+
+class PixelMLP(nn.Module):
+    """The per-pixel MLP both generators end with: hidden -> hidden, PReLU, -> 3 channels."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden, hidden)
+        self.act = nn.PReLU()
+        self.fc2 = nn.Linear(hidden, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.movedim(1, -1)  # [B, C, T, H, W] -> [B, T, H, W, C]
+        x = self.fc2(self.act(self.fc1(x)))
+        return x.movedim(-1, 2)  # [B, T, H, W, 3] -> [B, T, 3, H, W]
+
+
+class ReferenceSpatialGenerator(nn.Module):
+    """METHOD.md 1.1 exactly: four full-resolution Conv3d (3, 11, 11) layers 3->9->9->9->hidden, dropout, pixel MLP."""
+
+    kernel = (3, 11, 11)
+
+    def __init__(self, hidden: int = 16, dropout: float = 0.5, channels: int = 9):
+        super().__init__()
+        pad = _same_padding(self.kernel)
+        self.convs = nn.Sequential(
+            nn.Conv3d(3, channels, self.kernel, padding=pad), nn.PReLU(),
+            nn.Conv3d(channels, channels, self.kernel, padding=pad), nn.PReLU(),
+            nn.Conv3d(channels, channels, self.kernel, padding=pad), nn.PReLU(),
+            nn.Conv3d(channels, hidden, self.kernel, padding=pad),
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.mlp = PixelMLP(hidden)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        x = video.transpose(1, 2)  # [B, T, 3, H, W] -> [B, 3, T, H, W]
+        return self.mlp(self.dropout(self.convs(x)))  # [B, T, 3, H, W]
+
+
+class FastSpatialGenerator(nn.Module):
+    """Same role, a fraction of the cost: factorised (2+1)D convs at 4 samples per patch side, upsampled.
+
+    The video is average-pooled to ``4g x 4g`` (g = patch grid), passes a spatial (1, k, k) conv,
+    a temporal (3, 1, 1) conv and a second spatial conv, the pixel MLP, and is upsampled
+    bilinearly back to the frame size, so the prompt stays smooth inside each patch.
+    """
+
+    def __init__(self, patch_size: int, hidden: int = 16, dropout: float = 0.5, channels: int = 9,
+                 samples_per_patch: int = 4, kernel: int = 5):
+        super().__init__()
+        self.pool = max(1, patch_size // samples_per_patch)
+        spatial, temporal = (1, kernel, kernel), (3, 1, 1)
+        self.convs = nn.Sequential(
+            nn.Conv3d(3, channels, spatial, padding=_same_padding(spatial)), nn.PReLU(),
+            nn.Conv3d(channels, channels, temporal, padding=_same_padding(temporal)), nn.PReLU(),
+            nn.Conv3d(channels, hidden, spatial, padding=_same_padding(spatial)),
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.mlp = PixelMLP(hidden)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        B, T, _, H, W = video.shape
+        x = video.transpose(1, 2)  # [B, T, 3, H, W] -> [B, 3, T, H, W]
+        x = F.avg_pool3d(x, (1, self.pool, self.pool))  # [B, 3, T, H/s, W/s]
+        p = self.mlp(self.dropout(self.convs(x)))  # [B, T, 3, H/s, W/s]
+        p = F.interpolate(p.flatten(0, 1), size=(H, W), mode="bilinear", align_corners=False)
+        return p.view(B, T, 3, H, W)
+
+
+def temporal_patch_variation(patch_embeds: torch.Tensor) -> torch.Tensor:
+    """1 - cos(patch i at t, patch i at t-1); frame 0 takes frame 1's value. ``[B, T, N, D] -> [B, T, N]``."""
+    B, T, N, _ = patch_embeds.shape
+    if T == 1:
+        return patch_embeds.new_zeros(B, T, N)
+    e = patch_embeds.float()
+    change = 1 - F.cosine_similarity(e[:, 1:], e[:, :-1], dim=-1)  # [B, T-1, N]
+    return torch.cat([change[:, :1], change], dim=1).clamp_min(0)  # [B, T, N]
+
+
+def _layer_norm(ln: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+
+
+class AttentionScorer(nn.Module):
+    """Paper-style region score: (how much the frame's CLS attends to patch i) x (how much patch i changed).
+
+    The attention is that of CLIP's first encoder layer, computed from the clean patch embeddings
+    with the frozen weights (no parameters of its own, no gradient).
+    """
+
+    def __init__(self, parts: VisionParts):
+        super().__init__()
+        self._frozen = [parts]  # a list so the CLIP modules are not registered (and saved) twice
+
+    @torch.no_grad()
+    def cls_attention(self, patch_embeds: torch.Tensor) -> torch.Tensor:
+        """``[M, N, D]`` patch embeddings (no position) -> ``[M, N]`` head-averaged CLS attention of layer 0."""
+        parts = self._frozen[0]
+        emb, attn = parts.embeddings, parts.layers[0].self_attn
+        M, N, D = patch_embeds.shape
+        pos = emb.position_embedding.weight  # [1 + N, D]
+        cls = (emb.class_embedding + pos[0]).expand(M, 1, D)
+        tokens = torch.cat([cls, patch_embeds + pos[1:]], dim=1)  # [M, 1 + N, D]
+        # Functional calls: the modules themselves carry the video model's hooks.
+        h = _layer_norm(parts.layers[0].layer_norm1, _layer_norm(parts.pre_layernorm, tokens))
+        heads = attn.num_heads
+        q = F.linear(h[:, :1], attn.q_proj.weight, attn.q_proj.bias).view(M, 1, heads, -1).transpose(1, 2)  # [M, heads, 1, D/heads]
+        k = F.linear(h[:, 1:], attn.k_proj.weight, attn.k_proj.bias).view(M, N, heads, -1).transpose(1, 2)  # [M, heads, N, D/heads]
+        weights = (q.float() @ k.float().transpose(-1, -2) * attn.scale).softmax(-1)  # [M, heads, 1, N]
+        return weights.mean(1).squeeze(1)  # [M, N]
+
+    @torch.no_grad()
+    def forward(self, video: torch.Tensor, patch_embeds: torch.Tensor) -> torch.Tensor:
+        B, T, N, D = patch_embeds.shape
+        attention = self.cls_attention(patch_embeds.flatten(0, 1)).view(B, T, N)
+        return attention * (temporal_patch_variation(patch_embeds) + _VARIATION_FLOOR)  # [B, T, N]
+
+
+class ReferenceScorer(nn.Module):
+    """The reference's scorer: Conv3d(3 -> 1, (5, 11, 11)) averaged in each P x P patch.
+
+    It sits behind a hard top-k, so it never gets a gradient and keeps its random initialisation;
+    its weights are frozen to say so.
+    """
+
+    kernel = (5, 11, 11)
+
+    def __init__(self, patch_size: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.conv = nn.Conv3d(3, 1, self.kernel, padding=_same_padding(self.kernel))
+        self.conv.requires_grad_(False)
+
+    @torch.no_grad()
+    def forward(self, video: torch.Tensor, patch_embeds: torch.Tensor) -> torch.Tensor:
+        B, T = video.shape[:2]
+        r = self.conv(video.transpose(1, 2).to(self.conv.weight.dtype))  # [B, 3, T, H, W] -> [B, 1, T, H, W]
+        r = F.avg_pool2d(r.flatten(0, 2), self.patch_size)  # [B*T, g, g]
+        return r.reshape(B, T, -1)  # [B, T, N]
+
+
+def topk_patch_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """1 for the k highest-scoring patches of each frame. ``[B, T, N] -> [B, T, N]`` (0/1, no gradient)."""
+    idx = scores.detach().topk(k, dim=-1).indices
+    return torch.zeros_like(scores, dtype=torch.float32).scatter_(-1, idx, 1.0)
+
+
+def num_kept_patches(topk_ratio: float, num_patches: int) -> int:
+    return max(1, min(num_patches, round(topk_ratio * num_patches)))
+
+
+class SpatialPrompter(nn.Module):
+    """Region-selective, video-dependent pixel prompts applied at CLIP's patch embedding.
+
+    Args:
+        cfg: ``SpatialPromptConfig`` (generator, scorer, topk_ratio, alpha, dropout, hidden_channels).
+        parts: the frozen vision tower's parts (patch size, grid and the attention scorer's weights).
+    """
+
+    def __init__(self, cfg: Any, parts: VisionParts):
+        super().__init__()
+        emb = parts.embeddings
+        self.patch_size = int(emb.patch_size)
+        self.grid = int(emb.image_size) // self.patch_size
+        self.alpha = float(cfg.alpha)
+        self.k = num_kept_patches(float(cfg.topk_ratio), self.grid * self.grid)
+        if cfg.generator == "reference":
+            self.generator: nn.Module = ReferenceSpatialGenerator(cfg.hidden_channels, cfg.dropout, cfg.conv_channels)
+        elif cfg.generator == "fast":
+            self.generator = FastSpatialGenerator(
+                self.patch_size, cfg.hidden_channels, cfg.dropout, cfg.conv_channels, cfg.fast_samples_per_patch, cfg.fast_kernel
+            )
+        else:
+            raise ValueError(f"model.spatial.generator = {cfg.generator!r}; expected 'fast' or 'reference'")
+        if cfg.scorer == "attention":
+            self.scorer: nn.Module = AttentionScorer(parts)
+        elif cfg.scorer == "reference":
+            self.scorer = ReferenceScorer(self.patch_size)
+        else:
+            raise ValueError(f"model.spatial.scorer = {cfg.scorer!r}; expected 'attention' or 'reference'")
+        self.last_mask: torch.Tensor | None = None  # [B, T, g, g], for visualisation
+
+    def forward(self, video: torch.Tensor, patch_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``video [B, T, 3, H, W]``, clean ``patch_embeds [B, T, N, D]`` -> (pixel delta ``[B, T, 3, H, W]``, mask ``[B, T, g, g]``)."""
+        B, T = video.shape[:2]
+        g, P = self.grid, self.patch_size
+        mask = topk_patch_mask(self.scorer(video, patch_embeds), self.k).view(B, T, g, g)
+        pixel_mask = mask.repeat_interleave(P, dim=-2).repeat_interleave(P, dim=-1)  # [B, T, H, W]
+        p = self.generator(video)  # [B, T, 3, H, W]
+        delta = self.alpha * p * (1 + pixel_mask.unsqueeze(2).to(p.dtype))  # alpha*p + alpha*p*m
+        return delta, mask
+
+    def attach(self, parts: VisionParts, hooks: HookSet, num_frames: Any) -> None:
+        """Hook the patch convolution: embeds(x) -> embeds(x) + conv(alpha*p*(1+m)).
+
+        ``num_frames`` is a zero-argument callable giving the T of the clip being encoded, or
+        None when CLIP is called directly (then the hook leaves the embeddings alone).
+        """
+        conv = parts.embeddings.patch_embedding
+
+        def add_prompt(module: nn.Conv2d, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            T = num_frames()
+            if T is None:
+                return None
+            pixels = args[0]  # [B*T, 3, H, W]
+            BT, D, g, _ = output.shape
+            video = pixels.view(BT // T, T, *pixels.shape[1:])  # [B, T, 3, H, W]
+            patch_embeds = output.flatten(2).transpose(1, 2).reshape(BT // T, T, g * g, D)  # [B, T, N, D]
+            delta, mask = self(video, patch_embeds)
+            self.last_mask = mask.detach()
+            prompt = F.conv2d(delta.flatten(0, 1).to(module.weight.dtype), module.weight, stride=module.stride)  # [B*T, D, g, g]
+            return output + prompt.to(output.dtype)
+
+        hooks.forward(conv, add_prompt)

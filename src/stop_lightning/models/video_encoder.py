@@ -1,0 +1,302 @@
+"""STOP on a frozen HuggingFace CLIP: the video model the Lightning tasks train.
+
+The CLIP vision tower runs stock; hooks change what flows through it:
+
+- ``embeddings.patch_embedding`` (forward hook): spatial prompts, ``+ conv(alpha*p*(1+m))``.
+- ``pre_layrnorm`` (forward hook): temporal prompts are generated from the patch tokens;
+  K prompt slots are inserted per frame, ``[CLS, slots, patches]``; with global prompts the
+  ``B*T`` frame sequences become one sequence per video ``[G, frame_1, ..., frame_T]``.
+- every encoder layer (forward pre-hook): the slots get that layer's local prompts plus the
+  temporal prompts (replaced, not accumulated), the global slots get that layer's global
+  tokens, and the block attention mask is passed in.
+- the last encoder layer (forward hook): the global tokens are put aside and the sequence goes
+  back to ``[B*T, S, D]``, so CLIP's own pooling still reads each frame's CLS at position 0.
+
+:meth:`STOPVideoModel.remove_hooks` detaches all of them and CLIP is the stock model again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from stop_lightning.config import ConfigError
+from stop_lightning.models.adapters import attach_adapters
+from stop_lightning.models.aggregation import VideoAggregator
+from stop_lightning.models.global_prompts import GlobalPrompts, block_attention_mask
+from stop_lightning.models.hooks import HookSet, freeze, trainable_parameter_count, vision_parts
+from stop_lightning.models.shared_latent import SharedPromptSpace
+from stop_lightning.models.spatial import SpatialPrompter
+from stop_lightning.models.temporal import TemporalPrompter
+from stop_lightning.models.text_prompts import PromptedTextEncoder
+
+
+@dataclass
+class VideoOutput:
+    embeds: torch.Tensor  # [B, E] video features after the visual projection, not normalised
+    frame_embeds: torch.Tensor  # [B, T, E] projected frame CLS features
+    frame_weights: torch.Tensor | None = None  # [B, T] frame variation w (temporal prompts on)
+    spatial_mask: torch.Tensor | None = None  # [B, T, g, g] top-k patch mask (spatial prompts on)
+
+
+@dataclass
+class _ForwardState:
+    """What the hooks of one forward pass share; discarded after it."""
+
+    batch: int
+    frames: int
+    local: torch.Tensor | None = None  # [L, T or 1, K, D]
+    temporal: torch.Tensor | None = None  # [B, T, K, D], alpha and (1 + w) applied
+    weights: torch.Tensor | None = None  # [B, T]
+    attention_mask: torch.Tensor | None = None  # [1, 1, G + T*S, G + T*S]
+    global_out: torch.Tensor | None = None  # [B, G, D] last layer
+    slot_out: torch.Tensor | None = None  # [B*T, K, D] last layer
+
+
+class LocalPrompts(nn.Module):
+    """Deep local visual prompts: K learnable tokens per layer, the same for every frame. ``[L, 1, K, D]``."""
+
+    def __init__(self, layers: int, num_tokens: int, width: int, init_std: float):
+        super().__init__()
+        self.tokens = nn.Parameter(torch.randn(layers, 1, num_tokens, width) * init_std)
+
+    def forward(self) -> torch.Tensor:
+        return self.tokens
+
+
+def _depth(value: int, layers: int, key: str) -> int:
+    if value == -1:
+        return layers
+    if not 1 <= value <= layers:
+        raise ConfigError(f"{key} = {value}: expected -1 (all) or 1..{layers} (the vision tower's layers)")
+    return value
+
+
+def _replace_layer_inputs(args: tuple, kwargs: dict, hidden: torch.Tensor, mask: torch.Tensor | None) -> tuple[tuple, dict]:
+    """New (args, kwargs) for ``layer(hidden_states, attention_mask, **kw)`` however it was called."""
+    args, kwargs = list(args), dict(kwargs)
+    if args:
+        args[0] = hidden
+    else:
+        kwargs["hidden_states"] = hidden
+    if mask is not None:
+        if len(args) >= 2:
+            args[1] = mask
+        else:
+            kwargs["attention_mask"] = mask
+    return tuple(args), kwargs
+
+
+class STOPVideoModel(nn.Module):
+    """Frozen CLIP + STOP prompts: ``forward(video [B, T, 3, H, W]) -> VideoOutput``.
+
+    Args:
+        model_cfg: the ``model`` section of the config (``ModelConfig`` fields; DictConfig or dataclass).
+        clip: a HuggingFace ``CLIPModel``; frozen here and kept in eval mode.
+        num_frames: T of training clips (sizes the T-dependent parts: shared ``transformer`` prompts, MSA positions).
+    """
+
+    def __init__(self, model_cfg: Any, clip: nn.Module, num_frames: int):
+        super().__init__()
+        cfg = self.cfg = model_cfg
+        self.clip = freeze(clip)
+        self.parts = vision_parts(clip)
+        vision = clip.config.vision_config
+        text = clip.config.text_config
+        self.width, self.layers = int(vision.hidden_size), int(vision.num_hidden_layers)
+        self.grid = int(vision.image_size) // int(vision.patch_size)
+        self.num_patches = self.grid * self.grid
+        self.num_frames = int(num_frames)
+        self.attn_implementation = str(getattr(vision, "_attn_implementation", None) or "eager")
+        self.hooks = HookSet()
+        self._state: _ForwardState | None = None
+
+        local_on, temporal_on = bool(cfg.local_prompts.enabled), bool(cfg.temporal.enabled)
+        if local_on and temporal_on and cfg.local_prompts.num_tokens != cfg.temporal.num_tokens:
+            raise ConfigError(
+                f"temporal prompts are added to the local prompts, so their counts must match: "
+                f"model.local_prompts.num_tokens = {cfg.local_prompts.num_tokens}, model.temporal.num_tokens = {cfg.temporal.num_tokens}"
+            )
+        self.num_slots = int(cfg.local_prompts.num_tokens if local_on else cfg.temporal.num_tokens) if (local_on or temporal_on) else 0
+        self.local_depth = _depth(int(cfg.local_prompts.depth), self.layers, "model.local_prompts.depth") if local_on else 0
+        self.temporal_depth = _depth(int(cfg.temporal.depth), self.layers, "model.temporal.depth") if temporal_on else 0
+        self.slot_depth = max(self.local_depth, self.temporal_depth)
+
+        # Local prompts come from the shared latent space when there is one, else are our own.
+        self.shared_space: nn.Module | None = None
+        self.local_prompts: LocalPrompts | None = None
+        if cfg.shared_latent != "none" and (local_on or cfg.text_prompts.enabled):
+            self.shared_space = SharedPromptSpace(cfg, self.width, self.layers, int(text.hidden_size), int(text.num_hidden_layers), self.num_frames)
+        elif local_on:
+            self.local_prompts = LocalPrompts(self.local_depth, self.num_slots, self.width, float(cfg.local_prompts.init_std))
+
+        self.spatial = SpatialPrompter(cfg.spatial, self.parts) if cfg.spatial.enabled else None
+        self.temporal = TemporalPrompter(cfg.temporal, self.width, self.num_patches) if temporal_on else None
+        self.global_prompts = (
+            GlobalPrompts(int(cfg.global_prompts.num_tokens), self.layers, self.width, str(cfg.global_prompts.per_layer),
+                          float(cfg.global_prompts.init_std))
+            if cfg.global_prompts.enabled else None
+        )
+        self.num_global = self.global_prompts.num_tokens if self.global_prompts is not None else 0
+        if self.global_prompts is not None:
+            block_attention_mask(1, 1, 1, self.attn_implementation)  # fail now on an attention backend without masks
+
+        self.vision_adapters: nn.ModuleList | None = None
+        if cfg.adapter.enabled and cfg.adapter.vision:
+            self.vision_adapters = attach_adapters(self.parts.layers, self.width, cfg.adapter, self.hooks)
+
+        self.text_encoder: nn.Module | None = None
+        if self.text_side_trains:
+            self.text_encoder = PromptedTextEncoder(clip, cfg, self.hooks)
+
+        self.aggregator = VideoAggregator(cfg.aggregation, int(clip.config.projection_dim), self.num_frames, self.global_prompts is not None)
+        self._attach_hooks()
+
+    # -- properties ------------------------------------------------------------------------------
+
+    @property
+    def text_side_trains(self) -> bool:
+        return bool(self.cfg.text_prompts.enabled) or bool(self.cfg.adapter.enabled and self.cfg.adapter.text)
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.clip.logit_scale.detach().exp()
+
+    def trainable_parameter_count(self) -> tuple[int, int]:
+        """(trainable, frozen) parameters."""
+        return trainable_parameter_count(self)
+
+    def train(self, mode: bool = True) -> STOPVideoModel:
+        super().train(mode)
+        self.clip.eval()  # frozen CLIP never runs dropout, whatever Lightning asks
+        return self
+
+    # -- hooks -----------------------------------------------------------------------------------
+
+    def _attach_hooks(self) -> None:
+        if self.spatial is not None:
+            self.spatial.attach(self.parts, self.hooks, lambda: self._state.frames if self._state is not None else None)
+        if not (self.num_slots or self.num_global):
+            return
+        self.hooks.forward(self.parts.pre_layernorm, self._insert_slots)
+        for index, layer in enumerate(self.parts.layers):
+            self.hooks.forward_pre(layer, self._enter_layer(index), with_kwargs=True)
+        self.hooks.forward(self.parts.layers[-1], self._leave_encoder)
+
+    def remove_hooks(self) -> None:
+        """Detach every hook (prompts, adapters, text prompts): ``self.clip`` is stock CLIP again."""
+        self.hooks.remove()
+
+    def _insert_slots(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        st = self._state
+        if st is None:  # CLIP called directly, not through this model
+            return output
+        B, T, D, K, G = st.batch, st.frames, self.width, self.num_slots, self.num_global
+        if self.temporal is not None:
+            patches = output[:, 1:].reshape(B, T, self.num_patches, D)  # [B*T, 1+N, D] -> [B, T, N, D]
+            mask = self.spatial.last_mask.flatten(2) if self.spatial is not None else None  # [B, T, N]
+            st.temporal, st.weights = self.temporal(patches, mask)
+        if K:
+            slots = output.new_zeros(B * T, K, D)  # filled by every prompted layer's pre-hook
+            output = torch.cat([output[:, :1], slots, output[:, 1:]], dim=1)  # [B*T, 1+K+N, D]
+        if G:
+            S = output.shape[1]
+            st.attention_mask = block_attention_mask(G, T, S, self.attn_implementation, output.device)
+            output = torch.cat([output.new_zeros(B, G, D), output.reshape(B, T * S, D)], dim=1)  # [B, G + T*S, D]
+        return output
+
+    def _slot_tokens(self, layer: int, like: torch.Tensor) -> torch.Tensor:
+        """Prompt slots entering ``layer``: local tokens + alpha * q * (1 + w). ``-> [B*T, K, D]``."""
+        st = self._state
+        B, T, K, D = st.batch, st.frames, self.num_slots, self.width
+        tokens = like.new_zeros(B, T, K, D)
+        if layer < self.local_depth:
+            tokens = tokens + st.local[layer].to(like.dtype).expand(T, K, D)  # [T or 1, K, D] -> [B, T, K, D]
+        if layer < self.temporal_depth:
+            tokens = tokens + st.temporal.to(like.dtype)
+        return tokens.reshape(B * T, K, D)
+
+    def _enter_layer(self, index: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict):
+            st = self._state
+            if st is None:
+                return None
+            hidden = args[0] if args else kwargs["hidden_states"]
+            B, T, K, G = st.batch, st.frames, self.num_slots, self.num_global
+            frames = hidden
+            if G:
+                carried, frames = hidden[:, :G], hidden[:, G:].reshape(B * T, -1, hidden.shape[-1])  # -> [B*T, S, D]
+            if K and index < self.slot_depth:
+                frames = torch.cat([frames[:, :1], self._slot_tokens(index, frames), frames[:, 1 + K:]], dim=1)
+            if G:
+                globals_ = self.global_prompts.at_layer(index, carried if index else None, B).to(frames.dtype)
+                hidden = torch.cat([globals_, frames.reshape(B, -1, frames.shape[-1])], dim=1)  # [B, G + T*S, D]
+            else:
+                hidden = frames
+            return _replace_layer_inputs(args, kwargs, hidden, st.attention_mask)
+
+        return hook
+
+    def _leave_encoder(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        st = self._state
+        if st is None:
+            return output
+        B, T, K, G = st.batch, st.frames, self.num_slots, self.num_global
+        if G:
+            st.global_out = output[:, :G]
+            output = output[:, G:].reshape(B * T, -1, output.shape[-1])  # [B, G + T*S, D] -> [B*T, S, D]
+        if K:
+            st.slot_out = output[:, 1:1 + K]
+        return output
+
+    # -- forward ---------------------------------------------------------------------------------
+
+    def _project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """CLIP's head on any token: post-LayerNorm then visual projection. ``[..., D] -> [..., E]``."""
+        return self.parts.projection(self.parts.post_layernorm(hidden))
+
+    def forward(self, video: torch.Tensor) -> VideoOutput:
+        """``video [B, T, 3, H, W]`` (CLIP-normalised frames) -> :class:`VideoOutput`."""
+        if video.dim() != 5:
+            raise ValueError(f"expected a video batch [B, T, 3, H, W], got shape {tuple(video.shape)}")
+        B, T = video.shape[:2]
+        st = self._state = _ForwardState(batch=B, frames=T)
+        try:
+            if self.shared_space is not None:
+                visual, _ = self.shared_space()
+                st.local = visual if self.local_depth else None
+            elif self.local_prompts is not None:
+                st.local = self.local_prompts()
+            if st.local is not None and st.local.shape[1] not in (1, T):
+                raise ValueError(f"local prompts are made for {st.local.shape[1]} frames, the clip has {T}")
+            image = self.clip.get_image_features(pixel_values=video.flatten(0, 1))  # [B*T, 3, H, W] -> [B*T, E]
+            frame_embeds = image.pooler_output.view(B, T, -1)  # [B, T, E]
+            prompts = None
+            if self.temporal is not None:
+                prompts = self._project(st.slot_out).view(B, T, self.num_slots, -1)  # [B, T, K, E]
+            globals_ = self._project(st.global_out) if self.num_global else None  # [B, G, E]
+            embeds = self.aggregator(frame_embeds, prompts, globals_)
+            return VideoOutput(
+                embeds=embeds,
+                frame_embeds=frame_embeds,
+                frame_weights=st.weights,
+                spatial_mask=self.spatial.last_mask if self.spatial is not None else None,
+            )
+        finally:
+            self._state = None
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``input_ids [N, S]``, ``attention_mask [N, S]`` -> projected text features ``[N, E]`` (not normalised)."""
+        if self.text_encoder is None:
+            return self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+        text_prompts = None
+        if self.shared_space is not None and self.cfg.text_prompts.enabled:
+            _, text_prompts = self.shared_space()
+        return self.text_encoder(input_ids, attention_mask, text_prompts)
+
+    def extra_repr(self) -> str:
+        trainable, frozen = self.trainable_parameter_count()
+        return f"frames={self.num_frames}, prompt_slots={self.num_slots}, global={self.num_global}, trainable={trainable:,}, frozen={frozen:,}"
