@@ -1,0 +1,1 @@
+"""LightningModules: recognition and retrieval on the shared STOP video model."""

@@ -1,0 +1,143 @@
+"""What recognition and retrieval share: the STOP video model on a frozen CLIP, tokenisation,
+optimiser, and checkpoints that hold only what trains.
+
+A checkpoint stores the resolved config (a plain dict) and the CLIP source with a hash of its
+config; loading rebuilds the frozen CLIP from that source and fills in the trained weights, so a
+ViT-B/32 run saves a few MB instead of 600 MB of frozen weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import PreTrainedModel
+
+from stop_lightning.models.backbone import ClipBundle, load_clip
+from stop_lightning.models.video_encoder import STOPVideoModel
+from stop_lightning.tasks.optim import build_optimizer
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint that does not fit the model being built."""
+
+
+def as_plain_dict(cfg: DictConfig | dict) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+class VideoTaskModule(L.LightningModule):
+    """Base LightningModule. Subclasses implement the steps; this class owns the model."""
+
+    def __init__(self, cfg: dict, bundle: ClipBundle | None = None) -> None:
+        super().__init__()
+        cfg = as_plain_dict(cfg)
+        self.save_hyperparameters({"cfg": cfg}, ignore=["bundle"])
+        self.cfg = OmegaConf.create(cfg)
+        if bundle is None:
+            bundle = load_clip(self.cfg.model.clip, self.cfg.paths.cache_dir)
+        self.tokenizer = bundle.tokenizer
+        self.clip_source = {"source": bundle.source, "config_hash": bundle.config_hash}
+        self.model = STOPVideoModel(self.cfg.model, bundle.model, self.cfg.data.num_frames)
+        trainable, frozen = self.model.trainable_parameter_count()
+        self.num_trainable, self.num_frozen = trainable, frozen
+        log.info("parameters: %s trainable, %s frozen (%.3f%%)", f"{trainable:,}", f"{frozen:,}", 100 * trainable / max(1, trainable + frozen))
+
+    # ---------------------------------------------------------------- text
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captions or class prompts -> (input_ids, attention_mask) ``[N, S]``, S <= max_text_tokens."""
+        if self.tokenizer is None:
+            raise RuntimeError(
+                f"the CLIP at '{self.clip_source['source']}' has no tokenizer files; text features need one "
+                "(save a CLIPTokenizer next to the weights)"
+            )
+        enc = self.tokenizer(
+            list(texts), padding="max_length", truncation=True,
+            max_length=self.cfg.data.max_text_tokens, return_tensors="pt",
+        )
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+
+    def encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        """L2-normalised text features ``[N, E]``."""
+        feats = []
+        for start in range(0, len(texts), batch_size):
+            ids, mask = self.tokenize(texts[start : start + batch_size])
+            feats.append(self.model.encode_text(ids, mask))
+        return torch.nn.functional.normalize(torch.cat(feats).float(), dim=-1)
+
+    def encode_videos(self, video: torch.Tensor):
+        """``[B, T, 3, H, W]`` -> (L2-normalised features ``[B, E]``, the model's full output)."""
+        out = self.model(video)
+        return torch.nn.functional.normalize(out.embeds.float(), dim=-1), out
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale
+
+    # ---------------------------------------------------------------- optimisation
+    def configure_optimizers(self):
+        total = int(self.trainer.estimated_stepping_batches) if self.trainer is not None else 1
+        opt = build_optimizer(self.model, self.cfg.optim, total)
+        if opt is None:
+            raise RuntimeError(
+                f"preset '{self.cfg.model.preset}' has nothing to train; run `stop-lightning eval` instead "
+                "(or choose a preset with prompts, e.g. model.preset=stop)"
+            )
+        return opt
+
+    def on_train_start(self) -> None:
+        self.log_dict(
+            {"params/trainable": float(self.num_trainable), "params/frozen": float(self.num_frozen)},
+            rank_zero_only=True,
+        )
+
+    # ---------------------------------------------------------------- checkpoints
+    def _frozen_prefixes(self) -> list[str]:
+        return [name + "." for name, module in self.named_modules() if isinstance(module, PreTrainedModel)]
+
+    def _is_frozen_key(self, key: str, prefixes: list[str]) -> bool:
+        return any(key.startswith(p) for p in prefixes)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        prefixes = self._frozen_prefixes()
+        state = checkpoint["state_dict"]
+        checkpoint["state_dict"] = {k: v for k, v in state.items() if not self._is_frozen_key(k, prefixes)}
+        checkpoint["stop_lightning"] = {
+            "clip": dict(self.clip_source),
+            "task": self.cfg.task.name,
+            "dropped_frozen_tensors": len(state) - len(checkpoint["state_dict"]),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get("stop_lightning", {}).get("clip")
+        if meta and meta.get("config_hash") != self.clip_source["config_hash"]:
+            raise CheckpointMismatchError(
+                f"this checkpoint was trained on the CLIP '{meta.get('source')}' (config hash "
+                f"{str(meta.get('config_hash'))[:12]}) but the model being built uses '{self.clip_source['source']}' "
+                f"(hash {self.clip_source['config_hash'][:12]}); set model.clip.source to the checkpoint's CLIP"
+            )
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Accept checkpoints without the frozen CLIP tensors; anything else missing is an error."""
+        prefixes = self._frozen_prefixes()
+        own = self.state_dict()
+        missing = [k for k in own if k not in state_dict and not self._is_frozen_key(k, prefixes)]
+        unexpected = [k for k in state_dict if k not in own]
+        if strict and (missing or unexpected):
+            raise CheckpointMismatchError(
+                "checkpoint does not match the model built from its config: "
+                f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+            )
+        for key, value in state_dict.items():
+            if key in own and own[key].shape != value.shape:
+                raise CheckpointMismatchError(
+                    f"checkpoint tensor '{key}' has shape {tuple(value.shape)} but the model expects "
+                    f"{tuple(own[key].shape)}: it was made for another CLIP size or prompt configuration"
+                )
+        return super().load_state_dict(state_dict, strict=False, assign=assign)

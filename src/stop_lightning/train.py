@@ -1,0 +1,134 @@
+"""Config -> datamodule, module, callbacks, loggers, Trainer -> fit, test -> metrics.
+
+Read top to bottom, this is everything ``make train EXP=<name>`` does.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from stop_lightning.config import save_config
+from stop_lightning.data.datamodules import build_datamodule
+from stop_lightning.models.backbone import ClipBundle, load_clip
+from stop_lightning.run import (
+    AtomicCheckpointIO,
+    build_callbacks,
+    build_loggers,
+    print_metrics_table,
+    resolve_resume,
+    run_folder,
+    with_run_dir,
+    write_run_info,
+)
+from stop_lightning.tasks.base import VideoTaskModule
+
+log = logging.getLogger(__name__)
+
+
+def resolve_precision(precision: str) -> str:
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def build_module(cfg: DictConfig, datamodule, bundle: ClipBundle) -> VideoTaskModule:
+    if cfg.task.name == "recognition":
+        from stop_lightning.tasks.recognition import RecognitionModule
+
+        base_ids = getattr(datamodule, "base_class_ids", None) if cfg.data.protocol == "base_to_novel" else None
+        module = RecognitionModule(cfg, datamodule.class_names, train_class_ids=base_ids, bundle=bundle)
+        if base_ids is not None:
+            module.base_novel_split = (list(datamodule.base_class_ids), list(datamodule.novel_class_ids))
+        return module
+    from stop_lightning.tasks.retrieval import RetrievalModule
+
+    return RetrievalModule(cfg, bundle=bundle)
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, stage: str) -> L.Trainer:
+    t = cfg.trainer
+    return L.Trainer(
+        default_root_dir=str(run_dir),
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        num_nodes=t.num_nodes,
+        precision=resolve_precision(t.precision),
+        gradient_clip_val=t.gradient_clip_val or None,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        log_every_n_steps=t.log_every_n_steps,
+        val_check_interval=None if t.val_check_interval == 1.0 else t.val_check_interval,
+        check_val_every_n_epoch=t.check_val_every_n_epoch,
+        limit_train_batches=None if t.limit_train_batches == 1.0 else t.limit_train_batches,
+        limit_val_batches=None if t.limit_val_batches == 1.0 else t.limit_val_batches,
+        limit_test_batches=None if t.limit_test_batches == 1.0 else t.limit_test_batches,
+        num_sanity_val_steps=t.num_sanity_val_steps,
+        deterministic=t.deterministic,
+        enable_progress_bar=t.enable_progress_bar,
+        callbacks=build_callbacks(cfg, run_dir, stage),
+        logger=build_loggers(cfg, run_dir),
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # our EpochSampler shards across ranks itself (exact resume)
+    )
+
+
+def setup_run(cfg: DictConfig, resume: str | None = None):
+    """Seed, run folder, CLIP and data: what fitting and evaluating both need."""
+    L.seed_everything(cfg.seed, workers=True)
+    run_dir = run_folder(Path(cfg.paths.run_dir), resume)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log.info("run folder: %s", run_dir)
+    cfg = with_run_dir(cfg, run_dir)
+    save_config(cfg, run_dir / "config.yaml")
+    bundle = load_clip(cfg.model.clip, cfg.paths.cache_dir)
+    datamodule = build_datamodule(
+        cfg.data, cfg.task.name, bundle.image_size, bundle.image_mean, bundle.image_std,
+        seed=cfg.seed, cache_dir=cfg.paths.cache_dir,
+    )
+    datamodule.prepare_data()
+    datamodule.setup("fit" if cfg.data.protocol != "zero_shot" else "test")
+    write_run_info(cfg, run_dir, bundle, datamodule)
+    return cfg, run_dir, bundle, datamodule
+
+
+def train(cfg: DictConfig, resume: str | None = None) -> dict[str, float]:
+    """Fit (unless the protocol is zero-shot or max_epochs is 0), then test the best checkpoint."""
+    cfg, run_dir, bundle, datamodule = setup_run(cfg, resume)
+    module = build_module(cfg, datamodule, bundle)
+    trainer = build_trainer(cfg, run_dir, "fit")
+    fits = cfg.data.protocol != "zero_shot" and cfg.trainer.max_epochs != 0
+    ckpt_for_test = None
+    if fits:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_resume(resume, run_dir))
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        ckpt_for_test = best or None
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_for_test, verbose=False)
+    metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    if trainer.is_global_zero:
+        print_metrics_table(metrics, title=f"{cfg.name}: test metrics ({run_dir})")
+    return metrics
+
+
+def evaluate(cfg: DictConfig, ckpt: str | None = None) -> dict[str, float]:
+    """Test a checkpoint (trained weights on top of the frozen CLIP) or zero-shot CLIP."""
+    cfg, run_dir, bundle, datamodule = setup_run(cfg)
+    module = build_module(cfg, datamodule, bundle)
+    if ckpt is not None:
+        from stop_lightning.run import load_trained_weights
+
+        load_trained_weights(module, ckpt, cfg)
+    trainer = build_trainer(cfg, run_dir, "test")
+    results = trainer.test(module, datamodule=datamodule, verbose=False)
+    metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    if trainer.is_global_zero:
+        print_metrics_table(metrics, title=f"{cfg.name}: evaluation ({ckpt or 'zero-shot'})")
+    return metrics
