@@ -65,8 +65,8 @@ RUN_STAMP_ENV = "STOP_RUN_STAMP"
 
 def latest_run(experiment_dir: Path) -> Path | None:
     """The newest run folder of an experiment that has a ``checkpoints/last.ckpt``."""
-    runs = sorted(p.parent.parent for p in experiment_dir.glob("*/checkpoints/last.ckpt"))
-    return runs[-1] if runs else None
+    lasts = sorted(experiment_dir.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    return lasts[-1].parent.parent if lasts else None
 
 
 def run_folder(experiment_dir: Path, resume: str | None = None) -> Path:
@@ -291,16 +291,27 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, stage: str) -> list[Callback
     if stage == "fit":
         c = cfg.checkpoint
         callbacks += [
-            ModelCheckpoint(
+            ModelCheckpoint(  # the best by checkpoint.monitor (first: trainer.checkpoint_callback)
                 dirpath=str(run_dir / "checkpoints"),
                 filename="epoch{epoch:02d}-step{step}",
                 auto_insert_metric_name=False,
-                monitor=c.monitor,
+                monitor=c.monitor or None,
                 mode=c.mode,
-                save_last=c.save_last,
+                save_last=False,
                 save_top_k=c.save_top_k,
                 every_n_epochs=c.every_n_epochs,
             ),
+        ]
+        if c.save_last:
+            # Lightning 2.6 refreshes its own last.ckpt only when a top-k checkpoint was written;
+            # resuming needs the latest state after every epoch, whatever the metric did.
+            callbacks.append(
+                ModelCheckpoint(
+                    dirpath=str(run_dir / "checkpoints"), filename="last", monitor=None, save_top_k=1,
+                    every_n_epochs=1, enable_version_counter=False,
+                )
+            )
+        callbacks += [
             LearningRateMonitor(logging_interval="step"),
             Throughput(),
         ]

@@ -116,10 +116,18 @@ class VideoDataModule(L.LightningDataModule):
 
     def _check_video_root(self) -> None:
         if not self.video_root.is_dir():
-            raise ManifestError(
-                f"data.video_root={self.video_root} is not a directory; set it to the folder the manifest paths "
-                f"in {self.manifest_dir} are relative to (the --root given to 'stop-lightning manifest')"
+            msg = (
+                f"data.video_root={self.video_root} is not a directory: the {self.cfg.dataset} videos are not there. "
+                f"Unpack the dataset there (or set paths.data_root=... / data.video_root=...): it is the folder the "
+                f"manifest paths in {self.manifest_dir} are relative to (the --root given to 'stop-lightning manifest')."
             )
+            if self.cfg.dataset in BUILDABLE and not any(self.manifest_dir.rglob("*.jsonl")):
+                msg += (
+                    f" The manifests are missing too; once the videos are there, build them with:\n"
+                    f"  stop-lightning manifest {self.cfg.dataset} --root {self.video_root} "
+                    f"[--annotations <folder with the official split files>] --out {self.manifest_dir}"
+                )
+            raise ManifestError(msg)
 
     # -- loaders --------------------------------------------------------------------------------
 

@@ -107,8 +107,10 @@ class TemporalPromptGenerator(nn.Module):
         if N != self.num_patches:
             raise ValueError(f"temporal prompt generator built for {self.num_patches} patches per frame, got {N}")
         x = tokens.reshape(B, T * N, D)  # [B, T, N, D] -> [B, T*N, D]
-        attended, _ = self.attn(x, x, x, need_weights=False)
-        attended = attended.view(B, T, N, D)
+        mixed, _ = self.attn(x, x, x, need_weights=False)
+        # Residual: at initialisation the attention is near uniform and its output is almost the
+        # same vector for every (t, n); without the skip the conv below would see no frame order.
+        attended = (x + mixed).view(B, T, N, D)
         v = self.conv(attended.unsqueeze(1)).squeeze(1)  # [B, 1, T, N, D] -> [B, T, N, D]
         q = self.patch_mlp(self.dropout(v).transpose(-1, -2))  # [B, T, D, N] -> [B, T, D, K]
         return q.transpose(-1, -2), attended  # [B, T, K, D]

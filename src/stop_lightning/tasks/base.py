@@ -107,11 +107,11 @@ class VideoTaskModule(L.LightningModule):
         prefixes = self._frozen_prefixes()
         state = checkpoint["state_dict"]
         checkpoint["state_dict"] = {k: v for k, v in state.items() if not self._is_frozen_key(k, prefixes)}
-        checkpoint["stop_lightning"] = {
-            "clip": dict(self.clip_source),
-            "task": self.cfg.task.name,
-            "dropped_frozen_tensors": len(state) - len(checkpoint["state_dict"]),
-        }
+        checkpoint.setdefault("stop_lightning", {}).update(
+            clip=dict(self.clip_source),
+            task=self.cfg.task.name,
+            dropped_frozen_tensors=len(state) - len(checkpoint["state_dict"]),
+        )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get("stop_lightning", {}).get("clip")

@@ -1,0 +1,134 @@
+"""End to end: config -> Trainer -> fit/test, run folder, slim checkpoints, exact resume, errors."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from stop_lightning.config import load_config
+from stop_lightning.run import CheckpointReadError, read_checkpoint
+from stop_lightning.tasks.base import CheckpointMismatchError
+from stop_lightning.train import evaluate, train
+
+
+def demo_cfg(cache_dir: Path, out: Path, *extra: str):
+    return load_config(
+        "demo",
+        [
+            f"paths.cache_dir={cache_dir}",
+            f"paths.output_dir={out}",
+            "data.synthetic_clips_per_class=8",
+            "trainer.max_epochs=2",
+            "trainer.enable_progress_bar=false",
+            *extra,
+        ],
+    )
+
+
+def only_run(out: Path, name: str = "demo") -> Path:
+    runs = sorted((out / name).iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def test_demo_end_to_end_run_folder_and_slim_checkpoint(cache_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("STOP_RUN_STAMP", raising=False)
+    metrics = train(demo_cfg(cache_dir, tmp_path))
+    for key in ("test/top1", "test/top5", "test/mean_class"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["test/top5"] == 1.0  # 4 classes: the true class is always in the top 5
+    run = only_run(tmp_path)
+    for name in ("config.yaml", "run_info.json", "confusion_matrix.csv", "checkpoints/last.ckpt"):
+        assert (run / name).is_file(), name
+    rows = (run / "confusion_matrix.csv").read_text().strip().splitlines()
+    assert len(rows) == 5 and rows[1].startswith("move")
+    # Only what trains is saved: no frozen CLIP tensor, every trainable tensor present.
+    ckpt = read_checkpoint(run / "checkpoints" / "last.ckpt")  # weights_only=True inside
+    keys = set(ckpt["state_dict"])
+    assert keys and not any(".clip." in k for k in keys)
+    assert ckpt["stop_lightning"]["dropped_frozen_tensors"] > 0
+    assert ckpt["stop_lightning"]["clip"]["source"].endswith(("tiny", "tiny-clip-w64-l2-p16-i64"))
+    assert "versions" in ckpt["stop_lightning"]["run_info"]
+    assert not list(run.rglob("*.tmp")), "an atomic save left a temporary file"
+
+
+def trained_state(run: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"]
+
+
+class SimulatedCrash(RuntimeError):
+    pass
+
+
+def crash_at_epoch(epoch: int):
+    import lightning as L
+
+    class Crash(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == epoch:
+                raise SimulatedCrash(f"killed at the start of epoch {epoch}")
+
+    return Crash()
+
+
+def test_resume_continues_exactly(cache_dir, tmp_path, monkeypatch):
+    import stop_lightning.train as train_module
+
+    cfg = demo_cfg(cache_dir, tmp_path, "trainer.max_epochs=3")
+    monkeypatch.setenv("STOP_RUN_STAMP", "straight")
+    train(cfg)
+    # The same run, killed after its first epoch's checkpoint, then resumed with RESUME=last.
+    monkeypatch.setenv("STOP_RUN_STAMP", "interrupted")
+    build = train_module.build_callbacks
+    monkeypatch.setattr(train_module, "build_callbacks", lambda *a: build(*a) + [crash_at_epoch(1)])
+    with pytest.raises(SimulatedCrash):
+        train(cfg)
+    monkeypatch.setattr(train_module, "build_callbacks", build)
+    monkeypatch.setenv("STOP_RUN_STAMP", "unused-by-resume")
+    train(cfg, resume="last")
+    straight = read_checkpoint(tmp_path / "demo" / "straight" / "checkpoints" / "last.ckpt")
+    resumed = read_checkpoint(tmp_path / "demo" / "interrupted" / "checkpoints" / "last.ckpt")
+    assert not (tmp_path / "demo" / "unused-by-resume").exists()
+    assert resumed["global_step"] == straight["global_step"] and resumed["epoch"] == straight["epoch"] == 2
+    a, b = straight["state_dict"], resumed["state_dict"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), f"{key} differs after resume"
+    sa, sb = straight["lr_schedulers"][0], resumed["lr_schedulers"][0]
+    assert sa["last_epoch"] == sb["last_epoch"] and sa["_last_lr"] == pytest.approx(sb["_last_lr"])
+
+
+def test_eval_reloads_checkpoint_on_fresh_clip(cache_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("STOP_RUN_STAMP", "r")
+    trained = train(demo_cfg(cache_dir, tmp_path, "trainer.max_epochs=1", "checkpoint.monitor=''", "checkpoint.save_top_k=0"))
+    ckpt = tmp_path / "demo" / "r" / "checkpoints" / "last.ckpt"
+    monkeypatch.setenv("STOP_RUN_STAMP", "e")
+    again = evaluate(demo_cfg(cache_dir, tmp_path), ckpt=str(ckpt))
+    assert again["test/top1"] == pytest.approx(trained["test/top1"])
+
+
+def test_checkpoint_for_another_clip_shape_is_refused(cache_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("STOP_RUN_STAMP", "r")
+    train(demo_cfg(cache_dir, tmp_path, "trainer.max_epochs=1"))
+    ckpt = tmp_path / "demo" / "r" / "checkpoints" / "last.ckpt"
+    monkeypatch.setenv("STOP_RUN_STAMP", "e")
+    with pytest.raises(CheckpointMismatchError, match="model.clip.source"):
+        evaluate(demo_cfg(cache_dir, tmp_path, "model.clip.tiny_width=32"), ckpt=str(ckpt))
+
+
+def test_unreadable_checkpoint_names_the_file(tmp_path):
+    bad = tmp_path / "broken.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointReadError, match="broken.ckpt"):
+        read_checkpoint(bad)
+
+
+def test_missing_real_data_says_which_command_builds_it(tmp_path):
+    cfg = load_config(
+        "hmdb51",
+        [f"paths.data_root={tmp_path}", f"paths.manifest_root={tmp_path}/manifests", "model.clip.source=tiny",
+         f"paths.cache_dir={tmp_path}/cache", f"paths.output_dir={tmp_path}/runs"],
+    )
+    with pytest.raises(Exception) as err:
+        train(cfg)
+    assert "stop-lightning manifest hmdb51" in str(err.value)
