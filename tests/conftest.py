@@ -12,3 +12,28 @@ os.environ.setdefault("WANDB_SILENT", "true")
 def cache_dir(tmp_path_factory):
     """One tiny CLIP and one set of synthetic videos per configuration for the whole session."""
     return tmp_path_factory.mktemp("stop_cache")
+
+
+@pytest.fixture(scope="session")
+def demo_run(cache_dir, tmp_path_factory):
+    """One trained tiny demo run for the tests that need a checkpoint (inference, callbacks, notebook):
+    1 epoch, W&B offline, metrics and prompt images logged every step. ``.run_dir``, ``.ckpt``, ``.metrics``."""
+    from types import SimpleNamespace
+
+    from stop_lightning.config import load_config
+    from stop_lightning.train import train
+
+    out = tmp_path_factory.mktemp("demo_run")
+    cfg = load_config(
+        "demo",
+        [
+            f"paths.cache_dir={cache_dir}", f"paths.output_dir={out}", "data.synthetic_clips_per_class=8",
+            "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
+            "logger.wandb=true", "logger.mode=offline", "logger.log_images_every_n_steps=1",
+        ],
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STOP_RUN_STAMP", "run")
+        metrics = train(cfg)
+    run_dir = out / "demo" / "run"
+    return SimpleNamespace(run_dir=run_dir, ckpt=run_dir / "checkpoints" / "last.ckpt", metrics=metrics, cfg=cfg)

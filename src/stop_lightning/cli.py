@@ -64,11 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True)
     p.add_argument("videos", nargs="+")
     p.add_argument("--top", type=int, default=5)
+    p.add_argument("--clip", default=None, help="CLIP source if not where the checkpoint's config says")
 
     p = sub.add_parser("embed", help="export video embeddings of a manifest with a checkpoint")
     p.add_argument("--ckpt", required=True)
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--manifest", required=True, help="JSONL manifest of the videos")
+    p.add_argument("--out", required=True, help="embeddings file, .pt or .npz")
+    p.add_argument("--video-root", default=None, help="folder the manifest paths are relative to (default: the checkpoint's data.video_root)")
+    p.add_argument("--clip", default=None, help="CLIP source if not where the checkpoint's config says")
 
     p = sub.add_parser("sweep", help="W&B sweep online, local grid/random search offline")
     p.add_argument("sweep", help="sweeps/<name>.yaml or a path")
@@ -101,11 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "predict":
             from stop_lightning.inference import predict_main
 
-            return predict_main(args.ckpt, args.videos, top=args.top)
+            return predict_main(args.ckpt, args.videos, top=args.top, clip_source=args.clip)
         if args.command == "embed":
             from stop_lightning.inference import embed_main
 
-            return embed_main(args.ckpt, args.manifest, args.out)
+            return embed_main(args.ckpt, args.manifest, args.out, video_root=args.video_root, clip_source=args.clip)
         if args.command == "sweep":
             from stop_lightning.sweep import sweep_main
 

@@ -84,6 +84,9 @@ class TemporalPromptConfig:
     depth: int = -1  # number of layers that get deep prompts; -1: all layers
     conv_channels: int = 9
     conv_kernel: list[int] = field(default_factory=lambda: [3, 15, 25])
+    # How the (T, N, D) conv (and the reference variation conv) is computed: fft | direct. The same
+    # map and parameters; fft is ~5x cheaper forward+backward on CPU (docs/benchmarks.md).
+    conv_impl: str = "fft"
     dropout: float = 0.0
 
 
@@ -193,6 +196,7 @@ class DataConfig:
     synthetic_clips_per_class: int = 6
     synthetic_frames: int = 16
     synthetic_size: int = 64
+    synthetic_looks: int = 0  # >0: cycle that many colour/background looks (0: one per clip)
 
 
 @dataclass
@@ -286,6 +290,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.temporal.variation": ("similarity", "reference"),
     "model.temporal.normalize": ("video", "batch"),
     "model.temporal.insertion": ("soft", "hard"),
+    "model.temporal.conv_impl": ("fft", "direct"),
     "model.global_prompts.per_layer": ("add", "replace"),
     "model.shared_latent": ("none", "linear", "transformer"),
     "model.aggregation.output": ("global_prompt0", "global_mean", "mean_cls", "global_and_cls"),

@@ -110,25 +110,61 @@ def resolve_resume(resume: str | None, run_dir: Path) -> str | None:
     return str(path)
 
 
-def load_trained_weights(module: L.LightningModule, ckpt: str, cfg: DictConfig | None = None) -> dict[str, Any]:
-    """Put a checkpoint's trained tensors into ``module``; warn where the run differs from it."""
+def load_trained_weights(module: L.LightningModule, ckpt: str, run_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Put a checkpoint's trained tensors into ``module``; with ``run_info`` (this run's
+    :func:`collect_run_info`), warn where the checkpoint's run differs from it."""
     checkpoint = read_checkpoint(ckpt)
     module.on_load_checkpoint(checkpoint)
     module.load_state_dict(checkpoint["state_dict"])
-    if cfg is not None:
-        warn_on_differences(checkpoint, cfg)
+    if run_info is not None:
+        warn_on_differences(checkpoint, run_info, str(ckpt))
     return checkpoint
 
 
-def warn_on_differences(checkpoint: dict[str, Any], cfg: DictConfig) -> list[str]:
+PROVENANCE_KEYS = ("versions", "git", "clip", "manifests")
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text[:12] if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else text  # sha256 -> 12
+
+
+def provenance_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """One line per entry of ``PROVENANCE_KEYS`` that differs, e.g. ``versions.torch: checkpoint '2.11.0', now '2.14.1'``.
+
+    A section missing on either side is not compared (``predict`` has no manifests, old checkpoints no run info).
+    """
+    lines = []
+    for key in PROVENANCE_KEYS:
+        if key not in saved or key not in now or saved[key] == now[key]:
+            continue
+        a, b = saved[key], now[key]
+        if isinstance(a, dict) and isinstance(b, dict):
+            for sub in sorted(set(a) | set(b)):
+                if a.get(sub) != b.get(sub):
+                    lines.append(f"{key}.{sub}: checkpoint {_short(a.get(sub, '(absent)'))!r}, now {_short(b.get(sub, '(absent)'))!r}")
+        else:
+            lines.append(f"{key}: checkpoint {a!r}, now {b!r}")
+    return lines
+
+
+def warn_on_differences(checkpoint: dict[str, Any], now: dict[str, Any], name: str = "checkpoint") -> list[str]:
+    """Log a warning per package version, git state, CLIP source or manifest hash that differs."""
     saved = checkpoint.get("stop_lightning", {}).get("run_info", {})
-    now = collect_run_info(cfg)
-    diffs = []
-    for key in ("versions", "git", "clip"):
-        if key in saved and saved[key] != now.get(key):
-            diffs.append(key)
-            log.warning("checkpoint %s differ from this run: saved %s, now %s", key, saved[key], now.get(key))
-    return diffs
+    lines = provenance_differences(saved, now)
+    for line in lines:
+        log.warning("%s was made under other conditions: %s", name, line)
+    return lines
+
+
+def finish_wandb(exit_code: int = 0) -> None:
+    """Close the active W&B run, if any: its summary and config are written, and the next
+    WandbLogger in this process (a sweep's next trial) starts a new run instead of reusing it."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=exit_code)
 
 
 # ------------------------------------------------------------------------------ run folder
@@ -315,6 +351,11 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, stage: str) -> list[Callback
             LearningRateMonitor(logging_interval="step"),
             Throughput(),
         ]
+        every = cfg.logger.log_images_every_n_steps
+        if every > 0 and (cfg.model.spatial.enabled or cfg.model.temporal.enabled):
+            from stop_lightning.callbacks import PromptImageLogger
+
+            callbacks.append(PromptImageLogger(run_dir, every))
     return callbacks
 
 

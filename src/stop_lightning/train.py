@@ -19,6 +19,8 @@ from stop_lightning.run import (
     AtomicCheckpointIO,
     build_callbacks,
     build_loggers,
+    collect_run_info,
+    finish_wandb,
     print_metrics_table,
     resolve_resume,
     run_folder,
@@ -82,8 +84,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, stage: str) -> L.Trainer:
 
 
 def setup_run(cfg: DictConfig, resume: str | None = None):
-    """Seed, run folder, CLIP and data: what fitting and evaluating both need."""
-    L.seed_everything(cfg.seed, workers=True)
+    """Run folder, CLIP and data, then seed: what fitting and evaluating both need."""
     run_dir = run_folder(Path(cfg.paths.run_dir), resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     log.info("run folder: %s", run_dir)
@@ -97,6 +98,9 @@ def setup_run(cfg: DictConfig, resume: str | None = None):
     datamodule.prepare_data()
     datamodule.setup("fit" if cfg.data.protocol != "zero_shot" else "test")
     write_run_info(cfg, run_dir, bundle, datamodule)
+    # Seeded last: building a missing tiny CLIP or synthetic dataset draws random numbers, and the
+    # prompts' initialisation must not depend on whether those were already in the cache.
+    L.seed_everything(cfg.seed, workers=True)
     return cfg, run_dir, bundle, datamodule
 
 
@@ -115,6 +119,7 @@ def train(cfg: DictConfig, resume: str | None = None) -> dict[str, float]:
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:
         print_metrics_table(metrics, title=f"{cfg.name}: test metrics ({run_dir})")
+    finish_wandb()
     return metrics
 
 
@@ -125,10 +130,11 @@ def evaluate(cfg: DictConfig, ckpt: str | None = None) -> dict[str, float]:
     if ckpt is not None:
         from stop_lightning.run import load_trained_weights
 
-        load_trained_weights(module, ckpt, cfg)
+        load_trained_weights(module, ckpt, run_info=collect_run_info(cfg, bundle, datamodule))
     trainer = build_trainer(cfg, run_dir, "test")
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:
         print_metrics_table(metrics, title=f"{cfg.name}: evaluation ({ckpt or 'zero-shot'})")
+    finish_wandb()
     return metrics

@@ -238,12 +238,14 @@ def write_synthetic_dataset(
     seed: int = 0,
     kind: str = "motion",
     fps: float = 8.0,
+    looks: int = 0,
 ) -> Path:
     """Write a tiny dataset in the official ``layout`` (hmdb51 | ucf101 | msrvtt) under ``root``.
 
     Returns ``root``, the folder to pass as ``--root`` to the manifest builder. Annotation files sit
     where the builder looks by default (``root/testTrainMulti_7030_splits``, ``root/ucfTrainTestlist``,
-    ``root/msrvtt_data``).
+    ``root/msrvtt_data``). ``looks`` > 0 cycles through that many colour/background/position
+    variations instead of one per clip (fewer nuisances, an easier problem).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown synthetic layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
@@ -252,7 +254,7 @@ def write_synthetic_dataset(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     classes = motion_classes(num_classes)
-    looks = [clip_look(j, seed) for j in range(clips_per_class)]
+    looks = [clip_look(j % looks if looks > 0 else j, seed) for j in range(clips_per_class)]
 
     def frames(c: int, j: int) -> np.ndarray:
         return motion_frames(classes[c], looks[j], num_frames, size)
@@ -344,6 +346,8 @@ def ensure_synthetic(
         f"{layout}_c{cfg_data.synthetic_classes}_n{cfg_data.synthetic_clips_per_class}"
         f"_f{cfg_data.synthetic_frames}_s{cfg_data.synthetic_size}_seed{seed}"
     )
+    looks = int(getattr(cfg_data, "synthetic_looks", 0))
+    key += f"_l{looks}" if looks > 0 else ""
     final = Path(cache_dir) / "synthetic" / key
     if not (final / _DONE).is_file():
         tmp = final.with_name(f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
@@ -356,6 +360,7 @@ def ensure_synthetic(
                 num_frames=cfg_data.synthetic_frames,
                 size=cfg_data.synthetic_size,
                 seed=seed,
+                looks=looks,
             )
             build_manifests(layout, tmp / "videos", None, tmp / "manifests", progress=False)
             (tmp / _DONE).write_text("ok\n")

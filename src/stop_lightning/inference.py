@@ -1,0 +1,294 @@
+"""Use a trained checkpoint outside training: ``stop-lightning predict`` and ``stop-lightning embed``.
+
+A checkpoint holds only what trains plus the run's resolved config and class names
+(``hyper_parameters``); :func:`load_checkpoint` rebuilds the task module from that config,
+loads the frozen CLIP from its source and fills in the trained tensors. Videos go through the
+data package's own dataset, sampling and evaluation transform, so a prediction sees exactly the
+view(s) the test set saw during ``stop-lightning eval``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from stop_lightning.data.datamodules import VideoDataModule, build_datamodule
+from stop_lightning.data.datasets import SamplingConfig, VideoClipDataset, seed_worker
+from stop_lightning.data.decode import VideoDecodeError
+from stop_lightning.data.manifest import ClipRecord, ManifestError, read_manifest
+from stop_lightning.data.transforms import eval_transform
+from stop_lightning.models.backbone import ClipBundle, ClipLoadError, load_clip
+from stop_lightning.run import CheckpointReadError, collect_run_info, load_trained_weights, read_checkpoint
+from stop_lightning.tasks.base import CheckpointMismatchError, VideoTaskModule
+
+log = logging.getLogger(__name__)
+
+EMBEDDING_SUFFIXES = (".pt", ".npz")
+# Labels are not read at inference; the clip dataset wants one per row.
+NO_LABEL = -1
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A task module rebuilt from a checkpoint, in eval mode on ``device``."""
+
+    module: VideoTaskModule
+    cfg: DictConfig  # the training run's resolved config, as saved in the checkpoint
+    bundle: ClipBundle
+    path: Path
+    device: torch.device
+
+    @property
+    def task(self) -> str:
+        return str(self.cfg.task.name)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(getattr(self.module, "class_names", []))
+
+
+@dataclass
+class Prediction:
+    video: str
+    top: list[tuple[str, float]]  # (class name, probability), best first
+    probs: torch.Tensor  # [C] class probabilities, averaged over the test views
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_checkpoint(ckpt: str | Path, clip_source: str | None = None, device: str | torch.device = "auto") -> LoadedCheckpoint:
+    """Rebuild the module a checkpoint was trained as (recognition or retrieval) with its trained weights.
+
+    ``clip_source`` replaces ``model.clip.source`` of the saved config, for a CLIP that now lives
+    elsewhere; a CLIP of another shape is refused by the config-hash check.
+    """
+    path = Path(ckpt)
+    checkpoint = read_checkpoint(path)
+    hparams = checkpoint.get("hyper_parameters") or {}
+    if "cfg" not in hparams:
+        raise CheckpointReadError(
+            f"checkpoint {path} has no saved config (hyper_parameters['cfg']); it was not written by stop-lightning train"
+        )
+    cfg = OmegaConf.create(hparams["cfg"])
+    if clip_source is not None:
+        cfg.model.clip.source = str(clip_source)
+    OmegaConf.set_readonly(cfg, True)
+    bundle = load_clip(cfg.model.clip, cfg.paths.cache_dir)
+    if cfg.task.name == "recognition":
+        from stop_lightning.tasks.recognition import RecognitionModule
+
+        if not hparams.get("class_names"):
+            raise CheckpointReadError(f"recognition checkpoint {path} has no class names (hyper_parameters['class_names'])")
+        module: VideoTaskModule = RecognitionModule(cfg, hparams["class_names"], hparams.get("train_class_ids"), bundle=bundle)
+    else:
+        from stop_lightning.tasks.retrieval import RetrievalModule
+
+        module = RetrievalModule(cfg, bundle=bundle)
+    load_trained_weights(module, str(path), run_info=collect_run_info(cfg, bundle))
+    device = resolve_device(device)
+    module.to(device).eval()
+    return LoadedCheckpoint(module=module, cfg=cfg, bundle=bundle, path=path, device=device)
+
+
+# ------------------------------------------------------------------------------ videos
+def _common_root(paths: list[Path]) -> tuple[Path, list[str]]:
+    """A folder holding every video and each video's path relative to it (the manifest convention)."""
+    resolved = [p.resolve() for p in paths]
+    root = Path(os.path.commonpath([str(p.parent) for p in resolved]))
+    return root, [p.relative_to(root).as_posix() for p in resolved]
+
+
+def clip_dataset(loaded: LoadedCheckpoint, records: list[ClipRecord], video_root: str | Path, views: bool = True) -> VideoClipDataset:
+    """The evaluation dataset of the checkpoint's data config over ``records``.
+
+    ``views=True``: the test views (``data.test_clips`` x ``data.test_crops``), as ``stop-lightning
+    eval`` scores them; ``views=False``: one centre clip, as validation and retrieval see a video.
+    """
+    d = loaded.cfg.data
+    clips, crops = (int(d.test_clips), int(d.test_crops)) if views else (1, 1)
+    sampling = SamplingConfig(num_frames=int(d.num_frames), sampling=str(d.sampling), fps=float(d.fps), min_video_frames=int(d.min_video_frames))
+    transform = eval_transform(loaded.bundle.image_size, loaded.bundle.image_mean, loaded.bundle.image_std, crops=crops)
+    records = [r if r.label is not None else replace(r, label=NO_LABEL) for r in records]
+    return VideoClipDataset(records, video_root, "test", sampling, transform, bad_video="raise", num_clips=clips, num_crops=crops)
+
+
+def video_files_dataset(loaded: LoadedCheckpoint, videos: list[str | Path], views: bool = True) -> VideoClipDataset:
+    """:func:`clip_dataset` over video files anywhere on disk."""
+    paths = [Path(v) for v in videos]
+    for p in paths:
+        if not p.is_file():
+            raise FileNotFoundError(f"video {p} does not exist")
+    root, rel = _common_root(paths)
+    return clip_dataset(loaded, [ClipRecord(path=r, label=NO_LABEL) for r in rel], root, views=views)
+
+
+def checkpoint_datamodule(loaded: LoadedCheckpoint, stage: str | None = None) -> VideoDataModule:
+    """The DataModule of the checkpoint's data config (synthetic data is generated if missing);
+    set up for ``stage`` ("test", "fit", ...) unless ``stage`` is None."""
+    b, cfg = loaded.bundle, loaded.cfg
+    dm = build_datamodule(cfg.data, cfg.task.name, b.image_size, b.image_mean, b.image_std, seed=cfg.seed, cache_dir=cfg.paths.cache_dir)
+    if stage is not None:
+        dm.setup(stage)
+    return dm
+
+
+def _loader(loaded: LoadedCheckpoint, dataset: VideoClipDataset) -> DataLoader:
+    d = loaded.cfg.data
+    batch = int(d.eval_batch_size) if int(d.eval_batch_size) > 0 else int(d.batch_size)
+    workers = int(d.num_workers) if len(dataset) > batch else 0  # a worker pool costs more than a batch or two
+    return DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=workers, worker_init_fn=seed_worker)
+
+
+# ------------------------------------------------------------------------------ predict
+@torch.no_grad()
+def predict(loaded: LoadedCheckpoint, videos: list[str | Path], top: int = 5) -> list[Prediction]:
+    """Class probabilities of each video (test views averaged, as in evaluation), best ``top`` first."""
+    if loaded.task != "recognition":
+        raise CheckpointMismatchError(
+            f"{loaded.path} is a {loaded.task} checkpoint (task.name={loaded.task}); predict needs a recognition "
+            "checkpoint. Export video features with `stop-lightning embed` instead."
+        )
+    if top < 1:
+        raise ValueError(f"--top must be >= 1, got {top}")
+    dataset = video_files_dataset(loaded, videos)
+    module = loaded.module
+    scores = torch.cat([module.multiview_scores(b["video"].to(loaded.device)).float().cpu() for b in _loader(loaded, dataset)])  # [N, C]
+    names = loaded.class_names
+    k = min(top, len(names))
+    out = []
+    for video, probs in zip(videos, scores):
+        best = probs.topk(k)
+        out.append(Prediction(str(video), [(names[i], float(p)) for p, i in zip(best.values, best.indices)], probs))
+    return out
+
+
+def format_predictions(predictions: list[Prediction]) -> str:
+    width = max((len(name) for p in predictions for name, _ in p.top), default=4)
+    lines = []
+    for p in predictions:
+        lines.append(p.video)
+        lines += [f"  {rank}. {name:<{width}}  {prob:.4f}" for rank, (name, prob) in enumerate(p.top, start=1)]
+    return "\n".join(lines)
+
+
+@dataclass
+class VideoExplanation:
+    """What the prompts did on one video (the notebook draws it with :mod:`stop_lightning.callbacks`)."""
+
+    frames: np.ndarray  # uint8 [T, S, S, 3]: the centre clip the model saw
+    spatial_mask: torch.Tensor | None  # [T, g, g] top-k patch mask (spatial prompts on)
+    frame_weights: torch.Tensor | None  # [T] frame variation w_t (temporal prompts on)
+    prediction: Prediction | None  # recognition checkpoints only
+
+
+@torch.no_grad()
+def explain(loaded: LoadedCheckpoint, video: str | Path, top: int = 5) -> VideoExplanation:
+    from stop_lightning.callbacks import denormalize
+
+    clip = video_files_dataset(loaded, [video], views=False)[0]["video"]  # [T, 3, S, S]
+    out = loaded.module.model(clip[None].to(loaded.device))
+    b = loaded.bundle
+    return VideoExplanation(
+        frames=denormalize(clip, b.image_mean, b.image_std),
+        spatial_mask=out.spatial_mask[0].float().cpu() if out.spatial_mask is not None else None,
+        frame_weights=out.frame_weights[0].float().cpu() if out.frame_weights is not None else None,
+        prediction=predict(loaded, [video], top)[0] if loaded.task == "recognition" else None,
+    )
+
+
+# ------------------------------------------------------------------------------ embed
+@torch.no_grad()
+def embed_dataset(loaded: LoadedCheckpoint, dataset: VideoClipDataset) -> torch.Tensor:
+    """L2-normalised video features ``[N, E]`` (float32, CPU), one centre clip per video."""
+    feats = [loaded.module.encode_videos(b["video"].to(loaded.device))[0].float().cpu() for b in _loader(loaded, dataset)]
+    return torch.cat(feats) if feats else torch.zeros(0, 0)
+
+
+def manifest_videos(manifest: str | Path) -> list[ClipRecord]:
+    """A manifest's rows, one per video file (retrieval manifests may list a video once per caption)."""
+    seen: dict[str, ClipRecord] = {}
+    for r in read_manifest(manifest):
+        seen.setdefault(r.path, r)
+    if not seen:
+        raise ManifestError(f"manifest {manifest} has no rows")
+    return list(seen.values())
+
+
+def default_video_root(loaded: LoadedCheckpoint) -> Path:
+    """Where the checkpoint's data config keeps its videos (for synthetic data, where they were generated)."""
+    return checkpoint_datamodule(loaded).video_root
+
+
+def check_embedding_path(out: str | Path) -> Path:
+    out = Path(out)
+    if out.suffix not in EMBEDDING_SUFFIXES:
+        raise ValueError(f"--out {out}: unknown format '{out.suffix}', use one of {', '.join(EMBEDDING_SUFFIXES)}")
+    return out
+
+
+def save_embeddings(out: str | Path, embeddings: torch.Tensor, ids: list[str], paths: list[str], meta: dict) -> Path:
+    """``.pt``: ``{"embeddings" [N, E], "ids", "paths", **meta}`` (loads with ``weights_only=True``);
+    ``.npz``: arrays ``embeddings``, ``ids``, ``paths``. Written atomically."""
+    out = check_embedding_path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
+    if out.suffix == ".pt":
+        torch.save({"embeddings": embeddings, "ids": list(ids), "paths": list(paths), **meta}, tmp)
+    else:
+        np.savez(tmp, embeddings=embeddings.numpy(), ids=np.asarray(ids, dtype=str), paths=np.asarray(paths, dtype=str))
+    os.replace(tmp, out)
+    return out
+
+
+def embed(loaded: LoadedCheckpoint, manifest: str | Path, out: str | Path, video_root: str | Path | None = None) -> Path:
+    """Features of every video of ``manifest`` (paths relative to ``video_root``) saved to ``out``."""
+    records = manifest_videos(manifest)
+    root = Path(video_root) if video_root is not None else default_video_root(loaded)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"the videos of {manifest} are looked up under {root} (data.video_root of the checkpoint's config), "
+            "which is not a directory; pass --video-root <folder the manifest paths are relative to>"
+        )
+    embeddings = embed_dataset(loaded, clip_dataset(loaded, records, root, views=False))
+    ids = [r.video_id or r.path for r in records]
+    meta = {"checkpoint": str(loaded.path), "clip": dict(loaded.module.clip_source), "task": loaded.task, "manifest": str(manifest)}
+    return save_embeddings(out, embeddings, ids, [r.path for r in records], meta)
+
+
+# ------------------------------------------------------------------------------ CLI
+_USER_ERRORS = (CheckpointReadError, CheckpointMismatchError, ClipLoadError, VideoDecodeError, ManifestError, FileNotFoundError, ValueError)
+
+
+def predict_main(ckpt: str, videos: list[str], top: int = 5, clip_source: str | None = None) -> int:
+    """``stop-lightning predict --ckpt C video [video ...]``: print the top classes of each video."""
+    try:
+        predictions = predict(load_checkpoint(ckpt, clip_source), videos, top)
+    except _USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_predictions(predictions))
+    return 0
+
+
+def embed_main(ckpt: str, manifest: str, out: str, video_root: str | None = None, clip_source: str | None = None) -> int:
+    """``stop-lightning embed --ckpt C --manifest M --out F``: write the videos' features to a .pt or .npz."""
+    try:
+        check_embedding_path(out)  # before minutes of work, not after
+        path = embed(load_checkpoint(ckpt, clip_source), manifest, out, video_root)
+    except _USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
