@@ -99,3 +99,12 @@ def test_prompter_returns_alpha_scaled_prompts_and_weights():
     q, _ = prompter.generator(tokens)
     torch.testing.assert_close(prompts, 0.05 * q * (1 + w)[:, :, None, None])
     assert torch.equal(prompter.last_weights, w)
+
+
+def test_generator_starts_at_zero_and_gets_a_gradient():
+    gen = TemporalPromptGenerator(width=32, num_patches=4, num_tokens=2, conv_kernel=(3, 3, 3))
+    tokens = torch.randn(2, 3, 4, 32)
+    q, _ = gen(tokens)
+    assert q.shape == (2, 3, 2, 32) and torch.count_nonzero(q) == 0  # stock CLIP + local prompts at step 0
+    (q * torch.randn_like(q)).sum().backward()
+    assert gen.patch_mlp[-1].weight.grad.abs().sum() > 0

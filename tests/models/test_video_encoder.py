@@ -134,6 +134,7 @@ def test_hard_insertion_fills_only_the_top_m_frames(tiny_clip, model_cfg, make_v
     clip = tiny_clip(width=32, layers=2)
     cfg = model_cfg("zero_shot", "temporal.enabled=true", "temporal.insertion=hard", "temporal.hard_top_m=1", "temporal.conv_kernel=[3,5,5]")
     model = STOPVideoModel(cfg, clip, num_frames=4)
+    torch.nn.init.normal_(model.temporal.generator.patch_mlp[-1].weight)  # a trained, non-zero generator
     store, handles = record_layer_inputs(model)
     with torch.no_grad():
         out = model(make_video(batch=2, frames=4))

@@ -25,6 +25,12 @@ def _same_padding(kernel: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(k // 2 for k in kernel)
 
 
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``[B, C, T, H, W]`` stored channels-last: the same values, but CPU (oneDNN) Conv3d runs its
+    backward ~5x faster in this layout (docs/benchmarks.md); the convs keep the layout they are given."""
+    return x.contiguous(memory_format=torch.channels_last_3d)
+
+
 class PixelMLP(nn.Module):
     """The per-pixel MLP both generators end with: hidden -> hidden, PReLU, -> 3 channels."""
 
@@ -58,7 +64,7 @@ class ReferenceSpatialGenerator(nn.Module):
         self.mlp = PixelMLP(hidden)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
-        x = video.transpose(1, 2)  # [B, T, 3, H, W] -> [B, 3, T, H, W]
+        x = _channels_last(video.transpose(1, 2))  # [B, T, 3, H, W] -> [B, 3, T, H, W]
         return self.mlp(self.dropout(self.convs(x)))  # [B, T, 3, H, W]
 
 
@@ -86,10 +92,27 @@ class FastSpatialGenerator(nn.Module):
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         B, T, _, H, W = video.shape
         x = video.transpose(1, 2)  # [B, T, 3, H, W] -> [B, 3, T, H, W]
-        x = F.avg_pool3d(x, (1, self.pool, self.pool))  # [B, 3, T, H/s, W/s]
+        x = _channels_last(F.avg_pool3d(x, (1, self.pool, self.pool)))  # [B, 3, T, H/s, W/s]
         p = self.mlp(self.dropout(self.convs(x)))  # [B, T, 3, H/s, W/s]
         p = F.interpolate(p.flatten(0, 1), size=(H, W), mode="bilinear", align_corners=False)
         return p.view(B, T, 3, H, W)
+
+
+def patch_projection(pixels: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """CLIP's patch embedding conv applied to ``pixels [M, 3, H, W]`` -> ``[M, D, g, g]``, as one matmul.
+
+    The conv has stride = kernel = P and no bias, so it is a linear map of each P x P patch: the
+    same numbers as ``F.conv2d``, but its backward (the gradient reaching the spatial prompt) is a
+    matmul instead of a CPU transposed convolution, ~10x faster (docs/benchmarks.md).
+    """
+    M, C, H, W = pixels.shape
+    D, _, P, Q = conv.weight.shape
+    if conv.bias is not None or tuple(conv.stride) != (P, Q) or H % P or W % Q or conv.padding not in ("valid", (0, 0), 0):
+        return conv._conv_forward(pixels, conv.weight, conv.bias)  # not a patchify conv: the generic path
+    gh, gw = H // P, W // Q
+    patches = pixels.view(M, C, gh, P, gw, Q).permute(0, 2, 4, 1, 3, 5).reshape(M, gh * gw, C * P * Q)  # [M, N, 3*P*P]
+    out = patches @ conv.weight.view(D, -1).t()  # [M, N, D]
+    return out.transpose(1, 2).reshape(M, D, gh, gw)
 
 
 def temporal_patch_variation(patch_embeds: torch.Tensor) -> torch.Tensor:
@@ -233,7 +256,7 @@ class SpatialPrompter(nn.Module):
             patch_embeds = output.flatten(2).transpose(1, 2).reshape(BT // T, T, g * g, D)  # [B, T, N, D]
             delta, mask = self(video, patch_embeds)
             self.last_mask = mask.detach()
-            prompt = F.conv2d(delta.flatten(0, 1).to(module.weight.dtype), module.weight, stride=module.stride)  # [B*T, D, g, g]
+            prompt = patch_projection(delta.flatten(0, 1).to(module.weight.dtype), module)  # [B*T, D, g, g]
             return output + prompt.to(output.dtype)
 
         hooks.forward(conv, add_prompt)

@@ -96,12 +96,19 @@ class PromptedTextEncoder(nn.Module):
     own learnable prompts (``model.text_prompts.enabled`` and ``model.shared_latent == none``)
     or, with text prompts disabled, runs stock CLIP (plus adapters when enabled).
 
+    ``trim_padding``: drop the columns after the last EOT of the batch before running the tower.
+    Those are padding in every row and the tower is causal and pools at EOT, so the features are
+    the same; class prompts (~10 tokens padded to 32, re-encoded every training step) cost about
+    half. :class:`~stop_lightning.models.video_encoder.STOPVideoModel` turns it on; off, every
+    sequence keeps the padded length ``S + P + Q``.
+
     The encoder does not own ``clip`` (it is not registered as a submodule): the caller holds,
     freezes and moves CLIP; this module holds only the prompts and the text adapters.
     """
 
-    def __init__(self, clip: nn.Module, model_cfg, hooks: HookSet) -> None:
+    def __init__(self, clip: nn.Module, model_cfg, hooks: HookSet, trim_padding: bool = False) -> None:
         super().__init__()
+        self.trim_padding = trim_padding
         parts = text_parts(clip)
         if parts.tower is None or parts.projection is None:
             raise ValueError("PromptedTextEncoder needs a CLIPModel (text tower and text_projection)")
@@ -198,7 +205,11 @@ class PromptedTextEncoder(nn.Module):
         if tuple(prompts.shape) != expected:
             raise ValueError(f"text prompts have shape {tuple(prompts.shape)}, expected [L_t, prefix+postfix, D_t] = {list(expected)}")
 
-        layout = PromptLayout.build(eot_positions(input_ids, self.eos_token_id), S, self.num_prefix, self.num_postfix)
+        eot = eot_positions(input_ids, self.eos_token_id)
+        if self.trim_padding:  # see the class docstring: same features, fewer columns
+            S = int(eot.max()) + 1
+            input_ids, attention_mask = input_ids[:, :S], attention_mask[:, :S]
+        layout = PromptLayout.build(eot, S, self.num_prefix, self.num_postfix)
         wide_mask = attention_mask.gather(1, layout.token_index).masked_fill(layout.is_prompt, 1)  # [N, S']
         self._active = (layout, prompts)
         try:

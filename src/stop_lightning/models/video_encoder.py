@@ -150,7 +150,7 @@ class STOPVideoModel(nn.Module):
 
         self.text_encoder: nn.Module | None = None
         if self.text_side_trains:
-            self.text_encoder = PromptedTextEncoder(clip, cfg, self.hooks)
+            self.text_encoder = PromptedTextEncoder(clip, cfg, self.hooks, trim_padding=True)
 
         self.aggregator = VideoAggregator(cfg.aggregation, int(clip.config.projection_dim), self.num_frames, self.global_prompts is not None)
         self._attach_hooks()

@@ -82,8 +82,9 @@ class RetrievalModule(VideoTaskModule):
 
     def on_validation_epoch_end(self) -> None:
         metrics = self._eval_epoch_end("val")
-        self.log_dict(metrics, prog_bar=False)
-        self.log("val/t2v_R1", metrics["val/t2v_R1"], prog_bar=True)
+        headline = metrics.pop("val/t2v_R1")
+        self.log_dict(metrics)
+        self.log("val/t2v_R1", headline, prog_bar=True)
 
     def test_step(self, batch, batch_idx):
         self._eval_step(batch)
