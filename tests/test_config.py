@@ -76,3 +76,10 @@ def test_out_of_range_and_unknown_experiment():
         load_config("hmdb5")
     with pytest.raises(ConfigError, match="key=value"):
         load_config("demo", ["trainer.max_epochs"])
+
+
+def test_override_may_interpolate_another_key_and_is_still_checked():
+    cfg = load_config("demo", ["model.local_prompts.num_tokens=${model.temporal.num_tokens}", "model.temporal.num_tokens=6"])
+    assert cfg.model.local_prompts.num_tokens == 6
+    with pytest.raises(ConfigError, match="model.temporal.num_tokens"):
+        load_config("demo", ["model.temporal.num_tokens=${data.batch_size}", "data.batch_size=100"])

@@ -394,13 +394,17 @@ def _validate_values(cfg: DictConfig, layer: DictConfig, origin: str) -> None:
     for key, choices in CHOICES.items():
         if OmegaConf.select(layer, key, throw_on_missing=False, default=None) is None:
             continue
-        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        value = OmegaConf.select(cfg, key, throw_on_missing=False, throw_on_resolution_failure=False)
+        if value is None:  # an interpolation that a later layer resolves: checked after composition
+            continue
         if value not in choices:
             raise ConfigError(f"config key '{key}' = {value!r} in {origin} is not one of: {', '.join(choices)}")
     for key, (low, high) in RANGES.items():
         if OmegaConf.select(layer, key, throw_on_missing=False, default=None) is None:
             continue
-        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        value = OmegaConf.select(cfg, key, throw_on_missing=False, throw_on_resolution_failure=False)
+        if value is None:
+            continue
         if not (low <= value <= high):
             raise ConfigError(f"config key '{key}' = {value!r} in {origin} is outside the valid range [{low}, {high}]")
 
@@ -459,6 +463,7 @@ def load_config(
         raise ConfigError(f"cannot resolve config key '{getattr(err, 'full_key', '?')}': {err}") from err
     if missing:
         raise ConfigError(f"required config values missing: {', '.join(sorted(missing))} (set them in {exp_path} or on the command line)")
+    _validate_values(cfg, cfg, "the composed config (after interpolation)")
     OmegaConf.set_readonly(cfg, True)
     return cfg
 
