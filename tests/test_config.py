@@ -2,6 +2,7 @@
 
 import pytest
 from omegaconf import OmegaConf
+from omegaconf.errors import ReadonlyConfigError
 
 from stop_lightning.config import ConfigError, available_experiments, load_config, save_config
 
@@ -29,7 +30,7 @@ def test_interpolations_are_resolved_and_config_is_read_only(tmp_path):
     cfg = load_config("hmdb51", ["paths.data_root=/datasets"])
     assert cfg.data.video_root == "/datasets/hmdb51/videos"
     assert cfg.paths.run_dir == "runs/hmdb51"
-    with pytest.raises(Exception):
+    with pytest.raises(ReadonlyConfigError):
         cfg.trainer.max_epochs = 7
     path = save_config(cfg, tmp_path / "config.yaml")
     assert OmegaConf.load(path).data.video_root == "/datasets/hmdb51/videos"

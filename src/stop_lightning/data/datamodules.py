@@ -30,7 +30,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import ConfigError, DataConfig
-from .samplers import EpochSampler
 from .datasets import DataHealth, SamplingConfig, VideoCaptionDataset, VideoClipDataset, seed_worker
 from .manifest import (
     CLASSES_FILE,
@@ -45,6 +44,7 @@ from .manifest import (
     retrieval_manifest_path,
     write_manifest,
 )
+from .samplers import EpochSampler
 from .transforms import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
