@@ -116,10 +116,21 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    except FileNotFoundError as err:
+    except USER_ERRORS() as err:
+        # Problems with the user's files or settings: the message says what to do; no traceback.
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 1
+
+
+def USER_ERRORS() -> tuple[type[BaseException], ...]:  # noqa: N802 - reads like the tuple it returns
+    from stop_lightning.data.decode import VideoDecodeError
+    from stop_lightning.data.manifest import ManifestError
+    from stop_lightning.models.backbone import ClipLoadError
+    from stop_lightning.run import CheckpointReadError
+    from stop_lightning.tasks.base import CheckpointMismatchError
+
+    return (FileNotFoundError, ManifestError, ClipLoadError, CheckpointReadError, CheckpointMismatchError, VideoDecodeError)
 
 
 if __name__ == "__main__":

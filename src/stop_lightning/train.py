@@ -86,10 +86,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, stage: str) -> L.Trainer:
 def setup_run(cfg: DictConfig, resume: str | None = None):
     """Run folder, CLIP and data, then seed: what fitting and evaluating both need."""
     run_dir = run_folder(Path(cfg.paths.run_dir), resume)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log.info("run folder: %s", run_dir)
     cfg = with_run_dir(cfg, run_dir)
-    save_config(cfg, run_dir / "config.yaml")
+    # Weights and data first: a run that cannot start leaves no empty run folder behind.
     bundle = load_clip(cfg.model.clip, cfg.paths.cache_dir)
     datamodule = build_datamodule(
         cfg.data, cfg.task.name, bundle.image_size, bundle.image_mean, bundle.image_std,
@@ -97,6 +95,9 @@ def setup_run(cfg: DictConfig, resume: str | None = None):
     )
     datamodule.prepare_data()
     datamodule.setup("fit" if cfg.data.protocol != "zero_shot" else "test")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log.info("run folder: %s", run_dir)
+    save_config(cfg, run_dir / "config.yaml")
     write_run_info(cfg, run_dir, bundle, datamodule)
     # Seeded last: building a missing tiny CLIP or synthetic dataset draws random numbers, and the
     # prompts' initialisation must not depend on whether those were already in the cache.
