@@ -93,7 +93,7 @@ class VideoTaskModule(L.LightningModule):
     def on_train_start(self) -> None:
         self.log_dict(
             {"params/trainable": float(self.num_trainable), "params/frozen": float(self.num_frozen)},
-            rank_zero_only=True,
+            sync_dist=True,  # the same on every rank
         )
 
     # ---------------------------------------------------------------- checkpoints

@@ -117,7 +117,8 @@ class RecognitionModule(VideoTaskModule):
         self.val_metrics.update(scores, batch["label"])
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute(), prog_bar=True, sync_dist=False)
+        # torchmetrics already reduced across ranks: every rank logs the same value.
+        self.log_dict(self.val_metrics.compute(), prog_bar=True, sync_dist=True)
         self.val_metrics.reset()
 
     def test_step(self, batch, batch_idx):
@@ -128,16 +129,20 @@ class RecognitionModule(VideoTaskModule):
         self._test_labels.append(batch["label"].detach().cpu())
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute())
+        self.log_dict(self.test_metrics.compute(), sync_dist=True)
         self.test_metrics.reset()
         confusion = self.test_confusion.compute().cpu()
         self.test_confusion.reset()
         split = getattr(self, "base_novel_split", None)
         if split is not None and self._test_scores:
             scores, labels = torch.cat(self._test_scores), torch.cat(self._test_labels)
+            if self.trainer is not None and self.trainer.world_size > 1:  # every rank sees every clip
+                scores = self.all_gather(scores.to(self.device)).flatten(0, 1).cpu()
+                labels = self.all_gather(labels.to(self.device)).flatten(0, 1).cpu()
             base = subset_accuracy(scores, labels, split[0])
             novel = subset_accuracy(scores, labels, split[1])
-            self.log_dict({"test/base_top1": base, "test/novel_top1": novel, "test/hm_top1": harmonic_mean(base, novel)})
+            self.log_dict({"test/base_top1": base, "test/novel_top1": novel, "test/hm_top1": harmonic_mean(base, novel)},
+                          sync_dist=True)
         self._test_scores.clear()
         self._test_labels.clear()
         if self.trainer is not None and self.trainer.is_global_zero:
