@@ -28,6 +28,7 @@ def demo_run(cache_dir, tmp_path_factory):
         "demo",
         [
             f"paths.cache_dir={cache_dir}", f"paths.output_dir={out}", "data.synthetic_clips_per_class=8",
+            "data.synthetic_classes=4", "data.synthetic_looks=0",
             "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
             "logger.wandb=true", "logger.mode=offline", "logger.log_images_every_n_steps=1",
         ],

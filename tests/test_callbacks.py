@@ -159,7 +159,7 @@ def test_drawing_images_does_not_change_training(demo_run, cache_dir, tmp_path, 
     monkeypatch.setenv("STOP_RUN_STAMP", "plain")
     cfg = load_config(
         "demo",
-        [f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path}", "data.synthetic_clips_per_class=8",
+        [f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path}", "data.synthetic_clips_per_class=8", "data.synthetic_classes=4", "data.synthetic_looks=0",
          "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
          "logger.log_images_every_n_steps=0"],
     )

@@ -142,7 +142,7 @@ def test_eval_warns_when_versions_or_manifests_differ(demo_run, tmp_path, monkey
         from stop_lightning.config import load_config
 
         cfg = load_config("demo", [f"paths.cache_dir={cfg.paths.cache_dir}", f"paths.output_dir={tmp_path}",
-                                   "data.synthetic_clips_per_class=8", "trainer.enable_progress_bar=false"])
+                                   "data.synthetic_clips_per_class=8", "data.synthetic_classes=4", "data.synthetic_looks=0", "trainer.enable_progress_bar=false"])
         metrics = evaluate(cfg, ckpt=str(ckpt))
     finally:
         logger.removeHandler(handler)

@@ -1,14 +1,102 @@
 """Global prompts (METHOD.md section 3): G tokens per video that see every frame.
 
-The stock CLIP encoder layers run on one sequence per video, ``[G, frame_1, ..., frame_T]``,
-with a block attention mask: a frame's tokens attend to their own frame and to the G global
-tokens; the global tokens attend to everything. With G = 0 this is exactly per-frame attention.
+The stock CLIP encoder layers run on one sequence per video, ``[G, frame_1, ..., frame_T]``: a
+frame's tokens attend to their own frame and to the G global tokens; the global tokens attend to
+everything. With G = 0 this is exactly per-frame attention. Two ways to get that pattern:
+
+- :func:`video_block_attention`, an attention function registered with HF's ``AttentionInterface``:
+  per-frame attention over ``[globals, frame]`` plus one attention of the globals over the whole
+  video. Same math as the mask, ~T times less attention work (the default, see
+  :func:`use_video_block_attention`).
+- :func:`block_attention_mask` on the whole sequence (the fallback, e.g. when CLIP's attention
+  implementation was changed after the video model was built).
 """
 
 from __future__ import annotations
 
+import weakref
+from typing import Any
+
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+VIDEO_BLOCK_ATTENTION = "stop_video_blocks"
+# id(vision config) -> (weak reference, the attention implementation it had before); calls without a
+# video layout use that one. Configs are unhashable, hence the id.
+_PREVIOUS_IMPLEMENTATION: dict[int, tuple[weakref.ref, str]] = {}
+
+
+def _previous(config: Any) -> str | None:
+    entry = _PREVIOUS_IMPLEMENTATION.get(id(config))
+    return entry[1] if entry is not None and entry[0]() is config else None
+
+
+def video_block_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                          video_blocks: tuple[int, int, int] | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """HF attention function: ``query/key/value [B, H, G + T*S, d] -> ([B, G + T*S, H, d], None)``.
+
+    ``video_blocks = (G, T, S)`` (passed by the video model's layer hooks) says the sequence is
+    ``[G globals, T frames of S tokens]``; without it the call goes to CLIP's previous implementation.
+    """
+    if video_blocks is None:
+        previous = _previous(getattr(module, "config", None)) or "sdpa"
+        if previous == "eager":
+            from transformers.models.clip.modeling_clip import eager_attention_forward as fallback
+        else:
+            from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+            fallback = ALL_ATTENTION_FUNCTIONS[previous]
+        return fallback(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    G, T, S = video_blocks
+    B, H, L, d = query.shape
+    if L != G + T * S:
+        raise ValueError(f"video block attention: sequence of {L} tokens, expected G + T*S = {G} + {T}*{S}")
+
+    def frames(x: torch.Tensor) -> torch.Tensor:  # [B, H, G + T*S, d] -> [B*T, H, S, d]
+        return x[:, :, G:].reshape(B, H, T, S, d).transpose(1, 2).reshape(B * T, H, S, d)
+
+    def with_globals(x: torch.Tensor) -> torch.Tensor:  # -> [B*T, H, G + S, d]: each frame's keys/values plus the globals'
+        g = x[:, :, :G].unsqueeze(1).expand(B, T, H, G, d).reshape(B * T, H, G, d)
+        return torch.cat([g, frames(x)], dim=2)
+
+    per_frame = F.scaled_dot_product_attention(frames(query), with_globals(key), with_globals(value), dropout_p=dropout, scale=scaling)
+    per_frame = per_frame.reshape(B, T, H, S, d).transpose(1, 2).reshape(B, H, T * S, d)
+    if G:
+        globals_ = F.scaled_dot_product_attention(query[:, :, :G], key, value, dropout_p=dropout, scale=scaling)  # [B, H, G, d]
+        per_frame = torch.cat([globals_, per_frame], dim=2)
+    return per_frame.transpose(1, 2).contiguous(), None
+
+
+def use_video_block_attention(vision_config: Any) -> bool:
+    """Route the vision tower's attention through :func:`video_block_attention`; False if this transformers
+    release has no ``AttentionInterface`` (the block mask is used then). Undo with :func:`restore_attention`."""
+    try:
+        from transformers import AttentionInterface
+    except ImportError:
+        return False
+    AttentionInterface.register(VIDEO_BLOCK_ATTENTION, video_block_attention)
+    current = getattr(vision_config, "_attn_implementation", None) or "eager"
+    if current != VIDEO_BLOCK_ATTENTION:
+        _PREVIOUS_IMPLEMENTATION[id(vision_config)] = (weakref.ref(vision_config), current)
+        vision_config._attn_implementation = VIDEO_BLOCK_ATTENTION
+    return True
+
+
+def base_attention_implementation(vision_config: Any) -> str:
+    """CLIP's own attention implementation (``sdpa``/``eager``/...), also while video block attention is on."""
+    current = getattr(vision_config, "_attn_implementation", None) or "eager"
+    return (_previous(vision_config) or "sdpa") if current == VIDEO_BLOCK_ATTENTION else current
+
+
+def restore_attention(vision_config: Any) -> None:
+    if getattr(vision_config, "_attn_implementation", None) == VIDEO_BLOCK_ATTENTION:
+        vision_config._attn_implementation = _previous(vision_config) or "sdpa"
+        _PREVIOUS_IMPLEMENTATION.pop(id(vision_config), None)
+
+
+def video_block_attention_active(vision_config: Any) -> bool:
+    return getattr(vision_config, "_attn_implementation", None) == VIDEO_BLOCK_ATTENTION
 
 
 def block_attention_mask(num_global: int, num_frames: int, frame_len: int, attn_implementation: str,

@@ -8,7 +8,8 @@ The CLIP vision tower runs stock; hooks change what flows through it:
   ``B*T`` frame sequences become one sequence per video ``[G, frame_1, ..., frame_T]``.
 - every encoder layer (forward pre-hook): the slots get that layer's local prompts plus the
   temporal prompts (replaced, not accumulated), the global slots get that layer's global
-  tokens, and the block attention mask is passed in.
+  tokens, and the video's block layout is passed to the attention (per-frame + global
+  attention, ``global_prompts.video_block_attention``; a block mask when that is switched off).
 - the last encoder layer (forward hook): the global tokens are put aside and the sequence goes
   back to ``[B*T, S, D]``, so CLIP's own pooling still reads each frame's CLS at position 0.
 
@@ -26,7 +27,14 @@ from torch import nn
 from stop_lightning.config import ConfigError
 from stop_lightning.models.adapters import attach_adapters
 from stop_lightning.models.aggregation import VideoAggregator
-from stop_lightning.models.global_prompts import GlobalPrompts, block_attention_mask
+from stop_lightning.models.global_prompts import (
+    GlobalPrompts,
+    base_attention_implementation,
+    block_attention_mask,
+    restore_attention,
+    use_video_block_attention,
+    video_block_attention_active,
+)
 from stop_lightning.models.hooks import HookSet, freeze, trainable_parameter_count, vision_parts
 from stop_lightning.models.shared_latent import SharedPromptSpace
 from stop_lightning.models.spatial import SpatialPrompter
@@ -51,7 +59,8 @@ class _ForwardState:
     local: torch.Tensor | None = None  # [L, T or 1, K, D]
     temporal: torch.Tensor | None = None  # [B, T, K, D], alpha and (1 + w) applied
     weights: torch.Tensor | None = None  # [B, T]
-    attention_mask: torch.Tensor | None = None  # [1, 1, G + T*S, G + T*S]
+    attention_mask: torch.Tensor | None = None  # [1, 1, G + T*S, G + T*S] (block-mask fallback)
+    video_blocks: tuple[int, int, int] | None = None  # (G, T, S) for video_block_attention
     global_out: torch.Tensor | None = None  # [B, G, D] last layer
     slot_out: torch.Tensor | None = None  # [B*T, K, D] last layer
 
@@ -110,7 +119,8 @@ class STOPVideoModel(nn.Module):
         self.grid = int(vision.image_size) // int(vision.patch_size)
         self.num_patches = self.grid * self.grid
         self.num_frames = int(num_frames)
-        self.attn_implementation = str(getattr(vision, "_attn_implementation", None) or "eager")
+        self._attn_config = self.parts.layers[0].self_attn.config  # the config CLIP's attention dispatches on
+        self.attn_implementation = base_attention_implementation(self._attn_config)
         self.hooks = HookSet()
         self._state: _ForwardState | None = None
 
@@ -143,6 +153,8 @@ class STOPVideoModel(nn.Module):
         self.num_global = self.global_prompts.num_tokens if self.global_prompts is not None else 0
         if self.global_prompts is not None:
             block_attention_mask(1, 1, 1, self.attn_implementation)  # fail now on an attention backend without masks
+            # Per-frame + global attention instead of one masked attention over the whole video (same math).
+            use_video_block_attention(self._attn_config)
 
         self.vision_adapters: nn.ModuleList | None = None
         if cfg.adapter.enabled and cfg.adapter.vision:
@@ -189,6 +201,7 @@ class STOPVideoModel(nn.Module):
     def remove_hooks(self) -> None:
         """Detach every hook (prompts, adapters, text prompts): ``self.clip`` is stock CLIP again."""
         self.hooks.remove()
+        restore_attention(self._attn_config)
 
     def _insert_slots(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         st = self._state
@@ -204,7 +217,10 @@ class STOPVideoModel(nn.Module):
             output = torch.cat([output[:, :1], slots, output[:, 1:]], dim=1)  # [B*T, 1+K+N, D]
         if G:
             S = output.shape[1]
-            st.attention_mask = block_attention_mask(G, T, S, self.attn_implementation, output.device)
+            if video_block_attention_active(self._attn_config):
+                st.video_blocks = (G, T, S)
+            else:  # CLIP's attention was switched after this model was built: the mask still works
+                st.attention_mask = block_attention_mask(G, T, S, base_attention_implementation(self._attn_config), output.device)
             output = torch.cat([output.new_zeros(B, G, D), output.reshape(B, T * S, D)], dim=1)  # [B, G + T*S, D]
         return output
 
@@ -236,7 +252,10 @@ class STOPVideoModel(nn.Module):
                 hidden = torch.cat([globals_, frames.reshape(B, -1, frames.shape[-1])], dim=1)  # [B, G + T*S, D]
             else:
                 hidden = frames
-            return _replace_layer_inputs(args, kwargs, hidden, st.attention_mask)
+            args, kwargs = _replace_layer_inputs(args, kwargs, hidden, st.attention_mask)
+            if st.video_blocks is not None:
+                kwargs["video_blocks"] = st.video_blocks  # reaches the attention function through the layer's **kwargs
+            return args, kwargs
 
         return hook
 

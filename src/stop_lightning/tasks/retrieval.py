@@ -1,93 +1,192 @@
 """Text-video retrieval: symmetric InfoNCE with CLIP's logit scale over the global batch.
 
-Under DDP the features of every rank are all-gathered with gradients, so the loss sees the
-global batch exactly as one process with the whole batch would; on one device the same code
-path runs (the gather is the identity).
+Training. Under DDP every rank's video and text features are all-gathered with gradients
+(Lightning's ``all_gather(sync_grads=True)``), so each rank computes the loss of the *global*
+batch. The gather's backward sums the gradients of the W identical losses into each rank's own
+features (W x dL/dx), and DDP then averages the parameter gradients over the W ranks, so the
+update equals that of one process on the whole global batch (``tests/tasks/test_retrieval.py``
+checks this numerically). On one device the gather is the identity and the same code runs.
+
+Evaluation. Every video of the split is embedded once (the ranks' features are gathered and the
+sampler's padding repeats dropped), every caption of the split is embedded, and the metrics of
+:mod:`retrieval_metrics` are computed on the ``[captions, videos]`` similarity matrix: 1k-A (one
+caption per video) and multi-caption test sets alike; with ``task.dual_softmax`` the dual-softmax
+re-ranked metrics are logged next to them as ``<stage>/dsl_*``.
+
+Padded frames. ``fps`` sampling repeats a short video's last frame and marks the repeats in
+``frame_mask``. Where the video vector is a plain mean of frame features (``aggregation.output=
+mean_cls`` without the MSA block: the CLIP4Clip meanP and zero-shot presets) the mean here skips
+the repeats. STOP's global prompts and MSA block still see them: the model has no frame mask. On
+MSRVTT this never matters (every video is >= 10 s; 12 frames at 3 fps span 4 s).
 """
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 
+from stop_lightning.config import ConfigError
 from stop_lightning.tasks.base import VideoTaskModule
 from stop_lightning.tasks.retrieval_metrics import dual_softmax, retrieval_metrics
 
+log = logging.getLogger(__name__)
+
 
 def symmetric_infonce(text: torch.Tensor, video: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``text``, ``video``: ``[N, E]`` L2-normalised, row i of each a matching pair."""
+    """``text``, ``video``: ``[N, E]`` L2-normalised, row i of each a matching pair -> scalar loss.
+
+    Mean of the text-to-video and video-to-text cross-entropies over the ``[N, N]`` logits.
+    """
     logits = scale * text @ video.t()  # [N, N]
     target = torch.arange(logits.shape[0], device=logits.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
+def masked_frame_mean(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``frames [B, T, E]``, ``mask`` bool ``[B, T]`` (True: a real frame) -> mean of the real frames ``[B, E]``."""
+    weights = mask.to(frames.dtype).unsqueeze(-1)  # [B, T, 1]
+    return (frames * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def unique_by_index(index: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One row per distinct ``index`` ``[N]``, sorted by index: drops the repeats a sampler pads with."""
+    order = torch.argsort(index, stable=True)
+    index, feats = index[order], feats[order]
+    keep = torch.ones_like(index, dtype=torch.bool)
+    keep[1:] = index[1:] != index[:-1]
+    return index[keep], feats[keep]
+
+
+def logged_metric_names(stage: str, dual: bool) -> list[str]:
+    """The names an evaluation of ``stage`` logs, e.g. ``val/t2v_R1`` (and ``val/dsl_t2v_R1`` with ``dual``)."""
+    names = list(retrieval_metrics(torch.ones(1, 1), torch.zeros(1, dtype=torch.long)))  # the one source of the names
+    prefixes = [f"{stage}/"] + ([f"{stage}/dsl_"] if dual else [])
+    return [p + n for p in prefixes for n in names]
+
+
 class RetrievalModule(VideoTaskModule):
+    """Videos and captions in CLIP's joint space. Batches: see :mod:`stop_lightning.data.datamodules`."""
+
     def __init__(self, cfg: dict, bundle=None) -> None:
         super().__init__(cfg, bundle=bundle)
+        aggregator = self.model.aggregator
+        # The video vector is a plain mean of independent frame features: padded frames can be skipped.
+        self._pools_frames_here = aggregator.output == "mean_cls" and len(aggregator.blocks) == 0
         self._eval_feats: list[torch.Tensor] = []
         self._eval_index: list[torch.Tensor] = []
+        self.last_eval_sizes: dict[str, int] = {}  # videos and captions of the last evaluation
+
+    def setup(self, stage: str) -> None:
+        # Fail before training, not after the first validation, on a monitor this task never logs
+        # (e.g. the recognition default val/top1).
+        monitor = str(self.cfg.checkpoint.monitor or "")
+        valid = ["train/loss", *logged_metric_names("val", bool(self.cfg.task.dual_softmax))]
+        if stage == "fit" and monitor and monitor not in valid:
+            raise ConfigError(
+                f"checkpoint.monitor = {monitor!r} is not logged by the retrieval task; use one of "
+                f"{', '.join(valid)} (e.g. checkpoint.monitor=val/t2v_R1 checkpoint.mode=max)"
+            )
+
+    # ---------------------------------------------------------------- features
+    def encode_videos(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None):
+        """``[B, T, 3, H, W]`` (and ``frame_mask [B, T]``) -> (L2-normalised ``[B, E]``, the model's output)."""
+        out = self.model(video)
+        embeds = out.embeds
+        if frame_mask is not None and self._pools_frames_here:  # all frames real: the same as the model's mean
+            embeds = masked_frame_mean(out.frame_embeds, frame_mask.to(out.frame_embeds.device))
+            head = self.model.aggregator.head
+            embeds = head(embeds) if head is not None else embeds
+        return F.normalize(embeds.float(), dim=-1), out
+
+    def _world_size(self) -> int:
+        # `self.trainer` raises when the module is used outside a Trainer (tests, notebooks).
+        return self._trainer.world_size if self._trainer is not None else 1
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, ...]`` per rank -> ``[world * B, ...]``, differentiable."""
-        if self.trainer is None or self.trainer.world_size == 1:
+        """``[B, ...]`` per rank -> ``[world * B, ...]``, differentiable (identity on one process)."""
+        if self._world_size() == 1:
             return x
-        return self.all_gather(x, sync_grads=True).flatten(0, 1)
+        return self.all_gather(x, sync_grads=True).flatten(0, 1)  # [W, B, ...] -> [W*B, ...]
+
+    def contrastive_loss(self, batch: dict) -> torch.Tensor:
+        """Symmetric InfoNCE of a batch's videos and captions against the whole global batch."""
+        video, _ = self.encode_videos(batch["video"], batch.get("frame_mask"))  # [B, E]
+        text = self.encode_texts(batch["caption"])  # [B, E]
+        return symmetric_infonce(self.gather(text), self.gather(video), self.logit_scale)
 
     def training_step(self, batch, batch_idx):
-        video_feats, _ = self.encode_videos(batch["video"])  # [B, E]
-        text_feats = self.encode_texts(batch["caption"])  # [B, E]
-        video_all, text_all = self.gather(video_feats), self.gather(text_feats)
-        loss = symmetric_infonce(text_all, video_all, self.logit_scale)
-        self.log("train/loss", loss, prog_bar=True, batch_size=video_feats.shape[0])
+        loss = self.contrastive_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["video"].shape[0])
         return loss
 
-    # ------------------------------------------------------------------ evaluation
+    # ---------------------------------------------------------------- evaluation
     def _eval_step(self, batch) -> None:
-        feats, _ = self.encode_videos(batch["video"])
+        feats, _ = self.encode_videos(batch["video"], batch.get("frame_mask"))
         self._eval_feats.append(feats.detach())
-        self._eval_index.append(batch["video_index"].detach())
+        self._eval_index.append(batch["video_index"].detach().to(feats.device))
 
-    def _eval_epoch_end(self, stage: str) -> dict[str, float]:
+    def _collect_eval_videos(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(video index ``[V]``, features ``[V, E]``) of every video this evaluation saw, on every rank."""
         feats = torch.cat(self._eval_feats) if self._eval_feats else torch.zeros(0, 1, device=self.device)
         index = torch.cat(self._eval_index) if self._eval_index else torch.zeros(0, dtype=torch.long, device=self.device)
         self._eval_feats.clear()
         self._eval_index.clear()
-        if self.trainer is not None and self.trainer.world_size > 1:
-            feats = self.all_gather(feats).flatten(0, 1)
+        if self._world_size() > 1:
+            # EpochSampler gives every rank ceil(n / world) items, so the shapes agree across ranks.
+            feats = self.all_gather(feats).flatten(0, 1)  # [W, n, E] -> [W*n, E]
             index = self.all_gather(index).flatten(0, 1)
-        # A distributed sampler pads by repeating items: keep one feature per video index.
-        order = torch.argsort(index, stable=True)
-        index, feats = index[order], feats[order]
-        keep = torch.ones_like(index, dtype=torch.bool)
-        keep[1:] = index[1:] != index[:-1]
-        index, feats = index[keep], feats[keep]
-        captions, cap_video = self.trainer.datamodule.eval_captions(stage)
-        cap_video = torch.as_tensor(cap_video, device=feats.device)
-        # Videos are numbered 0..V-1 in the eval set; map caption targets to rows of `feats`.
-        row_of = torch.full((int(index.max().item()) + 1 if index.numel() else 1,), -1, dtype=torch.long, device=feats.device)
-        row_of[index] = torch.arange(index.numel(), device=feats.device)
-        targets = row_of[cap_video]
-        if (targets < 0).any():
-            raise RuntimeError(f"{int((targets < 0).sum())} captions point to videos that were not evaluated")
+        return unique_by_index(index, feats)
+
+    def similarity(self, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The evaluation's ``[captions, videos]`` cosine similarities and each caption's video column."""
+        index, feats = self._collect_eval_videos()
+        captions, owners = self.trainer.datamodule.eval_captions(stage)
+        owners = torch.as_tensor(owners, dtype=torch.long, device=feats.device)
+        # Videos are numbered 0..V-1 in the split; map each caption's video to its row of `feats`.
+        size = max(int(owners.max()) + 1 if owners.numel() else 0, int(index.max()) + 1 if index.numel() else 0)
+        column = torch.full((size,), -1, dtype=torch.long, device=feats.device)
+        column[index] = torch.arange(index.numel(), device=feats.device)
+        targets = column[owners]
+        seen = targets >= 0
+        if not bool(seen.all()):  # limit_{val,test}_batches < 1: score the videos that were embedded
+            log.warning(
+                "%s retrieval: %d of %d videos embedded; scoring their %d of %d captions only",
+                stage, index.numel(), size, int(seen.sum()), len(captions),
+            )
+            captions = [c for c, s in zip(captions, seen.tolist()) if s]
+            targets = targets[seen]
+        if not captions:
+            raise RuntimeError(f"{stage} retrieval: no video with a caption was embedded (is the {stage} split empty?)")
         with torch.no_grad():
-            text = self.encode_texts(captions)
-        sim = text @ feats.t()  # [captions, videos]
+            text = self.encode_texts(captions)  # [C, E]
+        self.last_eval_sizes = {"videos": int(index.numel()), "captions": len(captions)}
+        return text @ feats.t(), targets  # [C, V], [C]
+
+    def _eval_epoch_end(self, stage: str) -> dict[str, float]:
+        sim, targets = self.similarity(stage)
         metrics = retrieval_metrics(sim, targets, prefix=f"{stage}/")
         if self.cfg.task.dual_softmax:
-            metrics.update(retrieval_metrics(dual_softmax(sim), targets, prefix=f"{stage}/dsl_"))
+            reranked = dual_softmax(sim, temperature=float(self.logit_scale))
+            metrics.update(retrieval_metrics(reranked, targets, prefix=f"{stage}/dsl_"))
         return metrics
+
+    def _log_eval(self, metrics: dict[str, float], headline: str) -> None:
+        # Every rank computed the same numbers from the gathered features; sync_dist averages
+        # identical values (and keeps Lightning from warning about epoch-level logging under DDP).
+        value = metrics.pop(headline)
+        self.log_dict(metrics, sync_dist=True)
+        self.log(headline, value, prog_bar=True, sync_dist=True)
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch)
 
     def on_validation_epoch_end(self) -> None:
-        metrics = self._eval_epoch_end("val")
-        headline = metrics.pop("val/t2v_R1")
-        self.log_dict(metrics)
-        self.log("val/t2v_R1", headline, prog_bar=True)
+        self._log_eval(self._eval_epoch_end("val"), "val/t2v_R1")
 
     def test_step(self, batch, batch_idx):
         self._eval_step(batch)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self._eval_epoch_end("test"))
+        self._log_eval(self._eval_epoch_end("test"), "test/t2v_R1")

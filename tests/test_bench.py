@@ -1,0 +1,79 @@
+"""`make bench` smoke test: every section on a tiny CLIP in seconds; the JSON and markdown it writes.
+
+Not a timing test: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import report  # noqa: E402
+from benchmarks.run import ALL_SECTIONS, plan_for, run  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    torch.manual_seed(0)
+    cpu = torch.device("cpu")
+    return run(plan_for("tiny", cpu), cpu, ALL_SECTIONS, cache_dir=tmp_path_factory.mktemp("bench_cache"), command="test", log=lambda _: None)
+
+
+def test_every_section_is_measured(results):
+    subjects = {r["subject"] for r in results["train"]}
+    assert subjects == {"clip4clip_meanp", "clip_fwd_bwd", "stop_fast"}
+    for row in results["train"]:
+        step = row["video_step"]
+        assert step["median_s"] > 0 and len(step["times_s"]) >= 1
+        assert row["video_vs_baseline"] > 0 and row["video_vs_floor"] > 0
+        assert row["recognition_step_s"] >= step["median_s"]
+    baseline = next(r for r in results["train"] if r["subject"] == report.BASELINE)
+    assert baseline["video_vs_baseline"] == pytest.approx(1.0)
+    assert [t["precision"] for t in results["text_step"]] == ["fp32"]
+    assert {i["subject"] for i in results["inference"]} == {"clip4clip_meanp", "stop_fast"}
+    assert [(s["frames"], s["batch"]) for s in results["scaling"]] == [(2, 1), (2, 1), (4, 1), (4, 1)]
+    assert results["data"]["rows"][0]["clips_per_s"] > 0 and "headroom" in results["data"]["rows"][0]
+    modules = {r["module"] for r in results["profile"]["rows"]}
+    assert any(m.startswith("temporal generator") for m in modules) and "CLIP vision MLP" in modules
+    assert sum(r["share"] for r in results["profile"]["rows"]) == pytest.approx(1.0)
+    assert [t["met"] in (True, False) for t in results["targets"]] == [True]
+
+
+def test_peak_memory_is_read_on_linux(results):
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("peak RSS reset needs Linux /proc")
+    assert all(r["video_step"]["peak_mib"] is not None for r in results["train"])
+
+
+def test_json_and_markdown_outputs(results, tmp_path):
+    md, js = tmp_path / "benchmarks.md", tmp_path / "benchmarks.json"
+    placeholder = f"{report._begin('cpu')}\nold tables\n{report._end('cpu')}\n"
+    md.write_text(f"# Benchmarks\n\nHand-written intro.\n\n{placeholder}\n## What was optimised\n\nHand-written notes.\n")
+    report.write_markdown(results, md)
+    report.write_markdown(results, md)  # replaced in place, not appended twice
+    report.write_json(results, js)
+    report.write_json({**results, "device_key": "cuda"}, js)  # another device keeps its own entry
+
+    report.write_markdown({**results, "device_key": "cuda"}, md)
+
+    text = md.read_text()
+    assert text.count("<!-- BEGIN GENERATED: cpu") == 1 and text.count("<!-- END GENERATED: cpu -->") == 1
+    assert "old tables" not in text
+    assert text.index("END GENERATED: cpu") < text.index("BEGIN GENERATED: cuda")  # blocks side by side
+    assert text.index("END GENERATED: cuda") < text.index("Hand-written notes.")
+    assert "Hand-written intro." in text and "Hand-written notes." in text
+    for heading in ("### Targets", "### Training step", "### Inference", "### Scaling", "### Data loading", "### Where the STOP step goes"):
+        assert heading in text
+    assert results["generated"] in text and results["machine"]["description"] in text
+
+    data = json.loads(js.read_text())
+    assert set(data) == {"cpu", "cuda"}
+    for key in ("machine", "settings", "train", "text_step", "inference", "scaling", "data", "profile", "targets", "wall_s"):
+        assert key in data["cpu"]
