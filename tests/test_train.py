@@ -65,9 +65,9 @@ def crash_at_epoch(epoch: int):
     import lightning as L
 
     class Crash(L.Callback):
-        def on_train_epoch_start(self, trainer, pl_module):
-            if trainer.current_epoch == epoch:
-                raise SimulatedCrash(f"killed at the start of epoch {epoch}")
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.current_epoch == epoch and batch_idx == 2:  # two optimiser steps into the epoch
+                raise SimulatedCrash(f"killed in the middle of epoch {epoch}")
 
     return Crash()
 
@@ -75,10 +75,10 @@ def crash_at_epoch(epoch: int):
 def test_resume_continues_exactly(cache_dir, tmp_path, monkeypatch):
     import stop_lightning.train as train_module
 
-    cfg = demo_cfg(cache_dir, tmp_path, "trainer.max_epochs=3")
+    cfg = demo_cfg(cache_dir, tmp_path, "trainer.max_epochs=3", "data.batch_size=2")  # 3 steps per epoch
     monkeypatch.setenv("STOP_RUN_STAMP", "straight")
     train(cfg)
-    # The same run, killed after its first epoch's checkpoint, then resumed with RESUME=last.
+    # The same run, killed mid-epoch (its steps since the last checkpoint are lost), then RESUME=last.
     monkeypatch.setenv("STOP_RUN_STAMP", "interrupted")
     build = train_module.build_callbacks
     monkeypatch.setattr(train_module, "build_callbacks", lambda *a: build(*a) + [crash_at_epoch(1)])
