@@ -214,6 +214,9 @@ class OptimConfig:
 class TaskConfig:
     name: str = "recognition"  # recognition | retrieval
     templates: list[str] = field(default_factory=lambda: ["a video of a person {name}."])
+    # Recognition classifier: text (cosine with class-prompt text features, the CLIP way) or
+    # linear (a trained linear layer on the video feature; for models without a text tower).
+    head: str = "text"
     dual_softmax: bool = False  # retrieval re-ranking at inference
 
 
@@ -300,6 +303,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.protocol": ("supervised", "few_shot", "base_to_novel", "zero_shot"),
     "optim.scheduler": ("cosine", "constant"),
     "task.name": ("recognition", "retrieval"),
+    "task.head": ("text", "linear"),
     "logger.mode": ("auto", "online", "offline", "disabled"),
     "checkpoint.mode": ("min", "max"),
 }

@@ -64,3 +64,14 @@ def test_zero_shot_equals_stock_clip_mean_of_frames(cache_dir, tmp_path, monkeyp
             correct += (( video @ text.t()).argmax(-1) == batch["label"]).sum().item()
             total += b
     assert metrics["test/top1"] == pytest.approx(correct / total, abs=1e-6)
+
+
+def test_linear_head_trains_and_is_saved(cache_dir, tmp_path, monkeypatch):
+    from stop_lightning.run import read_checkpoint
+
+    cfg = cfg_for(cache_dir, tmp_path, monkeypatch, "task.head=linear", "trainer.max_epochs=1")
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/top1"] <= 1.0
+    state = read_checkpoint(tmp_path / "demo" / "run" / "checkpoints" / "last.ckpt")["state_dict"]
+    assert state["classifier.weight"].shape == (4, 32)  # [classes, the tiny CLIP projection dim]
+    assert state["classifier.weight"].abs().sum() > 0

@@ -82,7 +82,7 @@ class VideoTaskModule(L.LightningModule):
     # ---------------------------------------------------------------- optimisation
     def configure_optimizers(self):
         total = int(self.trainer.estimated_stepping_batches) if self.trainer is not None else 1
-        opt = build_optimizer(self.model, self.cfg.optim, total)
+        opt = build_optimizer(self, self.cfg.optim, total)  # the video model and any task head
         if opt is None:
             raise RuntimeError(
                 f"preset '{self.cfg.model.preset}' has nothing to train; run `stop-lightning eval` instead "

@@ -55,6 +55,10 @@ class RecognitionModule(VideoTaskModule):
         # Base-to-novel: training sees only the base classes' logits.
         self.train_class_ids = list(train_class_ids) if train_class_ids is not None else None
         self.prompts = class_prompts(self.class_names, list(self.cfg.task.templates))
+        # Optional linear classifier (task.head=linear) for a video model without a usable text tower.
+        self.classifier: torch.nn.Linear | None = None
+        if self.cfg.task.head == "linear":
+            self.classifier = torch.nn.Linear(int(self.model.clip.config.projection_dim), self.num_classes)
         self._cached_text: torch.Tensor | None = None
         self.val_metrics = _metrics(self.num_classes, "val/")
         self.test_metrics = _metrics(self.num_classes, "test/")
@@ -86,6 +90,8 @@ class RecognitionModule(VideoTaskModule):
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """``[B, T, 3, H, W]`` -> logits ``[B, C]``."""
         video_feats, _ = self.encode_videos(video)
+        if self.classifier is not None:
+            return self.classifier(video_feats)
         text_feats = self.class_text_features()
         return self.logit_scale * video_feats @ text_feats.t()
 
