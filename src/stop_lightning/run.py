@@ -69,11 +69,13 @@ def latest_run(experiment_dir: Path) -> Path | None:
     return lasts[-1].parent.parent if lasts else None
 
 
-def run_folder(experiment_dir: Path, resume: str | None = None) -> Path:
-    """Each run gets ``<paths.run_dir>/<timestamp>``; resuming continues in the checkpoint's folder.
+def run_folder(experiment_dir: Path, resume: str | None = None) -> tuple[Path, str | None]:
+    """(run folder, checkpoint to resume from): the one place that reads ``RESUME``.
 
-    The timestamp goes through an environment variable so DDP ranks started later by Lightning
-    (which re-run the command) land in the same folder.
+    Each new run gets ``<paths.run_dir>/<timestamp>``; ``last`` continues the newest run of the
+    experiment with a ``checkpoints/last.ckpt``, a path continues in that checkpoint's folder. The
+    timestamp goes through an environment variable so DDP ranks started later by Lightning (which
+    re-run the command) land in the same folder.
     """
     if resume == "last":
         found = latest_run(experiment_dir)
@@ -82,14 +84,14 @@ def run_folder(experiment_dir: Path, resume: str | None = None) -> Path:
                 f"cannot resume: no run under {experiment_dir} has checkpoints/last.ckpt "
                 "(train once without RESUME, or pass RESUME=path/to.ckpt)"
             )
-        return found
+        return found, str(found / "checkpoints" / "last.ckpt")
     if resume:
         ckpt = Path(resume)
         if not ckpt.is_file():
             raise FileNotFoundError(f"cannot resume: checkpoint {ckpt} does not exist")
-        return ckpt.resolve().parent.parent
+        return ckpt.resolve().parent.parent, str(ckpt)
     stamp = os.environ.setdefault(RUN_STAMP_ENV, time.strftime("%Y%m%d-%H%M%S"))
-    return experiment_dir / stamp
+    return experiment_dir / stamp, None
 
 
 def with_run_dir(cfg: DictConfig, run_dir: Path) -> DictConfig:
@@ -98,16 +100,6 @@ def with_run_dir(cfg: DictConfig, run_dir: Path) -> DictConfig:
     cfg.paths.run_dir = str(run_dir)
     OmegaConf.set_readonly(cfg, True)
     return cfg
-
-
-def resolve_resume(resume: str | None, run_dir: Path) -> str | None:
-    """``last`` -> ``<run_dir>/checkpoints/last.ckpt``; a path is checked to exist."""
-    if not resume:
-        return None
-    path = run_dir / "checkpoints" / "last.ckpt" if resume == "last" else Path(resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"cannot resume: checkpoint {path} does not exist")
-    return str(path)
 
 
 def load_trained_weights(module: L.LightningModule, ckpt: str, run_info: dict[str, Any] | None = None) -> dict[str, Any]:

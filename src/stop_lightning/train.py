@@ -22,7 +22,6 @@ from stop_lightning.run import (
     collect_run_info,
     finish_wandb,
     print_metrics_table,
-    resolve_resume,
     run_folder,
     with_run_dir,
     write_run_info,
@@ -83,9 +82,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, stage: str) -> L.Trainer:
     )
 
 
-def setup_run(cfg: DictConfig, resume: str | None = None):
-    """Run folder, CLIP and data, then seed: what fitting and evaluating both need."""
-    run_dir = run_folder(Path(cfg.paths.run_dir), resume)
+def setup_run(cfg: DictConfig, run_dir: Path):
+    """CLIP and data, then the run folder, then seed: what fitting and evaluating both need."""
     cfg = with_run_dir(cfg, run_dir)
     # Weights and data first: a run that cannot start leaves no empty run folder behind.
     bundle = load_clip(cfg.model.clip, cfg.paths.cache_dir)
@@ -102,18 +100,19 @@ def setup_run(cfg: DictConfig, resume: str | None = None):
     # Seeded last: building a missing tiny CLIP or synthetic dataset draws random numbers, and the
     # prompts' initialisation must not depend on whether those were already in the cache.
     L.seed_everything(cfg.seed, workers=True)
-    return cfg, run_dir, bundle, datamodule
+    return cfg, bundle, datamodule
 
 
 def train(cfg: DictConfig, resume: str | None = None) -> dict[str, float]:
     """Fit (unless the protocol is zero-shot or max_epochs is 0), then test the best checkpoint."""
-    cfg, run_dir, bundle, datamodule = setup_run(cfg, resume)
+    run_dir, resume_ckpt = run_folder(Path(cfg.paths.run_dir), resume)
+    cfg, bundle, datamodule = setup_run(cfg, run_dir)
     module = build_module(cfg, datamodule, bundle)
     trainer = build_trainer(cfg, run_dir, "fit")
     fits = cfg.data.protocol != "zero_shot" and cfg.trainer.max_epochs != 0
     ckpt_for_test = None
     if fits:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_resume(resume, run_dir))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_ckpt)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         ckpt_for_test = best or None
     results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_for_test, verbose=False)
@@ -126,7 +125,8 @@ def train(cfg: DictConfig, resume: str | None = None) -> dict[str, float]:
 
 def evaluate(cfg: DictConfig, ckpt: str | None = None) -> dict[str, float]:
     """Test a checkpoint (trained weights on top of the frozen CLIP) or zero-shot CLIP."""
-    cfg, run_dir, bundle, datamodule = setup_run(cfg)
+    run_dir, _ = run_folder(Path(cfg.paths.run_dir))
+    cfg, bundle, datamodule = setup_run(cfg, run_dir)
     module = build_module(cfg, datamodule, bundle)
     if ckpt is not None:
         from stop_lightning.run import load_trained_weights
