@@ -49,6 +49,9 @@ from .transforms import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
 
+# Which manifest splits each Lightning stage reads.
+SPLITS_FOR_STAGE = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+
 BUILDABLE = ("hmdb51", "ucf101", "msrvtt")
 
 
@@ -128,6 +131,11 @@ class VideoDataModule(L.LightningDataModule):
                     f"[--annotations <folder with the official split files>] --out {self.manifest_dir}"
                 )
             raise ManifestError(msg)
+
+    def _splits_to_build(self, stage: str | None) -> list[str]:
+        """The splits a Lightning ``stage`` needs that are not built yet (``None``: all of them)."""
+        wanted = SPLITS_FOR_STAGE.get(stage or "", STAGES)
+        return [name for name in wanted if self.datasets.get(name) is None]
 
     # -- loaders --------------------------------------------------------------------------------
 
@@ -245,15 +253,9 @@ class RecognitionDataModule(VideoDataModule):
         self.class_names = [readable_class_name(n) for n in self.raw_class_names]
         self.num_classes = len(self.class_names)
         self.base_class_ids, self.novel_class_ids = base_novel_split(self.raw_class_names)
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(
-            stage or "", STAGES
-        )
-        protocol = self.cfg.protocol
-        for name in wanted:
-            if name == "train" and protocol == "zero_shot":
+        for name in self._splits_to_build(stage):
+            if name == "train" and self.cfg.protocol == "zero_shot":
                 self.datasets["train"] = None
-                continue
-            if self.datasets.get(name) is not None:
                 continue
             path = self.manifest_path(name)
             records = self._read(path)
@@ -302,12 +304,7 @@ class RetrievalDataModule(VideoDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self._check_video_root()
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(
-            stage or "", STAGES
-        )
-        for name in wanted:
-            if self.datasets.get(name) is not None:
-                continue
+        for name in self._splits_to_build(stage):
             records = self._read(retrieval_manifest_path(self.manifest_dir, name))
             self.health[name] = DataHealth()  # per process: a DDP rank counts its own clips
             self.datasets[name] = VideoCaptionDataset(
