@@ -116,14 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    except USER_ERRORS() as err:
+    except user_errors() as err:
         # Problems with the user's files or settings: the message says what to do; no traceback.
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 1
 
 
-def USER_ERRORS() -> tuple[type[BaseException], ...]:  # noqa: N802 - reads like the tuple it returns
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors about the user's files or settings (imported lazily: the CLI starts fast)."""
     from stop_lightning.data.decode import VideoDecodeError
     from stop_lightning.data.manifest import ManifestError
     from stop_lightning.models.backbone import ClipLoadError
