@@ -20,3 +20,9 @@ def test_missing_dataset_names_the_manifest_command(tmp_path, capsys):
 def test_missing_checkpoint_for_resume(tmp_path, capsys):
     assert main(["train", "demo", "--resume", str(tmp_path / "gone.ckpt"), f"paths.output_dir={tmp_path}"]) == 2
     assert "gone.ckpt" in capsys.readouterr().err
+
+
+def test_overrides_after_options_reach_the_config(capsys):
+    assert main(["train", "demo", "--print-config", "trainer.max_epochs=3", "model.spatial.alpha=0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "max_epochs: 3" in out and "alpha: 0.2" in out

@@ -81,7 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     configure_logging()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may follow options (`train hmdb51 --resume last k=v`, as `make train RESUME= ARGS=`
+    # writes it); argparse stops filling a positional list at the first option, so collect them here.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(item.startswith("-") for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
     try:
         if args.command == "manifest":
             from stop_lightning.data.builders import main as manifest_main
