@@ -19,11 +19,11 @@ from torch.utils.data import DataLoader, Dataset
 from stop_lightning.config import ConfigError, load_config
 from stop_lightning.data.manifest import ManifestError
 from stop_lightning.data.samplers import EpochSampler
+from stop_lightning.models.aggregation import masked_frame_mean
 from stop_lightning.models.backbone import load_clip
 from stop_lightning.tasks.retrieval import (
     RetrievalModule,
     logged_metric_names,
-    masked_frame_mean,
     symmetric_infonce,
     unique_by_index,
 )

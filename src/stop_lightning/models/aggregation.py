@@ -19,6 +19,12 @@ OUTPUTS = ("global_prompt0", "global_mean", "mean_cls", "global_and_cls")
 NEEDS_GLOBAL = ("global_prompt0", "global_mean", "global_and_cls")
 
 
+def masked_frame_mean(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``frames [B, T, E]``, ``mask`` bool ``[B, T]`` (True: a real frame) -> mean of the real frames ``[B, E]``."""
+    weights = mask.to(frames.dtype).unsqueeze(-1)  # [B, T, 1]
+    return (frames * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
 class MSABlock(nn.Module):
     """Pre-norm transformer block over video tokens; frame position is added to queries and keys only.
 
@@ -70,8 +76,18 @@ class VideoAggregator(nn.Module):
                 self.head.weight.copy_(torch.eye(width))
                 self.head.bias.zero_()
 
-    def forward(self, frames: torch.Tensor, prompts: torch.Tensor | None = None, globals_: torch.Tensor | None = None) -> torch.Tensor:
-        """``frames [B, T, E]`` (projected frame CLS), ``prompts [B, T, K, E]``, ``globals_ [B, G, E]`` -> ``[B, E]``."""
+    def forward(
+        self,
+        frames: torch.Tensor,
+        prompts: torch.Tensor | None = None,
+        globals_: torch.Tensor | None = None,
+        frame_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``frames [B, T, E]`` (projected frame CLS), ``prompts [B, T, K, E]``, ``globals_ [B, G, E]`` -> ``[B, E]``.
+
+        ``frame_mask [B, T]`` (True: a real frame, False: padding repeated by fps sampling) makes
+        the plain mean over frames (meanP) skip the padding.
+        """
         B, T, E = frames.shape
         if len(self.blocks):
             if T > self.max_frames:
@@ -91,8 +107,9 @@ class VideoAggregator(nn.Module):
             frames = tokens[:, :T]
             globals_ = tokens[:, tokens.shape[1] - globals_.shape[1]:] if globals_ is not None else None
 
+        pools_plain_frames = not len(self.blocks)  # after the MSA block every token has seen the padding
         if self.output == "mean_cls":
-            video = frames.mean(1)
+            video = masked_frame_mean(frames, frame_mask) if frame_mask is not None and pools_plain_frames else frames.mean(1)
         elif self.output == "global_prompt0":
             video = globals_[:, 0]
         elif self.output == "global_mean":

@@ -277,8 +277,8 @@ class STOPVideoModel(nn.Module):
         """CLIP's head on any token: post-LayerNorm then visual projection. ``[..., D] -> [..., E]``."""
         return self.parts.projection(self.parts.post_layernorm(hidden))
 
-    def forward(self, video: torch.Tensor) -> VideoOutput:
-        """``video [B, T, 3, H, W]`` (CLIP-normalised frames) -> :class:`VideoOutput`."""
+    def forward(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None) -> VideoOutput:
+        """``video [B, T, 3, H, W]`` (CLIP-normalised frames), optional ``frame_mask [B, T]`` -> :class:`VideoOutput`."""
         if video.dim() != 5:
             raise ValueError(f"expected a video batch [B, T, 3, H, W], got shape {tuple(video.shape)}")
         B, T = video.shape[:2]
@@ -297,7 +297,8 @@ class STOPVideoModel(nn.Module):
             if self.temporal is not None:
                 prompts = self._project(st.slot_out).view(B, T, self.num_slots, -1)  # [B, T, K, E]
             globals_ = self._project(st.global_out) if self.num_global else None  # [B, G, E]
-            embeds = self.aggregator(frame_embeds, prompts, globals_)
+            mask = frame_mask.to(frame_embeds.device) if frame_mask is not None else None
+            embeds = self.aggregator(frame_embeds, prompts, globals_, mask)
             return VideoOutput(
                 embeds=embeds,
                 frame_embeds=frame_embeds,

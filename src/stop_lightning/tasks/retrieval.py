@@ -15,8 +15,8 @@ re-ranked metrics are logged next to them as ``<stage>/dsl_*``.
 
 Padded frames. ``fps`` sampling repeats a short video's last frame and marks the repeats in
 ``frame_mask``. Where the video vector is a plain mean of frame features (``aggregation.output=
-mean_cls`` without the MSA block: the CLIP4Clip meanP and zero-shot presets) the mean here skips
-the repeats. STOP's global prompts and MSA block still see them: the model has no frame mask. On
+mean_cls`` without the MSA block: the CLIP4Clip meanP and zero-shot presets) the model's
+aggregator skips the repeats. STOP's global prompts and MSA block still see them: the model has no frame mask. On
 MSRVTT this never matters (every video is >= 10 s; 12 frames at 3 fps span 4 s).
 """
 
@@ -44,12 +44,6 @@ def symmetric_infonce(text: torch.Tensor, video: torch.Tensor, scale: torch.Tens
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
-def masked_frame_mean(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``frames [B, T, E]``, ``mask`` bool ``[B, T]`` (True: a real frame) -> mean of the real frames ``[B, E]``."""
-    weights = mask.to(frames.dtype).unsqueeze(-1)  # [B, T, 1]
-    return (frames * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-
-
 def unique_by_index(index: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One row per distinct ``index`` ``[N]``, sorted by index: drops the repeats a sampler pads with."""
     order = torch.argsort(index, stable=True)
@@ -71,9 +65,6 @@ class RetrievalModule(VideoTaskModule):
 
     def __init__(self, cfg: dict, bundle=None) -> None:
         super().__init__(cfg, bundle=bundle)
-        aggregator = self.model.aggregator
-        # The video vector is a plain mean of independent frame features: padded frames can be skipped.
-        self._pools_frames_here = aggregator.output == "mean_cls" and len(aggregator.blocks) == 0
         self._eval_feats: list[torch.Tensor] = []
         self._eval_index: list[torch.Tensor] = []
         self.last_eval_sizes: dict[str, int] = {}  # videos and captions of the last evaluation
@@ -88,17 +79,6 @@ class RetrievalModule(VideoTaskModule):
                 f"checkpoint.monitor = {monitor!r} is not logged by the retrieval task; use one of "
                 f"{', '.join(valid)} (e.g. checkpoint.monitor=val/t2v_R1 checkpoint.mode=max)"
             )
-
-    # ---------------------------------------------------------------- features
-    def encode_videos(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None):
-        """``[B, T, 3, H, W]`` (and ``frame_mask [B, T]``) -> (L2-normalised ``[B, E]``, the model's output)."""
-        out = self.model(video)
-        embeds = out.embeds
-        if frame_mask is not None and self._pools_frames_here:  # all frames real: the same as the model's mean
-            embeds = masked_frame_mean(out.frame_embeds, frame_mask.to(out.frame_embeds.device))
-            head = self.model.aggregator.head
-            embeds = head(embeds) if head is not None else embeds
-        return F.normalize(embeds.float(), dim=-1), out
 
     def _world_size(self) -> int:
         # `self.trainer` raises when the module is used outside a Trainer (tests, notebooks).
