@@ -57,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_args(p)
     p.add_argument("--ckpt", default=None, help="checkpoint path; omit for zero-shot")
 
-    p = sub.add_parser("manifest", help="build data manifests from the official dataset files")
-    p.add_argument("args", nargs=argparse.REMAINDER, help="hmdb51|ucf101|msrvtt --root R [--annotations A] --out O")
+    p = sub.add_parser("manifest", help="build data manifests from the official dataset files", add_help=False)
+    # The dataset choices live in the registry: `stop-lightning manifest --help` lists them.
+    p.add_argument("args", nargs=argparse.REMAINDER, help="DATASET --root R [--annotations A] --out O")
 
     p = sub.add_parser("predict", help="top-5 classes of videos with a recognition checkpoint")
     p.add_argument("--ckpt", required=True)
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may follow options (`train hmdb51 --resume last k=v`, as `make train RESUME= ARGS=`
     # writes it); argparse stops filling a positional list at the first option, so collect them here.
     args, extra = parser.parse_known_args(argv)
+    if args.command == "manifest":  # the builders' own parser reads everything after `manifest`
+        args.args, extra = extra + list(args.args), []
     if extra:
         if not hasattr(args, "overrides") or any(item.startswith("-") for item in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

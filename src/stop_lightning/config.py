@@ -164,7 +164,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # hmdb51 | ucf101 | msrvtt | manifest (any manifest folder) | synthetic (made on the fly)
+    # a registered dataset (data/registry.py): official ones, manifest (any manifest folder) or
+    # synthetic (made on the fly)
     dataset: str = "synthetic"
     video_root: str = "${paths.data_root}/${data.dataset}/videos"
     manifest_dir: str = "${paths.manifest_root}/${data.dataset}"
@@ -297,7 +298,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.global_prompts.per_layer": ("add", "replace"),
     "model.shared_latent": ("none", "linear", "transformer"),
     "model.aggregation.output": ("global_prompt0", "global_mean", "mean_cls", "global_and_cls"),
-    "data.dataset": ("hmdb51", "ucf101", "msrvtt", "manifest", "synthetic"),
     "data.sampling": ("segment", "fps"),
     "data.bad_video": ("raise", "skip"),
     "data.protocol": ("supervised", "few_shot", "base_to_novel", "zero_shot"),
@@ -307,6 +307,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "logger.mode": ("auto", "online", "offline", "disabled"),
     "checkpoint.mode": ("min", "max"),
 }
+
+
+def registered_choices() -> dict[str, tuple[str, ...]]:
+    """Choices that come from the registries (imported late: they import this module)."""
+    from stop_lightning.data.registry import dataset_names
+
+    return {"data.dataset": dataset_names()}
+
 
 # Numeric ranges: key -> (low, high), inclusive.
 RANGES: dict[str, tuple[float, float]] = {
@@ -395,7 +403,7 @@ def _merge_checked(base: DictConfig, layer: DictConfig, origin: str) -> DictConf
 
 def _validate_values(cfg: DictConfig, layer: DictConfig, origin: str) -> None:
     """Check closed choices and ranges of the keys this layer sets, naming the layer's file."""
-    for key, choices in CHOICES.items():
+    for key, choices in {**CHOICES, **registered_choices()}.items():
         if OmegaConf.select(layer, key, throw_on_missing=False, default=None) is None:
             continue
         value = OmegaConf.select(cfg, key, throw_on_missing=False, throw_on_resolution_failure=False)

@@ -6,8 +6,10 @@ import shutil
 import pytest
 
 from stop_lightning.data.builders import BuildError, build_manifests, main
+from stop_lightning.data.builders.hmdb51 import SPLIT_DIR as HMDB_SPLIT_DIR
+from stop_lightning.data.builders.ucf101 import LIST_DIR as UCF_LIST_DIR
 from stop_lightning.data.manifest import read_classes, read_manifest
-from stop_lightning.data.synthetic import HMDB_SPLIT_DIR, UCF_LIST_DIR, write_synthetic_dataset
+from stop_lightning.data.synthetic import write_synthetic_dataset
 
 
 def test_hmdb51_counts_and_labels(hmdb):

@@ -290,7 +290,7 @@ def test_build_datamodule_synthetic_is_idempotent_and_concurrent(tmp_path):
     )
     results = []
     threads = [
-        threading.Thread(target=lambda: results.append(ensure_synthetic(cfg, tmp_path))) for _ in range(3)
+        threading.Thread(target=lambda: results.append(ensure_synthetic(cfg, tmp_path, "hmdb51"))) for _ in range(3)
     ]
     for t in threads:
         t.start()

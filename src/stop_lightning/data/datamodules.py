@@ -44,6 +44,7 @@ from .manifest import (
     retrieval_manifest_path,
     write_manifest,
 )
+from .registry import DatasetSpec, get_dataset, synthetic_layout
 from .samplers import EpochSampler
 from .transforms import eval_transform, train_transform
 
@@ -52,7 +53,6 @@ log = logging.getLogger(__name__)
 # Which manifest splits each Lightning stage reads.
 SPLITS_FOR_STAGE = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
 
-BUILDABLE = ("hmdb51", "ucf101", "msrvtt")
 
 
 def as_data_config(cfg: Any) -> DataConfig:
@@ -78,6 +78,10 @@ class VideoDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.cfg = as_data_config(data_cfg)
+        self.spec: DatasetSpec = get_dataset(self.cfg.dataset)
+        if self.cfg.hflip and not self.spec.hflip:
+            log.info("data.hflip=true ignored: a horizontal flip changes the class of %s clips", self.spec.name)
+            self.cfg = replace(self.cfg, hflip=False)
         self.image_size = int(image_size)
         self.mean, self.std = tuple(mean), tuple(std)
         self.seed = seed
@@ -109,8 +113,8 @@ class VideoDataModule(L.LightningDataModule):
 
     def _missing_message(self, path: Path) -> str:
         msg = f"manifest file {path} does not exist (data.manifest_dir={self.manifest_dir}, data.dataset={self.cfg.dataset})."
-        if self.cfg.dataset in BUILDABLE:
-            ann = " [--annotations <folder with the official split files>]"
+        if self.spec.buildable:
+            ann = f" [--annotations {self.spec.annotations_hint}]"
             return (
                 f"{msg} Build it with:\n  stop-lightning manifest {self.cfg.dataset} --root {self.video_root}{ann} "
                 f"--out {self.manifest_dir}"
@@ -124,11 +128,11 @@ class VideoDataModule(L.LightningDataModule):
                 f"Unpack the dataset there (or set paths.data_root=... / data.video_root=...): it is the folder the "
                 f"manifest paths in {self.manifest_dir} are relative to (the --root given to 'stop-lightning manifest')."
             )
-            if self.cfg.dataset in BUILDABLE and not any(self.manifest_dir.rglob("*.jsonl")):
+            if self.spec.buildable and not any(self.manifest_dir.rglob("*.jsonl")):
                 msg += (
                     f" The manifests are missing too; once the videos are there, build them with:\n"
                     f"  stop-lightning manifest {self.cfg.dataset} --root {self.video_root} "
-                    f"[--annotations <folder with the official split files>] --out {self.manifest_dir}"
+                    f"[--annotations {self.spec.annotations_hint}] --out {self.manifest_dir}"
                 )
             raise ManifestError(msg)
 
@@ -236,10 +240,11 @@ class RecognitionDataModule(VideoDataModule):
 
     def manifest_path(self, stage: str) -> Path:
         split_path = recognition_manifest_path(self.manifest_dir, self.cfg.split, stage)
+        if self.spec.splits or split_path.parent.is_dir():
+            return split_path
+        # A dataset without official splits, or a custom manifest folder without split<k>/ subfolders.
         flat = retrieval_manifest_path(self.manifest_dir, stage)
-        if self.cfg.dataset == "manifest" and not split_path.parent.is_dir() and flat.is_file():
-            return flat  # a custom manifest folder without split<k>/ subfolders
-        return split_path
+        return flat if flat.is_file() or self.spec.buildable else split_path
 
     def _classes(self) -> list[str]:
         for place in (self.manifest_dir / CLASSES_FILE, self.manifest_path("train").parent / CLASSES_FILE):
@@ -387,14 +392,14 @@ def build_datamodule(
     cache_dir: str | Path = ".cache/stop_lightning",
 ) -> VideoDataModule:
     """The DataModule for ``task_name`` (recognition | retrieval); ``data.dataset=synthetic`` generates
-    its videos and manifests under ``cache_dir`` first (HMDB51 layout for recognition, MSRVTT for retrieval)."""
+    its videos and manifests under ``cache_dir`` first, in the layout the registry names for the task."""
     from .synthetic import ensure_synthetic
 
     cfg = as_data_config(cfg_data)
     if task_name not in ("recognition", "retrieval"):
         raise ConfigError(f"task.name = {task_name!r} is not one of: recognition, retrieval")
-    if cfg.dataset == "synthetic":
-        layout = "hmdb51" if task_name == "recognition" else "msrvtt"
+    if get_dataset(cfg.dataset).generated:
+        layout = synthetic_layout(task_name).name
         video_root, manifest_dir = ensure_synthetic(cfg, cache_dir, layout=layout)
         cfg = replace(cfg, video_root=str(video_root), manifest_dir=str(manifest_dir))
     cls = RecognitionDataModule if task_name == "recognition" else RetrievalDataModule

@@ -5,13 +5,13 @@ background. Clip ``j`` of every class uses the same colours and the same off-axi
 "move left" clip ``j`` is exactly "move right" clip ``j`` played backwards: the class lives only in
 the temporal order, which is what a video model (and not a single-frame model) must learn.
 
-The files are written with the same split and annotation files as HMDB51, UCF101 and MSRVTT,
-so the manifest builders are exercised against the real formats.
+Each registered dataset module lays these clips out with its own split and annotation files
+(``DatasetSpec.write_synthetic``), so the manifest builders are exercised against the real formats.
+``ensure_synthetic`` is the generate-build-cache step behind ``data.dataset=synthetic``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -24,13 +24,10 @@ from typing import Any
 import av
 import numpy as np
 
-log = logging.getLogger(__name__)
+from .builders import build_manifests
+from .registry import dataset_names, get_dataset
 
-LAYOUTS = ("hmdb51", "ucf101", "msrvtt")
-HMDB_SPLIT_DIR = "testTrainMulti_7030_splits"
-UCF_LIST_DIR = "ucfTrainTestlist"
-MSRVTT_ANNOTATION_DIR = "msrvtt_data"
-MSRVTT_VIDEO_DIR = "videos/all"
+log = logging.getLogger(__name__)
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -196,25 +193,8 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 8.0, gop: int
 
 
 # ---------------------------------------------------------------------------------------------
-# Layouts
+# Layouts: each dataset module writes its own (DatasetSpec.write_synthetic) from these clips
 # ---------------------------------------------------------------------------------------------
-
-
-def _hmdb_role(j: int, split: int) -> int:
-    """1 train, 2 test, 0 unused: a third of the clips test, one in six unused, rotating per split."""
-    if j % 3 == split - 1:
-        return 2
-    if j % 3 == split % 3 and j >= 3:
-        return 0
-    return 1
-
-
-def _ucf_is_test(group: int, split: int) -> bool:
-    return group % 3 == split - 1
-
-
-def _msrvtt_is_test(j: int) -> bool:
-    return j % 3 == 0
 
 
 def motion_captions(cls: MotionClass, look: ClipLook) -> list[str]:
@@ -226,6 +206,31 @@ def motion_captions(cls: MotionClass, look: ClipLook) -> list[str]:
         f"a small {look.colour} block travels {motion}",
         f"video of a {look.colour} square going {motion}",
     ]
+
+
+@dataclass(frozen=True)
+class MotionClips:
+    """The synthetic clips a dataset's ``write_synthetic`` lays out (``registry.SyntheticClips``)."""
+
+    classes: list[MotionClass]
+    looks: list[ClipLook]  # one per clip index j, shared by every class
+    num_frames: int
+    size: int
+    fps: float
+
+    @property
+    def class_names(self) -> list[str]:
+        return [cls.name for cls in self.classes]
+
+    @property
+    def clips_per_class(self) -> int:
+        return len(self.looks)
+
+    def write(self, path: Path, c: int, j: int) -> Path:
+        return write_video(path, motion_frames(self.classes[c], self.looks[j], self.num_frames, self.size), self.fps)
+
+    def captions(self, c: int, j: int) -> list[str]:
+        return motion_captions(self.classes[c], self.looks[j])
 
 
 def write_synthetic_dataset(
@@ -240,87 +245,22 @@ def write_synthetic_dataset(
     fps: float = 8.0,
     looks: int = 0,
 ) -> Path:
-    """Write a tiny dataset in the official ``layout`` (hmdb51 | ucf101 | msrvtt) under ``root``.
+    """Write a tiny dataset in the official ``layout`` (a registered dataset's name) under ``root``.
 
-    Returns ``root``, the folder to pass as ``--root`` to the manifest builder. Annotation files sit
-    where the builder looks by default (``root/testTrainMulti_7030_splits``, ``root/ucfTrainTestlist``,
-    ``root/msrvtt_data``). ``looks`` > 0 cycles through that many colour/background/position
-    variations instead of one per clip (fewer nuisances, an easier problem).
+    Returns ``root``, the folder to pass as ``--root`` to the manifest builder; annotation files sit
+    where the builder looks by default. ``looks`` > 0 cycles through that many
+    colour/background/position variations instead of one per clip (fewer nuisances, an easier problem).
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown synthetic layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    spec = get_dataset(layout)
+    if spec.write_synthetic is None:
+        with_layout = [n for n in dataset_names() if get_dataset(n).write_synthetic is not None]
+        raise ValueError(f"dataset {layout!r} has no synthetic layout; choose one of {', '.join(with_layout)}")
     if kind != "motion":
         raise ValueError(f"unknown synthetic kind {kind!r}; only 'motion' is implemented")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    classes = motion_classes(num_classes)
-    looks = [clip_look(j % looks if looks > 0 else j, seed) for j in range(clips_per_class)]
-
-    def frames(c: int, j: int) -> np.ndarray:
-        return motion_frames(classes[c], looks[j], num_frames, size)
-
-    if layout == "hmdb51":
-        split_dir = root / HMDB_SPLIT_DIR
-        split_dir.mkdir(exist_ok=True)
-        for c, cls in enumerate(classes):
-            folder = cls.name.replace(" ", "_")
-            names = [f"synthetic_{folder}_u_nm_np1_fr_med_{j}.avi" for j in range(clips_per_class)]
-            for j, name in enumerate(names):
-                write_video(root / folder / name, frames(c, j), fps)
-            for split in (1, 2, 3):
-                lines = "".join(f"{name} {_hmdb_role(j, split)} \n" for j, name in enumerate(names))
-                (split_dir / f"{folder}_test_split{split}.txt").write_text(lines)
-    elif layout == "ucf101":
-        list_dir = root / UCF_LIST_DIR
-        list_dir.mkdir(exist_ok=True)
-        camel = ["".join(w.capitalize() for w in cls.name.split()) for cls in classes]
-        # UCF101's own lists use Windows line endings; so do ours.
-        (list_dir / "classInd.txt").write_text(
-            "".join(f"{i + 1} {n}\r\n" for i, n in enumerate(camel)), newline=""
-        )
-        train: dict[int, list[str]] = {1: [], 2: [], 3: []}
-        test: dict[int, list[str]] = {1: [], 2: [], 3: []}
-        for c, name in enumerate(camel):
-            for j in range(clips_per_class):
-                group, clip = j + 1, 1
-                rel = f"{name}/v_{name}_g{group:02d}_c{clip:02d}.avi"
-                write_video(root / "UCF-101" / rel, frames(c, j), fps)
-                for split in (1, 2, 3):
-                    if _ucf_is_test(group, split):
-                        test[split].append(f"{rel}\r\n")
-                    else:
-                        train[split].append(f"{rel} {c + 1}\r\n")
-        for split in (1, 2, 3):
-            (list_dir / f"trainlist0{split}.txt").write_text("".join(train[split]), newline="")
-            (list_dir / f"testlist0{split}.txt").write_text("".join(test[split]), newline="")
-    else:
-        ann_dir = root / MSRVTT_ANNOTATION_DIR
-        ann_dir.mkdir(exist_ok=True)
-        videos: list[dict[str, Any]] = []
-        sentences: list[dict[str, Any]] = []
-        train_ids: list[str] = []
-        test_rows: list[tuple[str, str]] = []
-        for j in range(clips_per_class):
-            for c, cls in enumerate(classes):
-                idx = j * num_classes + c
-                vid = f"video{idx}"
-                write_video(root / MSRVTT_VIDEO_DIR / f"{vid}.mp4", frames(c, j), fps)
-                is_test = _msrvtt_is_test(j)
-                videos.append(
-                    {"category": c, "video_id": vid, "id": idx, "split": "test" if is_test else "train"}
-                )
-                caps = motion_captions(cls, looks[j])
-                for caption in caps:
-                    sentences.append({"caption": caption, "video_id": vid, "sen_id": len(sentences)})
-                if is_test:
-                    test_rows.append((vid, caps[0]))
-                else:
-                    train_ids.append(vid)
-        data = {"info": {"description": "synthetic MSRVTT layout"}, "videos": videos, "sentences": sentences}
-        (ann_dir / "MSRVTT_data.json").write_text(json.dumps(data))
-        (ann_dir / "MSRVTT_train.9k.csv").write_text("video_id\n" + "".join(f"{v}\n" for v in train_ids))
-        rows = "".join(f"ret{i},msr{v[5:]},{v},{s}\n" for i, (v, s) in enumerate(test_rows))
-        (ann_dir / "MSRVTT_JSFUSION_test.csv").write_text("key,vid_key,video_id,sentence\n" + rows)
+    clip_looks = [clip_look(j % looks if looks > 0 else j, seed) for j in range(clips_per_class)]
+    spec.write_synthetic(root, MotionClips(motion_classes(num_classes), clip_looks, num_frames, size, fps))
     return root
 
 
@@ -332,16 +272,15 @@ _DONE = ".complete"
 
 
 def ensure_synthetic(
-    cfg_data: Any, cache_dir: str | Path, layout: str = "hmdb51", seed: int = 0
+    cfg_data: Any, cache_dir: str | Path, layout: str, seed: int = 0
 ) -> tuple[Path, Path]:
-    """Generate the synthetic dataset and its manifests under ``cache_dir`` if missing.
+    """Generate the synthetic dataset in ``layout`` (a registered dataset) and its manifests under
+    ``cache_dir`` if missing.
 
     Returns ``(video_root, manifest_dir)``. Idempotent, and safe when several DDP ranks (or
     several runs) call it at once: each writer builds in a private temporary folder and renames it
     into place; the first rename wins and the others discard their copy.
     """
-    from .builders import build_manifests
-
     key = (
         f"{layout}_c{cfg_data.synthetic_classes}_n{cfg_data.synthetic_clips_per_class}"
         f"_f{cfg_data.synthetic_frames}_s{cfg_data.synthetic_size}_seed{seed}"

@@ -1,7 +1,10 @@
-"""Manifest builders: read a dataset exactly as it is distributed and write JSONL manifests.
+"""One module per dataset (``<name>.py``), each registering itself in ``data/registry.py``; this file
+holds what their builders share.
 
-``stop-lightning manifest {hmdb51,ucf101,msrvtt} --root R [--annotations A] --out O`` calls
-:func:`main`. Manifest paths are relative to ``--root``: set ``data.video_root`` to that folder.
+A builder reads a dataset exactly as it is distributed and writes JSONL manifests.
+``stop-lightning manifest <dataset> --root R [--annotations A] --out O`` calls :func:`main`.
+Manifest paths are relative to ``--root``: set ``data.video_root`` to that folder. To add a dataset,
+see the module docstring of ``data/registry.py``.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +20,6 @@ from tqdm import tqdm
 
 from ..manifest import CLASSES_FILE, ClipRecord, ManifestError, write_classes, write_manifest
 
-DATASETS = ("hmdb51", "ucf101", "msrvtt")
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v")
 
 
@@ -152,33 +154,34 @@ def build_manifests(
 
     ``probe`` opens every video to record ``num_frames`` and ``fps`` in the rows (slower).
     """
-    from . import hmdb51, msrvtt, ucf101
+    from ..registry import dataset_names, get_dataset
 
-    builders: dict[str, Callable[..., BuildReport]] = {
-        "hmdb51": hmdb51.build,
-        "ucf101": ucf101.build,
-        "msrvtt": msrvtt.build,
-    }
-    if dataset not in builders:
-        raise BuildError(f"no manifest builder for dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    choices = dataset_names(buildable=True)
+    if dataset not in choices or (build := get_dataset(dataset).build) is None:
+        raise BuildError(f"no manifest builder for dataset {dataset!r}; choose one of {', '.join(choices)}")
     root = Path(root)
     if not root.is_dir():
         raise BuildError(f"--root {root} is not a directory (expected the extracted {dataset} videos)")
     ann = Path(annotations) if annotations is not None else None
     if ann is not None and not ann.exists():
         raise BuildError(f"--annotations {ann} does not exist")
-    return builders[dataset](
+    return build(
         root=root, annotations=ann, out_dir=Path(out_dir), probe=probe, progress=progress
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``stop-lightning manifest {hmdb51,ucf101,msrvtt} --root R [--annotations A] --out O``."""
+    """``stop-lightning manifest <dataset> --root R [--annotations A] --out O``."""
+    from ..registry import dataset_names, get_dataset
+
+    choices = dataset_names(buildable=True)
     parser = argparse.ArgumentParser(
         prog="stop-lightning manifest",
         description="Build JSONL manifests from a dataset laid out as officially distributed.",
+        epilog="datasets:\n" + "\n".join(f"  {n:<10} {get_dataset(n).description}" for n in choices),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("dataset", choices=DATASETS)
+    parser.add_argument("dataset", choices=choices)
     parser.add_argument(
         "--root", required=True, type=Path, help="folder with the videos (manifest paths are relative to it)"
     )

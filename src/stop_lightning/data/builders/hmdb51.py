@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..manifest import ClipRecord
-from ..synthetic import HMDB_SPLIT_DIR
+from ..registry import DatasetSpec, SyntheticClips, register_dataset
 from . import (
     BuildError,
     BuildReport,
@@ -24,11 +24,13 @@ from . import (
     write_split,
 )
 
+SPLIT_DIR = "testTrainMulti_7030_splits"  # the extracted split-list archive
+SPLITS = (1, 2, 3)
 _SPLIT_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<k>[1-3])\.txt$")
 
 
 def _split_dir(root: Path, annotations: Path | None) -> Path:
-    places = [annotations] if annotations is not None else [root / HMDB_SPLIT_DIR, root]
+    places = [annotations] if annotations is not None else [root / SPLIT_DIR, root]
     hit = find_file("*_test_split1.txt", [p for p in places if p is not None])
     if hit is None:
         where = annotations if annotations is not None else root
@@ -48,7 +50,7 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
     write_class_list(report, out_dir, classes)
     missing: set[str] = set()
     probed: dict = {}
-    for split in (1, 2, 3):
+    for split in SPLITS:
         rows: dict[int, list[ClipRecord]] = {1: [], 2: []}
         for label, cls in enumerate(
             tqdm(classes, desc=f"hmdb51 split{split}", unit="class", disable=not progress)
@@ -81,3 +83,40 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
             f"none of the videos listed in {split_dir} exist under {root}; is --root the folder holding <class>/<video>.avi?"
         )
     return report
+
+
+def _role(j: int, split: int) -> int:
+    """1 train, 2 test, 0 unused: a third of the clips test, one in six unused, rotating per split."""
+    if j % 3 == split - 1:
+        return 2
+    if j % 3 == split % 3 and j >= 3:
+        return 0
+    return 1
+
+
+def write_synthetic(root: Path, clips: SyntheticClips) -> None:
+    """``root/<class>/<video>.avi`` and ``root/testTrainMulti_7030_splits/<class>_test_split<k>.txt``."""
+    split_dir = root / SPLIT_DIR
+    split_dir.mkdir(parents=True, exist_ok=True)
+    for c, class_name in enumerate(clips.class_names):
+        folder = class_name.replace(" ", "_")
+        names = [f"synthetic_{folder}_u_nm_np1_fr_med_{j}.avi" for j in range(clips.clips_per_class)]
+        for j, name in enumerate(names):
+            clips.write(root / folder / name, c, j)
+        for split in SPLITS:
+            lines = "".join(f"{name} {_role(j, split)} \n" for j, name in enumerate(names))
+            (split_dir / f"{folder}_test_split{split}.txt").write_text(lines)
+
+
+register_dataset(
+    DatasetSpec(
+        name="hmdb51",
+        task="recognition",
+        description="HMDB51: 51 actions, 3 official splits (videos + testTrainMulti_7030_splits)",
+        build=build,
+        write_synthetic=write_synthetic,
+        synthetic_default=True,
+        annotations_hint=f"<the extracted {SPLIT_DIR} folder>",
+        splits=SPLITS,
+    )
+)

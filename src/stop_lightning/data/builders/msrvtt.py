@@ -15,7 +15,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..manifest import ClipRecord
+from ..registry import DatasetSpec, SyntheticClips, register_dataset
 from . import VIDEO_SUFFIXES, BuildError, BuildReport, find_file, probe_records, write_split
+
+DATA_FILE = "MSRVTT_data.json"  # videos and their 200k sentences
+TRAIN_FILE = "MSRVTT_train.9k.csv"  # column video_id
+TEST_FILE = "MSRVTT_JSFUSION_test.csv"  # key,vid_key,video_id,sentence: the 1k-A test set
+ANNOTATION_DIR = "msrvtt_data"  # where the synthetic layout keeps the three files
+VIDEO_DIR = "videos/all"
 
 
 def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
@@ -41,7 +48,7 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
     places = [annotations] if annotations is not None else [root]
     found = {
         name: find_file(name, places)
-        for name in ("MSRVTT_data.json", "MSRVTT_train.9k.csv", "MSRVTT_JSFUSION_test.csv")
+        for name in (DATA_FILE, TRAIN_FILE, TEST_FILE)
     }
     for name, path in found.items():
         if path is None:
@@ -49,20 +56,20 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
                 f"{name} not found under {annotations or root}; pass the folder holding it with --annotations"
             )
 
-    data = json.loads(found["MSRVTT_data.json"].read_text(encoding="utf-8"))
+    data = json.loads(found[DATA_FILE].read_text(encoding="utf-8"))
     if not isinstance(data, dict) or "sentences" not in data:
-        raise BuildError(f"{found['MSRVTT_data.json']}: expected a JSON object with a 'sentences' list")
+        raise BuildError(f"{found[DATA_FILE]}: expected a JSON object with a 'sentences' list")
     captions: dict[str, list[str]] = {}
     for i, sent in enumerate(data["sentences"]):
         try:
             captions.setdefault(str(sent["video_id"]), []).append(str(sent["caption"]).strip())
         except (KeyError, TypeError) as err:
             raise BuildError(
-                f"{found['MSRVTT_data.json']}: sentences[{i}] lacks 'video_id' or 'caption'"
+                f"{found[DATA_FILE]}: sentences[{i}] lacks 'video_id' or 'caption'"
             ) from err
 
-    train_ids = [r["video_id"].strip() for r in _read_csv(found["MSRVTT_train.9k.csv"], ("video_id",))]
-    test_rows = _read_csv(found["MSRVTT_JSFUSION_test.csv"], ("video_id", "sentence"))
+    train_ids = [r["video_id"].strip() for r in _read_csv(found[TRAIN_FILE], ("video_id",))]
+    test_rows = _read_csv(found[TEST_FILE], ("video_id", "sentence"))
     videos = _video_files(root)
     report = BuildReport("msrvtt", root, out_dir)
     missing: list[str] = []
@@ -73,7 +80,7 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
             missing.append(f"{vid}.mp4")
             continue
         if not captions.get(vid):
-            raise BuildError(f"{found['MSRVTT_data.json']}: no sentences for training video {vid}")
+            raise BuildError(f"{found[DATA_FILE]}: no sentences for training video {vid}")
         train.append(ClipRecord(path=videos[vid], captions=tuple(captions[vid]), video_id=vid))
     test: list[ClipRecord] = []
     for row in tqdm(test_rows, desc="msrvtt test 1k-A", unit="video", disable=not progress):
@@ -89,3 +96,51 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
     if not train and not test:
         raise BuildError(f"none of the MSRVTT videos (video<N>.mp4) were found under {root}")
     return report
+
+
+def _is_test(j: int) -> bool:
+    return j % 3 == 0
+
+
+def write_synthetic(root: Path, clips: SyntheticClips) -> None:
+    """``root/videos/all/video<N>.mp4`` and the three annotation files in ``root/msrvtt_data/``."""
+    ann_dir = root / ANNOTATION_DIR
+    ann_dir.mkdir(parents=True, exist_ok=True)
+    num_classes = len(clips.class_names)
+    videos: list[dict] = []
+    sentences: list[dict] = []
+    train_ids: list[str] = []
+    test_rows: list[tuple[str, str]] = []
+    for j in range(clips.clips_per_class):
+        for c in range(num_classes):
+            idx = j * num_classes + c
+            vid = f"video{idx}"
+            clips.write(root / VIDEO_DIR / f"{vid}.mp4", c, j)
+            is_test = _is_test(j)
+            videos.append({"category": c, "video_id": vid, "id": idx, "split": "test" if is_test else "train"})
+            caps = clips.captions(c, j)
+            for caption in caps:
+                sentences.append({"caption": caption, "video_id": vid, "sen_id": len(sentences)})
+            if is_test:
+                test_rows.append((vid, caps[0]))
+            else:
+                train_ids.append(vid)
+    data = {"info": {"description": "synthetic MSRVTT layout"}, "videos": videos, "sentences": sentences}
+    (ann_dir / DATA_FILE).write_text(json.dumps(data))
+    (ann_dir / TRAIN_FILE).write_text("video_id\n" + "".join(f"{v}\n" for v in train_ids))
+    rows = "".join(f"ret{i},msr{v[5:]},{v},{s}\n" for i, (v, s) in enumerate(test_rows))
+    (ann_dir / TEST_FILE).write_text("key,vid_key,video_id,sentence\n" + rows)
+
+
+register_dataset(
+    DatasetSpec(
+        name="msrvtt",
+        task="retrieval",
+        description="MSR-VTT: 10k captioned videos, 9k train / 1k-A test (videos + MSRVTT_data.json, csvs)",
+        build=build,
+        write_synthetic=write_synthetic,
+        synthetic_default=True,
+        annotations_hint=f"<folder with {DATA_FILE}, {TRAIN_FILE} and {TEST_FILE}>",
+        multi_caption=True,
+    )
+)

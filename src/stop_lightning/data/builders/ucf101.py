@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..manifest import ClipRecord
-from ..synthetic import UCF_LIST_DIR
+from ..registry import DatasetSpec, SyntheticClips, register_dataset
 from . import (
     BuildError,
     BuildReport,
@@ -25,23 +25,28 @@ from . import (
     write_split,
 )
 
+LIST_DIR = "ucfTrainTestlist"  # the extracted split-list archive
+VIDEO_DIR = "UCF-101"  # the extracted video archive
+CLASS_FILE = "classInd.txt"
+SPLITS = (1, 2, 3)
+
 
 def _list_dir(root: Path, annotations: Path | None) -> Path:
     places = (
-        [annotations] if annotations is not None else [root / UCF_LIST_DIR, root.parent / UCF_LIST_DIR, root]
+        [annotations] if annotations is not None else [root / LIST_DIR, root.parent / LIST_DIR, root]
     )
-    hit = find_file("classInd.txt", places)
+    hit = find_file(CLASS_FILE, places)
     if hit is None:
         where = annotations if annotations is not None else root
         raise BuildError(
-            f"no UCF101 classInd.txt under {where}; pass the extracted ucfTrainTestlist folder with --annotations"
+            f"no UCF101 {CLASS_FILE} under {where}; pass the extracted ucfTrainTestlist folder with --annotations"
         )
     return hit.parent
 
 
 def _video_prefix(root: Path) -> str:
     """Manifest paths are relative to root: 'UCF-101/<Class>/...' or '<Class>/...' if root is UCF-101."""
-    return "UCF-101/" if (root / "UCF-101").is_dir() else ""
+    return f"{VIDEO_DIR}/" if (root / VIDEO_DIR).is_dir() else ""
 
 
 def _read_classes(path: Path) -> list[str]:
@@ -56,7 +61,7 @@ def _read_classes(path: Path) -> list[str]:
 
 def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, progress: bool) -> BuildReport:
     list_dir = _list_dir(root, annotations)
-    classes = _read_classes(list_dir / "classInd.txt")
+    classes = _read_classes(list_dir / CLASS_FILE)
     by_lower = {c.lower(): i for i, c in enumerate(classes)}
     prefix = _video_prefix(root)
     files = FileIndex(root)
@@ -70,7 +75,7 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
         from_folder = by_lower.get(folder.lower())
         if from_folder is None:
             raise BuildError(
-                f"{list_file}:{lineno}: class folder {folder!r} is not in {list_dir / 'classInd.txt'}"
+                f"{list_file}:{lineno}: class folder {folder!r} is not in {list_dir / CLASS_FILE}"
             )
         if label is not None and label != from_folder:
             raise BuildError(
@@ -82,7 +87,7 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
             return None
         return ClipRecord(path=found, label=from_folder, label_name=classes[from_folder])
 
-    for split in (1, 2, 3):
+    for split in SPLITS:
         train_file, test_file = list_dir / f"trainlist0{split}.txt", list_dir / f"testlist0{split}.txt"
         train, test = [], []
         for lineno, line in enumerate(
@@ -117,3 +122,44 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
             f"none of the videos listed in {list_dir} exist under {root}; is --root the folder holding UCF-101/?"
         )
     return report
+
+
+def _is_test(group: int, split: int) -> bool:
+    return group % 3 == split - 1
+
+
+def write_synthetic(root: Path, clips: SyntheticClips) -> None:
+    """``root/UCF-101/<Class>/v_<Class>_gGG_cCC.avi`` and ``root/ucfTrainTestlist/`` with CRLF lists."""
+    list_dir = root / LIST_DIR
+    list_dir.mkdir(parents=True, exist_ok=True)
+    camel = ["".join(w.capitalize() for w in name.split()) for name in clips.class_names]
+    # UCF101's own lists use Windows line endings; so do ours.
+    (list_dir / CLASS_FILE).write_text("".join(f"{i + 1} {n}\r\n" for i, n in enumerate(camel)), newline="")
+    train: dict[int, list[str]] = {split: [] for split in SPLITS}
+    test: dict[int, list[str]] = {split: [] for split in SPLITS}
+    for c, name in enumerate(camel):
+        for j in range(clips.clips_per_class):
+            group, clip = j + 1, 1
+            rel = f"{name}/v_{name}_g{group:02d}_c{clip:02d}.avi"
+            clips.write(root / VIDEO_DIR / rel, c, j)
+            for split in SPLITS:
+                if _is_test(group, split):
+                    test[split].append(f"{rel}\r\n")
+                else:
+                    train[split].append(f"{rel} {c + 1}\r\n")
+    for split in SPLITS:
+        (list_dir / f"trainlist0{split}.txt").write_text("".join(train[split]), newline="")
+        (list_dir / f"testlist0{split}.txt").write_text("".join(test[split]), newline="")
+
+
+register_dataset(
+    DatasetSpec(
+        name="ucf101",
+        task="recognition",
+        description="UCF101: 101 actions, 3 official splits (UCF-101/ + ucfTrainTestlist)",
+        build=build,
+        write_synthetic=write_synthetic,
+        annotations_hint=f"<the extracted {LIST_DIR} folder>",
+        splits=SPLITS,
+    )
+)
