@@ -213,7 +213,7 @@ class OptimConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = "recognition"  # recognition | retrieval
+    name: str = "recognition"  # a task registered in tasks/registry.py
     templates: list[str] = field(default_factory=lambda: ["a video of a person {name}."])
     # Recognition classifier: text (cosine with class-prompt text features, the CLIP way) or
     # linear (a trained linear layer on the video feature; for models without a text tower).
@@ -302,7 +302,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.bad_video": ("raise", "skip"),
     "data.protocol": ("supervised", "few_shot", "base_to_novel", "zero_shot"),
     "optim.scheduler": ("cosine", "constant"),
-    "task.name": ("recognition", "retrieval"),
     "task.head": ("text", "linear"),
     "logger.mode": ("auto", "online", "offline", "disabled"),
     "checkpoint.mode": ("min", "max"),
@@ -312,8 +311,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
 def registered_choices() -> dict[str, tuple[str, ...]]:
     """Choices that come from the registries (imported late: they import this module)."""
     from stop_lightning.data.registry import dataset_names
+    from stop_lightning.tasks.registry import TASKS
 
-    return {"data.dataset": dataset_names()}
+    return {"data.dataset": dataset_names(), "task.name": tuple(TASKS)}
 
 
 # Numeric ranges: key -> (low, high), inclusive.

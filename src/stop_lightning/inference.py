@@ -28,6 +28,7 @@ from stop_lightning.data.transforms import eval_transform
 from stop_lightning.models.backbone import ClipBundle, ClipLoadError, load_clip
 from stop_lightning.run import CheckpointReadError, collect_run_info, load_trained_weights, read_checkpoint
 from stop_lightning.tasks.base import CheckpointMismatchError, VideoTaskModule
+from stop_lightning.tasks.registry import get_task
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +87,11 @@ def load_checkpoint(ckpt: str | Path, clip_source: str | None = None, device: st
         cfg.model.clip.source = str(clip_source)
     OmegaConf.set_readonly(cfg, True)
     bundle = load_clip(cfg.model.clip, cfg.paths.cache_dir)
-    if cfg.task.name == "recognition":
-        from stop_lightning.tasks.recognition import RecognitionModule
-
-        if not hparams.get("class_names"):
-            raise CheckpointReadError(f"recognition checkpoint {path} has no class names (hyper_parameters['class_names'])")
-        module: VideoTaskModule = RecognitionModule(cfg, hparams["class_names"], hparams.get("train_class_ids"), bundle=bundle)
-    else:
-        from stop_lightning.tasks.retrieval import RetrievalModule
-
-        module = RetrievalModule(cfg, bundle=bundle)
+    try:
+        module = get_task(cfg.task.name).load_module(cfg, hparams, bundle)
+    except KeyError as err:
+        key = err.args[0]
+        raise CheckpointReadError(f"{cfg.task.name} checkpoint {path} has no {key} (hyper_parameters[{key!r}])") from err
     load_trained_weights(module, str(path), run_info=collect_run_info(cfg, bundle))
     device = resolve_device(device)
     module.to(device).eval()

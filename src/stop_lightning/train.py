@@ -27,6 +27,7 @@ from stop_lightning.run import (
     write_run_info,
 )
 from stop_lightning.tasks.base import VideoTaskModule
+from stop_lightning.tasks.registry import get_task
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +41,8 @@ def resolve_precision(precision: str) -> str:
 
 
 def build_module(cfg: DictConfig, datamodule, bundle: ClipBundle) -> VideoTaskModule:
-    if cfg.task.name == "recognition":
-        from stop_lightning.tasks.recognition import RecognitionModule
-
-        base_ids = getattr(datamodule, "base_class_ids", None) if cfg.data.protocol == "base_to_novel" else None
-        module = RecognitionModule(cfg, datamodule.class_names, train_class_ids=base_ids, bundle=bundle)
-        if base_ids is not None:
-            module.base_novel_split = (list(datamodule.base_class_ids), list(datamodule.novel_class_ids))
-        return module
-    from stop_lightning.tasks.retrieval import RetrievalModule
-
-    return RetrievalModule(cfg, bundle=bundle)
+    """The ``task.name`` module (tasks/registry.py), given what it needs from the set-up DataModule."""
+    return get_task(cfg.task.name).build_module(cfg, datamodule, bundle)
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, stage: str) -> L.Trainer:

@@ -40,6 +40,15 @@ def test_base_to_novel_reports_base_novel_and_harmonic_mean(cache_dir, tmp_path,
     assert metrics["test/hm_top1"] == pytest.approx(harmonic_mean(base, novel), abs=1e-6)
     # Each half is a 2-way problem among its own classes.
     assert 0.0 <= base <= 1.0 and 0.0 <= novel <= 1.0
+    # The inference path rebuilds the module with the same split (saved in hparams): base = the
+    # alphabetically first half of the class names.
+    from stop_lightning.inference import load_checkpoint
+
+    loaded = load_checkpoint(tmp_path / "demo" / "run" / "checkpoints" / "last.ckpt", device="cpu")
+    names = loaded.module.class_names
+    first_half = sorted(names)[: len(names) // 2]
+    expected = ([i for i, n in enumerate(names) if n in first_half], [i for i, n in enumerate(names) if n not in first_half])
+    assert loaded.module.base_novel_split == tuple(expected) and loaded.module.train_class_ids == expected[0]
 
 
 def test_zero_shot_equals_stock_clip_mean_of_frames(cache_dir, tmp_path, monkeypatch):

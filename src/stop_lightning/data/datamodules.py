@@ -391,19 +391,18 @@ def build_datamodule(
     seed: int = 0,
     cache_dir: str | Path = ".cache/stop_lightning",
 ) -> VideoDataModule:
-    """The DataModule for ``task_name`` (recognition | retrieval); ``data.dataset=synthetic`` generates
+    """The DataModule of ``task_name`` (tasks/registry.py); ``data.dataset=synthetic`` generates
     its videos and manifests under ``cache_dir`` first, in the layout the registry names for the task."""
+    from ..tasks.registry import get_task
     from .synthetic import ensure_synthetic
 
     cfg = as_data_config(cfg_data)
-    if task_name not in ("recognition", "retrieval"):
-        raise ConfigError(f"task.name = {task_name!r} is not one of: recognition, retrieval")
+    task = get_task(task_name)
     if get_dataset(cfg.dataset).generated:
         layout = synthetic_layout(task_name).name
         video_root, manifest_dir = ensure_synthetic(cfg, cache_dir, layout=layout)
         cfg = replace(cfg, video_root=str(video_root), manifest_dir=str(manifest_dir))
-    cls = RecognitionDataModule if task_name == "recognition" else RetrievalDataModule
-    return cls(cfg, image_size, mean, std, seed)
+    return task.datamodule(cfg, image_size, mean, std, seed)
 
 
 class DataHealthCallback(L.Callback):

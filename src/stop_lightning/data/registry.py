@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from ..config import ConfigError
+
 if TYPE_CHECKING:
     from .builders import BuildReport
 
@@ -55,7 +57,7 @@ class DatasetSpec:
     """One dataset: its name, the task it serves, how to build its manifests and what it allows."""
 
     name: str
-    task: str | None  # "recognition" | "retrieval"; None: any (a manifest folder, synthetic data)
+    task: str | None  # a task of tasks/registry.py; None: any (a manifest folder, synthetic data)
     description: str  # one line, shown by `stop-lightning manifest --help`
     # Official distribution -> manifests; None for datasets without an official layout.
     build: Callable[..., BuildReport] | None = None
@@ -82,16 +84,12 @@ _REGISTRY: dict[str, DatasetSpec] = {}
 _discovered = False
 
 
-class UnknownDatasetError(ValueError):
+class UnknownDatasetError(ConfigError):
     """A dataset name nobody registered; the message lists the registered ones."""
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
     """Add ``spec`` to the registry (a dataset module calls this once, at import)."""
-    if spec.task not in (TASKS_ANY, "recognition", "retrieval"):
-        raise ValueError(
-            f"dataset {spec.name!r}: task must be recognition, retrieval or None, got {spec.task!r}"
-        )
     known = _REGISTRY.get(spec.name)
     if known is not None and known != spec:
         raise ValueError(f"dataset {spec.name!r} is registered twice (by {known.build} and {spec.build})")

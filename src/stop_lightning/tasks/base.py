@@ -32,7 +32,22 @@ def as_plain_dict(cfg: DictConfig | dict) -> dict:
 
 
 class VideoTaskModule(L.LightningModule):
-    """Base LightningModule. Subclasses implement the steps; this class owns the model."""
+    """Base LightningModule. Subclasses implement the steps; this class owns the model.
+
+    Everything a task needs beyond the config arrives through its constructor: ``inputs(cfg,
+    datamodule)`` reads it from a set-up DataModule for training, ``saved_inputs(hparams)`` from a
+    checkpoint's ``hyper_parameters`` (a subclass saves each input with ``save_hyperparameters``).
+    """
+
+    @classmethod
+    def inputs(cls, cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
+        """Constructor arguments (besides ``cfg`` and ``bundle``) read from a set-up DataModule."""
+        return {}
+
+    @classmethod
+    def saved_inputs(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+        """The same arguments read back from a checkpoint; ``KeyError(name)`` when one is missing."""
+        return {}
 
     def __init__(self, cfg: dict, bundle: ClipBundle | None = None) -> None:
         super().__init__()

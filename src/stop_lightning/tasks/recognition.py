@@ -41,19 +41,24 @@ def _metrics(num_classes: int, prefix: str) -> MetricCollection:
 
 
 class RecognitionModule(VideoTaskModule):
+    """Class prompts scored against videos. ``base_novel_split``: (base ids, novel ids) for the
+    base-to-novel protocol (training sees only the base classes' logits; testing adds base, novel
+    and harmonic-mean top-1), None otherwise."""
+
     def __init__(
         self,
         cfg: dict,
         class_names: list[str],
-        train_class_ids: list[int] | None = None,
+        base_novel_split: tuple[list[int], list[int]] | None = None,
         bundle=None,
     ) -> None:
         super().__init__(cfg, bundle=bundle)
-        self.save_hyperparameters({"class_names": list(class_names), "train_class_ids": train_class_ids})
+        split = None if base_novel_split is None else tuple(list(map(int, ids)) for ids in base_novel_split)
+        self.save_hyperparameters({"class_names": list(class_names), "base_novel_split": split})
         self.class_names = list(class_names)
         self.num_classes = len(class_names)
-        # Base-to-novel: training sees only the base classes' logits.
-        self.train_class_ids = list(train_class_ids) if train_class_ids is not None else None
+        self.base_novel_split = split
+        self.train_class_ids = split[0] if split is not None else None
         self.prompts = class_prompts(self.class_names, list(self.cfg.task.templates))
         # Optional linear classifier (task.head=linear) for a video model without a usable text tower.
         self.classifier: torch.nn.Linear | None = None
@@ -65,6 +70,23 @@ class RecognitionModule(VideoTaskModule):
         self.test_confusion = MulticlassConfusionMatrix(self.num_classes)
         self._test_scores: list[torch.Tensor] = []
         self._test_labels: list[torch.Tensor] = []
+
+    @classmethod
+    def inputs(cls, cfg, datamodule) -> dict:
+        split = None
+        if cfg.data.protocol == "base_to_novel":
+            split = (list(datamodule.base_class_ids), list(datamodule.novel_class_ids))
+        return {"class_names": list(datamodule.class_names), "base_novel_split": split}
+
+    @classmethod
+    def saved_inputs(cls, hparams: dict) -> dict:
+        if not hparams.get("class_names"):
+            raise KeyError("class_names")
+        split = hparams.get("base_novel_split")
+        if split is None and hparams.get("train_class_ids") is not None:  # written before the split was saved
+            base = list(hparams["train_class_ids"])
+            split = (base, [i for i in range(len(hparams["class_names"])) if i not in base])
+        return {"class_names": list(hparams["class_names"]), "base_novel_split": split}
 
     # ---------------------------------------------------------------- text side
     def class_text_features(self) -> torch.Tensor:
@@ -139,7 +161,7 @@ class RecognitionModule(VideoTaskModule):
         self.test_metrics.reset()
         confusion = self.test_confusion.compute().cpu()
         self.test_confusion.reset()
-        split = getattr(self, "base_novel_split", None)
+        split = self.base_novel_split
         if split is not None and self._test_scores:
             scores, labels = torch.cat(self._test_scores), torch.cat(self._test_labels)
             if self.trainer is not None and self.trainer.world_size > 1:  # every rank sees every clip
