@@ -84,3 +84,8 @@ def test_override_may_interpolate_another_key_and_is_still_checked():
     assert cfg.model.local_prompts.num_tokens == 6
     with pytest.raises(ConfigError, match="model.temporal.num_tokens"):
         load_config("demo", ["model.temporal.num_tokens=${data.batch_size}", "data.batch_size=100"])
+
+
+def test_text_prompt_cap_follows_the_tokenizer_length():
+    cfg = load_config("demo", ["data.max_text_tokens=20"])
+    assert cfg.model.text_prompts.max_text_tokens == 20  # one key: base.yaml interpolates the other

@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_args(p)
     p.add_argument("--ckpt", default=None, help="checkpoint path; omit for zero-shot")
 
-    p = sub.add_parser("manifest", help="build data manifests from the official dataset files", add_help=False)
+    p = sub.add_parser(
+        "manifest", help="build data manifests from the official dataset files", add_help=False
+    )
     # The dataset choices live in the registry: `stop-lightning manifest --help` lists them.
     p.add_argument("args", nargs=argparse.REMAINDER, help="DATASET --root R [--annotations A] --out O")
 

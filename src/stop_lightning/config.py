@@ -119,8 +119,9 @@ class TextPromptConfig:
     enabled: bool = True
     prefix: int = 4
     postfix: int = 4
-    # Caption tokens (SOT and EOT included) the text encoder accepts; keep equal to
-    # data.max_text_tokens, which the tokenizer pads/truncates to. Sequences are this + prefix + postfix.
+    # Caption tokens (SOT and EOT included) the text encoder accepts. Not set by hand: base.yaml
+    # makes it ${data.max_text_tokens}, the length the tokenizer pads/truncates to, so set that one.
+    # Sequences are this + prefix + postfix.
     max_text_tokens: int = 32
     init_std: float = 0.02  # normal init of the text tower's own deep prompts
 

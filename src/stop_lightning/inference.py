@@ -28,6 +28,7 @@ from stop_lightning.data.transforms import eval_transform
 from stop_lightning.models.backbone import ClipBundle, ClipLoadError, load_clip
 from stop_lightning.run import CheckpointReadError, collect_run_info, load_trained_weights, read_checkpoint
 from stop_lightning.tasks.base import CheckpointMismatchError, VideoTaskModule
+from stop_lightning.tasks.recognition import RecognitionModule
 from stop_lightning.tasks.registry import get_task
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,13 @@ class LoadedCheckpoint:
         return str(self.cfg.task.name)
 
     @property
+    def classifies(self) -> bool:
+        """The module scores classes (predict works), rather than only embedding videos."""
+        return isinstance(self.module, RecognitionModule)
+
+    @property
     def class_names(self) -> list[str]:
-        return list(getattr(self.module, "class_names", []))
+        return list(self.module.class_names) if isinstance(self.module, RecognitionModule) else []
 
 
 @dataclass
@@ -91,7 +97,9 @@ def load_checkpoint(ckpt: str | Path, clip_source: str | None = None, device: st
         module = get_task(cfg.task.name).load_module(cfg, hparams, bundle)
     except KeyError as err:
         key = err.args[0]
-        raise CheckpointReadError(f"{cfg.task.name} checkpoint {path} has no {key} (hyper_parameters[{key!r}])") from err
+        raise CheckpointReadError(
+            f"{cfg.task.name} checkpoint {path} has no {key} (hyper_parameters[{key!r}])"
+        ) from err
     load_trained_weights(module, str(path), run_info=collect_run_info(cfg, bundle))
     device = resolve_device(device)
     module.to(device).eval()
@@ -151,10 +159,10 @@ def _loader(loaded: LoadedCheckpoint, dataset: VideoClipDataset) -> DataLoader:
 @torch.no_grad()
 def predict(loaded: LoadedCheckpoint, videos: list[str | Path], top: int = 5) -> list[Prediction]:
     """Class probabilities of each video (test views averaged, as in evaluation), best ``top`` first."""
-    if loaded.task != "recognition":
+    if not loaded.classifies:
         raise CheckpointMismatchError(
-            f"{loaded.path} is a {loaded.task} checkpoint (task.name={loaded.task}); predict needs a recognition "
-            "checkpoint. Export video features with `stop-lightning embed` instead."
+            f"{loaded.path} is a {loaded.task} checkpoint (task.name={loaded.task}); predict needs a "
+            "checkpoint that classifies. Export video features with `stop-lightning embed` instead."
         )
     if top < 1:
         raise ValueError(f"--top must be >= 1, got {top}")
@@ -200,7 +208,7 @@ def explain(loaded: LoadedCheckpoint, video: str | Path, top: int = 5) -> VideoE
         frames=denormalize(clip, b.image_mean, b.image_std),
         spatial_mask=out.spatial_mask[0].float().cpu() if out.spatial_mask is not None else None,
         frame_weights=out.frame_weights[0].float().cpu() if out.frame_weights is not None else None,
-        prediction=predict(loaded, [video], top)[0] if loaded.task == "recognition" else None,
+        prediction=predict(loaded, [video], top)[0] if loaded.classifies else None,
     )
 
 

@@ -55,15 +55,15 @@ def test_retrieval_batches_and_captions(msrvtt, data_cfg):
     dm = RetrievalDataModule(cfg, image_size=24, mean=MEAN, std=STD)
     dm.setup()
     train = next(iter(dm.train_dataloader()))
-    assert set(train) == {"video", "frame_mask", "caption", "video_index"}
+    assert set(train) == {"video", "frame_mask", "caption", "index"}
     assert train["video"].shape == (4, 8, 3, 24, 24) and train["frame_mask"].dtype == torch.bool
     # 16 frames at 8 fps resampled at 3 fps -> 6 real frames, 2 padded.
     assert train["frame_mask"].sum(1).tolist() == [6] * 4
     assert isinstance(train["caption"], list) and len(train["caption"]) == 4
-    for cap, vi in zip(train["caption"], train["video_index"].tolist()):
+    for cap, vi in zip(train["caption"], train["index"].tolist()):
         assert cap in dm.datasets["train"].captions[vi]
     test = next(iter(dm.test_dataloader()))
-    assert set(test) == {"video", "frame_mask", "video_index"}
+    assert set(test) == {"video", "frame_mask", "index"}
     captions, owners = dm.eval_captions("test")
     assert len(captions) == len(owners) == len(dm.datasets["test"]) == 8  # 1k-A style: one per video
     assert captions[0] == read_manifest(manifests / "test.jsonl")[0].captions[0] and owners == list(range(8))
@@ -290,7 +290,8 @@ def test_build_datamodule_synthetic_is_idempotent_and_concurrent(tmp_path):
     )
     results = []
     threads = [
-        threading.Thread(target=lambda: results.append(ensure_synthetic(cfg, tmp_path, "hmdb51"))) for _ in range(3)
+        threading.Thread(target=lambda: results.append(ensure_synthetic(cfg, tmp_path, "hmdb51")))
+        for _ in range(3)
     ]
     for t in threads:
         t.start()

@@ -47,7 +47,10 @@ def test_base_to_novel_reports_base_novel_and_harmonic_mean(cache_dir, tmp_path,
     loaded = load_checkpoint(tmp_path / "demo" / "run" / "checkpoints" / "last.ckpt", device="cpu")
     names = loaded.module.class_names
     first_half = sorted(names)[: len(names) // 2]
-    expected = ([i for i, n in enumerate(names) if n in first_half], [i for i, n in enumerate(names) if n not in first_half])
+    expected = (
+        [i for i, n in enumerate(names) if n in first_half],
+        [i for i, n in enumerate(names) if n not in first_half],
+    )
     assert loaded.module.base_novel_split == tuple(expected) and loaded.module.train_class_ids == expected[0]
 
 

@@ -17,8 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from stop_lightning.config import ConfigError, load_config
+from stop_lightning.data.item_order import EpochSampler
 from stop_lightning.data.manifest import ManifestError
-from stop_lightning.data.samplers import EpochSampler
 from stop_lightning.models.aggregation import masked_frame_mean
 from stop_lightning.models.backbone import load_clip
 from stop_lightning.tasks.retrieval import (
@@ -67,7 +67,7 @@ class Items(Dataset):
 
     def __getitem__(self, key):
         i = key[0] if isinstance(key, tuple) else key
-        item = {"video": self.videos[i], "frame_mask": torch.ones(FRAMES, dtype=torch.bool), "video_index": i}
+        item = {"video": self.videos[i], "frame_mask": torch.ones(FRAMES, dtype=torch.bool), "index": i}
         if self.captions is not None:
             item["caption"] = self.captions[i]
         return item

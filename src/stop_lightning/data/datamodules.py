@@ -7,11 +7,13 @@ Recognition batches::
 
 Retrieval batches::
 
-    train:    {"video": [B, T, 3, H, W], "frame_mask": bool [B, T], "caption": list[str], "video_index": int64 [B]}
-    val/test: {"video", "frame_mask", "video_index"}, one item per video; captions via eval_captions(stage)
+    train:    {"video": [B, T, 3, H, W], "frame_mask": bool [B, T], "caption": list[str], "index": int64 [B]}
+    val/test: {"video", "frame_mask", "index"}, one item per video; captions via eval_captions(stage)
 
-Distributed sampling is left to Lightning (it wraps these loaders in a DistributedSampler; in
-evaluation it pads with repeated items, so de-duplicate by ``index``/``video_index``).
+``index`` is the item's row in its manifest. Every loader draws its items from
+:class:`~stop_lightning.data.item_order.EpochSampler`, which shards them across DDP ranks itself
+(the Trainer runs with ``use_distributed_sampler=False``) and, like ``DistributedSampler``, pads the
+last shard by repeating items: evaluation de-duplicates by ``index``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import ConfigError, DataConfig
 from .datasets import DataHealth, SamplingConfig, VideoCaptionDataset, VideoClipDataset, seed_worker
+from .item_order import EpochSampler
 from .manifest import (
     CLASSES_FILE,
     STAGES,
@@ -45,7 +48,6 @@ from .manifest import (
     write_manifest,
 )
 from .registry import DatasetSpec, get_dataset, synthetic_layout
-from .samplers import EpochSampler
 from .transforms import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
@@ -80,7 +82,9 @@ class VideoDataModule(L.LightningDataModule):
         self.cfg = as_data_config(data_cfg)
         self.spec: DatasetSpec = get_dataset(self.cfg.dataset)
         if self.cfg.hflip and not self.spec.hflip:
-            log.info("data.hflip=true ignored: a horizontal flip changes the class of %s clips", self.spec.name)
+            log.info(
+                "data.hflip=true ignored: a horizontal flip changes the class of %s clips", self.spec.name
+            )
             self.cfg = replace(self.cfg, hflip=False)
         self.image_size = int(image_size)
         self.mean, self.std = tuple(mean), tuple(std)
@@ -323,7 +327,7 @@ class RetrievalDataModule(VideoDataModule):
             )
 
     def eval_captions(self, stage: str = "test") -> tuple[list[str], list[int]]:
-        """All captions of ``stage`` and the ``video_index`` each belongs to (1k-A: one per video)."""
+        """All captions of ``stage`` and the ``index`` of the video each belongs to (1k-A: one per video)."""
         dataset = self.datasets.get(stage)
         if dataset is None:
             self.setup({"val": "validate", "test": "test", "train": "fit"}[stage])

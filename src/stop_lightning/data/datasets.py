@@ -1,8 +1,8 @@
 """Map-style datasets that stream clips from video files listed in a manifest.
 
 ``VideoClipDataset`` (recognition) yields ``{"video", "label", "index"}``; ``VideoCaptionDataset``
-(retrieval) yields ``{"video", "frame_mask", "caption", "video_index"}`` in training and
-``{"video", "frame_mask", "video_index"}`` in evaluation. Bad videos follow ``bad_video``:
+(retrieval) yields ``{"video", "frame_mask", "caption", "index"}`` in training and
+``{"video", "frame_mask", "index"}`` in evaluation. Bad videos follow ``bad_video``:
 ``raise`` (``VideoDecodeError`` naming the file and the reason) or ``skip`` (a training clip is
 replaced by another random clip; an evaluation clip by a blank one, so every video and caption
 still counts in the metrics), counted in a :class:`DataHealth` shared with the worker processes.
@@ -24,9 +24,9 @@ import torch
 from torch.utils.data import Dataset
 
 from .decode import SEEK_THRESHOLD, VideoDecodeError, VideoFile, configure_ffmpeg_logging
+from .frame_indices import fps_indices, segment_indices
+from .item_order import seeded
 from .manifest import ClipRecord, resolve_video_path
-from .samplers import seeded
-from .sampling import fps_indices, segment_indices
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class VideoDataset(Dataset):
         raise NotImplementedError
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        """``i`` or ``(i, item_seed)`` from :class:`~stop_lightning.data.samplers.EpochSampler`;
+        """``i`` or ``(i, item_seed)`` from :class:`~stop_lightning.data.item_order.EpochSampler`;
         with a seed, the item's random offsets, crops and caption choice depend on it alone."""
         if isinstance(key, (tuple, list)):
             with seeded(int(key[1])):
@@ -265,7 +265,7 @@ class VideoCaptionDataset(VideoDataset):
 
     def load(self, i: int) -> dict[str, Any]:
         clips, mask = self.decode(i)
-        item = {"video": self.transform(clips[0]), "frame_mask": mask[0], "video_index": i}
+        item = {"video": self.transform(clips[0]), "frame_mask": mask[0], "index": i}
         if self.train:
             caps = self.captions[i]
             item["caption"] = caps[int(torch.randint(len(caps), ()).item())]
@@ -276,4 +276,4 @@ class VideoCaptionDataset(VideoDataset):
         size = int(self.transform(torch.zeros(1, 3, 8, 8, dtype=torch.uint8)).shape[-1])
         mask = torch.zeros(t, dtype=torch.bool)
         mask[0] = True  # one valid (blank) frame, so masked means stay defined
-        return {"video": torch.zeros(t, 3, size, size), "frame_mask": mask, "video_index": i}
+        return {"video": torch.zeros(t, 3, size, size), "frame_mask": mask, "index": i}

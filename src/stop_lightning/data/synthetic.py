@@ -227,7 +227,8 @@ class MotionClips:
         return len(self.looks)
 
     def write(self, path: Path, c: int, j: int) -> Path:
-        return write_video(path, motion_frames(self.classes[c], self.looks[j], self.num_frames, self.size), self.fps)
+        frames = motion_frames(self.classes[c], self.looks[j], self.num_frames, self.size)
+        return write_video(path, frames, self.fps)
 
     def captions(self, c: int, j: int) -> list[str]:
         return motion_captions(self.classes[c], self.looks[j])
@@ -254,7 +255,9 @@ def write_synthetic_dataset(
     spec = get_dataset(layout)
     if spec.write_synthetic is None:
         with_layout = [n for n in dataset_names() if get_dataset(n).write_synthetic is not None]
-        raise ValueError(f"dataset {layout!r} has no synthetic layout; choose one of {', '.join(with_layout)}")
+        raise ValueError(
+            f"dataset {layout!r} has no synthetic layout; choose one of {', '.join(with_layout)}"
+        )
     if kind != "motion":
         raise ValueError(f"unknown synthetic kind {kind!r}; only 'motion' is implemented")
     root = Path(root)

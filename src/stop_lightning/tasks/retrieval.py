@@ -105,7 +105,7 @@ class RetrievalModule(VideoTaskModule):
     def _eval_step(self, batch) -> None:
         feats, _ = self.encode_videos(batch["video"], batch.get("frame_mask"))
         self._eval_feats.append(feats.detach())
-        self._eval_index.append(batch["video_index"].detach().to(feats.device))
+        self._eval_index.append(batch["index"].detach().to(feats.device))
 
     def _collect_eval_videos(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(video index ``[V]``, features ``[V, E]``) of every video this evaluation saw, on every rank."""

@@ -24,6 +24,7 @@ from . import (
     write_split,
 )
 
+NAME = "hmdb51"  # the registered name: data.dataset, `stop-lightning manifest <name>`
 SPLIT_DIR = "testTrainMulti_7030_splits"  # the extracted split-list archive
 SPLITS = (1, 2, 3)
 _SPLIT_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<k>[1-3])\.txt$")
@@ -46,7 +47,7 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
     classes = sorted(
         {m["cls"] for p in split_dir.iterdir() if (m := _SPLIT_FILE.match(p.name)) and m["k"] == "1"}
     )
-    report = BuildReport("hmdb51", root, out_dir)
+    report = BuildReport(NAME, root, out_dir)
     write_class_list(report, out_dir, classes)
     missing: set[str] = set()
     probed: dict = {}
@@ -110,7 +111,7 @@ def write_synthetic(root: Path, clips: SyntheticClips) -> None:
 
 register_dataset(
     DatasetSpec(
-        name="hmdb51",
+        name=NAME,
         task="recognition",
         description="HMDB51: 51 actions, 3 official splits (videos + testTrainMulti_7030_splits)",
         build=build,

@@ -18,6 +18,7 @@ from ..manifest import ClipRecord
 from ..registry import DatasetSpec, SyntheticClips, register_dataset
 from . import VIDEO_SUFFIXES, BuildError, BuildReport, find_file, probe_records, write_split
 
+NAME = "msrvtt"  # the registered name: data.dataset, `stop-lightning manifest <name>`
 DATA_FILE = "MSRVTT_data.json"  # videos and their 200k sentences
 TRAIN_FILE = "MSRVTT_train.9k.csv"  # column video_id
 TEST_FILE = "MSRVTT_JSFUSION_test.csv"  # key,vid_key,video_id,sentence: the 1k-A test set
@@ -71,7 +72,7 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
     train_ids = [r["video_id"].strip() for r in _read_csv(found[TRAIN_FILE], ("video_id",))]
     test_rows = _read_csv(found[TEST_FILE], ("video_id", "sentence"))
     videos = _video_files(root)
-    report = BuildReport("msrvtt", root, out_dir)
+    report = BuildReport(NAME, root, out_dir)
     missing: list[str] = []
 
     train: list[ClipRecord] = []
@@ -117,7 +118,8 @@ def write_synthetic(root: Path, clips: SyntheticClips) -> None:
             vid = f"video{idx}"
             clips.write(root / VIDEO_DIR / f"{vid}.mp4", c, j)
             is_test = _is_test(j)
-            videos.append({"category": c, "video_id": vid, "id": idx, "split": "test" if is_test else "train"})
+            split = "test" if is_test else "train"
+            videos.append({"category": c, "video_id": vid, "id": idx, "split": split})
             caps = clips.captions(c, j)
             for caption in caps:
                 sentences.append({"caption": caption, "video_id": vid, "sen_id": len(sentences)})
@@ -134,7 +136,7 @@ def write_synthetic(root: Path, clips: SyntheticClips) -> None:
 
 register_dataset(
     DatasetSpec(
-        name="msrvtt",
+        name=NAME,
         task="retrieval",
         description="MSR-VTT: 10k captioned videos, 9k train / 1k-A test (videos + MSRVTT_data.json, csvs)",
         build=build,

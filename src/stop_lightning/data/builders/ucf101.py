@@ -25,6 +25,7 @@ from . import (
     write_split,
 )
 
+NAME = "ucf101"  # the registered name: data.dataset, `stop-lightning manifest <name>`
 LIST_DIR = "ucfTrainTestlist"  # the extracted split-list archive
 VIDEO_DIR = "UCF-101"  # the extracted video archive
 CLASS_FILE = "classInd.txt"
@@ -39,7 +40,7 @@ def _list_dir(root: Path, annotations: Path | None) -> Path:
     if hit is None:
         where = annotations if annotations is not None else root
         raise BuildError(
-            f"no UCF101 {CLASS_FILE} under {where}; pass the extracted ucfTrainTestlist folder with --annotations"
+            f"no UCF101 {CLASS_FILE} under {where}; pass the extracted {LIST_DIR} folder with --annotations"
         )
     return hit.parent
 
@@ -65,7 +66,7 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
     by_lower = {c.lower(): i for i, c in enumerate(classes)}
     prefix = _video_prefix(root)
     files = FileIndex(root)
-    report = BuildReport("ucf101", root, out_dir)
+    report = BuildReport(NAME, root, out_dir)
     write_class_list(report, out_dir, classes)
     missing: set[str] = set()
     probed: dict = {}
@@ -154,7 +155,7 @@ def write_synthetic(root: Path, clips: SyntheticClips) -> None:
 
 register_dataset(
     DatasetSpec(
-        name="ucf101",
+        name=NAME,
         task="recognition",
         description="UCF101: 101 actions, 3 official splits (UCF-101/ + ucfTrainTestlist)",
         build=build,

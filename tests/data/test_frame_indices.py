@@ -1,6 +1,6 @@
 import torch
 
-from stop_lightning.data.sampling import fps_indices, multi_clip_indices, segment_indices
+from stop_lightning.data.frame_indices import fps_indices, multi_clip_indices, segment_indices
 
 
 def test_segment_eval_takes_segment_centres():

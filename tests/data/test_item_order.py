@@ -4,8 +4,8 @@ import random
 
 import torch
 
-from stop_lightning.data import samplers
-from stop_lightning.data.samplers import EpochSampler, seeded
+from stop_lightning.data import item_order
+from stop_lightning.data.item_order import EpochSampler, seeded
 
 
 def test_same_epoch_same_order_other_epoch_other_order():
@@ -26,7 +26,7 @@ def test_unshuffled_keeps_order():
 def test_ranks_are_disjoint_and_padded(monkeypatch):
     seen = []
     for rank in (0, 1):
-        monkeypatch.setattr(samplers, "_rank_and_world", lambda r=rank: (r, 2))
+        monkeypatch.setattr(item_order, "_rank_and_world", lambda r=rank: (r, 2))
         s = EpochSampler(7, seed=0)
         assert len(s) == 4
         seen.append([i for i, _ in s])
