@@ -47,7 +47,7 @@ def test_a_failing_checkpoint_save_keeps_the_last_good_one(tmp_path):
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
     io.save_checkpoint({"state_dict": {"w": torch.ones(2)}}, path)
-    with pytest.raises(pickle.PicklingError):
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # how pickle refuses a local function
         io.save_checkpoint({"state_dict": {"w": torch.zeros(2)}, "bad": lambda: None}, path)  # not picklable
     assert torch.equal(read_checkpoint(path)["state_dict"]["w"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
