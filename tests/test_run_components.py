@@ -57,12 +57,30 @@ def test_a_failing_checkpoint_save_keeps_the_last_good_one(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ([f"callbacks.es.class_path={ES[:-1]}"], r"callbacks.es.class_path.*no class 'EarlyStoppin'.*EarlyStopping"),
-        (["callbacks.es.class_path=no_such_package.Thing"], r"callbacks.es.class_path.*cannot import module 'no_such_package'"),
-        ([f"callbacks.es.class_path={ES}", "callbacks.es.init_args.monitor=val/top1", "callbacks.es.init_args.patiense=2"],
-         r"callbacks.es.init_args.patiense.*EarlyStopping has no argument 'patiense'.*'patience'"),
-        ([f"callbacks.es.class_path={ES}"], r"callbacks.es.init_args.*monitor"),  # a required argument missing
-        (["callbacks.csv.class_path=lightning.pytorch.loggers.CSVLogger"], r"callbacks.csv.class_path.*is not a .*Callback"),
+        (
+            [f"callbacks.es.class_path={ES[:-1]}"],
+            r"callbacks.es.class_path.*no class 'EarlyStoppin'.*EarlyStopping",
+        ),
+        (
+            ["callbacks.es.class_path=no_such_package.Thing"],
+            r"callbacks.es.class_path.*cannot import module 'no_such_package'",
+        ),
+        (
+            [
+                f"callbacks.es.class_path={ES}",
+                "callbacks.es.init_args.monitor=val/top1",
+                "callbacks.es.init_args.patiense=2",
+            ],
+            r"callbacks.es.init_args.patiense.*EarlyStopping has no argument 'patiense'.*'patience'",
+        ),
+        (
+            [f"callbacks.es.class_path={ES}"],
+            r"callbacks.es.init_args.*monitor",
+        ),  # a required argument missing
+        (
+            ["callbacks.csv.class_path=lightning.pytorch.loggers.CSVLogger"],
+            r"callbacks.csv.class_path.*is not a .*Callback",
+        ),
         (["loggers.x.class_path=CSVLogger"], r"loggers.x.class_path.*dotted path"),
     ],
 )
@@ -83,8 +101,15 @@ def test_tensorboard_and_mlflow_say_which_package_to_install():
 
 
 def test_a_misspelled_callback_is_refused_before_any_run_folder(tmp_path, capsys):
-    code = main(["train", "demo", f"paths.output_dir={tmp_path}", "callbacks.es.class_path=lightning.pytorch.callbacks.EarlyStoping",
-                 "callbacks.es.init_args.monitor=val/top1"])
+    code = main(
+        [
+            "train",
+            "demo",
+            f"paths.output_dir={tmp_path}",
+            "callbacks.es.class_path=lightning.pytorch.callbacks.EarlyStoping",
+            "callbacks.es.init_args.monitor=val/top1",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "callbacks.es.class_path" in err and "EarlyStopping" in err and "Traceback" not in err
@@ -94,7 +119,9 @@ def test_a_misspelled_callback_is_refused_before_any_run_folder(tmp_path, capsys
 def test_entries_are_removed_by_name(tmp_path):
     cfg = load_config("demo", ["loggers.csv.enabled=false", "logger.wandb=false"])
     assert build_loggers(cfg, tmp_path) == []
-    assert [type(x).__name__ for x in build_loggers(load_config("demo", ["logger.wandb=false"]), tmp_path)] == ["CSVLogger"]
+    assert [
+        type(x).__name__ for x in build_loggers(load_config("demo", ["logger.wandb=false"]), tmp_path)
+    ] == ["CSVLogger"]
 
 
 # ---------------------------------------------------------------------------------- in a run
@@ -106,21 +133,36 @@ def test_callback_and_logger_from_config_take_effect(cache_dir, tmp_path, monkey
 
     monkeypatch.setenv("STOP_RUN_STAMP", "es")
     max_epochs = 4
-    cfg = load_config("demo", [
-        f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path}", "data.synthetic_clips_per_class=8",
-        "data.synthetic_classes=4", "data.synthetic_looks=0", f"trainer.max_epochs={max_epochs}",
-        "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "logger.log_images_every_n_steps=0",
-        f"callbacks.stop.class_path={ES}", "callbacks.stop.init_args.monitor=val/top1",
-        "callbacks.stop.init_args.mode=max", "callbacks.stop.init_args.min_delta=10", "callbacks.stop.init_args.patience=0",
-        "callbacks.lr_monitor.enabled=false",
-        "loggers.extra.class_path=lightning.pytorch.loggers.CSVLogger", "loggers.extra.init_args.name=extra",
-    ])
+    cfg = load_config(
+        "demo",
+        [
+            f"paths.cache_dir={cache_dir}",
+            f"paths.output_dir={tmp_path}",
+            "data.synthetic_clips_per_class=8",
+            "data.synthetic_classes=4",
+            "data.synthetic_looks=0",
+            f"trainer.max_epochs={max_epochs}",
+            "trainer.enable_progress_bar=false",
+            "trainer.log_every_n_steps=1",
+            "logger.log_images_every_n_steps=0",
+            f"callbacks.stop.class_path={ES}",
+            "callbacks.stop.init_args.monitor=val/top1",
+            "callbacks.stop.init_args.mode=max",
+            "callbacks.stop.init_args.min_delta=10",
+            "callbacks.stop.init_args.patience=0",
+            "callbacks.lr_monitor.enabled=false",
+            "loggers.extra.class_path=lightning.pytorch.loggers.CSVLogger",
+            "loggers.extra.init_args.name=extra",
+        ],
+    )
     train(cfg)
     run_dir = tmp_path / "demo" / "es"
     with open(run_dir / "extra" / "version_0" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     epochs = {int(r["epoch"]) for r in rows if r.get("val/top1")}
-    assert epochs == {0, 1}, "EarlyStopping(patience=0) must stop at the first validation that does not improve"
+    assert epochs == {0, 1}, (
+        "EarlyStopping(patience=0) must stop at the first validation that does not improve"
+    )
     assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["epoch"] == 1
     assert not any(c.startswith("lr-") for c in rows[0]), rows[0].keys()
     assert (run_dir / "csv" / "metrics.csv").is_file()  # the default logger is still there
@@ -145,8 +187,12 @@ def test_wandb_gets_the_config_once(demo_run):
     from test_callbacks import wandb_records
 
     run_file = next(next((demo_run.run_dir / "wandb").glob("offline-run-*")).glob("run-*.wandb"))
-    keys = [item.key for r in wandb_records(run_file) if r.WhichOneof("record_type") in ("run", "config")
-            for item in (r.run.config.update if r.WhichOneof("record_type") == "run" else r.config.update)]
+    keys = [
+        item.key
+        for r in wandb_records(run_file)
+        if r.WhichOneof("record_type") in ("run", "config")
+        for item in (r.run.config.update if r.WhichOneof("record_type") == "run" else r.config.update)
+    ]
     assert "model" in keys and "cfg" not in keys, keys
     assert len(keys) == len(set(keys)), "a config key was stored twice"
 
@@ -155,7 +201,10 @@ def test_wandb_gets_the_config_once(demo_run):
 def test_picture_titles_name_the_clip_and_its_class():
     records = [ClipRecord(path=f"a/clip{i}.mp4", label=i % 2) for i in range(3)]
     dm = SimpleNamespace(datasets={"train": SimpleNamespace(records=records)}, class_names=["left", "right"])
-    assert clip_label(dm, {"index": torch.tensor([2, 0]), "label": torch.tensor([0, 0])}) == "clip clip2, class left (0)"
+    assert (
+        clip_label(dm, {"index": torch.tensor([2, 0]), "label": torch.tensor([0, 0])})
+        == "clip clip2, class left (0)"
+    )
     retrieval = [ClipRecord(path="v/x.mp4", captions=("a red square", "b"), video_id="video7")]
     dm = SimpleNamespace(datasets={"train": SimpleNamespace(records=retrieval)})
     assert clip_label(dm, {"video_index": torch.tensor([0])}) == "clip video7: a red square"
@@ -164,10 +213,20 @@ def test_picture_titles_name_the_clip_and_its_class():
     callback = PromptImageLogger("unused", every_n_steps=1)
     seen = []
     callback.log_prompts = lambda trainer, module, video, step, label="": seen.append(label)
-    trainer = SimpleNamespace(global_step=1, is_global_zero=True, datamodule=SimpleNamespace(
-        datasets={"train": SimpleNamespace(records=records)}, class_names=["left", "right"]))
-    callback.on_train_batch_end(trainer, None, None, {"video": torch.zeros(2, 2, 3, 4, 4), "index": torch.tensor([1, 2]),
-                                                      "label": torch.tensor([1, 0])}, 0)
+    trainer = SimpleNamespace(
+        global_step=1,
+        is_global_zero=True,
+        datamodule=SimpleNamespace(
+            datasets={"train": SimpleNamespace(records=records)}, class_names=["left", "right"]
+        ),
+    )
+    callback.on_train_batch_end(
+        trainer,
+        None,
+        None,
+        {"video": torch.zeros(2, 2, 3, 4, 4), "index": torch.tensor([1, 2]), "label": torch.tensor([1, 0])},
+        0,
+    )
     assert seen == ["clip clip1, class right (1)"]
 
 

@@ -50,8 +50,10 @@ class RngStateInCheckpoint(Callback):
             "torch": torch.get_rng_state(),
             "python": repr(random.getstate()),
             "numpy": {
-                "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
-                "has_gauss": int(has_gauss), "gauss": float(gauss),
+                "keys": torch.from_numpy(keys.astype("int64")),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "gauss": float(gauss),
             },
         }
         if torch.cuda.is_available():
@@ -62,7 +64,9 @@ class RngStateInCheckpoint(Callback):
         torch.set_rng_state(state["torch"])
         random.setstate(ast.literal_eval(state["python"]))
         n = state["numpy"]
-        np.random.set_state(("MT19937", n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["gauss"]))
+        np.random.set_state(
+            ("MT19937", n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["gauss"])
+        )
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -142,7 +146,9 @@ class PromptImageLogger(Callback):
 
     def __init__(self, run_dir: str | Path, every_n_steps: int) -> None:
         if every_n_steps < 1:
-            raise ValueError(f"logger.log_images_every_n_steps must be >= 1 to log images, got {every_n_steps}")
+            raise ValueError(
+                f"logger.log_images_every_n_steps must be >= 1 to log images, got {every_n_steps}"
+            )
         self.image_dir = Path(run_dir) / "images"
         self.every_n_steps = int(every_n_steps)
         self._last_step = -1
@@ -171,8 +177,12 @@ class PromptImageLogger(Callback):
                 frames, out.spatial_mask[0], f"spatial prompt mask (tinted), {about}"
             )
         if out.frame_weights is not None:
-            figures["frame_weights"] = frame_weight_figure(out.frame_weights[0], f"frame variation weights, {about}")
-        paths = [save_figure(fig, self.image_dir / f"step{step:06d}_{name}.png") for name, fig in figures.items()]
+            figures["frame_weights"] = frame_weight_figure(
+                out.frame_weights[0], f"frame variation weights, {about}"
+            )
+        paths = [
+            save_figure(fig, self.image_dir / f"step{step:06d}_{name}.png") for name, fig in figures.items()
+        ]
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 for name, path in zip(figures, paths):
@@ -190,7 +200,11 @@ class PromptImageLogger(Callback):
             devices = []
         pl_module.eval()
         try:
-            with torch.no_grad(), torch.random.fork_rng(devices=devices), trainer.precision_plugin.forward_context():
+            with (
+                torch.no_grad(),
+                torch.random.fork_rng(devices=devices),
+                trainer.precision_plugin.forward_context(),
+            ):
                 return pl_module.model(video)
         finally:
             for m, mode in modes.items():
@@ -219,8 +233,12 @@ def checkpoint_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
         # resuming needs the latest state after every epoch, whatever the metric did.
         callbacks.append(
             ModelCheckpoint(
-                dirpath=str(run_dir / "checkpoints"), filename="last", monitor=None, save_top_k=1,
-                every_n_epochs=1, enable_version_counter=False,
+                dirpath=str(run_dir / "checkpoints"),
+                filename="last",
+                monitor=None,
+                save_top_k=1,
+                every_n_epochs=1,
+                enable_version_counter=False,
             )
         )
     return callbacks

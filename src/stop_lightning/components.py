@@ -82,13 +82,16 @@ def check_init_args(key: str, cls: type, init_args: dict[str, Any]) -> None:
     try:
         signature.bind(**args)
     except TypeError as err:
-        names = [n for n, p in signature.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        names = [
+            n for n, p in signature.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
         unknown = [a for a in args if a not in names]
         if unknown and not any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()):
             close = difflib.get_close_matches(unknown[0], names, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ConfigError(
-                f"config key '{key}.init_args.{unknown[0]}': {cls.__name__} has no argument '{unknown[0]}'.{hint} "
+                f"config key '{key}.init_args.{unknown[0]}': {cls.__name__} has no argument "
+                f"'{unknown[0]}'.{hint} "
                 f"Its arguments: {', '.join(names)}"
             ) from err
         raise ConfigError(f"config key '{key}.init_args': {cls.__name__}: {err}") from err

@@ -2,8 +2,9 @@
 frame-variation weights of the temporal prompts.
 
 The figure functions serve the training callback (:class:`stop_lightning.callbacks.PromptImageLogger`:
-PNG files in the run folder, images in W&B), ``notebooks/explore_checkpoint.ipynb`` and the sweep plot. They draw on standalone matplotlib ``Figure``
-objects (Agg), never on pyplot's global state, so they are safe in worker threads and headless runs.
+PNG files in the run folder, images in W&B), ``notebooks/explore_checkpoint.ipynb`` and the sweep
+plot. They draw on standalone matplotlib ``Figure`` objects (Agg), never on pyplot's global state,
+so they are safe in worker threads and headless runs.
 """
 
 from __future__ import annotations
@@ -28,12 +29,18 @@ def denormalize(video: torch.Tensor, mean: Sequence[float], std: Sequence[float]
     mean_t = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     pixels = video.detach().float().cpu() * std_t + mean_t  # back to [0, 1]
-    return (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # [T, 3, H, W] -> [T, H, W, 3]
+    return (
+        (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    )  # [T, 3, H, W] -> [T, H, W, 3]
 
 
 def upsample_mask(mask: np.ndarray | torch.Tensor, height: int, width: int) -> np.ndarray:
     """Patch mask ``[T, g, g]`` -> pixel mask ``[T, H, W]`` in [0, 1] (each patch covers its pixels)."""
-    m = mask.detach().float().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask, dtype=np.float32)
+    m = (
+        mask.detach().float().cpu().numpy()
+        if isinstance(mask, torch.Tensor)
+        else np.asarray(mask, dtype=np.float32)
+    )
     g_rows, g_cols = m.shape[-2:]
     rows = np.arange(height) * g_rows // height  # pixel row -> patch row
     cols = np.arange(width) * g_cols // width
@@ -41,7 +48,10 @@ def upsample_mask(mask: np.ndarray | torch.Tensor, height: int, width: int) -> n
 
 
 def overlay_mask(
-    frames: np.ndarray, mask: np.ndarray | torch.Tensor, color: Sequence[int] = MASK_COLOR, opacity: float = MASK_OPACITY
+    frames: np.ndarray,
+    mask: np.ndarray | torch.Tensor,
+    color: Sequence[int] = MASK_COLOR,
+    opacity: float = MASK_OPACITY,
 ) -> np.ndarray:
     """Tint the masked patches of uint8 frames ``[T, H, W, 3]``; pixels outside the mask are unchanged."""
     t, h, w, _ = frames.shape
@@ -51,7 +61,9 @@ def overlay_mask(
 
 
 # ------------------------------------------------------------------------------ figures
-def spatial_mask_figure(frames: np.ndarray, mask: np.ndarray | torch.Tensor | None, title: str = "") -> Figure:
+def spatial_mask_figure(
+    frames: np.ndarray, mask: np.ndarray | torch.Tensor | None, title: str = ""
+) -> Figure:
     """One panel per frame: the frame with its spatial prompt mask (the top-k patches) tinted."""
     shown = overlay_mask(frames, mask) if mask is not None else frames
     t = shown.shape[0]
@@ -67,7 +79,11 @@ def spatial_mask_figure(frames: np.ndarray, mask: np.ndarray | torch.Tensor | No
 
 def frame_weight_figure(weights: np.ndarray | torch.Tensor, title: str = "") -> Figure:
     """Bar per frame: the frame variation w_t in [0, 1] that scales the temporal prompts by (1 + w_t)."""
-    w = weights.detach().float().cpu().numpy() if isinstance(weights, torch.Tensor) else np.asarray(weights, dtype=np.float32)
+    w = (
+        weights.detach().float().cpu().numpy()
+        if isinstance(weights, torch.Tensor)
+        else np.asarray(weights, dtype=np.float32)
+    )
     fig = Figure(figsize=(max(3.0, 0.45 * len(w) + 1.5), 2.4), layout="constrained")
     ax = fig.subplots()
     ax.bar(np.arange(len(w)), w, color="tab:blue")

@@ -22,7 +22,16 @@ from stop_lightning.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
-VERSIONED_PACKAGES = ("torch", "torchvision", "lightning", "transformers", "av", "torchmetrics", "omegaconf", "wandb")
+VERSIONED_PACKAGES = (
+    "torch",
+    "torchvision",
+    "lightning",
+    "transformers",
+    "av",
+    "torchmetrics",
+    "omegaconf",
+    "wandb",
+)
 PROVENANCE_KEYS = ("versions", "git", "clip", "manifests")
 RUN_INFO_FILE = "run_info.json"
 
@@ -44,7 +53,10 @@ def git_state() -> dict[str, Any]:
         ).stdout.strip()
 
     try:
-        return {"revision": git("rev-parse", "HEAD") or "unknown", "dirty": bool(git("status", "--porcelain"))}
+        return {
+            "revision": git("rev-parse", "HEAD") or "unknown",
+            "dirty": bool(git("status", "--porcelain")),
+        }
     except (OSError, subprocess.SubprocessError):
         return {"revision": "unknown", "dirty": None}
 
@@ -64,7 +76,8 @@ def collect_run_info(cfg: DictConfig, bundle=None, datamodule=None) -> dict[str,
     manifest_dir = getattr(datamodule, "manifest_dir", None)
     if manifest_dir is not None and Path(manifest_dir).is_dir():
         info["manifests"] = {
-            str(p.relative_to(manifest_dir)): file_hash(p) for p in sorted(Path(manifest_dir).rglob("*.jsonl"))
+            str(p.relative_to(manifest_dir)): file_hash(p)
+            for p in sorted(Path(manifest_dir).rglob("*.jsonl"))
         }
     return info
 
@@ -102,7 +115,9 @@ def provenance_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[s
     return lines
 
 
-def warn_on_differences(checkpoint: dict[str, Any], now: dict[str, Any], name: str = "checkpoint") -> list[str]:
+def warn_on_differences(
+    checkpoint: dict[str, Any], now: dict[str, Any], name: str = "checkpoint"
+) -> list[str]:
     """Log a warning per package version, git state, CLIP source or manifest hash that differs."""
     saved = checkpoint.get("stop_lightning", {}).get("run_info", {})
     lines = provenance_differences(saved, now)

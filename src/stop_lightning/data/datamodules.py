@@ -399,4 +399,3 @@ def build_datamodule(
         cfg = replace(cfg, video_root=str(video_root), manifest_dir=str(manifest_dir))
     cls = RecognitionDataModule if task_name == "recognition" else RetrievalDataModule
     return cls(cfg, image_size, mean, std, seed)
-

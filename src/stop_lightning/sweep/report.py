@@ -47,8 +47,17 @@ def results_csv(spec: SweepSpec, results: list[TrialResult]) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["trial", *spec.parameters, spec.metric, "status"])
     for r in results:
-        writer.writerow([trial_name(r.index), *(json.dumps(r.params[k]) if isinstance(r.params[k], list) else r.params[k] for k in spec.parameters),
-                         "" if r.value is None else r.value, r.status])
+        writer.writerow(
+            [
+                trial_name(r.index),
+                *(
+                    json.dumps(r.params[k]) if isinstance(r.params[k], list) else r.params[k]
+                    for k in spec.parameters
+                ),
+                "" if r.value is None else r.value,
+                r.status,
+            ]
+        )
     return buffer.getvalue()
 
 
@@ -58,7 +67,8 @@ def results_markdown(spec: SweepSpec, results: list[TrialResult], sweep_dir: Pat
     lines = [
         f"# Sweep {spec.name} ({spec.method}, {len(results)} trials)",
         "",
-        f"Experiment `{spec.experiment}`, sweep file `{spec.path}`, {spec.goal} `{spec.metric}`. Run folders: `{sweep_dir}/trial-NNN`.",
+        f"Experiment `{spec.experiment}`, sweep file `{spec.path}`, {spec.goal} `{spec.metric}`. "
+        f"Run folders: `{sweep_dir}/trial-NNN`.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "|".join("---" for _ in head) + "|",
@@ -66,10 +76,20 @@ def results_markdown(spec: SweepSpec, results: list[TrialResult], sweep_dir: Pat
     for r in results:
         mark = " (best)" if best is not None and r.index == best.index else ""
         value = "" if r.value is None else _fmt(r.value)
-        lines.append("| " + " | ".join([trial_name(r.index) + mark, *(_fmt(r.params[k]) for k in spec.parameters), value, r.status]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [trial_name(r.index) + mark, *(_fmt(r.params[k]) for k in spec.parameters), value, r.status]
+            )
+            + " |"
+        )
     if best is not None:
-        lines += ["", f"Best: {trial_name(best.index)}, {spec.metric} = {_fmt(best.value)} with "
-                  + ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()) + "."]
+        lines += [
+            "",
+            f"Best: {trial_name(best.index)}, {spec.metric} = {_fmt(best.value)} with "
+            + ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
+            + ".",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -103,19 +123,22 @@ def plot_results(spec: SweepSpec, results: list[TrialResult], path: Path) -> Pat
             levels = list(range(len(levels_raw)))
             ax.set_xticks(levels, [s.strip('"') for s in levels_raw])
         ax.scatter(positions, ys, s=18, alpha=0.6, color="tab:gray", label="trials")
-        means = [sum(y for p, y in zip(positions, ys) if p == level) / positions.count(level) for level in levels]
+        means = [
+            sum(y for p, y in zip(positions, ys) if p == level) / positions.count(level) for level in levels
+        ]
         ax.plot(levels, means, marker="o", color="tab:blue", label="mean")
         ax.set_xlabel(key.split(".", 1)[-1] if key.count(".") > 1 else key, fontsize=8)
         ax.set_ylabel(spec.metric, fontsize=8)
         ax.grid(alpha=0.3)
-    for ax in axes[len(keys):]:
+    for ax in axes[len(keys) :]:
         ax.axis("off")
     fig.suptitle(f"{spec.name}: {spec.metric} against each hyper-parameter ({len(done)} trials)", fontsize=10)
     return save_figure(fig, path)
 
 
 def write_results(spec: SweepSpec, results: list[TrialResult], sweep_dir: Path) -> dict[str, Path]:
-    """``results.csv``, ``results.md`` and the plot; rewritten after every trial so a stopped sweep keeps its table."""
+    """``results.csv``, ``results.md`` and the plot; rewritten after every trial so a stopped sweep
+    keeps its table."""
     paths = {"csv": sweep_dir / "results.csv", "md": sweep_dir / "results.md", "plot": sweep_dir / PLOT_FILE}
     atomic_write(paths["csv"], results_csv(spec, results))
     atomic_write(paths["md"], results_markdown(spec, results, sweep_dir))

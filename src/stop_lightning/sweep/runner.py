@@ -44,10 +44,15 @@ def check_overrides(spec: SweepSpec, overrides: list[str]) -> None:
     for item in overrides:
         key = item.split("=", 1)[0]
         if key in spec.parameters:
-            raise SweepError(f"command-line override '{item}' sets '{key}', which {spec.path} sweeps; drop it or remove the parameter")
+            raise SweepError(
+                f"command-line override '{item}' sets '{key}', which {spec.path} sweeps; "
+                "drop it or remove the parameter"
+            )
 
 
-def trial_config(spec: SweepSpec, overrides: list[str], params: dict[str, Any], run_root: Path | None = None) -> DictConfig:
+def trial_config(
+    spec: SweepSpec, overrides: list[str], params: dict[str, Any], run_root: Path | None = None
+) -> DictConfig:
     """The trial's config; ``run_root`` (the sweep folder) becomes its ``paths.run_dir``."""
     extra = [f"paths.run_dir={run_root}"] if run_root is not None else []
     try:
@@ -57,7 +62,8 @@ def trial_config(spec: SweepSpec, overrides: list[str], params: dict[str, Any], 
     except OmegaConfBaseException as err:  # e.g. an interpolation in `overrides` naming a key set nowhere
         reason = str(err).splitlines()[0]
         raise SweepError(
-            f"{spec.path}: trial {params}: {reason} (an interpolation in overrides, a=${{b}}, must name a key that "
+            f"{spec.path}: trial {params}: {reason} (an interpolation in overrides, a=${{b}}, "
+            "must name a key that "
             "the same overrides or the parameters set)"
         ) from err
 
@@ -77,14 +83,18 @@ def environment(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def run_trial(spec: SweepSpec, overrides: list[str], params: dict[str, Any], sweep_dir: Path, index: int) -> dict[str, float]:
+def run_trial(
+    spec: SweepSpec, overrides: list[str], params: dict[str, Any], sweep_dir: Path, index: int
+) -> dict[str, float]:
     """One ``train()`` in ``<sweep_dir>/trial-NNN``; returns its test metrics."""
     from stop_lightning.train import train
 
     cfg = trial_config(spec, overrides, params, sweep_dir)
     # run_folder() names a run <paths.run_dir>/<STOP_RUN_STAMP>: one folder per trial, the same
     # name on every DDP rank.
-    with environment(**{RUN_STAMP_ENV: trial_name(index), "WANDB_RUN_GROUP": f"{spec.name}-{sweep_dir.name}"}):
+    with environment(
+        **{RUN_STAMP_ENV: trial_name(index), "WANDB_RUN_GROUP": f"{spec.name}-{sweep_dir.name}"}
+    ):
         ok = False
         try:
             metrics = train(cfg)
@@ -99,7 +109,9 @@ def sweep_dir_for(spec: SweepSpec, base_cfg: DictConfig) -> Path:
     return Path(base_cfg.paths.output_dir) / "sweeps" / spec.name / stamp
 
 
-def run_offline(spec: SweepSpec, overrides: list[str], base_cfg: DictConfig) -> tuple[list[TrialResult], Path]:
+def run_offline(
+    spec: SweepSpec, overrides: list[str], base_cfg: DictConfig
+) -> tuple[list[TrialResult], Path]:
     trials = plan_trials(spec)
     sweep_dir = sweep_dir_for(spec, base_cfg)
     for params in trials:  # every trial's config is checked before the first one trains
@@ -116,7 +128,14 @@ def run_offline(spec: SweepSpec, overrides: list[str], base_cfg: DictConfig) -> 
             raise
         except Exception as err:  # one failing trial (e.g. out of memory) does not end the search
             log.exception("sweep %s: %s failed", spec.name, trial_name(index))
-            results.append(TrialResult(index, params, None, f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"))
+            results.append(
+                TrialResult(
+                    index,
+                    params,
+                    None,
+                    f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
+                )
+            )
         else:
             if spec.metric not in metrics:
                 raise SweepError(
@@ -144,7 +163,9 @@ def run_online(spec: SweepSpec, overrides: list[str], base_cfg: DictConfig) -> s
         run_trial(spec, overrides, params, sweep_dir, next(counter))
 
     log.info("sweep %s: W&B sweep %s, agent running in this process", spec.name, sweep_id)
-    wandb.agent(sweep_id, function=agent_trial, count=spec.run_cap, project=base_cfg.logger.project, entity=entity)
+    wandb.agent(
+        sweep_id, function=agent_trial, count=spec.run_cap, project=base_cfg.logger.project, entity=entity
+    )
     return sweep_id
 
 

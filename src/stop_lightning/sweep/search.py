@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 def grid_trials(parameters: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Every combination of the parameters' values, the first parameter varying slowest."""
     keys = list(parameters)
-    choices = [parameters[k]["values"] if "values" in parameters[k] else [parameters[k]["value"]] for k in keys]
+    choices = [
+        parameters[k]["values"] if "values" in parameters[k] else [parameters[k]["value"]] for k in keys
+    ]
     return [dict(zip(keys, combo)) for combo in itertools.product(*choices)]
 
 
@@ -60,12 +62,22 @@ def plan_trials(spec: SweepSpec) -> list[dict[str, Any]]:
         trials = grid_trials(spec.parameters)
         return trials[: spec.run_cap] if spec.run_cap else trials
     if spec.run_cap is None:
-        raise SweepError(f"{spec.path}: method {spec.method} needs run_cap (the number of trials) to run offline")
+        raise SweepError(
+            f"{spec.path}: method {spec.method} needs run_cap (the number of trials) to run offline"
+        )
     if spec.method == "bayes":
-        log.warning("%s: bayes search needs the W&B service; offline it runs as a random search of %d trials", spec.path, spec.run_cap)
+        log.warning(
+            "%s: bayes search needs the W&B service; offline it runs as a random search of %d trials",
+            spec.path,
+            spec.run_cap,
+        )
     return random_trials(spec.parameters, spec.run_cap, spec.seed)
 
 
 def example_trial(spec: SweepSpec) -> dict[str, Any]:
     """The first grid point or one random draw: a trial to check the sweep against before any work."""
-    return grid_trials(spec.parameters)[0] if spec.method == "grid" else random_trials(spec.parameters, 1, spec.seed)[0]
+    return (
+        grid_trials(spec.parameters)[0]
+        if spec.method == "grid"
+        else random_trials(spec.parameters, 1, spec.seed)[0]
+    )

@@ -25,10 +25,19 @@ GOALS = ("maximize", "minimize")
 OUR_KEYS = ("experiment", "overrides", "seed")
 WANDB_KEYS = ("method", "metric", "parameters", "run_cap", "name", "description", "early_terminate")
 DISTRIBUTIONS = (
-    "constant", "categorical", "int_uniform", "uniform", "q_uniform", "log_uniform", "log_uniform_values",
-    "q_log_uniform_values", "normal", "q_normal", "log_normal", "q_log_normal",
+    "constant",
+    "categorical",
+    "int_uniform",
+    "uniform",
+    "q_uniform",
+    "log_uniform",
+    "log_uniform_values",
+    "q_log_uniform_values",
+    "normal",
+    "q_normal",
+    "log_normal",
+    "q_log_normal",
 )
-
 
 
 class SweepError(ConfigError):
@@ -63,7 +72,10 @@ def sweep_path(name_or_path: str | Path, sweeps_dir: Path = SWEEPS_DIR) -> Path:
     if path.suffix not in (".yaml", ".yml"):
         path = sweeps_dir / f"{name_or_path}.yaml"
     if not path.is_file():
-        raise SweepError(f"no sweep '{name_or_path}' ({path} does not exist). Available: {', '.join(available_sweeps(sweeps_dir)) or 'none'}")
+        raise SweepError(
+            f"no sweep '{name_or_path}' ({path} does not exist). "
+            f"Available: {', '.join(available_sweeps(sweeps_dir)) or 'none'}"
+        )
     return path
 
 
@@ -103,9 +115,17 @@ def load_sweep(name_or_path: str | Path, sweeps_dir: Path = SWEEPS_DIR) -> Sweep
     if run_cap is not None and (not isinstance(run_cap, int) or run_cap < 1):
         raise SweepError(f"{path}: run_cap = {run_cap!r} must be a positive integer")
     return SweepSpec(
-        name=path.stem, path=path, experiment=str(raw["experiment"]), method=method, metric=str(metric["name"]),
-        goal=goal, parameters={str(k): dict(v) for k, v in params.items()}, overrides=list(overrides),
-        run_cap=run_cap, seed=int(raw.get("seed", 0)), raw=raw,
+        name=path.stem,
+        path=path,
+        experiment=str(raw["experiment"]),
+        method=method,
+        metric=str(metric["name"]),
+        goal=goal,
+        parameters={str(k): dict(v) for k, v in params.items()},
+        overrides=list(overrides),
+        run_cap=run_cap,
+        seed=int(raw.get("seed", 0)),
+        raw=raw,
     )
 
 
@@ -120,14 +140,22 @@ def _check_parameter(path: Path, key: str, spec: Any, method: str) -> None:
         raise SweepError(f"{where}: values must be a non-empty list")
     if dist == "constant" and "value" not in spec:
         raise SweepError(f"{where}: distribution constant needs 'value'")
-    needs = {"normal": ("mu", "sigma"), "q_normal": ("mu", "sigma"), "log_normal": ("mu", "sigma"), "q_log_normal": ("mu", "sigma")}.get(dist, ("min", "max"))
+    needs = {
+        "normal": ("mu", "sigma"),
+        "q_normal": ("mu", "sigma"),
+        "log_normal": ("mu", "sigma"),
+        "q_log_normal": ("mu", "sigma"),
+    }.get(dist, ("min", "max"))
     if dist not in ("constant", "categorical"):
         missing = [k for k in needs if k not in spec]
         if missing:
-            raise SweepError(f"{where}: distribution {dist} needs {', '.join(needs)} (missing {', '.join(missing)})")
+            raise SweepError(
+                f"{where}: distribution {dist} needs {', '.join(needs)} (missing {', '.join(missing)})"
+            )
         if method == "grid":
             raise SweepError(
-                f"{where}: a grid search needs a list of values for every parameter, this one has distribution {dist} "
+                f"{where}: a grid search needs a list of values for every parameter, "
+                f"this one has distribution {dist} "
                 "(give it values: [...] or use method: random)"
             )
 
