@@ -8,9 +8,10 @@ and only that block is replaced. The JSON file keeps one entry per device the sa
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from stop_lightning.fileio import atomic_write
 
 BASELINE = "clip4clip_meanp"
 FLOOR = "clip_fwd_bwd"
@@ -24,13 +25,6 @@ def _end(device: str) -> str:
     return f"<!-- END GENERATED: {device} -->"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_json(results: dict[str, Any], path: Path) -> None:
     """Replace this device's entry of the JSON file, keep the others."""
     data: dict[str, Any] = {}
@@ -40,7 +34,7 @@ def write_json(results: dict[str, Any], path: Path) -> None:
         except json.JSONDecodeError:
             data = {}
     data[results["device_key"]] = results
-    _atomic_write(path, json.dumps(data, indent=1, sort_keys=False, default=float) + "\n")
+    atomic_write(path, json.dumps(data, indent=1, sort_keys=False, default=float) + "\n")
 
 
 def write_markdown(results: dict[str, Any], path: Path, title: str = "# Benchmarks\n") -> None:
@@ -58,7 +52,7 @@ def write_markdown(results: dict[str, Any], path: Path, title: str = "# Benchmar
         text = text[:cut] + "\n" + block + text[cut:]
     else:
         text = text.rstrip("\n") + "\n\n" + block
-    _atomic_write(path, text)
+    atomic_write(path, text)
 
 
 # ------------------------------------------------------------------------------------------------

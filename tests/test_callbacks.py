@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from stop_lightning.callbacks import (
-    PromptImageLogger,
+from stop_lightning.callbacks import PromptImageLogger
+from stop_lightning.checkpoint_io import read_checkpoint
+from stop_lightning.data.transforms import normalize
+from stop_lightning.figures import (
     denormalize,
     figure_png,
     frame_weight_figure,
@@ -19,9 +21,7 @@ from stop_lightning.callbacks import (
     save_figure,
     spatial_mask_figure,
 )
-from stop_lightning.data.transforms import normalize
 from stop_lightning.models.tiny_clip import CLIP_MEAN, CLIP_STD
-from stop_lightning.run import read_checkpoint
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -70,7 +70,7 @@ def test_figures_render_to_png(tmp_path):
 def test_callback_draws_every_n_optimiser_steps_once(monkeypatch):
     callback = PromptImageLogger("unused", every_n_steps=2)
     drawn = []
-    monkeypatch.setattr(callback, "log_prompts", lambda trainer, module, video, step: drawn.append((step, tuple(video.shape))))
+    monkeypatch.setattr(callback, "log_prompts", lambda trainer, module, video, step, label="": drawn.append((step, tuple(video.shape))))
     batch = {"video": torch.zeros(3, 2, 3, 4, 4)}
     # Gradient accumulation: several batches end on the same optimiser step.
     for step in (0, 1, 1, 2, 2, 3, 4, 4, 5):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from stop_lightning.checkpoint_io import read_checkpoint
 from stop_lightning.inference import (
     checkpoint_datamodule,
     embed_main,
@@ -14,7 +15,7 @@ from stop_lightning.inference import (
     predict,
     predict_main,
 )
-from stop_lightning.run import collect_run_info, read_checkpoint, warn_on_differences
+from stop_lightning.provenance import collect_run_info, warn_on_differences
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +135,7 @@ def test_eval_warns_when_versions_or_manifests_differ(demo_run, tmp_path, monkey
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append
-    logger = logging.getLogger("stop_lightning.run")
+    logger = logging.getLogger("stop_lightning.provenance")
     logger.addHandler(handler)
     monkeypatch.setenv("STOP_RUN_STAMP", "eval")
     try:

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from stop_lightning.checkpoint_io import CheckpointReadError, read_checkpoint
 from stop_lightning.config import load_config
-from stop_lightning.run import CheckpointReadError, read_checkpoint
 from stop_lightning.tasks.base import CheckpointMismatchError
 from stop_lightning.train import evaluate, train
 

@@ -1,116 +1,154 @@
-"""Pictures of what the prompts do: the spatial prompt mask over a clip's frames and the
-frame-variation weights of the temporal prompts.
+"""Every callback of a run and the list a Trainer gets (:func:`build_callbacks`).
 
-The figure functions serve both the training callback (PNG files in the run folder, images in
-W&B) and ``notebooks/explore_checkpoint.ipynb``. They draw on standalone matplotlib ``Figure``
-objects (Agg), never on pyplot's global state, so they are safe in worker threads and headless runs.
+The project's own callbacks are always on: run info and RNG state in checkpoints, data health
+counts, checkpoints, throughput and prompt images. The ``callbacks`` config section adds more
+(LearningRateMonitor by default; :mod:`stop_lightning.components`).
 """
 
 from __future__ import annotations
 
-import io
-import logging
-import os
-from collections.abc import Sequence
+import ast
+import json
+import random
+import time
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
-from matplotlib.figure import Figure
+from omegaconf import DictConfig
 
+from stop_lightning.components import build_components
+from stop_lightning.figures import denormalize, frame_weight_figure, save_figure, spatial_mask_figure
 from stop_lightning.models.tiny_clip import CLIP_MEAN, CLIP_STD
-
-log = logging.getLogger(__name__)
-
-MASK_COLOR = (255, 40, 40)
-MASK_OPACITY = 0.45
+from stop_lightning.provenance import RUN_INFO_FILE
 
 
-# ------------------------------------------------------------------------------ arrays
-def denormalize(video: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """CLIP-normalised frames ``[T, 3, H, W]`` -> displayable uint8 ``[T, H, W, 3]``."""
-    mean_t = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    pixels = video.detach().float().cpu() * std_t + mean_t  # back to [0, 1]
-    return (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # [T, 3, H, W] -> [T, H, W, 3]
+# ------------------------------------------------------------------------------ checkpoint contents
+class RunInfoInCheckpoint(Callback):
+    """Checkpoints carry the run's versions, git state and CLIP source for `eval` to compare."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        path = self.run_dir / RUN_INFO_FILE
+        info = json.loads(path.read_text()) if path.is_file() else {}
+        checkpoint.setdefault("stop_lightning", {})["run_info"] = info
 
 
-def upsample_mask(mask: np.ndarray | torch.Tensor, height: int, width: int) -> np.ndarray:
-    """Patch mask ``[T, g, g]`` -> pixel mask ``[T, H, W]`` in [0, 1] (each patch covers its pixels)."""
-    m = mask.detach().float().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask, dtype=np.float32)
-    g_rows, g_cols = m.shape[-2:]
-    rows = np.arange(height) * g_rows // height  # pixel row -> patch row
-    cols = np.arange(width) * g_cols // width
-    return m[:, rows][:, :, cols].clip(0, 1)
+class RngStateInCheckpoint(Callback):
+    """Saves and restores the torch/python/numpy RNG states, so dropout and any other random
+    draw in the model continue after a resume exactly as in an uninterrupted run."""
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        state = {
+            "torch": torch.get_rng_state(),
+            "python": repr(random.getstate()),
+            "numpy": {
+                "keys": torch.from_numpy(keys.astype("int64")),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "gauss": float(gauss),
+            },
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        random.setstate(ast.literal_eval(state["python"]))
+        n = state["numpy"]
+        np.random.set_state(
+            ("MT19937", n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["gauss"])
+        )
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def overlay_mask(
-    frames: np.ndarray, mask: np.ndarray | torch.Tensor, color: Sequence[int] = MASK_COLOR, opacity: float = MASK_OPACITY
-) -> np.ndarray:
-    """Tint the masked patches of uint8 frames ``[T, H, W, 3]``; pixels outside the mask are unchanged."""
-    t, h, w, _ = frames.shape
-    m = upsample_mask(mask, h, w)[..., None] * opacity  # [T, H, W, 1]
-    tinted = frames.astype(np.float32) * (1 - m) + np.asarray(color, dtype=np.float32) * m
-    return tinted.round().astype(np.uint8)
+# ------------------------------------------------------------------------------ logged in training
+class DataHealthCallback(L.Callback):
+    """Logs the DataModule's per-epoch counts (bad videos skipped, FFmpeg warnings/errors) as
+    ``data/<stage>_<count>`` and resets them."""
+
+    def _report(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        from stop_lightning.data.datamodules import VideoDataModule
+
+        dm = getattr(trainer, "datamodule", None)
+        if not isinstance(dm, VideoDataModule):
+            return
+        counts = dm.epoch_summary(stage)
+        for key in ("skipped", "decode_warnings", "decode_errors"):
+            pl_module.log(f"data/{stage}_{key}", float(counts[key]), sync_dist=True, reduce_fx="sum")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._report(trainer, pl_module, "train")
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._report(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._report(trainer, pl_module, "test")
 
 
-# ------------------------------------------------------------------------------ figures
-def spatial_mask_figure(frames: np.ndarray, mask: np.ndarray | torch.Tensor | None, title: str = "") -> Figure:
-    """One panel per frame: the frame with its spatial prompt mask (the top-k patches) tinted."""
-    shown = overlay_mask(frames, mask) if mask is not None else frames
-    t = shown.shape[0]
-    fig = Figure(figsize=(1.6 * t, 2.0), layout="constrained")
-    axes = fig.subplots(1, t, squeeze=False)[0]
-    for i, ax in enumerate(axes):
-        ax.imshow(shown[i])
-        ax.set_title(f"t={i}", fontsize=8)
-        ax.axis("off")
-    fig.suptitle(title or "spatial prompt mask (tinted: top-k patches)", fontsize=9)
-    return fig
+class Throughput(Callback):
+    """Logs training clips/s (all ranks' clips) every ``log_every_n_steps``."""
+
+    def __init__(self) -> None:
+        self._start = None
+        self._clips = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._start is None:
+            self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        video = batch["video"] if isinstance(batch, dict) else None
+        self._clips += int(video.shape[0]) * trainer.world_size if video is not None else 0
+        if trainer.global_step % max(1, trainer.log_every_n_steps) == 0 and self._start is not None:
+            elapsed = time.perf_counter() - self._start
+            if elapsed > 0:
+                pl_module.log("perf/clips_per_s", self._clips / elapsed, prog_bar=True, rank_zero_only=True)
+            self._start, self._clips = time.perf_counter(), 0
 
 
-def frame_weight_figure(weights: np.ndarray | torch.Tensor, title: str = "") -> Figure:
-    """Bar per frame: the frame variation w_t in [0, 1] that scales the temporal prompts by (1 + w_t)."""
-    w = weights.detach().float().cpu().numpy() if isinstance(weights, torch.Tensor) else np.asarray(weights, dtype=np.float32)
-    fig = Figure(figsize=(max(3.0, 0.45 * len(w) + 1.5), 2.4), layout="constrained")
-    ax = fig.subplots()
-    ax.bar(np.arange(len(w)), w, color="tab:blue")
-    ax.set_xticks(np.arange(len(w)))
-    ax.set_xlabel("frame t")
-    ax.set_ylabel("w_t")
-    ax.set_ylim(0, max(1.0, float(w.max()) if len(w) else 1.0) * 1.05)
-    ax.set_title(title or "frame variation weights (temporal prompts x (1 + w_t))", fontsize=9)
-    return fig
+def clip_label(datamodule: Any, batch: dict[str, Any]) -> str:
+    """``clip <id>, class <name>`` (recognition) or ``clip <id>: <first caption>`` (retrieval) for the
+    batch's first clip; whatever of it the DataModule cannot tell is left out."""
+    index = batch.get("index", batch.get("video_index"))
+    datasets = getattr(datamodule, "datasets", None) or {}
+    records = getattr(datasets.get("train"), "records", None)
+    parts = []
+    if index is not None and records is not None:
+        record = records[int(index[0])]
+        parts.append(f"clip {record.video_id or Path(record.path).stem}")
+        if record.captions and "label" not in batch:
+            parts[-1] += f": {record.captions[0]}"
+    names = getattr(datamodule, "class_names", None)
+    if "label" in batch and names:
+        label = int(batch["label"][0])
+        parts.append(f"class {names[label]} ({label})")
+    return ", ".join(parts)
 
 
-def figure_png(fig: Figure, dpi: int = 100) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    return buffer.getvalue()
-
-
-def save_figure(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
-    """Write ``fig`` as a PNG, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(figure_png(fig, dpi))
-    os.replace(tmp, path)
-    return path
-
-
-# ------------------------------------------------------------------------------ callback
 class PromptImageLogger(Callback):
     """Every ``every_n_steps`` optimiser steps, runs the model (eval mode, no gradient, RNG untouched)
     on the first clip of the training batch and saves ``<run_dir>/images/step<N>_spatial_mask.png``
-    and ``step<N>_frame_weights.png``; with a W&B logger they are logged as ``prompts/spatial_mask``
-    and ``prompts/frame_weights`` too."""
+    (the mask tinted over the frames) and ``step<N>_frame_weights.png``, titled with the clip id and
+    its class; with a W&B logger they are logged as ``prompts/spatial_mask`` and
+    ``prompts/frame_weights`` too."""
 
     def __init__(self, run_dir: str | Path, every_n_steps: int) -> None:
         if every_n_steps < 1:
-            raise ValueError(f"logger.log_images_every_n_steps must be >= 1 to log images, got {every_n_steps}")
+            raise ValueError(
+                f"logger.log_images_every_n_steps must be >= 1 to log images, got {every_n_steps}"
+            )
         self.image_dir = Path(run_dir) / "images"
         self.every_n_steps = int(every_n_steps)
         self._last_step = -1
@@ -122,24 +160,33 @@ class PromptImageLogger(Callback):
             return
         self._last_step = step
         if trainer.is_global_zero and isinstance(batch, dict) and "video" in batch:
-            self.log_prompts(trainer, pl_module, batch["video"][:1], step)
+            label = clip_label(getattr(trainer, "datamodule", None), batch)
+            self.log_prompts(trainer, pl_module, batch["video"][:1], step, label)
 
-    def log_prompts(self, trainer, pl_module, video: torch.Tensor, step: int) -> list[Path]:
-        """``video [1, T, 3, H, W]``: draw, save and log its mask and weights; returns the PNG paths."""
+    def log_prompts(self, trainer, pl_module, video: torch.Tensor, step: int, label: str = "") -> list[Path]:
+        """``video [1, T, 3, H, W]``: draw, save and log its mask and weights; returns the PNG paths.
+        ``label`` (clip id and class) goes into both titles."""
         out = self._forward(trainer, pl_module, video)
         datamodule = getattr(trainer, "datamodule", None)
         mean, std = getattr(datamodule, "mean", CLIP_MEAN), getattr(datamodule, "std", CLIP_STD)
+        about = f"step {step}" + (f", {label}" if label else "")
         figures = {}
         if out.spatial_mask is not None:
             frames = denormalize(video[0], mean, std)
-            figures["spatial_mask"] = spatial_mask_figure(frames, out.spatial_mask[0], f"spatial prompt mask, step {step}")
+            figures["spatial_mask"] = spatial_mask_figure(
+                frames, out.spatial_mask[0], f"spatial prompt mask (tinted), {about}"
+            )
         if out.frame_weights is not None:
-            figures["frame_weights"] = frame_weight_figure(out.frame_weights[0], f"frame variation weights, step {step}")
-        paths = [save_figure(fig, self.image_dir / f"step{step:06d}_{name}.png") for name, fig in figures.items()]
+            figures["frame_weights"] = frame_weight_figure(
+                out.frame_weights[0], f"frame variation weights, {about}"
+            )
+        paths = [
+            save_figure(fig, self.image_dir / f"step{step:06d}_{name}.png") for name, fig in figures.items()
+        ]
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 for name, path in zip(figures, paths):
-                    logger.log_image(key=f"prompts/{name}", images=[str(path)], step=step)
+                    logger.log_image(key=f"prompts/{name}", images=[str(path)], step=step, caption=[about])
         return paths
 
     @staticmethod
@@ -147,11 +194,61 @@ class PromptImageLogger(Callback):
         # Eval mode (no dropout, so no random draws) and a forked RNG: drawing pictures must not
         # change what training does next, or a resumed run would differ from an uninterrupted one.
         modes = {m: m.training for m in pl_module.modules()}
-        devices = [video.device.index if video.device.index is not None else torch.cuda.current_device()] if video.is_cuda else []
+        if video.is_cuda:
+            devices = [video.device.index if video.device.index is not None else torch.cuda.current_device()]
+        else:
+            devices = []
         pl_module.eval()
         try:
-            with torch.no_grad(), torch.random.fork_rng(devices=devices), trainer.precision_plugin.forward_context():
+            with (
+                torch.no_grad(),
+                torch.random.fork_rng(devices=devices),
+                trainer.precision_plugin.forward_context(),
+            ):
                 return pl_module.model(video)
         finally:
             for m, mode in modes.items():
                 m.training = mode
+
+
+# ------------------------------------------------------------------------------ the list
+def checkpoint_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
+    """The best checkpoint by ``checkpoint.monitor`` (first: ``trainer.checkpoint_callback``), and
+    ``last.ckpt`` after every epoch when ``checkpoint.save_last``."""
+    c = cfg.checkpoint
+    callbacks: list[Callback] = [
+        ModelCheckpoint(
+            dirpath=str(run_dir / "checkpoints"),
+            filename="epoch{epoch:02d}-step{step}",
+            auto_insert_metric_name=False,
+            monitor=c.monitor or None,
+            mode=c.mode,
+            save_last=False,
+            save_top_k=c.save_top_k,
+            every_n_epochs=c.every_n_epochs,
+        ),
+    ]
+    if c.save_last:
+        # Lightning 2.6 refreshes its own last.ckpt only when a top-k checkpoint was written;
+        # resuming needs the latest state after every epoch, whatever the metric did.
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=str(run_dir / "checkpoints"),
+                filename="last",
+                monitor=None,
+                save_top_k=1,
+                every_n_epochs=1,
+                enable_version_counter=False,
+            )
+        )
+    return callbacks
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path, stage: str) -> list[Callback]:
+    callbacks: list[Callback] = [RunInfoInCheckpoint(run_dir), DataHealthCallback(), RngStateInCheckpoint()]
+    if stage == "fit":
+        callbacks += [*checkpoint_callbacks(cfg, run_dir), Throughput()]
+        every = cfg.logger.log_images_every_n_steps
+        if every > 0 and (cfg.model.spatial.enabled or cfg.model.temporal.enabled):
+            callbacks.append(PromptImageLogger(run_dir, every))
+    return callbacks + build_components(cfg, "callbacks", run_dir)

@@ -137,10 +137,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors about the user's files or settings (imported lazily: the CLI starts fast)."""
+    from stop_lightning.checkpoint_io import CheckpointReadError
     from stop_lightning.data.decode import VideoDecodeError
     from stop_lightning.data.manifest import ManifestError
     from stop_lightning.models.backbone import ClipLoadError
-    from stop_lightning.run import CheckpointReadError
     from stop_lightning.tasks.base import CheckpointMismatchError
 
     return (FileNotFoundError, ManifestError, ClipLoadError, CheckpointReadError, CheckpointMismatchError, VideoDecodeError)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import (
     ConfigKeyError,
     ConfigTypeError,
@@ -27,6 +27,8 @@ from omegaconf.errors import (
     OmegaConfBaseException,
     ValidationError,
 )
+
+from stop_lightning.fileio import atomic_write
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS_DIR = Path(os.environ.get("STOP_EXPERIMENTS_DIR", PROJECT_ROOT / "experiments"))
@@ -273,6 +275,24 @@ class PathsConfig:
 
 
 @dataclass
+class ComponentConfig:
+    """A callback or logger built from config (LightningCLI-style); see :mod:`stop_lightning.components`."""
+
+    class_path: str = MISSING  # e.g. lightning.pytorch.callbacks.EarlyStopping
+    init_args: dict[str, Any] = field(default_factory=dict)  # save_dir/dirpath default to the run folder
+    enabled: bool = True  # false removes an entry an earlier layer added
+
+
+def _default_callbacks() -> dict[str, ComponentConfig]:
+    lr = ComponentConfig("lightning.pytorch.callbacks.LearningRateMonitor", {"logging_interval": "step"})
+    return {"lr_monitor": lr}
+
+
+def _default_loggers() -> dict[str, ComponentConfig]:
+    return {"csv": ComponentConfig("lightning.pytorch.loggers.CSVLogger", {"name": "csv", "version": ""})}
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "demo"
     seed: int = 0
@@ -284,6 +304,10 @@ class ExperimentConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    # Added to the project's own callbacks (run info, RNG state, data health, checkpoints, throughput,
+    # prompt images) and to W&B (logger.wandb); add or remove entries by name.
+    callbacks: dict[str, ComponentConfig] = field(default_factory=_default_callbacks)
+    loggers: dict[str, ComponentConfig] = field(default_factory=_default_loggers)
 
 
 # String fields with a closed set of values: checked after composition.
@@ -477,6 +501,9 @@ def load_config(
     if missing:
         raise ConfigError(f"required config values missing: {', '.join(sorted(missing))} (set them in {exp_path} or on the command line)")
     _validate_values(cfg, cfg, "the composed config (after interpolation)")
+    from stop_lightning.components import check_components  # imports lightning: only once composed
+
+    check_components(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
 
@@ -486,9 +513,4 @@ def to_yaml(cfg: DictConfig | ListConfig) -> str:
 
 
 def save_config(cfg: DictConfig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(to_yaml(cfg))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, to_yaml(cfg))

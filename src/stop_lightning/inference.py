@@ -20,13 +20,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from stop_lightning.checkpoint_io import CheckpointReadError, load_trained_weights, read_checkpoint
 from stop_lightning.data.datamodules import VideoDataModule, build_datamodule
 from stop_lightning.data.datasets import SamplingConfig, VideoClipDataset, seed_worker
 from stop_lightning.data.decode import VideoDecodeError
 from stop_lightning.data.manifest import ClipRecord, ManifestError, read_manifest
 from stop_lightning.data.transforms import eval_transform
+from stop_lightning.fileio import atomic_path
 from stop_lightning.models.backbone import ClipBundle, ClipLoadError, load_clip
-from stop_lightning.run import CheckpointReadError, collect_run_info, load_trained_weights, read_checkpoint
+from stop_lightning.provenance import collect_run_info
 from stop_lightning.tasks.base import CheckpointMismatchError, VideoTaskModule
 from stop_lightning.tasks.recognition import RecognitionModule
 from stop_lightning.tasks.registry import get_task
@@ -189,7 +191,7 @@ def format_predictions(predictions: list[Prediction]) -> str:
 
 @dataclass
 class VideoExplanation:
-    """What the prompts did on one video (the notebook draws it with :mod:`stop_lightning.callbacks`)."""
+    """What the prompts did on one video (the notebook draws it with :mod:`stop_lightning.figures`)."""
 
     frames: np.ndarray  # uint8 [T, S, S, 3]: the centre clip the model saw
     spatial_mask: torch.Tensor | None  # [T, g, g] top-k patch mask (spatial prompts on)
@@ -199,7 +201,7 @@ class VideoExplanation:
 
 @torch.no_grad()
 def explain(loaded: LoadedCheckpoint, video: str | Path, top: int = 5) -> VideoExplanation:
-    from stop_lightning.callbacks import denormalize
+    from stop_lightning.figures import denormalize
 
     clip = video_files_dataset(loaded, [video], views=False)[0]["video"]  # [T, 3, S, S]
     out = loaded.module.model(clip[None].to(loaded.device))
@@ -246,13 +248,11 @@ def save_embeddings(out: str | Path, embeddings: torch.Tensor, ids: list[str], p
     """``.pt``: ``{"embeddings" [N, E], "ids", "paths", **meta}`` (loads with ``weights_only=True``);
     ``.npz``: arrays ``embeddings``, ``ids``, ``paths``. Written atomically."""
     out = check_embedding_path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
-    if out.suffix == ".pt":
-        torch.save({"embeddings": embeddings, "ids": list(ids), "paths": list(paths), **meta}, tmp)
-    else:
-        np.savez(tmp, embeddings=embeddings.numpy(), ids=np.asarray(ids, dtype=str), paths=np.asarray(paths, dtype=str))
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:  # a file, not a name: np.savez would add .npz
+        if out.suffix == ".pt":
+            torch.save({"embeddings": embeddings, "ids": list(ids), "paths": list(paths), **meta}, f)
+        else:
+            np.savez(f, embeddings=embeddings.numpy(), ids=np.asarray(ids, dtype=str), paths=np.asarray(paths, dtype=str))
     return out
 
 

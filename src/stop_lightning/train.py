@@ -12,20 +12,14 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
+from stop_lightning.callbacks import build_callbacks
+from stop_lightning.checkpoint_io import AtomicCheckpointIO
 from stop_lightning.config import save_config
 from stop_lightning.data.datamodules import build_datamodule
+from stop_lightning.loggers import build_loggers, finish_wandb
 from stop_lightning.models.backbone import ClipBundle, load_clip
-from stop_lightning.run import (
-    AtomicCheckpointIO,
-    build_callbacks,
-    build_loggers,
-    collect_run_info,
-    finish_wandb,
-    print_metrics_table,
-    run_folder,
-    with_run_dir,
-    write_run_info,
-)
+from stop_lightning.provenance import collect_run_info, write_run_info
+from stop_lightning.run import run_folder, with_run_dir
 from stop_lightning.tasks.base import VideoTaskModule
 from stop_lightning.tasks.registry import get_task
 
@@ -72,6 +66,15 @@ def build_trainer(cfg: DictConfig, run_dir: Path, stage: str) -> L.Trainer:
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # our EpochSampler shards across ranks itself (exact resume)
     )
+
+
+def print_metrics_table(metrics: dict[str, float], title: str) -> str:
+    width = max([len(k) for k in metrics] + [6])
+    lines = [title, "-" * (width + 12)]
+    lines += [f"{k:<{width}}  {v:>9.4f}" for k, v in sorted(metrics.items())]
+    text = "\n".join(lines)
+    print(text)
+    return text
 
 
 def setup_run(cfg: DictConfig, run_dir: Path):
@@ -121,7 +124,7 @@ def evaluate(cfg: DictConfig, ckpt: str | None = None) -> dict[str, float]:
     cfg, bundle, datamodule = setup_run(cfg, run_dir)
     module = build_module(cfg, datamodule, bundle)
     if ckpt is not None:
-        from stop_lightning.run import load_trained_weights
+        from stop_lightning.checkpoint_io import load_trained_weights
 
         load_trained_weights(module, ckpt, run_info=collect_run_info(cfg, bundle, datamodule))
     trainer = build_trainer(cfg, run_dir, "test")

@@ -79,7 +79,7 @@ def test_zero_shot_equals_stock_clip_mean_of_frames(cache_dir, tmp_path, monkeyp
 
 
 def test_linear_head_trains_and_is_saved(cache_dir, tmp_path, monkeypatch):
-    from stop_lightning.run import read_checkpoint
+    from stop_lightning.checkpoint_io import read_checkpoint
 
     cfg = cfg_for(cache_dir, tmp_path, monkeypatch, "task.head=linear", "trainer.max_epochs=1")
     metrics = train(cfg)

@@ -1,7 +1,6 @@
 """Video data: manifests, builders, synthetic data, PyAV decoding, sampling, transforms, DataModules."""
 
 from .datamodules import (
-    DataHealthCallback,
     RecognitionDataModule,
     RetrievalDataModule,
     VideoDataModule,
@@ -23,7 +22,6 @@ from .synthetic import ensure_synthetic, write_synthetic_dataset
 
 __all__ = [
     "ClipRecord",
-    "DataHealthCallback",
     "ManifestError",
     "RecognitionDataModule",
     "RetrievalDataModule",

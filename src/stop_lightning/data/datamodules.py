@@ -407,26 +407,3 @@ def build_datamodule(
         video_root, manifest_dir = ensure_synthetic(cfg, cache_dir, layout=layout)
         cfg = replace(cfg, video_root=str(video_root), manifest_dir=str(manifest_dir))
     return task.datamodule(cfg, image_size, mean, std, seed)
-
-
-class DataHealthCallback(L.Callback):
-    """Logs the DataModule's per-epoch counts (bad videos skipped, FFmpeg warnings/errors) as
-    ``data/<stage>_<count>`` and resets them."""
-
-    def _report(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        dm = getattr(trainer, "datamodule", None)
-        if not isinstance(dm, VideoDataModule):
-            return
-        counts = dm.epoch_summary(stage)
-        for key in ("skipped", "decode_warnings", "decode_errors"):
-            pl_module.log(f"data/{stage}_{key}", float(counts[key]), sync_dist=True, reduce_fx="sum")
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._report(trainer, pl_module, "train")
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._report(trainer, pl_module, "val")
-
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._report(trainer, pl_module, "test")

@@ -16,12 +16,13 @@ A row needs ``path`` and at least one of ``label`` or ``captions``. Recognition 
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from ..fileio import atomic_write
 
 STAGES = ("train", "val", "test")
 CLASSES_FILE = "classes.txt"
@@ -152,18 +153,10 @@ def read_manifest(path: str | Path) -> list[ClipRecord]:
     return records
 
 
-def _atomic_write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
 def write_manifest(path: str | Path, records: Iterable[ClipRecord]) -> Path:
     """Write rows as JSONL (atomically: readers never see a half-written file)."""
     lines = [json.dumps(r.to_json(), ensure_ascii=False) for r in records]
-    return _atomic_write(Path(path), "".join(line + "\n" for line in lines))
+    return atomic_write(path, "".join(line + "\n" for line in lines))
 
 
 def read_classes(path: str | Path) -> list[str]:
@@ -183,7 +176,7 @@ def read_classes(path: str | Path) -> list[str]:
 
 
 def write_classes(path: str | Path, names: Iterable[str]) -> Path:
-    return _atomic_write(Path(path), "".join(f"{n}\n" for n in names))
+    return atomic_write(path, "".join(f"{n}\n" for n in names))
 
 
 def check_labels(records: list[ClipRecord], class_names: list[str], source: str) -> None:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from stop_lightning.fileio import atomic_write
 from stop_lightning.tasks.base import VideoTaskModule
 
 log = logging.getLogger(__name__)
@@ -190,9 +191,7 @@ def subset_accuracy(scores: torch.Tensor, labels: torch.Tensor, class_ids: list[
 
 def save_confusion(confusion: torch.Tensor, class_names: list[str], path: Path) -> Path:
     """Rows: true class, columns: predicted class."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["true\\pred," + ",".join(class_names)]
     for name, row in zip(class_names, confusion.tolist()):
         lines.append(name + "," + ",".join(str(int(v)) for v in row))
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return atomic_write(path, "\n".join(lines) + "\n")

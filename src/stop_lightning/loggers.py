@@ -1,0 +1,79 @@
+"""Loggers of a run: the ``loggers`` config section (CSV by default) and W&B (``logger.wandb``)."""
+
+from __future__ import annotations
+
+import netrc
+import os
+import sys
+from pathlib import Path
+
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from stop_lightning.components import build_components
+
+
+class ConfigOnceWandbLogger(WandbLogger):
+    """W&B gets the run's config once, at creation, with its keys at the top level (as a sweep's
+    parameters name them). Lightning would log the module's hyper-parameters, the same config
+    under ``cfg``, a second time; that call is dropped here (``config.yaml`` in the run folder and
+    the checkpoint keep them)."""
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        return None
+
+
+def wandb_mode(requested: str) -> str:
+    """``auto``: online only with an API key (env or ~/.netrc); never prompts."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if requested != "auto":
+        return requested
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return "online"
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        pass
+    return "offline"
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
+    """The config's ``loggers`` entries, then W&B when ``logger.wandb`` is on and not disabled."""
+    loggers = build_components(cfg, "loggers", run_dir)
+    mode = wandb_mode(cfg.logger.mode)
+    if cfg.logger.wandb and mode != "disabled":
+        os.environ.setdefault("WANDB_SILENT", "true")
+        loggers.append(
+            ConfigOnceWandbLogger(
+                project=cfg.logger.project,
+                entity=cfg.logger.entity or None,
+                name=cfg.name,
+                tags=list(cfg.logger.tags),
+                save_dir=str(run_dir),
+                offline=mode == "offline",
+                config=OmegaConf.to_container(cfg, resolve=True),
+            )
+        )
+    return loggers
+
+
+def offline_sync_hint(sync_dir: str | Path) -> str:
+    """What to type to upload an offline W&B run (``WANDB_SILENT`` hides where it is)."""
+    return f"W&B run saved offline in {sync_dir}\nupload it with: wandb sync {sync_dir}"
+
+
+def finish_wandb(exit_code: int = 0) -> str | None:
+    """Close the active W&B run, if any: its summary and config are written, and the next
+    WandbLogger in this process (a sweep's next trial) starts a new run instead of reusing it.
+    An offline run's folder and its ``wandb sync`` command are printed and returned."""
+    wandb = sys.modules.get("wandb")
+    run = getattr(wandb, "run", None) if wandb is not None else None
+    if run is None:
+        return None
+    hint = offline_sync_hint(run.settings.sync_dir) if run.offline else None
+    wandb.finish(exit_code=exit_code)
+    if hint:
+        print(hint)
+    return hint

@@ -1,0 +1,186 @@
+"""Running a sweep: every trial is one ``train()`` in ``<output_dir>/sweeps/<name>/<stamp>/trial-NNN``,
+offline (the local search of :mod:`stop_lightning.sweep.search`) or online (a W&B agent in this
+process)."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from stop_lightning.config import ConfigError, load_config
+from stop_lightning.fileio import atomic_write
+from stop_lightning.loggers import finish_wandb, wandb_mode
+from stop_lightning.run import RUN_STAMP_ENV
+from stop_lightning.sweep.report import PLOT_FILE, TrialResult, trial_name, write_results
+from stop_lightning.sweep.search import example_trial, plan_trials
+from stop_lightning.sweep.spec import SweepError, SweepSpec, load_sweep
+
+log = logging.getLogger(__name__)
+
+SWEEP_STAMP_ENV = "STOP_SWEEP_STAMP"
+
+
+def as_override(key: str, value: Any) -> str:
+    """``key=value`` that OmegaConf parses back to ``value`` (JSON is valid YAML for scalars and lists)."""
+    return f"{key}={json.dumps(value)}"
+
+
+def trial_overrides(spec: SweepSpec, overrides: list[str], params: dict[str, Any]) -> list[str]:
+    """The sweep file's overrides, then the command line's, then the trial's parameters."""
+    return [*spec.overrides, *overrides, *(as_override(k, v) for k, v in params.items())]
+
+
+def check_overrides(spec: SweepSpec, overrides: list[str]) -> None:
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if key in spec.parameters:
+            raise SweepError(
+                f"command-line override '{item}' sets '{key}', which {spec.path} sweeps; "
+                "drop it or remove the parameter"
+            )
+
+
+def trial_config(
+    spec: SweepSpec, overrides: list[str], params: dict[str, Any], run_root: Path | None = None
+) -> DictConfig:
+    """The trial's config; ``run_root`` (the sweep folder) becomes its ``paths.run_dir``."""
+    extra = [f"paths.run_dir={run_root}"] if run_root is not None else []
+    try:
+        return load_config(spec.experiment, [*trial_overrides(spec, overrides, params), *extra])
+    except ConfigError as err:
+        raise SweepError(f"{spec.path}: trial {params} does not make a valid config: {err}") from err
+    except OmegaConfBaseException as err:  # e.g. an interpolation in `overrides` naming a key set nowhere
+        reason = str(err).splitlines()[0]
+        raise SweepError(
+            f"{spec.path}: trial {params}: {reason} (an interpolation in overrides, a=${{b}}, "
+            "must name a key that "
+            "the same overrides or the parameters set)"
+        ) from err
+
+
+@contextlib.contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """Set environment variables for the duration of the block, then restore them."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run_trial(
+    spec: SweepSpec, overrides: list[str], params: dict[str, Any], sweep_dir: Path, index: int
+) -> dict[str, float]:
+    """One ``train()`` in ``<sweep_dir>/trial-NNN``; returns its test metrics."""
+    from stop_lightning.train import train
+
+    cfg = trial_config(spec, overrides, params, sweep_dir)
+    # run_folder() names a run <paths.run_dir>/<STOP_RUN_STAMP>: one folder per trial, the same
+    # name on every DDP rank.
+    with environment(
+        **{RUN_STAMP_ENV: trial_name(index), "WANDB_RUN_GROUP": f"{spec.name}-{sweep_dir.name}"}
+    ):
+        ok = False
+        try:
+            metrics = train(cfg)
+            ok = True
+        finally:
+            finish_wandb(exit_code=0 if ok else 1)
+    return metrics
+
+
+def sweep_dir_for(spec: SweepSpec, base_cfg: DictConfig) -> Path:
+    stamp = os.environ.setdefault(SWEEP_STAMP_ENV, time.strftime("%Y%m%d-%H%M%S"))
+    return Path(base_cfg.paths.output_dir) / "sweeps" / spec.name / stamp
+
+
+def run_offline(
+    spec: SweepSpec, overrides: list[str], base_cfg: DictConfig
+) -> tuple[list[TrialResult], Path]:
+    trials = plan_trials(spec)
+    sweep_dir = sweep_dir_for(spec, base_cfg)
+    for params in trials:  # every trial's config is checked before the first one trains
+        trial_config(spec, overrides, params, sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(sweep_dir / "sweep.yaml", OmegaConf.to_yaml(OmegaConf.create(spec.raw)))
+    log.info("sweep %s: %d trials (%s, offline) in %s", spec.name, len(trials), spec.method, sweep_dir)
+    results: list[TrialResult] = []
+    for index, params in enumerate(trials):
+        log.info("sweep %s: %s of %d: %s", spec.name, trial_name(index), len(trials), params)
+        try:
+            metrics = run_trial(spec, overrides, params, sweep_dir, index)
+        except (ConfigError, KeyboardInterrupt):
+            raise
+        except Exception as err:  # one failing trial (e.g. out of memory) does not end the search
+            log.exception("sweep %s: %s failed", spec.name, trial_name(index))
+            results.append(
+                TrialResult(
+                    index,
+                    params,
+                    None,
+                    f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
+                )
+            )
+        else:
+            if spec.metric not in metrics:
+                raise SweepError(
+                    f"{spec.path}: metric.name = '{spec.metric}' is not among the metrics a trial returns "
+                    f"({', '.join(sorted(metrics))}); set metric.name to one of them"
+                )
+            results.append(TrialResult(index, params, float(metrics[spec.metric])))
+        write_results(spec, results, sweep_dir)
+    return results, sweep_dir
+
+
+def run_online(spec: SweepSpec, overrides: list[str], base_cfg: DictConfig) -> str:
+    """Create the W&B sweep and run an agent here; each trial is ``train()`` with the agent's parameters."""
+    import wandb
+
+    entity = base_cfg.logger.entity or None
+    sweep_id = wandb.sweep(sweep=spec.wandb_config(), project=base_cfg.logger.project, entity=entity)
+    sweep_dir = sweep_dir_for(spec, base_cfg)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    counter = itertools.count()
+
+    def agent_trial() -> None:
+        run = wandb.init()  # the agent hands this run its parameters
+        params = {k: run.config[k] for k in spec.parameters if k in run.config}
+        run_trial(spec, overrides, params, sweep_dir, next(counter))
+
+    log.info("sweep %s: W&B sweep %s, agent running in this process", spec.name, sweep_id)
+    wandb.agent(
+        sweep_id, function=agent_trial, count=spec.run_cap, project=base_cfg.logger.project, entity=entity
+    )
+    return sweep_id
+
+
+def sweep_main(name_or_path: str, overrides: list[str] | None = None) -> int:
+    """``stop-lightning sweep <name|path> [key=value ...]``; returns the exit status."""
+    overrides = list(overrides or [])
+    spec = load_sweep(name_or_path)
+    check_overrides(spec, overrides)
+    # Output folder and logger settings come from a trial's config, which also checks the sweep
+    # file against the experiment before anything is created.
+    base_cfg = trial_config(spec, overrides, example_trial(spec))
+    if base_cfg.logger.wandb and wandb_mode(base_cfg.logger.mode) == "online":
+        run_online(spec, overrides, base_cfg)
+        return 0
+    results, sweep_dir = run_offline(spec, overrides, base_cfg)
+    print((sweep_dir / "results.md").read_text())
+    print(f"table: {sweep_dir / 'results.csv'}\nplot:  {sweep_dir / PLOT_FILE}")
+    return 0 if all(r.status == "ok" for r in results) else 1
