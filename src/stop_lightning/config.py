@@ -222,6 +222,15 @@ class TaskConfig:
     # linear (a trained linear layer on the video feature; for models without a text tower).
     head: str = "text"
     dual_softmax: bool = False  # retrieval re-ranking at inference
+    # Retrieval ranking conventions (docs/metrics.md): how a tie ranks, and how video-to-text ranks
+    # a split with several captions per video. clip4clip + best_caption: CLIP4Clip's compute_metrics.
+    tie_rank: str = "pessimistic"  # pessimistic | optimistic | clip4clip
+    v2t_captions: str = "all_captions"  # all_captions | best_caption
+    # QB-Norm (dynamic inverted softmax) of text-to-video at test time, with the training split's
+    # captions as the query bank; logged as test/qb_t2v_* next to the raw metrics.
+    qb_norm: bool = False
+    qb_norm_beta: float = 20.0
+    qb_norm_k: int = 1
 
 
 @dataclass
@@ -328,6 +337,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.protocol": ("supervised", "few_shot", "base_to_novel", "zero_shot"),
     "optim.scheduler": ("cosine", "constant"),
     "task.head": ("text", "linear"),
+    "task.tie_rank": ("pessimistic", "optimistic", "clip4clip"),
+    "task.v2t_captions": ("all_captions", "best_caption"),
     "logger.mode": ("auto", "online", "offline", "disabled"),
     "checkpoint.mode": ("min", "max"),
 }
@@ -355,6 +366,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "data.batch_size": (1, 1 << 16),
     "optim.lr": (0.0, 10.0),
     "optim.warmup_ratio": (0.0, 1.0),
+    "task.qb_norm_beta": (0.0, 1000.0),
+    "task.qb_norm_k": (1, 1000),
 }
 
 

@@ -90,6 +90,20 @@ def test_symlink_out_of_root_is_refused(tmp_path):
     assert resolve_video_path(root, "sub/v.avi") == (root / "sub" / "v.avi").resolve()
 
 
+@pytest.mark.parametrize("path", ["link/v.avi", "../videos_private/v.avi", "..\\videos_private\\v.avi", "sub\\..\\..\\videos_private\\v.avi"])
+def test_a_sibling_folder_sharing_the_roots_prefix_is_outside(tmp_path, path):
+    """``videos_private`` starts with the text ``videos`` but is not inside it (a string-prefix
+    check would accept it); backslash paths climb out like slash paths."""
+    root, sibling = tmp_path / "videos", tmp_path / "videos_private"
+    root.mkdir()
+    sibling.mkdir()
+    (sibling / "v.avi").write_bytes(b"x")
+    (root / "link").symlink_to(sibling)
+    with pytest.raises(ManifestError):
+        resolve_video_path(root, path)
+    assert resolve_video_path(root, "videos_private_not/v.avi").parent == root / "videos_private_not"
+
+
 def test_classes_and_label_checks(tmp_path):
     path = write_classes(tmp_path / "classes.txt", ["brush_hair", "cartwheel"])
     names = read_classes(path)

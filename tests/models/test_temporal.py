@@ -94,10 +94,20 @@ def test_hard_insertion_puts_prompts_only_in_the_top_m_frames():
 def test_prompter_returns_alpha_scaled_prompts_and_weights():
     cfg = TemporalPromptConfig(num_tokens=4, alpha=0.05, conv_kernel=[3, 5, 5], conv_channels=2)
     prompter = TemporalPrompter(cfg, width=D, num_patches=N)
+    # The generator's output layer starts at zero (q = 0 at step 0); give it weights so the
+    # weighting below is checked on non-zero prompts.
+    torch.manual_seed(0)
+    torch.nn.init.normal_(prompter.generator.patch_mlp[-1].weight)
+    torch.nn.init.normal_(prompter.generator.patch_mlp[-1].bias)
     tokens = torch.randn(B, T, N, D)
     prompts, w = prompter(tokens)
     q, _ = prompter.generator(tokens)
-    torch.testing.assert_close(prompts, 0.05 * q * (1 + w)[:, :, None, None])
+    assert q.abs().min() > 0 and w.min() == 0 and w.max() == 1  # frames with w = 0 and w = 1 both occur
+    expected = torch.empty_like(q)
+    for b in range(B):  # alpha * q_t * (1 + w_t), frame by frame
+        for t in range(T):
+            expected[b, t] = 0.05 * q[b, t] * (1.0 + float(w[b, t]))
+    torch.testing.assert_close(prompts, expected)
     assert torch.equal(prompter.last_weights, w)
 
 

@@ -19,8 +19,8 @@ def test_top1_top5_and_mean_class_on_hand_made_scores():
     out = {k: v.item() for k, v in m.compute().items()}
     assert out["test/top1"] == pytest.approx(2 / 4)
     assert out["test/top5"] == pytest.approx(3 / 4)
-    # Per class: class 0 -> 1 of 2, class 1 -> 1 of 1, class 4 -> 0 of 1; classes with no clip and no
-    # prediction are left out (a class predicted but absent would count as 0: full test sets have all).
+    # Per class: class 0 -> 1 of 2, class 1 -> 1 of 1, class 4 -> 0 of 1; classes with no clip are left
+    # out (also when predicted: tests/tasks/test_metric_checks.py).
     assert out["test/mean_class"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)
 
 

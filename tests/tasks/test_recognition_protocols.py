@@ -1,7 +1,9 @@
 """The literature's protocols end to end on synthetic 4-class data: few-shot, base-to-novel, zero-shot."""
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +11,7 @@ import torch.nn.functional as F
 from stop_lightning.config import load_config
 from stop_lightning.data.datamodules import build_datamodule
 from stop_lightning.models.backbone import load_clip
-from stop_lightning.tasks.recognition import class_prompts, harmonic_mean
+from stop_lightning.tasks.recognition import RecognitionModule, class_prompts, harmonic_mean
 from stop_lightning.train import train
 
 FOUR_CLASSES = ["data.synthetic_classes=4", "data.synthetic_clips_per_class=8", "trainer.enable_progress_bar=false"]
@@ -20,10 +22,32 @@ def cfg_for(cache_dir, tmp_path, monkeypatch, *extra):
     return load_config("demo", [f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path}", *FOUR_CLASSES, *extra])
 
 
+def hand_top1(ckpt) -> float:
+    """Top-1 of a checkpoint on its test split, by hand: every test clip's averaged view scores, argmax."""
+    from stop_lightning.inference import checkpoint_datamodule, load_checkpoint
+
+    loaded = load_checkpoint(ckpt, device="cpu")
+    dm = checkpoint_datamodule(loaded, "test")
+    right, total = 0, 0
+    with torch.no_grad():
+        for batch in dm.test_dataloader():
+            scores = loaded.module.multiview_scores(batch["video"]).numpy()
+            right += int((np.argmax(scores, 1) == batch["label"].numpy()).sum())
+            total += len(scores)
+    assert total == len(dm.datasets["test"])
+    return right / total
+
+
+def checkpoint_under_test(run_dir) -> Path:
+    """The checkpoint train() tests: the best one (one epoch: the only one besides last.ckpt)."""
+    (best,) = [p for p in (run_dir / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
+    return best
+
+
 def test_few_shot_trains_on_exactly_k_clips_per_class(cache_dir, tmp_path, monkeypatch):
     cfg = cfg_for(cache_dir, tmp_path, monkeypatch, "data.protocol=few_shot", "data.shots=2", "trainer.max_epochs=1")
     metrics = train(cfg)
-    assert 0.0 <= metrics["test/top1"] <= 1.0
+    assert metrics["test/top1"] == pytest.approx(hand_top1(checkpoint_under_test(tmp_path / "demo" / "run")), abs=1e-6)
     fewshot = list((cache_dir / "synthetic").rglob("train_fewshot_k2_seed0.jsonl"))
     assert len(fewshot) == 1
     rows = [json.loads(line) for line in fewshot[0].read_text().splitlines() if line.strip()]
@@ -81,9 +105,43 @@ def test_zero_shot_equals_stock_clip_mean_of_frames(cache_dir, tmp_path, monkeyp
 def test_linear_head_trains_and_is_saved(cache_dir, tmp_path, monkeypatch):
     from stop_lightning.checkpoint_io import read_checkpoint
 
+    start = {}
+    on_train_start = RecognitionModule.on_train_start
+
+    def remember_the_start(self):
+        start["weight"] = self.classifier.weight.detach().clone()
+        on_train_start(self)
+
+    monkeypatch.setattr(RecognitionModule, "on_train_start", remember_the_start)
     cfg = cfg_for(cache_dir, tmp_path, monkeypatch, "task.head=linear", "trainer.max_epochs=1")
     metrics = train(cfg)
-    assert 0.0 <= metrics["test/top1"] <= 1.0
-    state = read_checkpoint(tmp_path / "demo" / "run" / "checkpoints" / "last.ckpt")["state_dict"]
+    run_dir = tmp_path / "demo" / "run"
+    state = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
     assert state["classifier.weight"].shape == (4, 32)  # [classes, the tiny CLIP projection dim]
-    assert state["classifier.weight"].abs().sum() > 0
+    # Trained: the saved head is not the head training started from (lr 1e-3, a few AdamW steps).
+    assert (state["classifier.weight"] - start["weight"]).abs().max() > 1e-4
+    assert metrics["test/top1"] == pytest.approx(hand_top1(checkpoint_under_test(run_dir)), abs=1e-6)
+
+
+def test_base_to_novel_training_gives_novel_class_logits_no_gradient(cache_dir, tmp_path, monkeypatch):
+    cfg = cfg_for(cache_dir, tmp_path, monkeypatch, "data.protocol=base_to_novel")
+    bundle = load_clip(cfg.model.clip, cfg.paths.cache_dir)
+    module = RecognitionModule(cfg, ["a", "b", "c", "d"], train_class_ids=[0, 2], bundle=bundle)
+    logits = {}
+    forward = module.forward
+
+    def keep_logits(video):
+        out = forward(video)
+        out.retain_grad()
+        logits["out"] = out
+        return out
+
+    module.forward = keep_logits
+    module.train()
+    torch.manual_seed(0)
+    video = torch.randn(6, cfg.data.num_frames, 3, bundle.image_size, bundle.image_size)
+    loss = module.training_step({"video": video, "label": torch.tensor([0, 2, 0, 2, 2, 0])}, 0)
+    loss.backward()
+    grad = logits["out"].grad  # [6, 4]
+    assert torch.count_nonzero(grad[:, [1, 3]]) == 0  # novel classes: outside the training softmax
+    assert (grad[:, [0, 2]].abs() > 0).all()

@@ -27,7 +27,7 @@ from stop_lightning.tasks.retrieval import (
     symmetric_infonce,
     unique_by_index,
 )
-from stop_lightning.tasks.retrieval_metrics import retrieval_metrics
+from stop_lightning.tasks.retrieval_metrics import querybank_normalise, retrieval_metrics
 
 FRAMES, SIZE = 4, 64
 WORDS = ["red", "blue", "green", "square", "moves", "left", "right", "up", "down", "a", "the"]
@@ -196,6 +196,38 @@ def test_whole_split_evaluation_with_multiple_captions_and_dual_softmax(cache_di
     for key, value in expected.items():
         assert results[key] == pytest.approx(value, abs=1e-4), key
     assert {f"val/dsl_{d}_R{k}" for d in ("t2v", "v2t") for k in (1, 5, 10)} <= set(results)
+
+
+class WithTrainingCaptions(TensorRetrievalData):
+    """``eval_captions("train")`` gives the training captions (QB-Norm's query bank)."""
+
+    def eval_captions(self, stage: str = "test") -> tuple[list[str], list[int]]:
+        if stage == "train":
+            return list(self.data["train_captions"]), list(range(len(self.data["train_captions"])))
+        return super().eval_captions(stage)
+
+
+def test_conventions_and_qb_norm_from_the_config(cache_dir):
+    """task.tie_rank / task.v2t_captions reach the metrics; task.qb_norm logs test/qb_t2v_* computed
+    with the training captions as the query bank (and no qb_v2t: the bank holds captions only)."""
+    cfg = tiny_cfg(cache_dir, "task.dual_softmax=false", "task.qb_norm=true", "task.qb_norm_beta=30", "task.qb_norm_k=2",
+                   "task.tie_rank=clip4clip", "task.v2t_captions=best_caption")
+    module = make_module(cfg)
+    data = retrieval_data(num_train=6, num_val=5, captions_per_val=[2, 1, 3, 1, 2])
+    results = trainer().test(module, datamodule=WithTrainingCaptions(data, 2, 2), verbose=False)[0]
+    module.eval()
+    with torch.no_grad():
+        video, _ = module.encode_videos(data["val_videos"])
+        captions, owners = TensorRetrievalData(data, 1, 1).eval_captions()
+        sim = module.encode_texts(captions) @ video.t()
+        bank = module.encode_texts(data["train_captions"]) @ video.t()
+    conventions = {"tie_rank": "clip4clip", "v2t_captions": "best_caption"}
+    expected = retrieval_metrics(sim, torch.as_tensor(owners), prefix="test/", **conventions)
+    expected.update(retrieval_metrics(querybank_normalise(sim, bank, beta=30.0, k=2), torch.as_tensor(owners),
+                                      prefix="test/qb_", directions=("t2v",), **conventions))
+    assert set(expected) == set(results)
+    for key, value in expected.items():
+        assert results[key] == pytest.approx(value, abs=1e-4), key
 
 
 def test_partial_evaluation_scores_the_embedded_videos(cache_dir):

@@ -27,6 +27,18 @@ class CheckpointMismatchError(RuntimeError):
     """A checkpoint that does not fit the model being built."""
 
 
+def unique_by_index(index: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """One row per distinct ``index`` ``[N]``, sorted by index: drops the repeats a sampler pads with.
+
+    Returns ``(index, *tensors)``, each ``[N_unique, ...]``.
+    """
+    order = torch.argsort(index, stable=True)
+    index = index[order]
+    keep = torch.ones_like(index, dtype=torch.bool)
+    keep[1:] = index[1:] != index[:-1]
+    return (index[keep], *(t[order][keep] for t in tensors))
+
+
 def as_plain_dict(cfg: DictConfig | dict) -> dict:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
 

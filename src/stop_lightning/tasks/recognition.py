@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from stop_lightning.fileio import atomic_write
-from stop_lightning.tasks.base import VideoTaskModule
+from stop_lightning.tasks.base import VideoTaskModule, unique_by_index
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +30,45 @@ def class_prompts(class_names: list[str], templates: list[str]) -> list[str]:
     return [t.format(name=name) for t in templates for name in class_names]
 
 
+class MeanClassAccuracy(Metric):
+    """Mean over the classes present in the labels of each class's top-1 accuracy (recall).
+
+    torchmetrics' ``average="macro"`` also averages in a class that is predicted but has no clip
+    (as 0), which understates the figure on any subset of a test set.
+    """
+
+    def __init__(self, num_classes: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.add_state("correct", default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, scores: torch.Tensor, labels: torch.Tensor) -> None:  # [N, C], [N]
+        hit = (scores.argmax(-1) == labels).long()
+        self.total += torch.bincount(labels, minlength=self.num_classes)
+        self.correct += torch.bincount(labels, weights=hit, minlength=self.num_classes).long()
+
+    def compute(self) -> torch.Tensor:
+        present = self.total > 0
+        return (self.correct[present].float() / self.total[present].float()).mean()
+
+
 def _metrics(num_classes: int, prefix: str) -> MetricCollection:
+    """Top-1 and top-5 accuracy over clips, mean-class accuracy over the classes present.
+
+    The module feeds them clips already gathered from every rank, so they never sync themselves.
+    ``compute_groups=False``: torchmetrics would otherwise compare the metrics' states after the
+    first update and merge equal ones; a first batch of one class, all correct, makes top-5 and
+    mean-class look equal, and top-5 then reports mean-class (tests/tasks/test_metric_checks.py).
+    """
     return MetricCollection(
         {
-            "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
-            "top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
-            "mean_class": MulticlassAccuracy(num_classes, top_k=1, average="macro"),
+            "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro", sync_on_compute=False),
+            "top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro", sync_on_compute=False),
+            "mean_class": MeanClassAccuracy(num_classes, sync_on_compute=False),
         },
         prefix=prefix,
+        compute_groups=False,
     )
 
 
@@ -66,11 +97,11 @@ class RecognitionModule(VideoTaskModule):
         if self.cfg.task.head == "linear":
             self.classifier = torch.nn.Linear(int(self.model.clip.config.projection_dim), self.num_classes)
         self._cached_text: torch.Tensor | None = None
-        self.val_metrics = _metrics(self.num_classes, "val/")
-        self.test_metrics = _metrics(self.num_classes, "test/")
-        self.test_confusion = MulticlassConfusionMatrix(self.num_classes)
-        self._test_scores: list[torch.Tensor] = []
-        self._test_labels: list[torch.Tensor] = []
+        # Evaluation keeps every clip's scores and computes the metrics once, at epoch end, on the
+        # de-duplicated gathered clips (see _collect_eval).
+        self._eval_scores: list[torch.Tensor] = []
+        self._eval_labels: list[torch.Tensor] = []
+        self._eval_index: list[torch.Tensor] = []
 
     @classmethod
     def inputs(cls, cfg, datamodule) -> dict:
@@ -141,42 +172,68 @@ class RecognitionModule(VideoTaskModule):
         self.log("train/acc", acc, prog_bar=True, batch_size=labels.numel())
         return loss
 
+    def _eval_step(self, batch) -> None:
+        scores = self.multiview_scores(batch["video"])  # [B, C]
+        self._eval_scores.append(scores.detach().float())
+        self._eval_labels.append(batch["label"].detach())
+        self._eval_index.append(torch.as_tensor(batch["index"], device=scores.device))
+
+    def _collect_eval(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores ``[N, C]``, labels ``[N]``) of every clip this evaluation saw, once each, on every rank.
+
+        Under DDP the sampler pads the last ranks with repeats of the first clips; those repeats
+        are dropped by clip index, so a padded clip is counted once, as on one process.
+        """
+        empty = torch.zeros(0, dtype=torch.long, device=self.device)
+        scores = torch.cat(self._eval_scores) if self._eval_scores else torch.zeros(0, self.num_classes, device=self.device)
+        labels = torch.cat(self._eval_labels) if self._eval_labels else empty
+        index = torch.cat(self._eval_index) if self._eval_index else empty
+        self._eval_scores.clear()
+        self._eval_labels.clear()
+        self._eval_index.clear()
+        if self._trainer is not None and self._trainer.world_size > 1:
+            # EpochSampler gives every rank ceil(n / world) clips, so the shapes agree across ranks.
+            scores = self.all_gather(scores).flatten(0, 1)  # [W, n, C] -> [W*n, C]
+            labels = self.all_gather(labels).flatten(0, 1)
+            index = self.all_gather(index).flatten(0, 1)
+        _, scores, labels = unique_by_index(index, scores, labels)
+        return scores, labels
+
+    def _eval_metrics(self, stage: str) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+        """(the figures ``<stage>/...``, scores ``[N, C]``, labels ``[N]``) of the evaluation just run."""
+        scores, labels = self._collect_eval()
+        if not labels.numel():
+            return {}, scores, labels
+        metrics = _metrics(self.num_classes, f"{stage}/").to(scores.device)
+        metrics.update(scores, labels)
+        values = {k: float(v) for k, v in metrics.compute().items()}
+        split = self.base_novel_split
+        if stage == "test" and split is not None:
+            base = subset_accuracy(scores.cpu(), labels.cpu(), split[0])
+            novel = subset_accuracy(scores.cpu(), labels.cpu(), split[1])
+            values.update({"test/base_top1": base, "test/novel_top1": novel, "test/hm_top1": harmonic_mean(base, novel)})
+        return values, scores, labels
+
     def validation_step(self, batch, batch_idx):
-        scores = self.multiview_scores(batch["video"])
-        self.val_metrics.update(scores, batch["label"])
+        self._eval_step(batch)
 
     def on_validation_epoch_end(self) -> None:
-        # torchmetrics already reduced across ranks: every rank logs the same value.
-        self.log_dict(self.val_metrics.compute(), prog_bar=True, sync_dist=True)
-        self.val_metrics.reset()
+        values, _, _ = self._eval_metrics("val")
+        # Every rank computed the same numbers from the gathered scores: every rank logs the same value.
+        self.log_dict(values, prog_bar=True, sync_dist=True)
 
     def test_step(self, batch, batch_idx):
-        scores = self.multiview_scores(batch["video"])
-        self.test_metrics.update(scores, batch["label"])
-        self.test_confusion.update(scores, batch["label"])
-        self._test_scores.append(scores.detach().float().cpu())
-        self._test_labels.append(batch["label"].detach().cpu())
+        self._eval_step(batch)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute(), sync_dist=True)
-        self.test_metrics.reset()
-        confusion = self.test_confusion.compute().cpu()
-        self.test_confusion.reset()
-        split = self.base_novel_split
-        if split is not None and self._test_scores:
-            scores, labels = torch.cat(self._test_scores), torch.cat(self._test_labels)
-            if self.trainer is not None and self.trainer.world_size > 1:  # every rank sees every clip
-                scores = self.all_gather(scores.to(self.device)).flatten(0, 1).cpu()
-                labels = self.all_gather(labels.to(self.device)).flatten(0, 1).cpu()
-            base = subset_accuracy(scores, labels, split[0])
-            novel = subset_accuracy(scores, labels, split[1])
-            self.log_dict({"test/base_top1": base, "test/novel_top1": novel, "test/hm_top1": harmonic_mean(base, novel)},
-                          sync_dist=True)
-        self._test_scores.clear()
-        self._test_labels.clear()
-        if self.trainer is not None and self.trainer.is_global_zero:
+        values, scores, labels = self._eval_metrics("test")
+        self.log_dict(values, sync_dist=True)
+        if self._trainer is not None and self._trainer.is_global_zero:
+            confusion = MulticlassConfusionMatrix(self.num_classes, sync_on_compute=False)
+            if labels.numel():
+                confusion.update(scores.cpu(), labels.cpu())
             run_dir = Path(self.cfg.paths.run_dir)
-            save_confusion(confusion, self.class_names, run_dir / "confusion_matrix.csv")
+            save_confusion(confusion.compute(), self.class_names, run_dir / "confusion_matrix.csv")
 
 
 def subset_accuracy(scores: torch.Tensor, labels: torch.Tensor, class_ids: list[int]) -> float:

@@ -10,8 +10,10 @@ checks this numerically). On one device the gather is the identity and the same 
 Evaluation. Every video of the split is embedded once (the ranks' features are gathered and the
 sampler's padding repeats dropped), every caption of the split is embedded, and the metrics of
 :mod:`retrieval_metrics` are computed on the ``[captions, videos]`` similarity matrix: 1k-A (one
-caption per video) and multi-caption test sets alike; with ``task.dual_softmax`` the dual-softmax
-re-ranked metrics are logged next to them as ``<stage>/dsl_*``.
+caption per video) and multi-caption test sets alike, ranked by the conventions ``task.tie_rank``
+and ``task.v2t_captions`` (docs/metrics.md). With ``task.dual_softmax`` the dual-softmax re-ranked
+metrics are logged next to them as ``<stage>/dsl_*``; with ``task.qb_norm`` the test's
+text-to-video metrics after QB-Norm, with the training captions as query bank, as ``test/qb_t2v_*``.
 
 Padded frames. ``fps`` sampling repeats a short video's last frame and marks the repeats in
 ``frame_mask``. Where the video vector is a plain mean of frame features (``aggregation.output=
@@ -28,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from stop_lightning.config import ConfigError
-from stop_lightning.tasks.base import VideoTaskModule
-from stop_lightning.tasks.retrieval_metrics import dual_softmax, retrieval_metrics
+from stop_lightning.tasks.base import VideoTaskModule, unique_by_index
+from stop_lightning.tasks.retrieval_metrics import dual_softmax, querybank_normalise, retrieval_metrics
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +44,6 @@ def symmetric_infonce(text: torch.Tensor, video: torch.Tensor, scale: torch.Tens
     logits = scale * text @ video.t()  # [N, N]
     target = torch.arange(logits.shape[0], device=logits.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
-
-
-def unique_by_index(index: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One row per distinct ``index`` ``[N]``, sorted by index: drops the repeats a sampler pads with."""
-    order = torch.argsort(index, stable=True)
-    index, feats = index[order], feats[order]
-    keep = torch.ones_like(index, dtype=torch.bool)
-    keep[1:] = index[1:] != index[:-1]
-    return index[keep], feats[keep]
 
 
 def logged_metric_names(stage: str, dual: bool) -> list[str]:
@@ -68,6 +61,7 @@ class RetrievalModule(VideoTaskModule):
         self._eval_feats: list[torch.Tensor] = []
         self._eval_index: list[torch.Tensor] = []
         self.last_eval_sizes: dict[str, int] = {}  # videos and captions of the last evaluation
+        self._eval_video_feats = torch.zeros(0, 1)  # [V, E] of the last evaluation
 
     def setup(self, stage: str) -> None:
         # Fail before training, not after the first validation, on a monitor this task never logs
@@ -142,14 +136,30 @@ class RetrievalModule(VideoTaskModule):
         with torch.no_grad():
             text = self.encode_texts(captions)  # [C, E]
         self.last_eval_sizes = {"videos": int(index.numel()), "captions": len(captions)}
+        self._eval_video_feats = feats  # [V, E], for QB-Norm's bank similarities
         return text @ feats.t(), targets  # [C, V], [C]
+
+    def query_bank(self) -> torch.Tensor:
+        """QB-Norm's query bank: the training split's captions, L2-normalised ``[B, E]``."""
+        captions, _ = self.trainer.datamodule.eval_captions("train")
+        if not captions:
+            raise RuntimeError("task.qb_norm=true needs training captions for its query bank; the train split has none")
+        with torch.no_grad():
+            return self.encode_texts(captions)
 
     def _eval_epoch_end(self, stage: str) -> dict[str, float]:
         sim, targets = self.similarity(stage)
-        metrics = retrieval_metrics(sim, targets, prefix=f"{stage}/")
-        if self.cfg.task.dual_softmax:
+        task = self.cfg.task
+        conventions = {"tie_rank": str(task.tie_rank), "v2t_captions": str(task.v2t_captions)}
+        metrics = retrieval_metrics(sim, targets, prefix=f"{stage}/", **conventions)
+        if task.dual_softmax:
             reranked = dual_softmax(sim, temperature=float(self.logit_scale))
-            metrics.update(retrieval_metrics(reranked, targets, prefix=f"{stage}/dsl_"))
+            metrics.update(retrieval_metrics(reranked, targets, prefix=f"{stage}/dsl_", **conventions))
+        if task.qb_norm and stage == "test":
+            # Text-to-video only: the bank holds captions, so it normalises caption queries.
+            bank_sim = self.query_bank() @ self._eval_video_feats.t()  # [B, V]
+            normalised = querybank_normalise(sim, bank_sim, float(task.qb_norm_beta), int(task.qb_norm_k))
+            metrics.update(retrieval_metrics(normalised, targets, prefix=f"{stage}/qb_", directions=("t2v",), **conventions))
         return metrics
 
     def _log_eval(self, metrics: dict[str, float], headline: str) -> None:
