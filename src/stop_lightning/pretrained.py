@@ -178,7 +178,7 @@ Last logged value of each metric in the run's `csv/metrics.csv`; `test/` is the 
 ## How it was made
 
 ```bash
-stop-lightning train config.yaml          # this folder's config.yaml: the run's resolved config
+stop-lightning train config.yaml paths.run_dir=runs/{cfg.name}   # this folder's config.yaml: the run's resolved config
 stop-lightning export {source['checkpoint']} {name}
 ```
 
