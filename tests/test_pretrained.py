@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 
 import pytest
 import torch
@@ -78,12 +79,17 @@ def test_from_pretrained_refuses_a_clip_of_another_shape(exported, tmp_path):
 
 def test_export_refuses_a_non_empty_folder_and_from_pretrained_a_partial_one(demo_run, exported, tmp_path, capsys):
     assert main(["export", str(demo_run.ckpt), str(exported)]) == 2
-    assert "not empty" in capsys.readouterr().err
+    assert "already exists" in capsys.readouterr().err
     partial = tmp_path / "partial"
     partial.mkdir()
     (partial / "stop_lightning.json").write_text("{}")
     with pytest.raises(ExportError, match="model.safetensors is missing"):
         from_pretrained(partial)
+    torn = tmp_path / "torn"
+    shutil.copytree(exported, torn)
+    (torn / "model.safetensors").write_bytes((exported / "model.safetensors").read_bytes()[:100])
+    with pytest.raises(ExportError, match="cannot read the export"):
+        from_pretrained(torn)
 
 
 def test_predict_takes_an_export_folder(demo_run, exported, capsys):

@@ -92,7 +92,7 @@ def export(ckpt: str | Path, out_dir: str | Path, clip_source: str | None = None
     exported and its fingerprint is that of the loaded tensors."""
     ckpt, out_dir = Path(ckpt), Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ExportError(f"export folder {out_dir} already exists and is not empty; choose a new folder or delete it")
+        raise ExportError(f"export folder {out_dir} already exists (a file or a non-empty folder); choose a new folder or delete it")
     loaded = load_checkpoint(ckpt, clip_source, device="cpu")
     checkpoint = read_checkpoint(ckpt)
     module = loaded.module
@@ -235,14 +235,17 @@ def from_pretrained(folder: str | Path, clip_source: str | None = None, device: 
     the folder was exported from, and predicts the same."""
     folder = Path(folder)
     meta = read_export_meta(folder)
-    cfg = OmegaConf.load(folder / CONFIG_FILE)
+    try:
+        cfg = OmegaConf.load(folder / CONFIG_FILE)
+        state = load_file(str(folder / WEIGHTS_FILE))
+    except Exception as err:
+        raise ExportError(f"cannot read the export {folder}: {type(err).__name__}: {str(err).splitlines()[0]} (export it again)") from err
     if clip_source is not None:
         cfg.model.clip.source = str(clip_source)
     OmegaConf.set_readonly(cfg, True)
     bundle = load_clip(cfg.model.clip, cfg.paths.cache_dir)
     # A LightningModule's hyper-parameters are its constructor's arguments.
     module = task_module_class(meta["task"])(cfg, **meta["hparams"], bundle=bundle)
-    state = load_file(str(folder / WEIGHTS_FILE))
     checkpoint = {"state_dict": state, "stop_lightning": {"clip": meta["clip"], "run_info": meta["run_info"]}}
     module.on_load_checkpoint(checkpoint)  # refuses a CLIP of another config hash
     module.load_state_dict(state)
