@@ -38,3 +38,26 @@ def demo_run(cache_dir, tmp_path_factory):
         metrics = train(cfg)
     run_dir = out / "demo" / "run"
     return SimpleNamespace(run_dir=run_dir, ckpt=run_dir / "checkpoints" / "last.ckpt", metrics=metrics, cfg=cfg)
+
+
+@pytest.fixture(scope="session")
+def retrieval_run(cache_dir, tmp_path_factory):
+    """One tiny retrieval run (1 epoch, no validation) for the tests that need a retrieval checkpoint
+    (embed, search, export). ``.run_dir``, ``.ckpt``, ``.metrics``."""
+    from types import SimpleNamespace
+
+    from stop_lightning.config import load_config
+    from stop_lightning.train import train
+
+    out = tmp_path_factory.mktemp("retrieval_run")
+    cfg = load_config(
+        "demo",
+        [f"paths.cache_dir={cache_dir}", f"paths.output_dir={out}", "data.synthetic_clips_per_class=8",
+         "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "task.name=retrieval",
+         "trainer.limit_val_batches=0", "checkpoint.monitor=''", "checkpoint.save_top_k=0", "name=demo_retrieval"],
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STOP_RUN_STAMP", "ret")
+        metrics = train(cfg)
+    run_dir = out / "demo_retrieval" / "ret"
+    return SimpleNamespace(run_dir=run_dir, ckpt=run_dir / "checkpoints" / "last.ckpt", metrics=metrics, cfg=cfg)

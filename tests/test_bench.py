@@ -77,3 +77,11 @@ def test_json_and_markdown_outputs(results, tmp_path):
     assert set(data) == {"cpu", "cuda"}
     for key in ("machine", "settings", "train", "text_step", "inference", "scaling", "data", "profile", "targets", "wall_s"):
         assert key in data["cpu"]
+
+
+def test_search_benchmark_times_the_search():
+    from benchmarks.search import main, time_search
+
+    times = time_search(videos=1000, dim=8, queries=2, k=3, repeats=2, chunk_rows=300)
+    assert len(times) == 2 and all(t > 0 for t in times)
+    assert main(["--videos", "500", "--dim", "8", "--queries", "1,4", "--repeats", "1"]) == 0

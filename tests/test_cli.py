@@ -26,3 +26,26 @@ def test_overrides_after_options_reach_the_config(capsys):
     assert main(["train", "demo", "--print-config", "trainer.max_epochs=3", "model.spatial.alpha=0.2"]) == 0
     out = capsys.readouterr().out
     assert "max_epochs: 3" in out and "alpha: 0.2" in out
+
+
+def test_every_subcommand_and_option_has_help_text():
+    import argparse
+
+    from stop_lightning.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {c.dest: c.help for c in sub._choices_actions}
+    assert set(helps) == set(sub.choices) and all(helps.values()), helps
+    assert "bench" not in sub.choices  # `make bench` runs the benchmarks; no stale subcommand
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, f"{name} {action.option_strings or action.dest} has no help text"
+
+
+def test_hydra_style_experiment_override_gets_the_hint(capsys):
+    for argv in (["train", "demo", "experiment=hmdb51"], ["eval", "experiment=hmdb51"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("config error:") and "the experiment is the first argument" in err
+        assert "stop-lightning train hmdb51" in err

@@ -1,5 +1,6 @@
 """predict / embed from a checkpoint, checkpoint size, and `eval` warnings on provenance differences."""
 
+import json
 import logging
 import shutil
 
@@ -11,8 +12,10 @@ from stop_lightning.checkpoint_io import read_checkpoint
 from stop_lightning.inference import (
     checkpoint_datamodule,
     embed_main,
+    format_predictions,
     load_checkpoint,
     predict,
+    predict_each,
     predict_main,
 )
 from stop_lightning.provenance import collect_run_info, warn_on_differences
@@ -154,19 +157,8 @@ def test_eval_warns_when_versions_or_manifests_differ(demo_run, tmp_path, monkey
     assert metrics["test/top1"] == pytest.approx(demo_run.metrics["test/top1"])
 
 
-def test_embed_a_retrieval_checkpoint_and_predict_refuses_it(cache_dir, tmp_path, monkeypatch, capsys):
-    from stop_lightning.config import load_config
-    from stop_lightning.train import train
-
-    monkeypatch.setenv("STOP_RUN_STAMP", "ret")
-    cfg = load_config(
-        "demo",
-        [f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path}", "data.synthetic_clips_per_class=8",
-         "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "task.name=retrieval",
-         "trainer.limit_val_batches=0", "checkpoint.monitor=''", "checkpoint.save_top_k=0", "name=demo_retrieval"],
-    )
-    train(cfg)
-    ckpt = tmp_path / "demo_retrieval" / "ret" / "checkpoints" / "last.ckpt"
+def test_embed_a_retrieval_checkpoint_and_predict_refuses_it(retrieval_run, tmp_path, capsys):
+    ckpt = retrieval_run.ckpt
     loaded = load_checkpoint(ckpt)
     assert loaded.task == "retrieval"
     datamodule = checkpoint_datamodule(loaded, "test")
@@ -180,3 +172,32 @@ def test_embed_a_retrieval_checkpoint_and_predict_refuses_it(cache_dir, tmp_path
     assert torch.allclose(saved["embeddings"], expected, atol=1e-5)
     assert predict_main(str(ckpt), [str(dataset.paths[0])]) == 2
     assert "stop-lightning embed" in capsys.readouterr().err
+
+
+def test_predict_reports_every_file_and_fails_if_any_failed(demo_run, loaded, demo_test_set, tmp_path, capsys):
+    good = [str(p) for p in demo_test_set.datasets["test"].paths[:2]]
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"not a video at all" * 64)
+    missing = tmp_path / "missing.mp4"
+    videos = [good[0], str(corrupt), str(missing), good[1]]
+    assert predict_main(str(demo_run.ckpt), videos, top=2) == 2
+    captured = capsys.readouterr()
+    # The good files are scored exactly as when they are predicted alone, in their order.
+    assert captured.out.strip() == format_predictions(predict(loaded, good, top=2))
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]  # not transformers' progress bars
+    assert errors[0].startswith(f"error: {corrupt}: ") and errors[1] == f"error: {missing}: no such file"
+    assert errors[2] == "error: 2 of 4 videos could not be read (listed above)" and len(errors) == 3
+    assert "bad_video" not in captured.err and "Traceback" not in captured.err
+    results = predict_each(loaded, videos, top=2)
+    assert [type(r).__name__ for r in results] == ["Prediction", "FailedVideo", "FailedVideo", "Prediction"]
+
+
+def test_embed_takes_a_manifest_of_paths_only(demo_run, demo_test_set, tmp_path):
+    records = demo_test_set.datasets["test"].records
+    paths_only = tmp_path / "paths.jsonl"
+    paths_only.write_text("".join(json.dumps({"path": r.path}) + "\n" for r in records))
+    full, bare = tmp_path / "full.pt", tmp_path / "bare.pt"
+    assert embed_main(str(demo_run.ckpt), str(demo_test_set.manifest_path("test")), str(full)) == 0
+    assert embed_main(str(demo_run.ckpt), str(paths_only), str(bare)) == 0
+    a, b = torch.load(full, weights_only=True), torch.load(bare, weights_only=True)
+    assert b["paths"] == [r.path for r in records] and torch.equal(a["embeddings"], b["embeddings"])

@@ -1,7 +1,9 @@
-"""``stop-lightning``: train | eval | predict | embed | manifest | sweep | bench.
+"""``stop-lightning``: train | eval | predict | embed | search | export | manifest | sweep.
 
-Every subcommand takes an experiment name (``experiments/<name>.yaml``) and OmegaConf dotlist
+``train`` and ``eval`` take an experiment name (``experiments/<name>.yaml``) and OmegaConf dotlist
 overrides, e.g. ``stop-lightning train hmdb51 trainer.max_epochs=3 model.spatial.alpha=0.1``.
+``predict``, ``embed``, ``search`` and ``export`` work from a trained checkpoint (or an export
+folder); ``make bench`` runs the benchmarks.
 """
 
 from __future__ import annotations
@@ -16,6 +18,11 @@ from stop_lightning.config import ConfigError, available_experiments, load_confi
 def _add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", help=f"experiment name in experiments/ ({', '.join(available_experiments())}) or a YAML path")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. trainer.max_epochs=3)")
+
+
+def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--ckpt", required=required, help="a checkpoint (.ckpt) from `train`, or a folder from `export`")
+    p.add_argument("--clip", default=None, help="CLIP source (hub id, folder or OpenAI .pt) if not where the model's config says")
 
 
 def configure_logging() -> None:
@@ -63,22 +70,34 @@ def build_parser() -> argparse.ArgumentParser:
     # The dataset choices live in the registry: `stop-lightning manifest --help` lists them.
     p.add_argument("args", nargs=argparse.REMAINDER, help="DATASET --root R [--annotations A] --out O")
 
-    p = sub.add_parser("predict", help="top-5 classes of videos with a recognition checkpoint")
-    p.add_argument("--ckpt", required=True)
-    p.add_argument("videos", nargs="+")
-    p.add_argument("--top", type=int, default=5)
-    p.add_argument("--clip", default=None, help="CLIP source if not where the checkpoint's config says")
+    p = sub.add_parser("predict", help="top classes of videos with a recognition checkpoint")
+    _add_model_args(p)
+    p.add_argument("videos", nargs="+", help="video files; each gets its classes or a one-line error")
+    p.add_argument("--top", type=int, default=5, help="how many classes to list per video (default 5)")
 
-    p = sub.add_parser("embed", help="export video embeddings of a manifest with a checkpoint")
-    p.add_argument("--ckpt", required=True)
-    p.add_argument("--manifest", required=True, help="JSONL manifest of the videos")
+    p = sub.add_parser("embed", help="write the video embeddings of a manifest (for `search` or your own use)")
+    _add_model_args(p)
+    p.add_argument("--manifest", required=True, help="JSONL manifest; each row needs only 'path'")
     p.add_argument("--out", required=True, help="embeddings file, .pt or .npz")
     p.add_argument("--video-root", default=None, help="folder the manifest paths are relative to (default: the checkpoint's data.video_root)")
+
+    p = sub.add_parser("search", help="text-to-video search over `embed` output")
+    p.add_argument("embeddings", help="the .pt or .npz that `stop-lightning embed` wrote")
+    p.add_argument("queries", nargs="+", help="one or more text queries, e.g. \"a person riding a bike\"")
+    p.add_argument("--top", type=int, default=10, help="how many videos to list per query (default 10)")
+    _add_model_args(p, required=False)
+    p.add_argument("--faiss", action="store_true", help="use faiss's exact inner-product index (needs `pip install faiss-cpu`)")
+    p.description = ("--ckpt defaults to the checkpoint the embeddings file names; it must be the model that wrote "
+                     "the embeddings (checked by fingerprint).")
+
+    p = sub.add_parser("export", help="write a checkpoint's trained prompts as a shareable folder (safetensors, config, model card)")
+    p.add_argument("ckpt", help="checkpoint (.ckpt) written by `train`")
+    p.add_argument("out_dir", help="new (or empty) folder to write")
     p.add_argument("--clip", default=None, help="CLIP source if not where the checkpoint's config says")
 
     p = sub.add_parser("sweep", help="W&B sweep online, local grid/random search offline")
     p.add_argument("sweep", help="sweeps/<name>.yaml or a path")
-    p.add_argument("overrides", nargs="*")
+    p.add_argument("overrides", nargs="*", help="config overrides for every trial, key=value")
     return parser
 
 
@@ -121,6 +140,14 @@ def main(argv: list[str] | None = None) -> int:
             from stop_lightning.inference import embed_main
 
             return embed_main(args.ckpt, args.manifest, args.out, video_root=args.video_root, clip_source=args.clip)
+        if args.command == "search":
+            from stop_lightning.search import search_main
+
+            return search_main(args.embeddings, args.queries, top=args.top, ckpt=args.ckpt, clip_source=args.clip, use_faiss=args.faiss)
+        if args.command == "export":
+            from stop_lightning.pretrained import export_main
+
+            return export_main(args.ckpt, args.out_dir, clip_source=args.clip)
         if args.command == "sweep":
             from stop_lightning.sweep import sweep_main
 

@@ -470,6 +470,13 @@ def load_config(
     read-only ``DictConfig`` typed by :class:`ExperimentConfig`.
     """
     exp_dir = Path(exp_dir) if exp_dir is not None else EXPERIMENTS_DIR
+    for item in [str(experiment), *(overrides or [])]:
+        if item.split("=", 1)[0] == "experiment":
+            # The Hydra habit (`experiment=hmdb51`): here the experiment is a positional argument.
+            raise ConfigError(
+                f"'{item}': the experiment is the first argument, not an override; "
+                f"e.g. `stop-lightning train {item.split('=', 1)[-1] or '<name>'} [key=value ...]`"
+            )
     exp_path = Path(experiment)
     if exp_path.suffix not in (".yaml", ".yml"):
         exp_path = exp_dir / f"{experiment}.yaml"

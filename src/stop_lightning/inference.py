@@ -9,6 +9,7 @@ view(s) the test set saw during ``stop-lightning eval``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -151,33 +152,75 @@ def checkpoint_datamodule(loaded: LoadedCheckpoint, stage: str | None = None) ->
 
 
 def _loader(loaded: LoadedCheckpoint, dataset: VideoClipDataset) -> DataLoader:
-    d = loaded.cfg.data
-    batch = int(d.eval_batch_size) if int(d.eval_batch_size) > 0 else int(d.batch_size)
-    workers = int(d.num_workers) if len(dataset) > batch else 0  # a worker pool costs more than a batch or two
+    batch = _batch_size(loaded)
+    workers = int(loaded.cfg.data.num_workers) if len(dataset) > batch else 0  # a worker pool costs more than a batch or two
     return DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=workers, worker_init_fn=seed_worker)
 
 
 # ------------------------------------------------------------------------------ predict
-@torch.no_grad()
-def predict(loaded: LoadedCheckpoint, videos: list[str | Path], top: int = 5) -> list[Prediction]:
-    """Class probabilities of each video (test views averaged, as in evaluation), best ``top`` first."""
+@dataclass
+class FailedVideo:
+    """A video ``predict`` could not score, and why (one line)."""
+
+    video: str
+    error: str
+
+
+def _check_recognition(loaded: LoadedCheckpoint) -> None:
     if not loaded.classifies:
         raise CheckpointMismatchError(
             f"{loaded.path} is a {loaded.task} checkpoint (task.name={loaded.task}); predict needs a "
             "checkpoint that classifies. Export video features with `stop-lightning embed` instead."
         )
+
+
+def _batch_size(loaded: LoadedCheckpoint) -> int:
+    d = loaded.cfg.data
+    return int(d.eval_batch_size) if int(d.eval_batch_size) > 0 else int(d.batch_size)
+
+
+@torch.no_grad()
+def predict_each(loaded: LoadedCheckpoint, videos: list[str | Path], top: int = 5) -> list[Prediction | FailedVideo]:
+    """One result per video, in order: its :class:`Prediction`, or a :class:`FailedVideo` for a file
+    that is missing or cannot be decoded (the others are still scored)."""
+    _check_recognition(loaded)
     if top < 1:
         raise ValueError(f"--top must be >= 1, got {top}")
-    dataset = video_files_dataset(loaded, videos)
-    module = loaded.module
-    scores = torch.cat([module.multiview_scores(b["video"].to(loaded.device)).float().cpu() for b in _loader(loaded, dataset)])  # [N, C]
-    names = loaded.class_names
-    k = min(top, len(names))
-    out = []
-    for video, probs in zip(videos, scores):
-        best = probs.topk(k)
-        out.append(Prediction(str(video), [(names[i], float(p)) for p, i in zip(best.values, best.indices)], probs))
-    return out
+    results: list[Prediction | FailedVideo | None] = [
+        None if Path(v).is_file() else FailedVideo(str(v), "no such file") for v in videos
+    ]
+    present = [i for i, r in enumerate(results) if r is None]
+    dataset = video_files_dataset(loaded, [videos[i] for i in present]) if present else None
+    names, k = loaded.class_names, min(top, len(loaded.class_names))
+    batch: list[tuple[int, torch.Tensor]] = []
+
+    def score(batch: list[tuple[int, torch.Tensor]]) -> None:
+        clips = torch.stack([clip for _, clip in batch]).to(loaded.device)  # [B, (V,) T, 3, S, S]
+        for (i, _), probs in zip(batch, loaded.module.multiview_scores(clips).float().cpu()):
+            best = probs.topk(k)
+            results[i] = Prediction(str(videos[i]), [(names[j], float(p)) for p, j in zip(best.values, best.indices)], probs)
+
+    for j, i in enumerate(present):
+        try:
+            batch.append((i, dataset.load(j)["video"]))  # the dataset's decode, without its skip/raise policy
+        except VideoDecodeError as err:
+            results[i] = FailedVideo(str(videos[i]), err.reason)
+        if len(batch) == _batch_size(loaded):
+            score(batch)
+            batch = []
+    if batch:
+        score(batch)
+    return results  # type: ignore[return-value]
+
+
+def predict(loaded: LoadedCheckpoint, videos: list[str | Path], top: int = 5) -> list[Prediction]:
+    """Class probabilities of each video (test views averaged, as in evaluation), best ``top`` first.
+    A missing or undecodable video raises; :func:`predict_each` reports it and scores the rest."""
+    results = predict_each(loaded, videos, top)
+    for r in results:
+        if isinstance(r, FailedVideo):
+            raise VideoDecodeError(r.video, r.error)
+    return results  # type: ignore[return-value]
 
 
 def format_predictions(predictions: list[Prediction]) -> str:
@@ -223,9 +266,10 @@ def embed_dataset(loaded: LoadedCheckpoint, dataset: VideoClipDataset) -> torch.
 
 
 def manifest_videos(manifest: str | Path) -> list[ClipRecord]:
-    """A manifest's rows, one per video file (retrieval manifests may list a video once per caption)."""
+    """A manifest's rows, one per video file (retrieval manifests may list a video once per caption).
+    Rows need only a ``path``: labels and captions are not read."""
     seen: dict[str, ClipRecord] = {}
-    for r in read_manifest(manifest):
+    for r in read_manifest(manifest, require_target=False):
         seen.setdefault(r.path, r)
     if not seen:
         raise ManifestError(f"manifest {manifest} has no rows")
@@ -246,13 +290,14 @@ def check_embedding_path(out: str | Path) -> Path:
 
 def save_embeddings(out: str | Path, embeddings: torch.Tensor, ids: list[str], paths: list[str], meta: dict) -> Path:
     """``.pt``: ``{"embeddings" [N, E], "ids", "paths", **meta}`` (loads with ``weights_only=True``);
-    ``.npz``: arrays ``embeddings``, ``ids``, ``paths``. Written atomically."""
+    ``.npz``: arrays ``embeddings``, ``ids``, ``paths`` and ``meta`` (the JSON of ``meta``). Written atomically."""
     out = check_embedding_path(out)
     with atomic_path(out) as tmp, open(tmp, "wb") as f:  # a file, not a name: np.savez would add .npz
         if out.suffix == ".pt":
             torch.save({"embeddings": embeddings, "ids": list(ids), "paths": list(paths), **meta}, f)
         else:
-            np.savez(f, embeddings=embeddings.numpy(), ids=np.asarray(ids, dtype=str), paths=np.asarray(paths, dtype=str))
+            np.savez(f, embeddings=embeddings.numpy(), ids=np.asarray(ids, dtype=str), paths=np.asarray(paths, dtype=str),
+                     meta=np.asarray(json.dumps(meta)))
     return out
 
 
@@ -267,31 +312,48 @@ def embed(loaded: LoadedCheckpoint, manifest: str | Path, out: str | Path, video
         )
     embeddings = embed_dataset(loaded, clip_dataset(loaded, records, root, views=False))
     ids = [r.video_id or r.path for r in records]
-    meta = {"checkpoint": str(loaded.path), "clip": dict(loaded.module.clip_source), "task": loaded.task, "manifest": str(manifest)}
+    from stop_lightning.pretrained import model_fingerprint
+
+    # The fingerprint names the model whose text side belongs with these features (`stop-lightning search`).
+    meta = {"checkpoint": str(Path(loaded.path).resolve()), "clip": dict(loaded.module.clip_source), "task": loaded.task,
+            "manifest": str(manifest), "fingerprint": model_fingerprint(loaded.module)}
     return save_embeddings(out, embeddings, ids, [r.path for r in records], meta)
 
 
 # ------------------------------------------------------------------------------ CLI
-_USER_ERRORS = (CheckpointReadError, CheckpointMismatchError, ClipLoadError, VideoDecodeError, ManifestError, FileNotFoundError, ValueError)
+USER_ERRORS = (CheckpointReadError, CheckpointMismatchError, ClipLoadError, VideoDecodeError, ManifestError, FileNotFoundError, ValueError)
 
 
 def predict_main(ckpt: str, videos: list[str], top: int = 5, clip_source: str | None = None) -> int:
-    """``stop-lightning predict --ckpt C video [video ...]``: print the top classes of each video."""
+    """``stop-lightning predict --ckpt C video [video ...]``: the top classes of each video on stdout,
+    one ``error:`` line per video that failed on stderr; exit 2 if any failed."""
+    from stop_lightning.pretrained import load_model
+
     try:
-        predictions = predict(load_checkpoint(ckpt, clip_source), videos, top)
-    except _USER_ERRORS as err:
+        results = predict_each(load_model(ckpt, clip_source), videos, top)
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(format_predictions(predictions))
+    predictions = [r for r in results if isinstance(r, Prediction)]
+    if predictions:
+        print(format_predictions(predictions))
+    failed = [r for r in results if isinstance(r, FailedVideo)]
+    for f in failed:
+        print(f"error: {f.video}: {f.error}", file=sys.stderr)
+    if failed:
+        print(f"error: {len(failed)} of {len(results)} videos could not be read (listed above)", file=sys.stderr)
+        return 2
     return 0
 
 
 def embed_main(ckpt: str, manifest: str, out: str, video_root: str | None = None, clip_source: str | None = None) -> int:
     """``stop-lightning embed --ckpt C --manifest M --out F``: write the videos' features to a .pt or .npz."""
+    from stop_lightning.pretrained import load_model
+
     try:
         check_embedding_path(out)  # before minutes of work, not after
-        path = embed(load_checkpoint(ckpt, clip_source), manifest, out, video_root)
-    except _USER_ERRORS as err:
+        path = embed(load_model(ckpt, clip_source), manifest, out, video_root)
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {path}")

@@ -7,10 +7,10 @@ A row::
      "captions": ["a man brushes his hair", ...],                      # retrieval
      "video_id": "video7579", "num_frames": 96, "fps": 30.0}           # optional
 
-A row needs ``path`` and at least one of ``label`` or ``captions``. Recognition manifests live in
-``<manifest_dir>/split<k>/{train,val,test}.jsonl`` with the class list in
-``<manifest_dir>/classes.txt`` (line i = class index i); retrieval manifests in
-``<manifest_dir>/{train,val,test}.jsonl``. ``data_manifests/README.md`` documents the layout.
+A row needs ``path`` and at least one of ``label`` or ``captions`` (a manifest for ``embed`` needs
+only ``path``). Recognition manifests live in ``<manifest_dir>/split<k>/{train,val,test}.jsonl``
+with the class list in ``<manifest_dir>/classes.txt`` (line i = class index i); retrieval manifests
+in ``<manifest_dir>/{train,val,test}.jsonl``. ``data_manifests/README.md`` documents the layout.
 """
 
 from __future__ import annotations
@@ -98,8 +98,9 @@ def resolve_video_path(video_root: str | Path, rel_path: str) -> Path:
     return full
 
 
-def parse_row(obj: Any, where: str) -> ClipRecord:
-    """Validate one decoded JSON row; ``where`` is ``file:line`` for the error message."""
+def parse_row(obj: Any, where: str, require_target: bool = True) -> ClipRecord:
+    """Validate one decoded JSON row; ``where`` is ``file:line`` for the error message.
+    ``require_target=False``: a row of only ``path`` is enough (inference reads no labels)."""
     if not isinstance(obj, dict):
         raise ManifestError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     unknown = sorted(set(obj) - set(_FIELDS))
@@ -118,7 +119,7 @@ def parse_row(obj: Any, where: str) -> ClipRecord:
             bad = True
         if bad:
             raise ManifestError(f"{where}: field '{key}' = {value!r} is not {desc}")
-    if "label" not in obj and not obj.get("captions"):
+    if require_target and "label" not in obj and not obj.get("captions"):
         raise ManifestError(
             f"{where}: field 'label' or 'captions' is required (a row needs a class or a caption)"
         )
@@ -134,8 +135,9 @@ def parse_row(obj: Any, where: str) -> ClipRecord:
     )
 
 
-def read_manifest(path: str | Path) -> list[ClipRecord]:
-    """Read and validate every row of a JSONL manifest. Blank lines are ignored."""
+def read_manifest(path: str | Path, require_target: bool = True) -> list[ClipRecord]:
+    """Read and validate every row of a JSONL manifest. Blank lines are ignored.
+    ``require_target=False`` accepts rows without ``label`` or ``captions``."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest file {path} does not exist")
@@ -149,7 +151,7 @@ def read_manifest(path: str | Path) -> list[ClipRecord]:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ManifestError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from err
-            records.append(parse_row(obj, where))
+            records.append(parse_row(obj, where, require_target))
     return records
 
 
