@@ -74,10 +74,12 @@ def bundle_and_cfg(cache_dir):
     return load_clip(cfg.model.clip, cfg.paths.cache_dir), cfg
 
 
-def score_module(bundle_and_cfg, classes: int) -> RecognitionModule:
+def score_module(bundle_and_cfg, classes: int, base_novel_split=None) -> RecognitionModule:
     """A RecognitionModule whose 'video' input is already the clip's class scores."""
     bundle, cfg = bundle_and_cfg
-    module = RecognitionModule(cfg, [f"class {c}" for c in range(classes)], bundle=bundle)
+    module = RecognitionModule(
+        cfg, [f"class {c}" for c in range(classes)], base_novel_split=base_novel_split, bundle=bundle
+    )
     module.multiview_scores = lambda video: video  # type: ignore[method-assign]
     return module
 
@@ -158,8 +160,7 @@ def test_sampler_padding_repeats_count_once(bundle_and_cfg):
 
 
 def test_base_novel_and_harmonic_mean_against_numpy(bundle_and_cfg):
-    module = score_module(bundle_and_cfg, 6)
-    module.base_novel_split = ([0, 1, 2], [3, 4, 5])
+    module = score_module(bundle_and_cfg, 6, base_novel_split=([0, 1, 2], [3, 4, 5]))
     rng = np.random.default_rng(2)
     for case in CASES:
         for n, batch in ((30, 7), (12, 12), (3, 2)):

@@ -126,7 +126,7 @@ def test_linear_head_trains_and_is_saved(cache_dir, tmp_path, monkeypatch):
 def test_base_to_novel_training_gives_novel_class_logits_no_gradient(cache_dir, tmp_path, monkeypatch):
     cfg = cfg_for(cache_dir, tmp_path, monkeypatch, "data.protocol=base_to_novel")
     bundle = load_clip(cfg.model.clip, cfg.paths.cache_dir)
-    module = RecognitionModule(cfg, ["a", "b", "c", "d"], train_class_ids=[0, 2], bundle=bundle)
+    module = RecognitionModule(cfg, ["a", "b", "c", "d"], base_novel_split=([0, 2], [1, 3]), bundle=bundle)
     logits = {}
     forward = module.forward
 
