@@ -18,7 +18,7 @@ from stop_lightning.models.hooks import freeze
 from stop_lightning.models.tiny_clip import tiny_clip_config
 from stop_lightning.models.video_encoder import STOPVideoModel
 
-PRESETS = ("zero_shot", "clip4clip_meanp", "dgl", "stop_fast", "stop")
+PRESETS = ("zero_shot", "clip4clip_meanp", "dgl", "stop_fast", "stop", "stop_official")
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ from omegaconf.errors import (
 )
 
 from stop_lightning.fileio import atomic_write
+from stop_lightning.models.choices import MODEL_CHOICES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS_DIR = Path(os.environ.get("STOP_EXPERIMENTS_DIR", PROJECT_ROOT / "experiments"))
@@ -39,7 +40,7 @@ class ConfigError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------
-# Schema. Defaults are the reference settings of METHOD.md; experiments override what differs.
+# Schema. Defaults are the `stop` settings of docs/method.md; experiments override what differs.
 # --------------------------------------------------------------------------------------------
 
 
@@ -48,7 +49,7 @@ class ClipSource:
     # HF hub id, a local directory written by save_pretrained, an OpenAI ``.pt`` checkpoint,
     # or ``tiny`` (a small random CLIP built in ``paths.cache_dir``; needs nothing from outside).
     source: str = "openai/clip-vit-base-patch32"
-    attn_implementation: str = "sdpa"  # sdpa | eager
+    attn_implementation: str = "sdpa"  # models.choices.ATTN_IMPLEMENTATIONS
     # Sizes of the ``tiny`` CLIP (ignored for real weights, whose sizes come from their config).
     tiny_width: int = 64
     tiny_layers: int = 2
@@ -58,12 +59,19 @@ class ClipSource:
 
 @dataclass
 class SpatialPromptConfig:
-    """Section 1 of METHOD.md: intra-frame spatial prompts."""
+    """Intra-frame spatial prompts (docs/method.md, "Spatial prompts"). Choices: models/choices.py."""
 
     enabled: bool = True
     generator: str = "fast"  # fast | reference
     scorer: str = "attention"  # attention (paper: attention x temporal variation) | reference (conv)
     topk_ratio: float = 6 / 49  # fraction of patches per frame kept by the mask (reference: 6 of 49)
+    # How the scores and the mask map to the g x g cells (docs/fidelity.md): patch (cell = patch) |
+    # lattice (the authors' code: cell (i, j) = the pixels with h mod g = i, w mod g = j).
+    score_pooling: str = "patch"
+    mask_layout: str = "block"  # block (a cell covers its P x P patch) | lattice (as score_pooling)
+    threshold: str = "topk"  # topk (exactly k cells) | strict (cells strictly above the (k+1)-th score)
+    first_activation: bool = True  # reference generator: PReLU after its first conv (authors' code: none)
+    output_dropouts: int = 0  # dropouts applied after the pixel MLP (authors' code: 2)
     alpha: float = 0.05
     dropout: float = 0.5
     hidden_channels: int = 16  # width of the generator's last conv / per-pixel MLP
@@ -74,7 +82,7 @@ class SpatialPromptConfig:
 
 @dataclass
 class TemporalPromptConfig:
-    """Section 2 of METHOD.md: inter-frame temporal prompts."""
+    """Inter-frame temporal prompts (docs/method.md, "Temporal prompts"). Choices: models/choices.py."""
 
     enabled: bool = True
     num_tokens: int = 4  # K tokens per frame
@@ -86,6 +94,9 @@ class TemporalPromptConfig:
     depth: int = -1  # number of layers that get deep prompts; -1: all layers
     conv_channels: int = 9
     conv_kernel: list[int] = field(default_factory=lambda: [3, 15, 25])
+    out_conv: str = "pointwise"  # second volume conv: pointwise (1x1x1) | full (conv_kernel; authors' code)
+    attention_residual: bool = True  # tokens + attention(tokens) into the conv (authors' code: no residual)
+    zero_init: bool = True  # prompt MLP's last layer starts at zero (authors' code: PyTorch's default init)
     # How the (T, N, D) conv (and the reference variation conv) is computed: fft | direct. The same
     # map and parameters; fft is ~5x cheaper forward+backward on CPU (docs/benchmarks.md).
     conv_impl: str = "fft"
@@ -94,7 +105,7 @@ class TemporalPromptConfig:
 
 @dataclass
 class LocalPromptConfig:
-    """Section 3: deep local visual prompts, K per frame at each layer."""
+    """Deep local visual prompts, K per frame at each layer (docs/method.md, "DGL base")."""
 
     enabled: bool = True
     num_tokens: int = 4
@@ -104,7 +115,7 @@ class LocalPromptConfig:
 
 @dataclass
 class GlobalPromptConfig:
-    """Section 3: G global tokens per video seeing every frame."""
+    """G global tokens per video seeing every frame (docs/method.md, "DGL base")."""
 
     enabled: bool = True
     num_tokens: int = 4
@@ -116,7 +127,7 @@ class GlobalPromptConfig:
 
 @dataclass
 class TextPromptConfig:
-    """Section 3: deep text prompts around the caption tokens at every text layer."""
+    """Deep text prompts around the caption tokens at every text layer (docs/method.md, "DGL base")."""
 
     enabled: bool = True
     prefix: int = 4
@@ -153,14 +164,14 @@ class AggregationConfig:
 
 @dataclass
 class ModelConfig:
-    preset: str = "stop"  # stop | stop_fast | dgl | clip4clip_meanp | zero_shot (experiments/presets)
+    preset: str = "stop"  # a file in experiments/presets (stop, stop_fast, stop_official, dgl, ...)
     clip: ClipSource = field(default_factory=ClipSource)
     spatial: SpatialPromptConfig = field(default_factory=SpatialPromptConfig)
     temporal: TemporalPromptConfig = field(default_factory=TemporalPromptConfig)
     local_prompts: LocalPromptConfig = field(default_factory=LocalPromptConfig)
     global_prompts: GlobalPromptConfig = field(default_factory=GlobalPromptConfig)
     text_prompts: TextPromptConfig = field(default_factory=TextPromptConfig)
-    shared_latent: str = "linear"  # none | linear | transformer
+    shared_latent: str = "linear"  # none | linear | transformer (models.choices.SHARED_LATENT)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
 
@@ -321,17 +332,7 @@ class ExperimentConfig:
 
 # String fields with a closed set of values: checked after composition.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "model.preset": ("stop", "stop_fast", "dgl", "clip4clip_meanp", "zero_shot"),
-    "model.clip.attn_implementation": ("sdpa", "eager"),
-    "model.spatial.generator": ("fast", "reference"),
-    "model.spatial.scorer": ("attention", "reference"),
-    "model.temporal.variation": ("similarity", "reference"),
-    "model.temporal.normalize": ("video", "batch"),
-    "model.temporal.insertion": ("soft", "hard"),
-    "model.temporal.conv_impl": ("fft", "direct"),
-    "model.global_prompts.per_layer": ("add", "replace"),
-    "model.shared_latent": ("none", "linear", "transformer"),
-    "model.aggregation.output": ("global_prompt0", "global_mean", "mean_cls", "global_and_cls"),
+    **MODEL_CHOICES,  # the model modules' own constants (models/choices.py)
     "data.sampling": ("segment", "fps"),
     "data.bad_video": ("raise", "skip"),
     "data.protocol": ("supervised", "few_shot", "base_to_novel", "zero_shot"),
@@ -349,7 +350,12 @@ def registered_choices() -> dict[str, tuple[str, ...]]:
     from stop_lightning.data.registry import dataset_names
     from stop_lightning.tasks.registry import TASKS
 
-    return {"data.dataset": dataset_names(), "task.name": tuple(TASKS)}
+    return {"data.dataset": dataset_names(), "task.name": tuple(TASKS), "model.preset": available_presets()}
+
+
+def available_presets(exp_dir: Path = EXPERIMENTS_DIR) -> tuple[str, ...]:
+    """The presets are the files ``experiments/presets/<name>.yaml``: adding one is adding a file."""
+    return tuple(sorted(p.stem for p in (exp_dir / "presets").glob("*.yaml")))
 
 
 # Numeric ranges: key -> (low, high), inclusive.
@@ -357,6 +363,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "model.spatial.topk_ratio": (0.0, 1.0),
     "model.spatial.alpha": (0.0, 10.0),
     "model.spatial.dropout": (0.0, 1.0),
+    "model.spatial.output_dropouts": (0, 8),
     "model.temporal.alpha": (0.0, 10.0),
     "model.temporal.num_tokens": (1, 64),
     "data.split": (1, 3),
@@ -500,10 +507,11 @@ def load_config(
 
     # The preset is chosen by the override, else the experiment, else the base.
     preset = OmegaConf.select(cli, "model.preset") or OmegaConf.select(exp, "model.preset") or cfg.model.preset
-    if preset not in CHOICES["model.preset"]:
+    presets = available_presets(exp_dir) or available_presets()  # a folder of experiments without presets/
+    if preset not in presets:
         origin = "command-line overrides" if OmegaConf.select(cli, "model.preset") else str(exp_path)
         raise ConfigError(
-            f"config key 'model.preset' = {preset!r} in {origin} is not one of: {', '.join(CHOICES['model.preset'])}"
+            f"config key 'model.preset' = {preset!r} in {origin} is not one of: {', '.join(presets)}"
         )
     preset_path = exp_dir / "presets" / f"{preset}.yaml"
     if preset_path.is_file():

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stop_lightning.config import SpatialPromptConfig, TemporalPromptConfig
 from stop_lightning.models.global_prompts import VIDEO_BLOCK_ATTENTION, restore_attention
 from stop_lightning.models.hooks import HookSet, vision_parts
 from stop_lightning.models.spatial import FastSpatialGenerator, ReferenceSpatialGenerator, patch_projection
@@ -47,7 +48,11 @@ def test_fft_conv3d_equals_conv3d_with_gradients(kernel):
 
 def test_temporal_generator_fft_equals_direct():
     torch.manual_seed(0)
-    direct = TemporalPromptGenerator(width=32, num_patches=16, num_tokens=3, conv_channels=2, conv_kernel=(3, 5, 7), conv_impl="direct")
+    direct = TemporalPromptGenerator(
+        TemporalPromptConfig(num_tokens=3, conv_channels=2, conv_kernel=[3, 5, 7], conv_impl="direct"),
+        width=32,
+        num_patches=16,
+    )
     nn.init.normal_(direct.patch_mlp[-1].weight)  # a non-zero output layer, so q carries the conv's result
     fft = copy.deepcopy(direct)
     fft.conv_impl = "fft"
@@ -66,7 +71,8 @@ def test_temporal_generator_fft_equals_direct():
 
 def test_reference_variation_fft_equals_direct():
     torch.manual_seed(0)
-    direct = FrameVariation("reference", normalize="batch", conv_impl="direct")
+    cfg = TemporalPromptConfig(variation="reference", normalize="batch", conv_impl="direct")
+    direct = FrameVariation(cfg)
     fft = copy.deepcopy(direct)
     fft.conv_impl = "fft"
     tokens, mask = torch.randn(2, 6, 16, 32), (torch.rand(2, 6, 16) > 0.5).float()
@@ -75,7 +81,7 @@ def test_reference_variation_fft_equals_direct():
 
 def test_unknown_conv_impl_is_rejected():
     with pytest.raises(ValueError, match="conv_impl"):
-        TemporalPromptGenerator(width=32, num_patches=16, conv_impl="winograd")
+        TemporalPromptGenerator(TemporalPromptConfig(conv_impl="winograd"), width=32, num_patches=16)
 
 
 def test_patch_projection_equals_the_patch_conv():
@@ -91,7 +97,10 @@ def test_patch_projection_equals_the_patch_conv():
     torch.testing.assert_close(_grads(pixels)[0], expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("generator", [ReferenceSpatialGenerator(hidden=4, channels=3), FastSpatialGenerator(patch_size=8, hidden=4, channels=3)])
+@pytest.mark.parametrize("generator", [
+    ReferenceSpatialGenerator(SpatialPromptConfig(hidden_channels=4, conv_channels=3)),
+    FastSpatialGenerator(SpatialPromptConfig(hidden_channels=4, conv_channels=3), patch_size=8),
+])
 def test_channels_last_generators_match_contiguous_convs(generator):
     generator.eval()
     video = torch.randn(1, 3, 3, 32, 32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from stop_lightning.config import GlobalPromptConfig
 from stop_lightning.models.global_prompts import GlobalPrompts, block_attention_mask
 from stop_lightning.models.hooks import vision_parts
 from stop_lightning.models.video_encoder import STOPVideoModel
@@ -35,7 +36,8 @@ def test_block_mask_pattern():
 
 
 def test_add_mode_carries_state_replace_mode_does_not():
-    add, replace = GlobalPrompts(2, 3, 8, "add"), GlobalPrompts(2, 3, 8, "replace")
+    add = GlobalPrompts(GlobalPromptConfig(num_tokens=2, per_layer="add"), 3, 8)
+    replace = GlobalPrompts(GlobalPromptConfig(num_tokens=2, per_layer="replace"), 3, 8)
     carried = torch.randn(1, 2, 8)
     assert torch.equal(add.at_layer(1, carried, 1), carried)  # later layers' own tokens start at zero
     assert torch.equal(replace.at_layer(1, carried, 1), replace.tokens[1].unsqueeze(0))

@@ -46,7 +46,8 @@ def patch_embeds(clip, video: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("generator", ["reference", "fast"])
 def test_generators_keep_the_video_shape_and_depend_on_it(generator):
-    gen = ReferenceSpatialGenerator() if generator == "reference" else FastSpatialGenerator(patch_size=14)
+    cfg = SpatialPromptConfig()
+    gen = ReferenceSpatialGenerator(cfg) if generator == "reference" else FastSpatialGenerator(cfg, 14)
     gen.eval()
     video = torch.randn(1, 3, 3, 28, 28)
     p = gen(video)
@@ -55,7 +56,7 @@ def test_generators_keep_the_video_shape_and_depend_on_it(generator):
 
 
 def test_reference_generator_has_the_reference_layout():
-    gen = ReferenceSpatialGenerator()
+    gen = ReferenceSpatialGenerator(SpatialPromptConfig())
     convs = [m for m in gen.modules() if isinstance(m, torch.nn.Conv3d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
         (3, 9, (3, 11, 11)), (9, 9, (3, 11, 11)), (9, 9, (3, 11, 11)), (9, 16, (3, 11, 11))
@@ -91,7 +92,7 @@ def test_attention_scorer_puts_the_moving_square_in_the_mask(tiny_clip):
 
 
 def test_reference_scorer_puts_the_moving_square_in_the_mask():
-    scorer = ReferenceScorer(P)
+    scorer = ReferenceScorer(GRID, "patch")
     # Its random init carries no meaning (it never trains); give it a frame-difference kernel
     # to check the conv -> patch average -> top-k path.
     with torch.no_grad():

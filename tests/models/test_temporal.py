@@ -23,7 +23,7 @@ def tokens_of(frames: list[torch.Tensor]) -> torch.Tensor:
 
 def test_static_frames_have_zero_variation():
     frame = torch.randn(B, N, D)
-    w = FrameVariation("similarity")(tokens_of([frame] * T))
+    w = FrameVariation(TemporalPromptConfig(variation="similarity"))(tokens_of([frame] * T))
     assert w.shape == (B, T)
     assert torch.equal(w, torch.zeros(B, T))
 
@@ -34,14 +34,14 @@ def test_scene_cut_gets_the_largest_variation(cut):
     a, b = torch.randn(B, N, D, generator=g), torch.randn(B, N, D, generator=g)
     jitter = [0.01 * torch.randn(B, N, D, generator=g) for _ in range(T)]
     frames = [(a if t < cut else b) + jitter[t] for t in range(T)]
-    w = FrameVariation("similarity")(tokens_of(frames))
+    w = FrameVariation(TemporalPromptConfig(variation="similarity"))(tokens_of(frames))
     assert (w.argmax(1) == cut).all()
     assert torch.allclose(w.amax(1), torch.ones(B)) and torch.allclose(w.amin(1), torch.zeros(B))
 
 
 def test_first_frame_takes_the_second_frames_value():
     frames = [torch.randn(1, N, D) for _ in range(T)]
-    raw = FrameVariation("similarity").raw(tokens_of(frames))
+    raw = FrameVariation(TemporalPromptConfig(variation="similarity")).raw(tokens_of(frames))
     assert raw[0, 0] == raw[0, 1]
 
 
@@ -52,7 +52,7 @@ def test_video_vs_batch_normalisation():
 
 
 def test_reference_variation_is_learned_and_uses_the_spatial_mask():
-    var = FrameVariation("reference", normalize="batch")
+    var = FrameVariation(TemporalPromptConfig(variation="reference", normalize="batch"))
     tokens = torch.randn(B, T, N, D, requires_grad=True)
     mask = torch.zeros(B, T, N)
     mask[:, :, :3] = 1
@@ -64,7 +64,8 @@ def test_reference_variation_is_learned_and_uses_the_spatial_mask():
 
 
 def test_generator_shapes_follow_the_config():
-    gen = TemporalPromptGenerator(width=128, num_patches=N, num_tokens=3, conv_channels=2, conv_kernel=(3, 5, 7))
+    cfg = TemporalPromptConfig(num_tokens=3, conv_channels=2, conv_kernel=[3, 5, 7])
+    gen = TemporalPromptGenerator(cfg, width=128, num_patches=N)
     assert gen.attn.num_heads == 2  # D / 64
     q, attended = gen(torch.randn(B, T, N, 128))
     assert q.shape == (B, T, 3, 128) and attended.shape == (B, T, N, 128)
@@ -72,7 +73,7 @@ def test_generator_shapes_follow_the_config():
     with pytest.raises(ValueError, match="built for 16 patches"):
         gen(torch.randn(B, T, 49, 128))
     with pytest.raises(ValueError, match="odd"):
-        TemporalPromptGenerator(width=32, num_patches=N, conv_kernel=(3, 4, 5))
+        TemporalPromptGenerator(TemporalPromptConfig(conv_kernel=[3, 4, 5]), width=32, num_patches=N)
 
 
 def test_soft_insertion_scales_by_one_plus_w():
@@ -112,7 +113,7 @@ def test_prompter_returns_alpha_scaled_prompts_and_weights():
 
 
 def test_generator_starts_at_zero_and_gets_a_gradient():
-    gen = TemporalPromptGenerator(width=32, num_patches=4, num_tokens=2, conv_kernel=(3, 3, 3))
+    gen = TemporalPromptGenerator(TemporalPromptConfig(num_tokens=2, conv_kernel=[3, 3, 3]), 32, 4)
     tokens = torch.randn(2, 3, 4, 32)
     q, _ = gen(tokens)
     assert q.shape == (2, 3, 2, 32) and torch.count_nonzero(q) == 0  # stock CLIP + local prompts at step 0

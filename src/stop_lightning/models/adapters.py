@@ -1,4 +1,4 @@
-"""Parallel bottleneck adapters beside the MLP of every residual block (METHOD.md section 3).
+"""Parallel bottleneck adapters beside the MLP of every residual block (docs/method.md, "DGL base").
 
 A CLIP encoder layer computes::
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from stop_lightning.config import AdapterConfig
 from stop_lightning.models.hooks import HookSet
 
 
@@ -52,7 +53,9 @@ def _adapter_hook(adapter: Adapter):
     return hook
 
 
-def attach_adapters(layers: nn.ModuleList, width: int, adapter_cfg, hooks: HookSet) -> nn.ModuleList:
+def attach_adapters(
+    layers: nn.ModuleList, width: int, adapter_cfg: AdapterConfig, hooks: HookSet
+) -> nn.ModuleList:
     """Add an :class:`Adapter` beside the MLP of every layer in ``layers``.
 
     ``width`` is the layers' hidden size (``config.hidden_size`` of the tower). The hooks go into

@@ -8,14 +8,13 @@ the identity gives the CLIP4Clip meanP baseline something to train.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
-from stop_lightning.config import ConfigError
+from stop_lightning.config import AggregationConfig, ConfigError
+from stop_lightning.models.choices import OUTPUTS
+from stop_lightning.models.layers import attention_heads
 
-OUTPUTS = ("global_prompt0", "global_mean", "mean_cls", "global_and_cls")
 NEEDS_GLOBAL = ("global_prompt0", "global_mean", "global_and_cls")
 
 
@@ -34,11 +33,8 @@ class MSABlock(nn.Module):
 
     def __init__(self, width: int, max_frames: int):
         super().__init__()
-        heads = max(1, width // 64)
-        while width % heads:
-            heads -= 1
         self.norm1 = nn.LayerNorm(width)
-        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.attn = nn.MultiheadAttention(width, attention_heads(width), batch_first=True)
         self.norm2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
         self.frame_position = nn.Parameter(torch.randn(max_frames + 1, width) * width**-0.5)  # row 0: no frame (globals)
@@ -57,7 +53,7 @@ class MSABlock(nn.Module):
 class VideoAggregator(nn.Module):
     """``aggregation`` config -> video vector. See :meth:`forward` for shapes."""
 
-    def __init__(self, cfg: Any, width: int, max_frames: int, has_global: bool):
+    def __init__(self, cfg: AggregationConfig, width: int, max_frames: int, has_global: bool):
         super().__init__()
         self.output = str(cfg.output)
         if self.output not in OUTPUTS:
@@ -70,7 +66,7 @@ class VideoAggregator(nn.Module):
         self.max_frames = max_frames
         self.blocks = nn.ModuleList(MSABlock(width, max_frames) for _ in range(int(cfg.msa_layers))) if cfg.msa else nn.ModuleList()
         self.head: nn.Linear | None = None
-        if bool(getattr(cfg, "head", False)):
+        if cfg.head:
             self.head = nn.Linear(width, width)
             with torch.no_grad():
                 self.head.weight.copy_(torch.eye(width))

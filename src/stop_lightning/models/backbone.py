@@ -22,7 +22,10 @@ from typing import Any
 import torch
 from transformers import CLIPConfig, CLIPModel
 
+from stop_lightning.config import ClipSource
+from stop_lightning.models.choices import check_choice
 from stop_lightning.models.hooks import freeze
+from stop_lightning.models.layers import attention_heads
 from stop_lightning.models.tiny_clip import CLIP_MEAN, CLIP_STD, make_tiny_clip
 
 # Config keys that change with the transformers release or the runtime, not with the weights.
@@ -55,10 +58,10 @@ def config_hash(config: CLIPConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def load_clip(clip_cfg: Any, cache_dir: str | Path) -> ClipBundle:
+def load_clip(clip_cfg: ClipSource, cache_dir: str | Path) -> ClipBundle:
     """Turn ``clip_cfg.source`` (hub id | local dir | OpenAI ``.pt`` | ``tiny``) into a frozen :class:`ClipBundle`."""
     source = str(clip_cfg.source)
-    attn = str(getattr(clip_cfg, "attn_implementation", "sdpa"))
+    attn = check_choice("model.clip.attn_implementation", str(clip_cfg.attn_implementation))
     path = Path(source).expanduser()
 
     if source == "tiny":
@@ -108,7 +111,7 @@ def _from_pretrained(name_or_dir: str, attn: str) -> CLIPModel:
         ) from err
 
 
-def _tiny_clip_dir(clip_cfg: Any, cache_dir: Path) -> Path:
+def _tiny_clip_dir(clip_cfg: ClipSource, cache_dir: Path) -> Path:
     sizes = dict(width=int(clip_cfg.tiny_width), layers=int(clip_cfg.tiny_layers), patch_size=int(clip_cfg.tiny_patch_size), image_size=int(clip_cfg.tiny_image_size))
     out = cache_dir / "tiny-clip-w{width}-l{layers}-p{patch_size}-i{image_size}".format(**sizes)
     if not (out / "config.json").is_file():
@@ -179,7 +182,7 @@ def _count_blocks(state: dict[str, torch.Tensor], prefix: str) -> int:
 
 
 def openai_clip_config(state: dict[str, torch.Tensor], vision_heads: int | None = None, text_heads: int | None = None) -> CLIPConfig:
-    """A ``CLIPConfig`` whose sizes are read off the OpenAI tensors (heads: width / 64 as in OpenAI's models)."""
+    """A ``CLIPConfig`` whose sizes are read off the OpenAI tensors (heads: :func:`attention_heads`)."""
     width, _, patch, _ = state["visual.conv1.weight"].shape
     grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
     text_width = state["ln_final.weight"].shape[0]
@@ -189,7 +192,7 @@ def openai_clip_config(state: dict[str, torch.Tensor], vision_heads: int | None 
             hidden_size=width,
             intermediate_size=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
             num_hidden_layers=_count_blocks(state, "visual.transformer.resblocks."),
-            num_attention_heads=vision_heads or max(1, width // 64),
+            num_attention_heads=vision_heads or attention_heads(width),
             image_size=grid * patch,
             patch_size=patch,
             hidden_act="quick_gelu",
@@ -199,7 +202,7 @@ def openai_clip_config(state: dict[str, torch.Tensor], vision_heads: int | None 
             hidden_size=text_width,
             intermediate_size=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
             num_hidden_layers=_count_blocks(state, "transformer.resblocks."),
-            num_attention_heads=text_heads or max(1, text_width // 64),
+            num_attention_heads=text_heads or attention_heads(text_width),
             vocab_size=vocab,
             max_position_embeddings=state["positional_embedding"].shape[0],
             hidden_act="quick_gelu",

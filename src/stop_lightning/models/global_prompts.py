@@ -1,4 +1,4 @@
-"""Global prompts (METHOD.md section 3): G tokens per video that see every frame.
+"""Global prompts (docs/method.md, "DGL base"): G tokens per video that see every frame.
 
 The stock CLIP encoder layers run on one sequence per video, ``[G, frame_1, ..., frame_T]``: a
 frame's tokens attend to their own frame and to the G global tokens; the global tokens attend to
@@ -20,6 +20,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from stop_lightning.config import GlobalPromptConfig
+from stop_lightning.models.choices import check_choice
 
 VIDEO_BLOCK_ATTENTION = "stop_video_blocks"
 # id(vision config) -> (weak reference, the attention implementation it had before); calls without a
@@ -133,14 +136,12 @@ class GlobalPrompts(nn.Module):
     except in the last layer's global outputs).
     """
 
-    def __init__(self, num_tokens: int, layers: int, width: int, per_layer: str = "add", init_std: float = 0.02):
+    def __init__(self, cfg: GlobalPromptConfig, layers: int, width: int):
         super().__init__()
-        if per_layer not in ("add", "replace"):
-            raise ValueError(f"model.global_prompts.per_layer = {per_layer!r}; expected 'add' or 'replace'")
-        self.per_layer = per_layer
-        self.num_tokens = num_tokens
-        tokens = torch.zeros(layers, num_tokens, width)
-        nn.init.normal_(tokens[0] if per_layer == "add" else tokens, std=init_std)
+        self.per_layer = check_choice("model.global_prompts.per_layer", cfg.per_layer)
+        self.num_tokens = int(cfg.num_tokens)
+        tokens = torch.zeros(layers, self.num_tokens, width)
+        nn.init.normal_(tokens[0] if self.per_layer == "add" else tokens, std=float(cfg.init_std))
         self.tokens = nn.Parameter(tokens)
 
     def at_layer(self, layer: int, carried: torch.Tensor | None, batch: int) -> torch.Tensor:

@@ -113,23 +113,12 @@ class HookSet:
 
 
 def freeze(module: nn.Module) -> nn.Module:
-    """No gradient, eval mode (no dropout); :func:`keep_frozen_eval` keeps it so under ``train()``."""
+    """No gradient, eval mode (no dropout). The owner keeps it in eval mode under ``train()``
+    (see ``STOPVideoModel.train``)."""
     for p in module.parameters():
         p.requires_grad_(False)
     module.eval()
     return module
-
-
-def keep_frozen_eval(owner: nn.Module, frozen: nn.Module) -> None:
-    """Make ``owner.train()`` leave ``frozen`` in eval mode (Lightning calls ``train()`` each epoch)."""
-    original_train = owner.train
-
-    def train(mode: bool = True):
-        original_train(mode)
-        frozen.eval()
-        return owner
-
-    owner.train = train  # type: ignore[method-assign]
 
 
 def trainable_parameter_count(module: nn.Module) -> tuple[int, int]:

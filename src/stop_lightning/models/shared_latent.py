@@ -1,7 +1,7 @@
 """The shared latent space that ties the local visual prompts and the deep text prompts.
 
 Both variants produce, from one learnable source, the visual local prompts of every vision
-layer and the prefix/postfix text prompts of every text layer (METHOD.md section 3), so a
+layer and the prefix/postfix text prompts of every text layer (docs/method.md, "DGL base"), so a
 gradient from either tower reaches the same parameters.
 
 ``linear``
@@ -36,6 +36,9 @@ import torch
 from torch import nn
 from transformers.activations import QuickGELUActivation
 
+from stop_lightning.config import ModelConfig
+from stop_lightning.models.layers import attention_heads
+
 
 def _text_layer_index(vision_layers: int, text_layers: int) -> torch.Tensor:
     """Vision layer each text layer takes its prompts from: ``[L_t]``."""
@@ -67,7 +70,7 @@ class SharedPromptSpace(nn.Module):
 
     def __init__(
         self,
-        model_cfg,
+        model_cfg: ModelConfig,
         vision_width: int,
         vision_layers: int,
         text_width: int,
@@ -95,7 +98,7 @@ class SharedPromptSpace(nn.Module):
             self.prefix_map = _TextPromptMap(self.num_tokens, self.num_prefix, vision_width, text_width)
             self.postfix_map = _TextPromptMap(self.num_tokens, self.num_postfix, vision_width, text_width)
         else:
-            heads = vision_width // 64 if vision_width % 64 == 0 else 1  # CLIP's head width (64)
+            heads = attention_heads(vision_width)
             num_text = self.num_prefix + self.num_postfix
             self.embedding = nn.Parameter(torch.randn(num_text + self.num_tokens * num_frames, vision_layers * vision_width) * std)
             self.transformer = nn.TransformerEncoderLayer(

@@ -1,7 +1,9 @@
-"""Intra-frame spatial prompts (METHOD.md section 1).
+"""Intra-frame spatial prompts (docs/method.md, "Spatial prompts").
 
 A generator turns the video into a pixel prompt ``p`` of the video's shape; a scorer picks the
-top-k patches of every frame (salient and changing); the frames become ``x + alpha*p + alpha*p*m``.
+top-k cells of every frame (salient and changing); the frames become ``x + alpha*p + alpha*p*m``.
+A cell is a patch (``score_pooling=patch``, ``mask_layout=block``) or, as in the authors' released
+code, a lattice of pixels spread over the frame (``lattice``; docs/fidelity.md).
 Since CLIP's patch embedding is a linear convolution without bias, that equals adding
 ``patch_conv(alpha*p*(1+m))`` to the patch embeddings, which is how the hook applies it: the hook
 also sees the clean patch embeddings the attention scorer needs, at no extra cost.
@@ -9,20 +11,19 @@ also sees the clean patch embeddings the attention scorer needs, at no extra cos
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stop_lightning.config import SpatialPromptConfig
+from stop_lightning.models.choices import check_choice
 from stop_lightning.models.hooks import HookSet, VisionParts
+from stop_lightning.models.layers import same_padding
 
 # Keeps attention as a tie-break when a frame has no temporal variation (static video, T = 1).
 _VARIATION_FLOOR = 1e-6
-
-
-def _same_padding(kernel: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(k // 2 for k in kernel)
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -47,25 +48,35 @@ class PixelMLP(nn.Module):
 
 
 class ReferenceSpatialGenerator(nn.Module):
-    """METHOD.md 1.1 exactly: four full-resolution Conv3d (3, 11, 11) layers 3->9->9->9->hidden, dropout, pixel MLP."""
+    """The paper's generator: four full-resolution Conv3d (3, 11, 11) layers 3 -> C -> C -> C -> hidden,
+    dropout, the pixel MLP.
+
+    ``first_activation`` puts a PReLU after the first conv (``stop``); the authors' code has none
+    there. ``output_dropouts`` applies the dropout that many more times after the MLP (the authors'
+    code: twice, so ~75% of the prompt values are zero in training, the rest scaled by 4).
+    """
 
     kernel = (3, 11, 11)
 
-    def __init__(self, hidden: int = 16, dropout: float = 0.5, channels: int = 9):
+    def __init__(self, cfg: SpatialPromptConfig):
         super().__init__()
-        pad = _same_padding(self.kernel)
+        C, pad = int(cfg.conv_channels), same_padding(self.kernel, "ReferenceSpatialGenerator.kernel")
         self.convs = nn.Sequential(
-            nn.Conv3d(3, channels, self.kernel, padding=pad), nn.PReLU(),
-            nn.Conv3d(channels, channels, self.kernel, padding=pad), nn.PReLU(),
-            nn.Conv3d(channels, channels, self.kernel, padding=pad), nn.PReLU(),
-            nn.Conv3d(channels, hidden, self.kernel, padding=pad),
-        )
-        self.dropout = nn.Dropout(dropout)
-        self.mlp = PixelMLP(hidden)
+            nn.Conv3d(3, C, self.kernel, padding=pad), nn.PReLU() if cfg.first_activation else nn.Identity(),
+            nn.Conv3d(C, C, self.kernel, padding=pad), nn.PReLU(),
+            nn.Conv3d(C, C, self.kernel, padding=pad), nn.PReLU(),
+            nn.Conv3d(C, int(cfg.hidden_channels), self.kernel, padding=pad),
+        )  # [B, 3, T, H, W] -> [B, hidden, T, H, W]
+        self.dropout = nn.Dropout(float(cfg.dropout))
+        self.output_dropouts = int(cfg.output_dropouts)
+        self.mlp = PixelMLP(int(cfg.hidden_channels))
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         x = _channels_last(video.transpose(1, 2))  # [B, T, 3, H, W] -> [B, 3, T, H, W]
-        return self.mlp(self.dropout(self.convs(x)))  # [B, T, 3, H, W]
+        p = self.mlp(self.dropout(self.convs(x)))  # [B, T, 3, H, W]
+        for _ in range(self.output_dropouts):
+            p = self.dropout(p)
+        return p
 
 
 class FastSpatialGenerator(nn.Module):
@@ -76,17 +87,18 @@ class FastSpatialGenerator(nn.Module):
     bilinearly back to the frame size, so the prompt stays smooth inside each patch.
     """
 
-    def __init__(self, patch_size: int, hidden: int = 16, dropout: float = 0.5, channels: int = 9,
-                 samples_per_patch: int = 4, kernel: int = 5):
+    def __init__(self, cfg: SpatialPromptConfig, patch_size: int):
         super().__init__()
-        self.pool = max(1, patch_size // samples_per_patch)
+        channels, hidden, kernel = int(cfg.conv_channels), int(cfg.hidden_channels), int(cfg.fast_kernel)
+        self.pool = max(1, patch_size // int(cfg.fast_samples_per_patch))
         spatial, temporal = (1, kernel, kernel), (3, 1, 1)
+        pad = same_padding(spatial, "model.spatial.fast_kernel")
         self.convs = nn.Sequential(
-            nn.Conv3d(3, channels, spatial, padding=_same_padding(spatial)), nn.PReLU(),
-            nn.Conv3d(channels, channels, temporal, padding=_same_padding(temporal)), nn.PReLU(),
-            nn.Conv3d(channels, hidden, spatial, padding=_same_padding(spatial)),
+            nn.Conv3d(3, channels, spatial, padding=pad), nn.PReLU(),
+            nn.Conv3d(channels, channels, temporal, padding=same_padding(temporal, "temporal")), nn.PReLU(),
+            nn.Conv3d(channels, hidden, spatial, padding=pad),
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(float(cfg.dropout))
         self.mlp = PixelMLP(hidden)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
@@ -164,26 +176,49 @@ class AttentionScorer(nn.Module):
         return attention * (temporal_patch_variation(patch_embeds) + _VARIATION_FLOOR)  # [B, T, N]
 
 
-class ReferenceScorer(nn.Module):
-    """The reference's scorer: Conv3d(3 -> 1, (5, 11, 11)) averaged in each P x P patch.
+def pool_to_cells(pixels: torch.Tensor, grid: int, layout: str) -> torch.Tensor:
+    """Average ``pixels [M, H, W]`` into ``[M, g, g]`` cells (H = P * g).
 
-    It sits behind a hard top-k, so it never gets a gradient and keeps its random initialisation;
-    its weights are frozen to say so.
+    ``patch``: cell (i, j) is patch (i, j), the P x P block at rows ``i*P .. i*P+P-1``.
+    ``lattice``: cell (i, j) holds the pixels with ``h mod g = i`` and ``w mod g = j``, a lattice
+    spread over the whole frame (the authors' ``reshape(B, T, P, g, P, g).mean((2, 4))``).
+    """
+    M, H, W = pixels.shape
+    P, Q = H // grid, W // grid
+    if check_choice("model.spatial.score_pooling", layout) == "patch":
+        return pixels.view(M, grid, P, grid, Q).mean((2, 4))  # [M, g, P, g, P] -> [M, g, g]
+    return pixels.view(M, P, grid, Q, grid).mean((1, 3))  # [M, P, g, P, g] -> [M, g, g]
+
+
+def cells_to_pixels(mask: torch.Tensor, patch_size: int, layout: str) -> torch.Tensor:
+    """``mask [..., g, g]`` -> ``[..., g*P, g*P]``: ``block`` gives pixel (h, w) the cell (h // P, w // P),
+    ``lattice`` the cell (h mod g, w mod g) (the layouts of :func:`pool_to_cells`)."""
+    P = patch_size
+    if check_choice("model.spatial.mask_layout", layout) == "block":
+        return mask.repeat_interleave(P, dim=-2).repeat_interleave(P, dim=-1)
+    return mask.repeat(*([1] * (mask.dim() - 2)), P, P)  # tiles the g x g mask P x P times
+
+
+class ReferenceScorer(nn.Module):
+    """The reference scorer: Conv3d(3 -> 1, (5, 11, 11)) over the pixels, averaged into g x g cells.
+
+    It sits behind a hard selection, so it never gets a gradient and keeps its random
+    initialisation (in the authors' code too); its weights are frozen to say so.
     """
 
     kernel = (5, 11, 11)
 
-    def __init__(self, patch_size: int):
+    def __init__(self, grid: int, pooling: str):
         super().__init__()
-        self.patch_size = patch_size
-        self.conv = nn.Conv3d(3, 1, self.kernel, padding=_same_padding(self.kernel))
+        self.grid, self.pooling = grid, check_choice("model.spatial.score_pooling", pooling)
+        self.conv = nn.Conv3d(3, 1, self.kernel, padding=same_padding(self.kernel, "ReferenceScorer.kernel"))
         self.conv.requires_grad_(False)
 
     @torch.no_grad()
     def forward(self, video: torch.Tensor, patch_embeds: torch.Tensor) -> torch.Tensor:
         B, T = video.shape[:2]
         r = self.conv(video.transpose(1, 2).to(self.conv.weight.dtype))  # [B, 3, T, H, W] -> [B, 1, T, H, W]
-        r = F.avg_pool2d(r.flatten(0, 2), self.patch_size)  # [B*T, g, g]
+        r = pool_to_cells(r.flatten(0, 2), self.grid, self.pooling)  # [B*T, g, g]
         return r.reshape(B, T, -1)  # [B, T, N]
 
 
@@ -191,6 +226,16 @@ def topk_patch_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     """1 for the k highest-scoring patches of each frame. ``[B, T, N] -> [B, T, N]`` (0/1, no gradient)."""
     idx = scores.detach().topk(k, dim=-1).indices
     return torch.zeros_like(scores, dtype=torch.float32).scatter_(-1, idx, 1.0)
+
+
+def strict_threshold_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """1 for the cells whose score is strictly above the (k+1)-th highest of their frame (the authors'
+    ``x > sort(desc)[k]``): at most k cells, fewer on ties, none in a constant frame.
+    ``[B, T, N] -> [B, T, N]``."""
+    if k >= scores.shape[-1]:
+        return torch.ones_like(scores, dtype=torch.float32)
+    bar = scores.detach().sort(dim=-1, descending=True).values[..., k:k + 1]  # [B, T, 1]
+    return (scores.detach() > bar).float()
 
 
 def num_kept_patches(topk_ratio: float, num_patches: int) -> int:
@@ -201,44 +246,42 @@ class SpatialPrompter(nn.Module):
     """Region-selective, video-dependent pixel prompts applied at CLIP's patch embedding.
 
     Args:
-        cfg: ``SpatialPromptConfig`` (generator, scorer, topk_ratio, alpha, dropout, hidden_channels).
+        cfg: the ``model.spatial`` section.
         parts: the frozen vision tower's parts (patch size, grid and the attention scorer's weights).
     """
 
-    def __init__(self, cfg: Any, parts: VisionParts):
+    def __init__(self, cfg: SpatialPromptConfig, parts: VisionParts):
         super().__init__()
         emb = parts.embeddings
         self.patch_size = int(emb.patch_size)
         self.grid = int(emb.image_size) // self.patch_size
         self.alpha = float(cfg.alpha)
         self.k = num_kept_patches(float(cfg.topk_ratio), self.grid * self.grid)
-        if cfg.generator == "reference":
-            self.generator: nn.Module = ReferenceSpatialGenerator(cfg.hidden_channels, cfg.dropout, cfg.conv_channels)
-        elif cfg.generator == "fast":
-            self.generator = FastSpatialGenerator(
-                self.patch_size, cfg.hidden_channels, cfg.dropout, cfg.conv_channels, cfg.fast_samples_per_patch, cfg.fast_kernel
-            )
+        self.threshold = check_choice("model.spatial.threshold", cfg.threshold)
+        self.mask_layout = check_choice("model.spatial.mask_layout", cfg.mask_layout)
+        if check_choice("model.spatial.generator", cfg.generator) == "reference":
+            self.generator: nn.Module = ReferenceSpatialGenerator(cfg)
         else:
-            raise ValueError(f"model.spatial.generator = {cfg.generator!r}; expected 'fast' or 'reference'")
-        if cfg.scorer == "attention":
+            self.generator = FastSpatialGenerator(cfg, self.patch_size)
+        if check_choice("model.spatial.scorer", cfg.scorer) == "attention":
             self.scorer: nn.Module = AttentionScorer(parts)
-        elif cfg.scorer == "reference":
-            self.scorer = ReferenceScorer(self.patch_size)
         else:
-            raise ValueError(f"model.spatial.scorer = {cfg.scorer!r}; expected 'attention' or 'reference'")
+            self.scorer = ReferenceScorer(self.grid, cfg.score_pooling)
         self.last_mask: torch.Tensor | None = None  # [B, T, g, g], for visualisation
 
     def forward(self, video: torch.Tensor, patch_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``video [B, T, 3, H, W]``, clean ``patch_embeds [B, T, N, D]`` -> (pixel delta ``[B, T, 3, H, W]``, mask ``[B, T, g, g]``)."""
         B, T = video.shape[:2]
         g, P = self.grid, self.patch_size
-        mask = topk_patch_mask(self.scorer(video, patch_embeds), self.k).view(B, T, g, g)
-        pixel_mask = mask.repeat_interleave(P, dim=-2).repeat_interleave(P, dim=-1)  # [B, T, H, W]
+        scores = self.scorer(video, patch_embeds)  # [B, T, N]
+        select = topk_patch_mask if self.threshold == "topk" else strict_threshold_mask
+        mask = select(scores, self.k).view(B, T, g, g)
+        pixel_mask = cells_to_pixels(mask, P, self.mask_layout)  # [B, T, H, W]
         p = self.generator(video)  # [B, T, 3, H, W]
         delta = self.alpha * p * (1 + pixel_mask.unsqueeze(2).to(p.dtype))  # alpha*p + alpha*p*m
         return delta, mask
 
-    def attach(self, parts: VisionParts, hooks: HookSet, num_frames: Any) -> None:
+    def attach(self, parts: VisionParts, hooks: HookSet, num_frames: Callable[[], int | None]) -> None:
         """Hook the patch convolution: embeds(x) -> embeds(x) + conv(alpha*p*(1+m)).
 
         ``num_frames`` is a zero-argument callable giving the T of the clip being encoded, or

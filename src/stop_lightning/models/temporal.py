@@ -1,4 +1,4 @@
-"""Inter-frame temporal prompts (METHOD.md section 2).
+"""Inter-frame temporal prompts (docs/method.md, "Temporal prompts").
 
 From the patch tokens after CLIP's pre-LayerNorm, :class:`TemporalPromptGenerator` makes K prompt
 tokens per frame, :class:`FrameVariation` says how much each frame differs from the previous one,
@@ -8,25 +8,17 @@ the top-m most varying frames (hard). The video model adds the result to the dee
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stop_lightning.config import TemporalPromptConfig
+from stop_lightning.models.choices import check_choice
+from stop_lightning.models.layers import attention_heads, same_padding
+
 # Below this spread of raw frame variation a clip counts as static: normalising would blow
 # floating-point noise up to [0, 1].
 _STATIC_RANGE = 1e-5
-
-
-def _same_padding(kernel: tuple[int, ...]) -> tuple[int, ...]:
-    for k in kernel:
-        if k % 2 == 0:
-            raise ValueError(f"model.temporal.conv_kernel = {list(kernel)}: every kernel size must be odd (same padding)")
-    return tuple(k // 2 for k in kernel)
-
-
-CONV_IMPLS = ("fft", "direct")
 
 
 def _fft_size(n: int) -> int:
@@ -68,21 +60,17 @@ def fft_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
 
 def volume_conv(conv: nn.Conv3d, x: torch.Tensor, impl: str) -> torch.Tensor:
     """Apply a same-padded ``conv`` by the chosen implementation (``model.temporal.conv_impl``)."""
-    if impl == "direct":
+    if check_choice("model.temporal.conv_impl", impl) == "direct":
         return conv(x)
-    if impl == "fft":
-        return fft_conv3d(x, conv.weight, conv.bias)
-    raise ValueError(f"model.temporal.conv_impl = {impl!r}; expected one of {', '.join(CONV_IMPLS)}")
+    return fft_conv3d(x, conv.weight, conv.bias)
 
 
 def minmax_normalize(w: torch.Tensor, per: str) -> torch.Tensor:
     """Min-max to [0, 1] per video (``per='video'``) or over the whole batch (``per='batch'``). ``[B, T] -> [B, T]``."""
-    if per == "video":
+    if check_choice("model.temporal.normalize", per) == "video":
         lo, hi = w.amin(1, keepdim=True), w.amax(1, keepdim=True)
-    elif per == "batch":
-        lo, hi = w.amin(), w.amax()
     else:
-        raise ValueError(f"model.temporal.normalize = {per!r}; expected 'video' or 'batch'")
+        lo, hi = w.amin(), w.amax()
     spread = hi - lo
     return torch.where(spread > _STATIC_RANGE, (w - lo) / spread.clamp_min(_STATIC_RANGE), torch.zeros_like(w))
 
@@ -97,12 +85,13 @@ class FrameVariation(nn.Module):
 
     reference_kernel = (5, 11, 11)
 
-    def __init__(self, mode: str = "similarity", normalize: str = "video", conv_impl: str = "fft"):
+    def __init__(self, cfg: TemporalPromptConfig):
         super().__init__()
-        if mode not in ("similarity", "reference"):
-            raise ValueError(f"model.temporal.variation = {mode!r}; expected 'similarity' or 'reference'")
-        self.mode, self.normalize, self.conv_impl = mode, normalize, conv_impl
-        self.conv = nn.Conv3d(1, 1, self.reference_kernel, padding=_same_padding(self.reference_kernel)) if mode == "reference" else None
+        self.mode = check_choice("model.temporal.variation", cfg.variation)
+        self.normalize = check_choice("model.temporal.normalize", cfg.normalize)
+        self.conv_impl = check_choice("model.temporal.conv_impl", cfg.conv_impl)
+        pad = same_padding(self.reference_kernel, "FrameVariation.reference_kernel")
+        self.conv = nn.Conv3d(1, 1, self.reference_kernel, padding=pad) if self.mode == "reference" else None
 
     def raw(self, tokens: torch.Tensor, attended: torch.Tensor | None = None, spatial_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T = tokens.shape[:2]
@@ -124,42 +113,47 @@ class FrameVariation(nn.Module):
 
 
 class TemporalPromptGenerator(nn.Module):
-    """Cross-frame attention, a 3D conv over the (T, N, D) volume, an MLP over the patch axis to K tokens.
+    """Cross-frame attention, two 3D convs over the (T, N, D) volume, an MLP over the patch axis to K tokens.
 
     Args:
-        width: D, the vision width. heads: D / 64 (at least 1).
+        cfg: the ``model.temporal`` section: ``num_tokens`` (K), ``conv_channels`` and ``conv_kernel``
+            (reference 9 and (3, 15, 25)), ``out_conv`` (the second conv: ``pointwise`` 1x1x1, or
+            ``full`` with ``conv_kernel`` as in the authors' code), ``attention_residual``,
+            ``zero_init``, ``dropout``, ``conv_impl`` (``fft`` or ``direct``: same parameters, same map).
+        width: D, the vision width (heads: :func:`~stop_lightning.models.layers.attention_heads`).
         num_patches: N = (image_size / patch_size)^2, from the CLIP config.
-        num_tokens: K prompt tokens per frame.
-        conv_channels, conv_kernel: the (T, N, D) conv, reference 9 and (3, 15, 25).
-        conv_impl: ``fft`` (default) or ``direct``: how that conv is computed; same parameters, same map.
     """
 
-    def __init__(self, width: int, num_patches: int, num_tokens: int = 4, conv_channels: int = 9,
-                 conv_kernel: tuple[int, int, int] = (3, 15, 25), dropout: float = 0.0, mlp_hidden: int = 16,
-                 conv_impl: str = "fft"):
+    mlp_hidden = 16
+
+    def __init__(self, cfg: TemporalPromptConfig, width: int, num_patches: int):
         super().__init__()
-        if conv_impl not in CONV_IMPLS:
-            raise ValueError(f"model.temporal.conv_impl = {conv_impl!r}; expected one of {', '.join(CONV_IMPLS)}")
-        self.conv_impl = conv_impl
-        heads = max(1, width // 64)
-        while width % heads:  # odd widths (tiny test models): the largest divisor below D/64
-            heads -= 1
-        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
-        kernel = tuple(int(k) for k in conv_kernel)
-        self.conv = nn.Sequential(
-            nn.Conv3d(1, conv_channels, kernel, padding=_same_padding(kernel)),
-            nn.PReLU(),
-            nn.Conv3d(conv_channels, 1, 1),  # channel mix back to one volume
-        )
-        self.patch_mlp = nn.Sequential(nn.Linear(num_patches, mlp_hidden), nn.PReLU(), nn.Linear(mlp_hidden, num_tokens))
-        # Zero-initialised output: the prompts start at exactly zero and grow only along directions
-        # the loss rewards. A random start injects label-independent noise into every frame that
-        # training first has to suppress, and that suppresses the frame-order signal with it
-        # (seen on the synthetic motion-direction task: from a random start the order signal
-        # shrank over the first epochs in some seeds and never recovered; from zero it grew).
-        nn.init.zeros_(self.patch_mlp[-1].weight)
-        nn.init.zeros_(self.patch_mlp[-1].bias)
-        self.dropout = nn.Dropout(dropout)
+        self.conv_impl = check_choice("model.temporal.conv_impl", cfg.conv_impl)
+        self.out_conv = check_choice("model.temporal.out_conv", cfg.out_conv)
+        self.attention_residual = bool(cfg.attention_residual)
+        channels = int(cfg.conv_channels)
+        self.attn = nn.MultiheadAttention(width, attention_heads(width), batch_first=True)
+        kernel = tuple(int(k) for k in cfg.conv_kernel)
+        pad = same_padding(kernel, "model.temporal.conv_kernel")
+        self.conv_in = nn.Conv3d(1, channels, kernel, padding=pad)
+        self.act = nn.PReLU()
+        # Back to one volume: a channel mix (pointwise) or a second full-kernel conv (the authors').
+        if self.out_conv == "pointwise":
+            self.conv_out = nn.Conv3d(channels, 1, 1)
+        else:
+            self.conv_out = nn.Conv3d(channels, 1, kernel, padding=pad)
+        hidden = self.mlp_hidden
+        K = int(cfg.num_tokens)
+        self.patch_mlp = nn.Sequential(nn.Linear(num_patches, hidden), nn.PReLU(), nn.Linear(hidden, K))
+        if cfg.zero_init:
+            # Zero-initialised output: the prompts start at exactly zero and grow only along directions
+            # the loss rewards. A random start injects label-independent noise into every frame that
+            # training first has to suppress, and that suppresses the frame-order signal with it
+            # (seen on the synthetic motion-direction task: from a random start the order signal
+            # shrank over the first epochs in some seeds and never recovered; from zero it grew).
+            nn.init.zeros_(self.patch_mlp[-1].weight)
+            nn.init.zeros_(self.patch_mlp[-1].bias)
+        self.dropout = nn.Dropout(float(cfg.dropout))
         self.num_patches = num_patches
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,23 +163,21 @@ class TemporalPromptGenerator(nn.Module):
             raise ValueError(f"temporal prompt generator built for {self.num_patches} patches per frame, got {N}")
         x = tokens.reshape(B, T * N, D)  # [B, T, N, D] -> [B, T*N, D]
         mixed, _ = self.attn(x, x, x, need_weights=False)
-        # Residual: at initialisation the attention is near uniform and its output is almost the
-        # same vector for every (t, n); without the skip the conv below would see no frame order.
-        attended = (x + mixed).view(B, T, N, D)
-        v = self.conv[1](volume_conv(self.conv[0], attended.unsqueeze(1), self.conv_impl))  # [B, 1, T, N, D] -> [B, C, T, N, D]
-        v = self._mix_channels(v)  # [B, C, T, N, D] -> [B, T, N, D]
+        # Residual (default): at initialisation the attention is near uniform and its output is almost
+        # the same vector for every (t, n); without the skip the conv below would see no frame order.
+        attended = (x + mixed if self.attention_residual else mixed).view(B, T, N, D)
+        v = self.act(volume_conv(self.conv_in, attended.unsqueeze(1), self.conv_impl))  # [B, C, T, N, D]
+        v = self._to_one_volume(v)  # [B, C, T, N, D] -> [B, T, N, D]
         q = self.patch_mlp(self.dropout(v).transpose(-1, -2))  # [B, T, D, N] -> [B, T, D, K]
         return q.transpose(-1, -2), attended  # [B, T, K, D]
 
-
-    def _mix_channels(self, v: torch.Tensor) -> torch.Tensor:
-        """The 1x1x1 conv back to one volume. ``fft`` computes it as a weighted sum over channels: the same
+    def _to_one_volume(self, v: torch.Tensor) -> torch.Tensor:
+        """``conv_out``. Pointwise under ``fft`` is computed as a weighted sum over channels: the same
         numbers, without the CPU Conv3d backward that costs more than the FFT convolution itself."""
-        mix = self.conv[2]
-        if self.conv_impl == "direct":
-            return mix(v).squeeze(1)
-        w = mix.weight.view(-1).to(v.dtype)  # [1, C, 1, 1, 1] -> [C]
-        return torch.einsum("bctnd,c->btnd", v, w) + mix.bias.to(v.dtype)
+        if self.out_conv == "full" or self.conv_impl == "direct":
+            return volume_conv(self.conv_out, v, self.conv_impl).squeeze(1)
+        w = self.conv_out.weight.view(-1).to(v.dtype)  # [1, C, 1, 1, 1] -> [C]
+        return torch.einsum("bctnd,c->btnd", v, w) + self.conv_out.bias.to(v.dtype)
 
 
 def weight_temporal_prompts(q: torch.Tensor, w: torch.Tensor, insertion: str = "soft", top_m: int = 4) -> torch.Tensor:
@@ -193,31 +185,25 @@ def weight_temporal_prompts(q: torch.Tensor, w: torch.Tensor, insertion: str = "
 
     ``soft``: ``q_t * (1 + w_t)``. ``hard``: ``q_t`` in the ``top_m`` most varying frames, zero elsewhere.
     """
-    if insertion == "soft":
+    if check_choice("model.temporal.insertion", insertion) == "soft":
         return q * (1 + w.to(q.dtype))[:, :, None, None]
-    if insertion == "hard":
-        m = min(int(top_m), w.shape[1])
-        # Stable sort: on ties (frame 0 always ties frame 1) the earlier frame wins, on every device.
-        top = w.sort(dim=1, descending=True, stable=True).indices[:, :m]
-        keep = torch.zeros_like(w).scatter_(1, top, 1.0)  # [B, T]
-        return q * keep.to(q.dtype)[:, :, None, None]
-    raise ValueError(f"model.temporal.insertion = {insertion!r}; expected 'soft' or 'hard'")
+    m = min(int(top_m), w.shape[1])
+    # Stable sort: on ties (frame 0 always ties frame 1) the earlier frame wins, on every device.
+    top = w.sort(dim=1, descending=True, stable=True).indices[:, :m]
+    keep = torch.zeros_like(w).scatter_(1, top, 1.0)  # [B, T]
+    return q * keep.to(q.dtype)[:, :, None, None]
 
 
 class TemporalPrompter(nn.Module):
     """Frame variation + generator + insertion: patch tokens ``[B, T, N, D]`` -> ``alpha * weighted q [B, T, K, D]``."""
 
-    def __init__(self, cfg: Any, width: int, num_patches: int):
+    def __init__(self, cfg: TemporalPromptConfig, width: int, num_patches: int):
         super().__init__()
         self.alpha = float(cfg.alpha)
-        self.insertion, self.top_m = str(cfg.insertion), int(cfg.hard_top_m)
-        # Configs saved before conv_impl existed get the default.
-        conv_impl = str(getattr(cfg, "conv_impl", "fft"))
-        self.variation = FrameVariation(cfg.variation, cfg.normalize, conv_impl)
-        self.generator = TemporalPromptGenerator(
-            width, num_patches, int(cfg.num_tokens), int(cfg.conv_channels), tuple(cfg.conv_kernel), float(cfg.dropout),
-            conv_impl=conv_impl,
-        )
+        self.insertion = check_choice("model.temporal.insertion", cfg.insertion)
+        self.top_m = int(cfg.hard_top_m)
+        self.variation = FrameVariation(cfg)
+        self.generator = TemporalPromptGenerator(cfg, width, num_patches)
         self.last_weights: torch.Tensor | None = None  # [B, T]
 
     def forward(self, tokens: torch.Tensor, spatial_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

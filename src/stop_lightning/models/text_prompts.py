@@ -1,4 +1,4 @@
-"""Deep text prompts on the HF CLIP text tower (METHOD.md section 3), applied through hooks.
+"""Deep text prompts on the HF CLIP text tower (docs/method.md, "DGL base"), applied through hooks.
 
 Every text layer sees the caption with ``P`` prefix and ``Q`` postfix prompt tokens::
 
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from stop_lightning.config import ModelConfig
 from stop_lightning.models.adapters import attach_adapters
 from stop_lightning.models.hooks import HookSet, text_parts
 
@@ -106,7 +107,9 @@ class PromptedTextEncoder(nn.Module):
     freezes and moves CLIP; this module holds only the prompts and the text adapters.
     """
 
-    def __init__(self, clip: nn.Module, model_cfg, hooks: HookSet, trim_padding: bool = False) -> None:
+    def __init__(
+        self, clip: nn.Module, model_cfg: ModelConfig, hooks: HookSet, trim_padding: bool = False
+    ) -> None:
         super().__init__()
         self.trim_padding = trim_padding
         parts = text_parts(clip)

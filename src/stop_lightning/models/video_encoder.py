@@ -19,12 +19,11 @@ The CLIP vision tower runs stock; hooks change what flows through it:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
-from stop_lightning.config import ConfigError
+from stop_lightning.config import ConfigError, ModelConfig
 from stop_lightning.models.adapters import attach_adapters
 from stop_lightning.models.aggregation import VideoAggregator
 from stop_lightning.models.global_prompts import (
@@ -108,7 +107,7 @@ class STOPVideoModel(nn.Module):
         num_frames: T of training clips (sizes the T-dependent parts: shared ``transformer`` prompts, MSA positions).
     """
 
-    def __init__(self, model_cfg: Any, clip: nn.Module, num_frames: int):
+    def __init__(self, model_cfg: ModelConfig, clip: nn.Module, num_frames: int):
         super().__init__()
         cfg = self.cfg = model_cfg
         self.clip = freeze(clip)
@@ -146,9 +145,7 @@ class STOPVideoModel(nn.Module):
         self.spatial = SpatialPrompter(cfg.spatial, self.parts) if cfg.spatial.enabled else None
         self.temporal = TemporalPrompter(cfg.temporal, self.width, self.num_patches) if temporal_on else None
         self.global_prompts = (
-            GlobalPrompts(int(cfg.global_prompts.num_tokens), self.layers, self.width, str(cfg.global_prompts.per_layer),
-                          float(cfg.global_prompts.init_std))
-            if cfg.global_prompts.enabled else None
+            GlobalPrompts(cfg.global_prompts, self.layers, self.width) if cfg.global_prompts.enabled else None
         )
         self.num_global = self.global_prompts.num_tokens if self.global_prompts is not None else 0
         if self.global_prompts is not None:

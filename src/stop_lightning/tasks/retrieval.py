@@ -16,10 +16,12 @@ metrics are logged next to them as ``<stage>/dsl_*``; with ``task.qb_norm`` the 
 text-to-video metrics after QB-Norm, with the training captions as query bank, as ``test/qb_t2v_*``.
 
 Padded frames. ``fps`` sampling repeats a short video's last frame and marks the repeats in
-``frame_mask``. Where the video vector is a plain mean of frame features (``aggregation.output=
-mean_cls`` without the MSA block: the CLIP4Clip meanP and zero-shot presets) the model's
-aggregator skips the repeats. STOP's global prompts and MSA block still see them: the model has no frame mask. On
-MSRVTT this never matters (every video is >= 10 s; 12 frames at 3 fps span 4 s).
+``frame_mask``, which the task passes to the video model and the model to its aggregator. Where
+the video vector is a plain mean of frame features (``aggregation.output=mean_cls`` without the
+MSA block: the CLIP4Clip meanP and zero-shot presets) the aggregator skips the repeats. Inside
+the encoder the mask is not used: STOP's global prompts, temporal prompts and MSA block still see
+the repeated frames. On MSRVTT this never matters (every video is >= 10 s; 12 frames at 3 fps
+span 4 s).
 """
 
 from __future__ import annotations

@@ -1,0 +1,145 @@
+"""Load the authors' released prompt-module weights into a ``stop_official`` model.
+
+The authors' prompt module (class ``TemporalPrompt_3`` in ``modules/temporal_prompting.py`` of their
+public repository; Liu et al., CVPR 2025, arXiv 2503.15973) names its parameters ``Conv.*``,
+``MLP.*``, ``Cal_Net.*``, ``Attention.*``, ``InterConv.*``, ``InterMLP.*`` and ``Cal_Net_Inter.*``.
+Inside their checkpoints these names carry a prefix (where the module sits in their model); the
+prefix is ignored here. :data:`OFFICIAL_MODULES` maps each to the module of
+:class:`~stop_lightning.models.video_encoder.STOPVideoModel` built with ``model.preset=stop_official``
+(docs/fidelity.md explains each). Everything else in such a checkpoint (CLIP, DGL prompts,
+adapters, the shared latent space) is reported as unplaced, with the reason.
+
+    report = load_official_prompt_weights(model, torch.load(path, weights_only=True))
+    print(report.summary())
+
+or, to see which keys of a checkpoint would be placed, without building a model:
+``python -m stop_lightning.models.official CHECKPOINT``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# The authors' module name (``Sequential`` index included) -> the stop_official module.
+# Their spatial ``Conv`` is conv, conv, PReLU, conv, PReLU, conv; ours keeps an Identity where
+# ``stop`` has its first PReLU (model.spatial.first_activation=false), so indices shift by one.
+OFFICIAL_MODULES: dict[str, str] = {
+    "Conv.0": "spatial.generator.convs.0",
+    "Conv.1": "spatial.generator.convs.2",
+    "Conv.2": "spatial.generator.convs.3",
+    "Conv.3": "spatial.generator.convs.4",
+    "Conv.4": "spatial.generator.convs.5",
+    "Conv.5": "spatial.generator.convs.6",
+    "MLP.0": "spatial.generator.mlp.fc1",
+    "MLP.1": "spatial.generator.mlp.act",
+    "MLP.2": "spatial.generator.mlp.fc2",
+    "Cal_Net": "spatial.scorer.conv",
+    "Attention": "temporal.generator.attn",
+    "InterConv.0": "temporal.generator.conv_in",
+    "InterConv.1": "temporal.generator.act",
+    "InterConv.2": "temporal.generator.conv_out",
+    "InterMLP.0": "temporal.generator.patch_mlp.0",
+    "InterMLP.1": "temporal.generator.patch_mlp.1",
+    "InterMLP.2": "temporal.generator.patch_mlp.2",
+    "Cal_Net_Inter": "temporal.variation.conv",
+}
+_SEQUENTIAL = {"Conv", "MLP", "InterConv", "InterMLP"}
+_SINGLE = {"Cal_Net", "Cal_Net_Inter", "Attention"}
+
+
+def official_target(key: str) -> str | None:
+    """The ``stop_official`` parameter name for one of the authors' keys (any prefix), or None."""
+    parts = key.split(".")
+    for i in range(len(parts) - 1, -1, -1):  # the last module name of theirs in the key
+        name = parts[i]
+        if name in _SEQUENTIAL and i + 2 < len(parts):
+            module = f"{name}.{parts[i + 1]}"
+            rest = parts[i + 2:]
+        elif name in _SINGLE and i + 1 < len(parts):
+            module, rest = name, parts[i + 1:]
+        else:
+            continue
+        return f"{OFFICIAL_MODULES[module]}.{'.'.join(rest)}" if module in OFFICIAL_MODULES else None
+    return None
+
+
+@dataclass
+class ConversionReport:
+    loaded: dict[str, str] = field(default_factory=dict)  # authors' key -> model key
+    unplaced: dict[str, str] = field(default_factory=dict)  # authors' key -> why it was not loaded
+    missing: list[str] = field(default_factory=list)  # prompt-module parameters the state dict did not give
+
+    def summary(self) -> str:
+        lines = [f"loaded {len(self.loaded)} tensors into the prompt modules"]
+        lines += [f"  {src} -> {dst}" for src, dst in self.loaded.items()]
+        lines.append(f"could not place {len(self.unplaced)} keys")
+        lines += [f"  {src}: {why}" for src, why in self.unplaced.items()]
+        if self.missing:
+            lines.append(f"{len(self.missing)} prompt-module parameters kept their initial values")
+            lines += [f"  {k}" for k in self.missing]
+        return "\n".join(lines)
+
+
+def load_official_prompt_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> ConversionReport:
+    """Copy the authors' prompt-module tensors into ``model`` (a ``stop_official`` STOPVideoModel).
+
+    A key is placed when its name maps (:func:`official_target`) to a parameter of ``model`` with
+    the same shape; every other key is listed in ``unplaced`` with the reason. ``missing`` lists the
+    mapped parameters of ``model`` the state dict did not give.
+    """
+    own = dict(model.named_parameters())
+    report = ConversionReport()
+    for key, tensor in state_dict.items():
+        target = official_target(key)
+        if target is None:
+            report.unplaced[key] = "not a parameter of the authors' prompt module (TemporalPrompt_3)"
+        elif target not in own:
+            report.unplaced[key] = f"the model has no {target}; build it with model.preset=stop_official"
+        elif tuple(own[target].shape) != tuple(tensor.shape):
+            report.unplaced[key] = (
+                f"shape {tuple(tensor.shape)}, the model's {target} is {tuple(own[target].shape)} "
+                "(sizes come from the CLIP config: use the CLIP the weights were trained with)"
+            )
+        else:
+            with torch.no_grad():
+                own[target].copy_(tensor.to(own[target].dtype))
+            report.loaded[key] = target
+    prefixes = tuple(v + "." for v in OFFICIAL_MODULES.values())
+    placed = set(report.loaded.values())
+    report.missing = [k for k in own if k.startswith(prefixes) and k not in placed]
+    return report
+
+
+def official_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The inverse: ``model``'s prompt-module tensors under the authors' key names (no prefix)."""
+    own = dict(model.named_parameters())
+    out = {}
+    for theirs, ours in OFFICIAL_MODULES.items():
+        for name, tensor in own.items():
+            if name.startswith(ours + "."):
+                out[f"{theirs}.{name[len(ours) + 1:]}"] = tensor.detach().clone()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="List which keys of an authors' checkpoint map to stop_official.")
+    parser.add_argument("checkpoint", type=Path)
+    args = parser.parse_args(argv)
+    if not args.checkpoint.is_file():
+        print(f"error: no checkpoint at {args.checkpoint}", file=sys.stderr)
+        return 2
+    state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    for key in state:
+        print(f"{key} -> {official_target(key) or 'unplaced'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
