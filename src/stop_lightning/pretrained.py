@@ -28,10 +28,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
+from stop_lightning.checkpoint_io import CheckpointReadError, read_checkpoint
 from stop_lightning.inference import LoadedCheckpoint, load_checkpoint, resolve_device
 from stop_lightning.models.backbone import load_clip
-from stop_lightning.run import CheckpointReadError, collect_run_info, read_checkpoint, warn_on_differences
+from stop_lightning.provenance import collect_run_info, warn_on_differences
 from stop_lightning.tasks.base import VideoTaskModule
+from stop_lightning.tasks.registry import get_task
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -218,16 +220,6 @@ def read_export_meta(folder: Path) -> dict[str, Any]:
     return meta
 
 
-def task_module_class(task: str) -> type[VideoTaskModule]:
-    if task == "recognition":
-        from stop_lightning.tasks.recognition import RecognitionModule
-
-        return RecognitionModule
-    from stop_lightning.tasks.retrieval import RetrievalModule
-
-    return RetrievalModule
-
-
 def from_pretrained(folder: str | Path, clip_source: str | None = None, device: str | torch.device = "auto") -> LoadedCheckpoint:
     """Rebuild an exported model on its CLIP (or ``clip_source``), in eval mode on ``device``.
 
@@ -245,7 +237,7 @@ def from_pretrained(folder: str | Path, clip_source: str | None = None, device: 
     OmegaConf.set_readonly(cfg, True)
     bundle = load_clip(cfg.model.clip, cfg.paths.cache_dir)
     # A LightningModule's hyper-parameters are its constructor's arguments.
-    module = task_module_class(meta["task"])(cfg, **meta["hparams"], bundle=bundle)
+    module = get_task(meta["task"]).load_module(cfg, meta["hparams"], bundle)
     checkpoint = {"state_dict": state, "stop_lightning": {"clip": meta["clip"], "run_info": meta["run_info"]}}
     module.on_load_checkpoint(checkpoint)  # refuses a CLIP of another config hash
     module.load_state_dict(state)
