@@ -77,3 +77,17 @@ def test_json_and_markdown_outputs(results, tmp_path):
     assert set(data) == {"cpu", "cuda"}
     for key in ("machine", "settings", "train", "text_step", "inference", "scaling", "data", "profile", "targets", "wall_s"):
         assert key in data["cpu"]
+
+
+def test_long_videos_block_is_written_once_and_replaced(tmp_path):
+    from benchmarks import long_videos
+
+    page = tmp_path / "bench.md"
+    page.write_text("# Benchmarks\n\nhand-written notes\n")
+    args = ["--size", "tiny", "--frames", "4", "--out", str(page)]
+    assert long_videos.main(args) == 0 and long_videos.main(args) == 0
+    text = page.read_text()
+    assert text.count("<!-- BEGIN GENERATED: long-videos cpu tiny") == 1 and "hand-written notes" in text
+    row = next(line for line in text.splitlines() if line.startswith("| `stop_fast`"))
+    without, with_ = (float(v.replace(",", "")) for v in row.split("|")[2:4])
+    assert without >= 0 and with_ >= 0  # peak RSS above the resident model, both cases measured
