@@ -295,3 +295,14 @@ def test_missing_annotations_is_one_clear_error(name, tmp_path):
 def test_non_ascii_round_trips_unescaped(built):
     text = (built["msvd"][1] / "test.jsonl").read_text(encoding="utf-8")
     assert "carré" in text and "\\u" not in text
+
+
+def test_lsmdc_accepts_a_renamed_test_file(built, tmp_path):
+    root, _, _ = built["lsmdc"]
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    for stage, name in lsmdc.FILES.items():
+        target = lsmdc.TEST_FILE_CORRECTED if stage == "test" else name
+        (ann / target).write_bytes((root / name).read_bytes())
+    build_manifests("lsmdc", root, ann, tmp_path / "o", progress=False)
+    assert read_manifest(tmp_path / "o" / "test.jsonl") == rows(built, "lsmdc", "test")
