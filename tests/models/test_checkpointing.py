@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -52,6 +54,9 @@ def test_same_gradients_with_and_without(model_cfg, tiny_clip, make_video, prese
         torch.testing.assert_close(ckpt[name], plain[name], rtol=0, atol=1e-6, msg=name)
     # Without checkpointing the layer runs once; with it, once more in the backward pass.
     assert (plain_calls, ckpt_calls) == (1, 2)
+    # A deep copy recomputes its own layers, not the original's.
+    twin = copy.deepcopy(model)
+    assert twin.parts.layers[0].forward.__self__ is twin.parts.layers[0]
     # remove_hooks() leaves the stock CLIP: the class's own forward again.
     layer = model.parts.layers[0]
     assert "forward" in layer.__dict__

@@ -17,20 +17,22 @@ included) and only acts in training mode, and the frozen CLIP stays in eval mode
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import types
+from collections.abc import Iterable
+from functools import partial
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
-def _checkpointed(forward: Callable) -> Callable:
-    def run(*args, **kwargs):
-        if not torch.is_grad_enabled():  # evaluation: nothing to save, nothing to recompute
-            return forward(*args, **kwargs)
-        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
-
-    return run
+def _checkpointed_forward(layer: nn.Module, *args, **kwargs):
+    """``layer``'s own class ``forward`` under :func:`checkpoint` (bound as a method of ``layer``, so a
+    deep copy of the model rebinds it to the copied layer)."""
+    forward = partial(type(layer).forward, layer)
+    if not torch.is_grad_enabled():  # evaluation: nothing to save, nothing to recompute
+        return forward(*args, **kwargs)
+    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
 class CheckpointedLayers:
@@ -39,7 +41,8 @@ class CheckpointedLayers:
     def __init__(self, layers: Iterable[nn.Module]):
         self._layers = list(layers)
         for layer in self._layers:
-            layer.forward = _checkpointed(layer.forward)  # instance attribute: shadows the class's forward
+            # An instance attribute shadows the class's forward; nn.Module.__call__ runs the hooks around it.
+            layer.forward = types.MethodType(_checkpointed_forward, layer)
 
     def restore(self) -> None:
         for layer in self._layers:
