@@ -17,8 +17,8 @@ BASELINE = "clip4clip_meanp"
 FLOOR = "clip_fwd_bwd"
 
 
-def _begin(device: str) -> str:
-    return f"<!-- BEGIN GENERATED: {device} (benchmarks/run.py writes this block; edit outside it) -->"
+def _begin(device: str, writer: str = "benchmarks/run.py") -> str:
+    return f"<!-- BEGIN GENERATED: {device} ({writer} writes this block; edit outside it) -->"
 
 
 def _end(device: str) -> str:
@@ -39,10 +39,16 @@ def write_json(results: dict[str, Any], path: Path) -> None:
 
 def write_markdown(results: dict[str, Any], path: Path, title: str = "# Benchmarks\n") -> None:
     """Replace this device's generated block in ``path`` (appended when missing; file created when absent)."""
-    device = results["device_key"]
-    block = f"{_begin(device)}\n{render_markdown(results)}{_end(device)}\n"
+    write_block(path, results["device_key"], render_markdown(results), title)
+
+
+def write_block(
+    path: Path, key: str, body: str, title: str = "# Benchmarks\n", writer: str = "benchmarks/run.py"
+) -> None:
+    """Replace the generated block ``key`` in ``path`` with ``body`` (placed after the other blocks when missing)."""
+    block = f"{_begin(key, writer)}\n{body}{_end(key)}\n"
     text = path.read_text() if path.is_file() else title + "\n"
-    begin, end = _begin(device), _end(device)
+    begin, end = _begin(key, writer), _end(key)
     if begin in text and end in text:
         head, rest = text.split(begin, 1)
         tail = rest.split(end, 1)[1].lstrip("\n")

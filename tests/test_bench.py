@@ -85,3 +85,17 @@ def test_search_benchmark_times_the_search():
     times = time_search(videos=1000, dim=8, queries=2, k=3, repeats=2, chunk_rows=300)
     assert len(times) == 2 and all(t > 0 for t in times)
     assert main(["--videos", "500", "--dim", "8", "--queries", "1,4", "--repeats", "1"]) == 0
+
+
+def test_long_videos_block_is_written_once_and_replaced(tmp_path):
+    from benchmarks import long_videos
+
+    page = tmp_path / "bench.md"
+    page.write_text("# Benchmarks\n\nhand-written notes\n")
+    args = ["--size", "tiny", "--frames", "4", "--out", str(page)]
+    assert long_videos.main(args) == 0 and long_videos.main(args) == 0
+    text = page.read_text()
+    assert text.count("<!-- BEGIN GENERATED: long-videos cpu tiny") == 1 and "hand-written notes" in text
+    row = next(line for line in text.splitlines() if line.startswith("| `stop_fast`"))
+    without, with_ = (float(v.replace(",", "")) for v in row.split("|")[2:4])
+    assert without >= 0 and with_ >= 0  # peak RSS above the resident model, both cases measured

@@ -55,6 +55,9 @@ class ClipSource:
     tiny_layers: int = 2
     tiny_patch_size: int = 16
     tiny_image_size: int = 64
+    # Recompute each frozen vision layer in the backward pass instead of keeping its activations:
+    # same gradients, less memory for long videos (models/checkpointing.py, docs/benchmarks.md).
+    activation_checkpointing: bool = False
 
 
 @dataclass

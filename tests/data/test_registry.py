@@ -164,6 +164,11 @@ def test_synthetic_layout_per_task():
         assert spec.task == task and spec.synthetic_default and spec.write_synthetic is not None
 
 
+# Official lists that name a video the release does not hold: their synthetic layouts list one such id
+# on purpose (tests/data/test_retrieval_builders.py checks which, and that it is reported).
+LISTS_A_MISSING_VIDEO = {"activitynet", "didemo", "vatex", "msvd", "lsmdc"}
+
+
 @pytest.mark.parametrize("name", [n for n in dataset_names() if get_dataset(n).write_synthetic is not None])
 def test_every_registered_layout_builds(name, tmp_path):
     """A new dataset module is covered here without a line added: its synthetic layout must build."""
@@ -172,7 +177,8 @@ def test_every_registered_layout_builds(name, tmp_path):
         tmp_path / name, name, num_classes=2, clips_per_class=3, num_frames=4, size=16
     )
     report = build_manifests(name, root, None, tmp_path / "out", progress=False)
-    assert report.clips and all(n > 0 for n in report.clips.values()) and not report.missing
+    assert report.clips and all(n > 0 for n in report.clips.values())
+    assert len(report.missing) == (1 if name in LISTS_A_MISSING_VIDEO else 0)
     first = sorted((tmp_path / "out").rglob("train.jsonl"))[0]
     rows = read_manifest(first)
     if spec.task == "recognition":

@@ -26,6 +26,7 @@ from torch import nn
 from stop_lightning.config import ConfigError, ModelConfig
 from stop_lightning.models.adapters import attach_adapters
 from stop_lightning.models.aggregation import VideoAggregator
+from stop_lightning.models.checkpointing import CheckpointedLayers
 from stop_lightning.models.global_prompts import (
     GlobalPrompts,
     base_attention_implementation,
@@ -163,6 +164,7 @@ class STOPVideoModel(nn.Module):
 
         self.aggregator = VideoAggregator(cfg.aggregation, int(clip.config.projection_dim), self.num_frames, self.global_prompts is not None)
         self._attach_hooks()
+        self._checkpointed = CheckpointedLayers(self.parts.layers if cfg.clip.activation_checkpointing else ())
 
     # -- properties ------------------------------------------------------------------------------
 
@@ -198,6 +200,7 @@ class STOPVideoModel(nn.Module):
     def remove_hooks(self) -> None:
         """Detach every hook (prompts, adapters, text prompts): ``self.clip`` is stock CLIP again."""
         self.hooks.remove()
+        self._checkpointed.restore()
         restore_attention(self._attn_config)
 
     def _insert_slots(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
