@@ -160,10 +160,14 @@ def _atomic_write(path: Path, text: str) -> Path:
     return path
 
 
+def manifest_text(records: Iterable[ClipRecord]) -> str:
+    """Rows as JSONL text."""
+    return "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in records)
+
+
 def write_manifest(path: str | Path, records: Iterable[ClipRecord]) -> Path:
     """Write rows as JSONL (atomically: readers never see a half-written file)."""
-    lines = [json.dumps(r.to_json(), ensure_ascii=False) for r in records]
-    return _atomic_write(Path(path), "".join(line + "\n" for line in lines))
+    return _atomic_write(Path(path), manifest_text(records))
 
 
 def read_classes(path: str | Path) -> list[str]:

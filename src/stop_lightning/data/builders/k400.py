@@ -41,7 +41,7 @@ REQUIRED_COLUMNS = ("youtube_id", "time_start", "time_end")
 LABEL_COLUMN = "label"
 # Kinetics class names are verb phrases ("playing guitar", "air drumming").
 TEMPLATES = ("a video of a person {name}.",)
-# Multi-view testing: 4 temporal clips x 3 spatial crops, as X-CLIP (Ni et al., ECCV 2022, Table 1)
+# Multi-view testing: 4 temporal clips x 3 spatial crops, as X-CLIP (Ni et al., ECCV 2022, its K400 results table)
 # reports Kinetics-400; the experiments set data.test_clips / data.test_crops from these.
 TEST_VIEWS = (4, 3)
 

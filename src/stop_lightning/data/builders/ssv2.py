@@ -34,7 +34,7 @@ VIDEO_SUFFIX = ".webm"
 # Class names are sentences about objects: "something" stands for the object (the placeholder).
 TEMPLATES = ("a video of {name}.",)
 # Multi-view testing as ViFi-CLIP reports its few-shot and base-to-novel SSv2 results: one clip, one
-# crop (we read it so in Rasheed et al., CVPR 2023, Sec. 4; not checked against their code).
+# crop (our reading of Rasheed et al., CVPR 2023; not checked against their code).
 TEST_VIEWS = (1, 1)
 _BRACKETS = re.compile(r"\[([^\]]*)\]")
 
