@@ -13,7 +13,8 @@ Each target's top-1 is reported as mean +- std over its three runs, in one table
 ``zero_shot.md`` / ``zero_shot.json`` in ``<paths.output_dir>/zero_shot/<timestamp>/``. The model
 (``model.*``) and the number of frames come from the checkpoint's own config, so the targets are
 evaluated with exactly the network that was trained; overrides given on the command line apply to
-every target (e.g. ``paths.data_root=/data``).
+every target (e.g. ``paths.data_root=/data``), or to one when prefixed with its name
+(``k600:data.class_subset=/lists/k600_novel.csv``).
 """
 
 from __future__ import annotations
@@ -82,6 +83,21 @@ def summary_table(results: dict[str, list[float]], runs: dict[str, list[str]]) -
     return "\n".join(lines)
 
 
+def target_overrides(overrides: list[str], dataset: str, names: list[str]) -> list[str]:
+    """The overrides for ``dataset``: unprefixed ones and those prefixed ``<dataset>:``."""
+    out = []
+    for item in overrides:
+        prefix, sep, rest = item.partition(":")
+        if sep and "=" not in prefix:
+            if prefix not in names:
+                raise ConfigError(f"override {item!r}: {prefix!r} is not a target; prefix with one of {','.join(names)}")
+            if prefix == dataset:
+                out.append(rest)
+        else:
+            out.append(item)
+    return out
+
+
 def zero_shot(
     ckpt: str | Path,
     overrides: list[str] | None = None,
@@ -91,6 +107,8 @@ def zero_shot(
     from stop_lightning.train import evaluate
 
     overrides = list(overrides or [])
+    names = [t.dataset for t in ZERO_SHOT_TARGETS]
+    per_target = {t.dataset: target_overrides(overrides, t.dataset, names) for t in targets}
     model = checkpoint_overrides(ckpt)
     stamp = os.environ.get("STOP_RUN_STAMP") or time.strftime("%Y%m%d-%H%M%S")
     # Every target's config is composed (and so checked) before the first evaluation starts.
@@ -99,7 +117,7 @@ def zero_shot(
             t.experiment,
             [
                 *model,
-                *overrides,
+                *per_target[t.dataset],
                 f"{t.key}={v}",
                 f"paths.run_dir=${{paths.output_dir}}/zero_shot/{stamp}/{t.dataset}/{t.key.split('.')[-1]}{v}",
             ],
@@ -126,14 +144,20 @@ PROTOCOLS = {"zero_shot": zero_shot}
 
 
 def protocol_main(argv: list[str]) -> int:
-    """``stop-lightning protocol zero_shot --ckpt CKPT [--only hmdb51,k600] [key=value ...]``."""
+    """``stop-lightning protocol zero_shot --ckpt CKPT [--only hmdb51,k600] [[target:]key=value ...]``."""
     parser = argparse.ArgumentParser(prog="stop-lightning protocol", description=__doc__.splitlines()[0])
     parser.add_argument("protocol", choices=sorted(PROTOCOLS))
     parser.add_argument("--ckpt", required=True, help="a checkpoint trained on Kinetics-400 (experiments/k400.yaml)")
     names = [t.dataset for t in ZERO_SHOT_TARGETS]
     parser.add_argument("--only", default="", help=f"comma-separated targets out of {','.join(names)} (default: all)")
-    parser.add_argument("overrides", nargs="*", help="config overrides applied to every target")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "overrides", nargs="*", help="config overrides for every target, or for one: k600:data.subset_size=100"
+    )
+    # Overrides may follow options (`... --ckpt X k=v`): argparse stops filling a positional list there.
+    args, extra = parser.parse_known_args(argv)
+    if any(item.startswith("-") for item in extra):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = list(args.overrides) + extra
     wanted = [n for n in args.only.split(",") if n] or names
     unknown = sorted(set(wanted) - set(names))
     if unknown:
