@@ -39,6 +39,7 @@ ANNOTATION_DIR = "annotations"
 STAGE_FILES = {"train": ("train.csv",), "val": ("val.csv", "validate.csv"), "test": ("test.csv",)}
 REQUIRED_COLUMNS = ("youtube_id", "time_start", "time_end")
 LABEL_COLUMN = "label"
+ANNOTATIONS_HINT = "<the folder with train.csv, val.csv (or validate.csv), test.csv>"
 # Kinetics class names are verb phrases ("playing guitar", "air drumming").
 TEMPLATES = ("a video of a person {name}.",)
 # Multi-view testing: 4 temporal clips x 3 spatial crops, as X-CLIP (Ni et al., ECCV 2022, its K400 results table)
@@ -215,7 +216,7 @@ register_dataset(
         description="Kinetics-400: 400 actions, csv split lists + <youtube_id>_<start>_<end>.mp4 clips",
         build=build,
         write_synthetic=write_synthetic,
-        annotations_hint="<the folder with train.csv, val.csv (or validate.csv), test.csv>",
+        annotations_hint=ANNOTATIONS_HINT,
         templates=TEMPLATES,
     )
 )

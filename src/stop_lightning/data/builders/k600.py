@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..registry import DatasetSpec, SyntheticClips, register_dataset
 from . import BuildReport
-from .k400 import TEMPLATES, TEST_VIEWS, build_kinetics, write_kinetics_synthetic
+from .k400 import ANNOTATIONS_HINT, TEMPLATES, TEST_VIEWS, build_kinetics, write_kinetics_synthetic
 
 __all__ = ["TEMPLATES", "TEST_VIEWS", "build", "write_synthetic"]
 
@@ -36,7 +36,7 @@ register_dataset(
         description="Kinetics-600: 600 actions, the Kinetics-400 csv format and layout",
         build=build,
         write_synthetic=write_synthetic,
-        annotations_hint="<the folder with train.csv, val.csv (or validate.csv), test.csv>",
+        annotations_hint=ANNOTATIONS_HINT,
         templates=TEMPLATES,
     )
 )
