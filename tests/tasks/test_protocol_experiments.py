@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -183,6 +184,9 @@ def test_zero_shot_protocol_end_to_end(data, cache_dir, tmp_path, monkeypatch, c
     result = json.loads((folder / "zero_shot.json").read_text())
     assert result["runs"] == {"hmdb51": ["split1", "split2", "split3"], "ucf101": ["split1", "split2", "split3"],
                               "k600": ["protocol_seed0", "protocol_seed1", "protocol_seed2"]}
+    # Each evaluation prints its own metrics table: the protocol's numbers are those, in run order.
+    printed = [float(v) for v in re.findall(r"test/top1\s+([0-9.]+)", out)]
+    assert printed == pytest.approx([v for values in result["top1"].values() for v in values], abs=1e-4)
     for name, values in result["top1"].items():
         assert len(values) == 3 and all(0.0 <= v <= 1.0 for v in values)
         mean = 100 * sum(values) / 3
