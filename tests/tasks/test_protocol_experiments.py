@@ -152,7 +152,8 @@ def test_experiment_trains_one_step(experiment, data, cache_dir, tmp_path, monke
         assert protocol == {"train_fewshot_k2_seed0.jsonl"}
         assert len(read_manifest(run / "protocol" / "train_fewshot_k2_seed0.jsonl")) == 4 * 2
     if experiment.endswith("base_to_novel"):
-        assert protocol == {"base_classes.csv", "novel_classes.csv", "train_base_fewshot_k2_seed0.jsonl"}
+        # Named after the split rule: a list cached next to the manifests under another rule is not reused.
+        assert protocol == {"base_classes.csv", "novel_classes.csv", "train_base_seeded_fewshot_k2_seed0.jsonl"}
         base = read_class_list(run / "protocol" / "base_classes.csv")
         assert len(base) == 2 and not set(base) & set(read_class_list(run / "protocol" / "novel_classes.csv"))
 

@@ -336,6 +336,8 @@ class RecognitionDataModule(VideoDataModule):
                     f"data.protocol=few_shot needs data.shots > 0 (clips per class), got {c.shots}"
                 )
             tag = "train_base" if c.protocol == "base_to_novel" else "train"
+            if c.protocol == "base_to_novel" and c.class_split != "alphabetical":  # other base classes
+                tag += "_seeded" if c.class_split == "seeded" else f"_{Path(c.class_split).stem}"
             if self._kept is not None:  # the list is of a class subset: named after the subset drawn
                 tag += f"_subset{len(self._kept)}_seed{c.protocol_seed}"
             records = few_shot_records(records, c.shots, c.protocol_seed, path, self.raw_class_names, tag=tag)
