@@ -12,7 +12,7 @@ SWEEP   ?= hmdb51_fig4
 TORCH_SPEC       ?= torch>=2.11,<=2.14.1
 TORCHVISION_SPEC ?= torchvision>=0.26,<=0.29.1
 
-.PHONY: help install test test-fast lint format train eval demo sweep bench manifests clean
+.PHONY: help install test test-fast lint format train eval zero_shot demo sweep bench motion-table manifests clean
 
 help:
 	@echo "make install                      create $(VENV) and install the package with dev tools"
@@ -20,8 +20,10 @@ help:
 	@echo "make demo                         train + evaluate on a tiny synthetic dataset (no downloads)"
 	@echo "make train EXP=hmdb51 [ARGS='k=v'] [RESUME=last|path.ckpt]"
 	@echo "make eval  EXP=hmdb51 CKPT=path.ckpt [ARGS='k=v']"
+	@echo "make zero_shot CKPT=k400.ckpt [ARGS='k=v']  K400 model -> HMDB51/UCF101/K600 zero-shot table"
 	@echo "make sweep SWEEP=hmdb51_fig4      W&B sweep online, local grid offline"
 	@echo "make bench [ARGS=--quick]         cost of prompts against frozen CLIP -> docs/benchmarks.md; search time"
+	@echo "make motion-table                 STOP/DGL/meanP on the SSv2-like motion set -> docs/motion_benchmark.md"
 	@echo "make lint                         ruff"
 
 install:
@@ -49,6 +51,10 @@ eval:
 	@test -n "$(CKPT)" || (echo "make eval needs CKPT=path/to/checkpoint.ckpt" && exit 2)
 	$(CLI) eval $(EXP) --ckpt $(CKPT) $(ARGS)
 
+zero_shot:
+	@test -n "$(CKPT)" || (echo "make zero_shot needs CKPT=path/to/k400/checkpoint.ckpt" && exit 2)
+	$(CLI) protocol zero_shot --ckpt $(CKPT) $(ARGS)
+
 demo:
 	$(CLI) train demo $(ARGS)
 
@@ -58,6 +64,9 @@ sweep:
 bench:
 	$(PY) benchmarks/run.py $(ARGS)
 	$(PY) benchmarks/search.py --threads 1
+
+motion-table:
+	$(PY) benchmarks/motion.py $(ARGS)
 
 clean:
 	rm -rf .cache runs outputs wandb lightning_logs .pytest_cache

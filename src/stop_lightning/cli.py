@@ -1,4 +1,4 @@
-"""``stop-lightning``: train | eval | predict | embed | search | export | manifest | sweep.
+"""``stop-lightning``: train | eval | protocol | predict | embed | search | export | manifest | sweep.
 
 ``train`` and ``eval`` take an experiment name (``experiments/<name>.yaml``) and OmegaConf dotlist
 overrides, e.g. ``stop-lightning train hmdb51 trainer.max_epochs=3 model.spatial.alpha=0.1``.
@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", default=None, help="checkpoint path; omit for zero-shot")
 
     p = sub.add_parser(
+        "protocol", help="zero_shot: a K400 checkpoint on HMDB51, UCF101 and K600, one table", add_help=False
+    )
+    p.add_argument(
+        "args", nargs=argparse.REMAINDER, help="zero_shot --ckpt CKPT [--only hmdb51,k600] [key=value ...]"
+    )
+
+    p = sub.add_parser(
         "manifest", help="build data manifests from the official dataset files", add_help=False
     )
     # The dataset choices live in the registry: `stop-lightning manifest --help` lists them.
@@ -107,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may follow options (`train hmdb51 --resume last k=v`, as `make train RESUME= ARGS=`
     # writes it); argparse stops filling a positional list at the first option, so collect them here.
     args, extra = parser.parse_known_args(argv)
-    if args.command == "manifest":  # the builders' own parser reads everything after `manifest`
+    if args.command in ("manifest", "protocol"):  # their own parsers read everything after the command
         args.args, extra = extra + list(args.args), []
     if extra:
         if not hasattr(args, "overrides") or any(item.startswith("-") for item in extra):
@@ -118,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             from stop_lightning.data.builders import main as manifest_main
 
             return manifest_main(args.args)
+        if args.command == "protocol":
+            from stop_lightning.protocols import protocol_main
+
+            return protocol_main(args.args)
         if args.command in ("train", "eval"):
             cfg = load_config(args.experiment, args.overrides)
             if args.command == "train" and args.print_config:

@@ -209,6 +209,13 @@ class DataConfig:
     protocol: str = "supervised"
     shots: int = 0  # few-shot K clips per class
     protocol_seed: int = 0
+    # Base-to-novel halves: alphabetical (the first ceil(n/2) sorted names are base) | seeded (a
+    # random half drawn with protocol_seed) | a class-list file of the base classes, e.g. ViFi-CLIP's
+    # labels/hmdb_51_base_labels.csv (format: data_manifests/README.md, "Class-list files")
+    class_split: str = "alphabetical"
+    # A class-list file: only the listed classes and their clips are used (K600's 220 novel classes)
+    class_subset: str = ""
+    subset_size: int = 0  # >0: that many of class_subset's classes, drawn with protocol_seed
     # Synthetic data (demo and tests): written under paths.cache_dir when missing.
     synthetic_classes: int = 4
     synthetic_clips_per_class: int = 6

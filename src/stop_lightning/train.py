@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from stop_lightning.callbacks import build_callbacks
 from stop_lightning.checkpoint_io import AtomicCheckpointIO
 from stop_lightning.config import save_config
+from stop_lightning.data.class_lists import write_protocol_files
 from stop_lightning.data.datamodules import build_datamodule
 from stop_lightning.loggers import build_loggers, finish_wandb
 from stop_lightning.models.backbone import ClipBundle, load_clip
@@ -92,6 +93,8 @@ def setup_run(cfg: DictConfig, run_dir: Path):
     log.info("run folder: %s", run_dir)
     save_config(cfg, run_dir / "config.yaml")
     write_run_info(cfg, run_dir, bundle, datamodule)
+    # What the protocol drew (class subsets, base/novel halves, few-shot lists), kept with the run.
+    write_protocol_files(getattr(datamodule, "protocol_files", {}), run_dir)
     # Seeded last: building a missing tiny CLIP or synthetic dataset draws random numbers, and the
     # prompts' initialisation must not depend on whether those were already in the cache.
     L.seed_everything(cfg.seed, workers=True)

@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import ConfigError, DataConfig
+from .class_lists import class_ids, class_list_text, read_class_list, seeded_subset
 from .datasets import DataHealth, SamplingConfig, VideoCaptionDataset, VideoClipDataset, seed_worker
 from .item_order import EpochSampler
 from .manifest import (
@@ -40,6 +41,7 @@ from .manifest import (
     ClipRecord,
     ManifestError,
     check_labels,
+    manifest_text,
     read_classes,
     read_manifest,
     readable_class_name,
@@ -227,8 +229,13 @@ class RecognitionDataModule(VideoDataModule):
     """Action recognition from ``<manifest_dir>/split<k>/{train,val,test}.jsonl`` + ``classes.txt``.
 
     After ``setup()``: ``class_names`` (readable, index = label), ``raw_class_names`` (as in
-    classes.txt), ``num_classes``, ``base_class_ids`` / ``novel_class_ids`` (the base-to-novel halves:
-    the alphabetically first ceil(n/2) class names are base), ``train_records``.
+    classes.txt), ``num_classes``, ``base_class_ids`` / ``novel_class_ids`` (the base-to-novel halves,
+    ``data.class_split``), ``train_records``, and ``protocol_files`` (file name -> text: what the
+    protocol drew, which training saves in the run folder).
+
+    ``data.class_subset`` (a class-list file, ``data.subset_size`` of its classes drawn with
+    ``data.protocol_seed`` when > 0) restricts the classes: labels are renumbered 0..n-1 in
+    classes.txt order and clips of other classes are left out.
     """
 
     def __init__(
@@ -241,6 +248,8 @@ class RecognitionDataModule(VideoDataModule):
         self.base_class_ids: list[int] = []
         self.novel_class_ids: list[int] = []
         self.train_records: list[ClipRecord] = []
+        self.protocol_files: dict[str, str] = {}
+        self._kept: list[int] | None = None  # classes.txt ids kept by data.class_subset
 
     def manifest_path(self, stage: str) -> Path:
         split_path = recognition_manifest_path(self.manifest_dir, self.cfg.split, stage)
@@ -258,17 +267,30 @@ class RecognitionDataModule(VideoDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self._check_video_root()
-        self.raw_class_names = self._classes()
+        all_classes = self._classes()
+        self._kept = self._class_subset(all_classes)
+        self.raw_class_names = all_classes if self._kept is None else [all_classes[i] for i in self._kept]
         self.class_names = [readable_class_name(n) for n in self.raw_class_names]
         self.num_classes = len(self.class_names)
-        self.base_class_ids, self.novel_class_ids = base_novel_split(self.raw_class_names)
+        self.base_class_ids, self.novel_class_ids = base_novel_split(
+            self.raw_class_names, self.cfg.class_split, self.cfg.protocol_seed
+        )
+        if self.cfg.protocol == "base_to_novel":
+            if not self.base_class_ids or not self.novel_class_ids:
+                raise ConfigError(
+                    f"data.class_split={self.cfg.class_split!r} leaves no "
+                    f"{'base' if not self.base_class_ids else 'novel'} class of {self.num_classes}"
+                )
+            for half, ids in (("base", self.base_class_ids), ("novel", self.novel_class_ids)):
+                self.protocol_files[f"{half}_classes.csv"] = class_list_text([self.raw_class_names[i] for i in ids])
         for name in self._splits_to_build(stage):
             if name == "train" and self.cfg.protocol == "zero_shot":
                 self.datasets["train"] = None
                 continue
             path = self.manifest_path(name)
             records = self._read(path)
-            check_labels(records, self.raw_class_names, str(path))
+            check_labels(records, all_classes, str(path))
+            records = self._keep_subset(records)
             if name == "train":
                 records = self._protocol_train(records, path)
                 self.train_records = records
@@ -286,6 +308,27 @@ class RecognitionDataModule(VideoDataModule):
                 num_crops=self.cfg.test_crops if test else 1,
             )
 
+    def _class_subset(self, classes: list[str]) -> list[int] | None:
+        """classes.txt ids that ``data.class_subset`` keeps (None: all); the drawn list is a protocol file."""
+        c = self.cfg
+        if not c.class_subset:
+            if c.subset_size > 0:
+                raise ConfigError("data.subset_size > 0 needs data.class_subset (the class-list file to draw from)")
+            return None
+        ids = class_ids(read_class_list(c.class_subset), classes, c.class_subset)
+        if c.subset_size > 0:
+            ids = seeded_subset(ids, c.subset_size, c.protocol_seed, c.class_subset)
+        self.protocol_files["class_subset.csv"] = class_list_text([classes[i] for i in ids])
+        log.info("%d classes of %s (data.class_subset=%s)", len(ids), self.manifest_dir, c.class_subset)
+        return ids
+
+    def _keep_subset(self, records: list[ClipRecord]) -> list[ClipRecord]:
+        """Rows of the kept classes, labels renumbered to positions in the kept list."""
+        if self._kept is None:
+            return records
+        new_label = {old: new for new, old in enumerate(self._kept)}
+        return [replace(r, label=new_label[r.label]) for r in records if r.label in new_label]
+
     def _protocol_train(self, records: list[ClipRecord], path: Path) -> list[ClipRecord]:
         c = self.cfg
         if c.protocol == "base_to_novel":
@@ -297,7 +340,12 @@ class RecognitionDataModule(VideoDataModule):
                     f"data.protocol=few_shot needs data.shots > 0 (clips per class), got {c.shots}"
                 )
             tag = "train_base" if c.protocol == "base_to_novel" else "train"
+            if c.protocol == "base_to_novel" and c.class_split != "alphabetical":  # other base classes
+                tag += "_seeded" if c.class_split == "seeded" else f"_{Path(c.class_split).stem}"
+            if self._kept is not None:  # the list is of a class subset: named after the subset drawn
+                tag += f"_subset{len(self._kept)}_seed{c.protocol_seed}"
             records = few_shot_records(records, c.shots, c.protocol_seed, path, self.raw_class_names, tag=tag)
+            self.protocol_files[f"{tag}_fewshot_k{c.shots}_seed{c.protocol_seed}.jsonl"] = manifest_text(records)
         return records
 
     def train_dataloader(self) -> DataLoader:
@@ -341,11 +389,24 @@ class RetrievalDataModule(VideoDataModule):
 # ---------------------------------------------------------------------------------------------
 
 
-def base_novel_split(class_names: list[str]) -> tuple[list[int], list[int]]:
-    """Base = the alphabetically first ceil(n/2) class names, novel = the rest (ids in class-list order)."""
-    order = sorted(range(len(class_names)), key=lambda i: class_names[i])
+def base_novel_split(
+    class_names: list[str], rule: str = "alphabetical", seed: int = 0
+) -> tuple[list[int], list[int]]:
+    """(base ids, novel ids), each in class-list order. ``rule`` (``data.class_split``): alphabetical,
+    the first ceil(n/2) names in sorted order are base; seeded, ceil(n/2) classes drawn with ``seed``;
+    otherwise a class-list file of the base classes (data/class_lists.py), the rest being novel."""
     n_base = math.ceil(len(class_names) / 2)
-    return sorted(order[:n_base]), sorted(order[n_base:])
+    if rule == "alphabetical":
+        base = sorted(range(len(class_names)), key=lambda i: class_names[i])[:n_base]
+    elif rule == "seeded":
+        base = random.Random(seed).sample(range(len(class_names)), n_base)
+    elif Path(rule).suffix in (".csv", ".txt"):
+        base = class_ids(read_class_list(rule), class_names, rule)
+    else:
+        raise ConfigError(
+            f"data.class_split={rule!r} is not alphabetical, seeded or a class-list file (.csv or .txt) of the base classes"
+        )
+    return sorted(base), sorted(set(range(len(class_names))) - set(base))
 
 
 def few_shot_records(

@@ -155,10 +155,14 @@ def read_manifest(path: str | Path, require_target: bool = True) -> list[ClipRec
     return records
 
 
+def manifest_text(records: Iterable[ClipRecord]) -> str:
+    """Rows as JSONL text."""
+    return "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in records)
+
+
 def write_manifest(path: str | Path, records: Iterable[ClipRecord]) -> Path:
     """Write rows as JSONL (atomically: readers never see a half-written file)."""
-    lines = [json.dumps(r.to_json(), ensure_ascii=False) for r in records]
-    return atomic_write(path, "".join(line + "\n" for line in lines))
+    return atomic_write(path, manifest_text(records))
 
 
 def read_classes(path: str | Path) -> list[str]:

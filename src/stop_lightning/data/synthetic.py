@@ -165,9 +165,10 @@ def read_frame_code(frame: np.ndarray) -> int:
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: float = 8.0, gop: int = 8) -> Path:
-    """Encode RGB uint8 frames ``(T, H, W, 3)``: libx264 for ``.mp4``, MPEG-4 part 2 for ``.avi``.
+    """Encode RGB uint8 frames ``(T, H, W, 3)``: libx264 for ``.mp4``, MPEG-4 part 2 for ``.avi``,
+    VP9 (libvpx, lossless) for ``.webm``.
 
-    Both at high quality so a decoded frame is within a few grey levels of what was written.
+    All at high quality so a decoded frame is within a few grey levels of what was written.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -175,8 +176,10 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 8.0, gop: int
         codec, options = "libx264", {"crf": "8", "preset": "ultrafast", "g": str(gop), "bf": "0"}
     elif path.suffix == ".avi":
         codec, options = "mpeg4", {"qscale": "2", "g": str(gop)}
+    elif path.suffix == ".webm":  # Something-Something v2's container and codec
+        codec, options = "libvpx-vp9", {"lossless": "1", "deadline": "realtime", "cpu-used": "8", "g": str(gop)}
     else:
-        raise ValueError(f"write_video: unsupported extension {path.suffix!r} for {path} (use .mp4 or .avi)")
+        raise ValueError(f"write_video: unsupported extension {path.suffix!r} for {path} (use .mp4, .avi or .webm)")
     frames = np.ascontiguousarray(frames)
     _, h, w, _ = frames.shape
     with av.open(str(path), mode="w") as container:
