@@ -1,4 +1,4 @@
-"""``stop-lightning``: train | eval | predict | embed | manifest | sweep | bench.
+"""``stop-lightning``: train | eval | predict | embed | manifest | preprocess | shard | sweep | bench.
 
 Every subcommand takes an experiment name (``experiments/<name>.yaml``) and OmegaConf dotlist
 overrides, e.g. ``stop-lightning train hmdb51 trainer.max_epochs=3 model.spatial.alpha=0.1``.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from stop_lightning.config import ConfigError, available_experiments, load_config
@@ -16,6 +17,13 @@ from stop_lightning.config import ConfigError, available_experiments, load_confi
 def _add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", help=f"experiment name in experiments/ ({', '.join(available_experiments())}) or a YAML path")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. trainer.max_epochs=3)")
+
+
+def _add_store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--short-side", type=int, default=None, help="pixels (default data.store_short_side, 224)")
+    p.add_argument("--fps", type=float, default=None, help="stored frame rate; 0 keeps every frame (default data.store_fps)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes (default: one per core)")
 
 
 def configure_logging() -> None:
@@ -60,6 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("manifest", help="build data manifests from the official dataset files", add_help=False)
     # The dataset choices live in the registry: `stop-lightning manifest --help` lists them.
     p.add_argument("args", nargs=argparse.REMAINDER, help="DATASET --root R [--annotations A] --out O")
+
+    p = sub.add_parser("preprocess", help="smaller, faster-to-decode copies of an experiment's videos + manifests")
+    _add_experiment_args(p)
+    _add_store_args(p)
+    p.add_argument("--codec", default=None, choices=("h264", "mpeg4"), help="default data.store_codec (h264)")
+    p.add_argument("--gop", type=int, default=None, help="key frame every N stored frames (default data.store_gop)")
+
+    p = sub.add_parser("shard", help="JPEG frame shards (LitData) of an experiment's manifests, for data.format=shards")
+    _add_experiment_args(p)
+    _add_store_args(p)
+    p.add_argument("--quality", dest="jpeg_quality", type=int, default=None, help="JPEG quality (default data.store_jpeg_quality)")
 
     p = sub.add_parser("predict", help="top-5 classes of videos with a recognition checkpoint")
     p.add_argument("--ckpt", required=True)
@@ -111,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 evaluate(cfg, ckpt=args.ckpt)
             return 0
+        if args.command in ("preprocess", "shard"):
+            from stop_lightning.data.store_cli import store_main
+
+            return store_main(args.command, load_config(args.experiment, args.overrides), args)
         if args.command == "predict":
             from stop_lightning.inference import predict_main
 

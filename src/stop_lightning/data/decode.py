@@ -8,7 +8,7 @@ counted (``DecodeStats``) instead of being printed by every worker.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -228,6 +228,25 @@ class VideoFile:
                 got[i] = got[earlier[-1] if earlier else have[0]]
         out = [got[min(max(int(i), 0), last)] for i in indices]
         return np.stack(out)
+
+    def iter_frames(self, indices: Sequence[int]) -> Iterator[tuple[int, av.VideoFrame]]:
+        """One pass from the start: ``(index, frame)`` for each distinct wanted index, in increasing order.
+
+        For copying a whole video (``stop-lightning preprocess`` / ``shard``); frames past the real
+        end (a header that over-counted) are simply not yielded. FFmpeg messages go to ``stats``.
+        """
+        todo = sorted({int(i) for i in indices})
+        if not todo:
+            return
+        pos = 0
+        with av.logging.Capture() as logs:
+            for idx, frame in self._decode(None):
+                if idx == todo[pos]:
+                    yield idx, frame
+                    pos += 1
+                    if pos == len(todo):
+                        break
+        self._absorb(logs)
 
     @staticmethod
     def _collect(frames, todo: set[int], last: int, got: dict[int, np.ndarray]) -> None:
