@@ -180,7 +180,8 @@ class ShardReader:
         return self._ds
 
     def __len__(self) -> int:
-        return len(self._open())
+        # All items: the dataset's own len() is this rank's share under DDP (LitData splits by itself).
+        return sum(end - start for start, end in self._open().region_of_interest)
 
     def __getitem__(self, k: int) -> dict[str, Any]:
         return self._open()[k]
