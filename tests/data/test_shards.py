@@ -181,3 +181,28 @@ def test_write_shards_skips_complete_folders(coded, tmp_path):
     assert sorted(first["written"]) == sorted(again["existing"]) and not again["written"]
     assert not list((tmp_path / "s").rglob("*.partial"))
     assert np.all([(tmp_path / "s" / rel / "index.json").is_file() for rel in first["written"]])
+
+
+# ---------------------------------------------------------------------------------------------
+# The demo, trained from the videos and from their shards
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_demo_from_shards_reaches_the_same_accuracy(cache_dir, tmp_path):
+    from stop_lightning.config import load_config
+    from stop_lightning.data.store import data_paths
+    from stop_lightning.train import train
+
+    def cfg(*extra: str):
+        return load_config("demo", [f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path}",
+                                    "data.synthetic_clips_per_class=8", "trainer.max_epochs=2",
+                                    "trainer.enable_progress_bar=false", *extra])
+
+    videos, manifests = data_paths(cfg())
+    write_shards(videos, manifests, tmp_path / "shards", StoreSettings(short_side=64, fps=0, jpeg_quality=95),
+                 progress=False)
+    from_videos = train(cfg("name=videos"))
+    from_shards = train(cfg("name=shards", "data.format=shards", f"data.shard_dir={tmp_path / 'shards'}"))
+    test_clips = len(read_manifest(manifests / "split1" / "test.jsonl"))
+    assert abs(from_shards["test/top1"] - from_videos["test/top1"]) <= 1 / test_clips
