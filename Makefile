@@ -21,7 +21,7 @@ help:
 	@echo "make train EXP=hmdb51 [ARGS='k=v'] [RESUME=last|path.ckpt]"
 	@echo "make eval  EXP=hmdb51 CKPT=path.ckpt [ARGS='k=v']"
 	@echo "make sweep SWEEP=hmdb51_fig4      W&B sweep online, local grid offline"
-	@echo "make bench [ARGS=--quick]         cost of prompts against frozen CLIP -> docs/benchmarks.md"
+	@echo "make bench [ARGS=--quick]         cost of prompts against frozen CLIP, data formats -> docs/benchmarks.md"
 	@echo "make lint                         ruff"
 
 install:
@@ -57,6 +57,7 @@ sweep:
 
 bench:
 	$(PY) benchmarks/run.py $(ARGS)
+	$(PY) benchmarks/data_formats.py $(ARGS)
 
 clean:
 	rm -rf .cache runs outputs wandb lightning_logs .pytest_cache

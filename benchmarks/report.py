@@ -45,8 +45,12 @@ def write_json(results: dict[str, Any], path: Path) -> None:
 
 def write_markdown(results: dict[str, Any], path: Path, title: str = "# Benchmarks\n") -> None:
     """Replace this device's generated block in ``path`` (appended when missing; file created when absent)."""
-    device = results["device_key"]
-    block = f"{_begin(device)}\n{render_markdown(results)}{_end(device)}\n"
+    write_block(path, results["device_key"], render_markdown(results), title)
+
+
+def write_block(path: Path, device: str, markdown: str, title: str = "# Benchmarks\n") -> None:
+    """Replace the generated block named ``device`` in ``path`` with ``markdown``."""
+    block = f"{_begin(device)}\n{markdown}{_end(device)}\n"
     text = path.read_text() if path.is_file() else title + "\n"
     begin, end = _begin(device), _end(device)
     if begin in text and end in text:
