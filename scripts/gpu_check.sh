@@ -49,7 +49,7 @@ else
   export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
 fi
 export WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false STOP_CACHE_DIR="$OUT/cache"
-stage imports 60 $PY -c "import av, omegaconf, litdata, stop_lightning.data.shards; print('av', av.__version__, 'litdata', litdata.__version__)"
+stage imports 120 $PY -c "import av, omegaconf, litdata, stop_lightning.data.shards; print('av', av.__version__, 'litdata', litdata.__version__)"
 
 # -- 1. model step: batch 32 x 12 frames, bf16, MFU -------------------------------------------------
 if [ $CPU -eq 1 ]; then DEV=cpu; LOADER_W=2; LOADER_S=5; QUICK=--quick; ACC=cpu; PREC=32-true
