@@ -9,7 +9,8 @@
 #    av, omegaconf + antlr4, litdata + boto3/botocore/s3transfer/jmespath/python-dateutil/six),
 # 2. benchmarks/run.py --device cuda --compact: batch 32 x 12 frames, bf16, MFU,
 # 3. the shard training loader with one worker per core: clips/s,
-# 4. a short bf16 training of the demo on the GPU (tiny CLIP, then a random CLIP of ViT-B/32 size).
+# 4. a short bf16 training of the demo on the GPU (tiny CLIP, then a random CLIP of ViT-B/32 size,
+#    B=32 x 12 frames at 224 px: the stage's seconds over its epochs give the training clips/s).
 # Each stage has its own timeout and the script goes on when one fails; results and logs go to $OUT.
 set -u
 OUT=${OUT:-runs/gpu_check}
@@ -53,7 +54,8 @@ stage imports 120 $PY -c "import av, omegaconf, litdata, stop_lightning.data.sha
 
 # -- 1. model step: batch 32 x 12 frames, bf16, MFU -------------------------------------------------
 if [ $CPU -eq 1 ]; then DEV=cpu; LOADER_W=2; LOADER_S=5; QUICK=--quick; ACC=cpu; PREC=32-true
-else DEV=cuda; LOADER_W=$CORES; LOADER_S=20; QUICK=; ACC=gpu; PREC=bf16-mixed; fi
+  SMALL="data.synthetic_clips_per_class=8"; EPOCHS=1
+else DEV=cuda; LOADER_W=$CORES; LOADER_S=20; QUICK=; ACC=gpu; PREC=bf16-mixed; SMALL=; EPOCHS=4; fi
 stage bench 150 $PY benchmarks/run.py --device $DEV --compact --sections train,infer --out-dir "$OUT/bench"
 [ -f "$OUT/bench/benchmarks-compact.md" ] && grep -E "^\| |MFU|mfu" "$OUT/bench/benchmarks-compact.md" | head -20 >> "$SUMMARY"
 
@@ -64,12 +66,12 @@ stage shard_loader 120 $PY benchmarks/data_formats.py $QUICK --loader-workers $L
 # -- 3. short bf16 training of the demo ------------------------------------------------------------
 COMMON="paths.output_dir=$OUT/train logger.wandb=false trainer.accelerator=$ACC trainer.devices=1 trainer.precision=$PREC
   trainer.enable_progress_bar=false data.num_workers=$((CORES < 8 ? CORES : 8)) data.persistent_workers=true"
-stage train_tiny 90 $PY -m stop_lightning.cli train demo name=gpu_tiny trainer.max_epochs=4 $COMMON
+stage train_tiny 90 $PY -m stop_lightning.cli train demo name=gpu_tiny trainer.max_epochs=$EPOCHS $SMALL $COMMON
 grep -E "test/top1|Trainable|train clips/s" "$OUT/train_tiny.log" | tail -5 >> "$SUMMARY"
 if [ $CPU -eq 1 ]; then B32="model.clip.tiny_width=64 model.clip.tiny_layers=2"; EP=1
 else B32="model.clip.tiny_width=768 model.clip.tiny_layers=12 model.clip.tiny_patch_size=32 model.clip.tiny_image_size=224"; EP=2; fi
 stage train_b32 150 $PY -m stop_lightning.cli train demo name=gpu_b32 $B32 data.num_frames=12 data.batch_size=32 \
-  data.synthetic_size=224 trainer.max_epochs=$EP $COMMON
+  data.synthetic_size=224 trainer.max_epochs=$EP $SMALL $COMMON
 grep -E "test/top1" "$OUT/train_b32.log" | tail -2 >> "$SUMMARY"
 
 say "done: $OUT/summary.txt, logs $OUT/*.log, JSON in $OUT/bench and $OUT/loader"

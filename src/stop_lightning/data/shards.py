@@ -230,16 +230,17 @@ class ShardSource:
                 where, f"too short: {meta.get('source_frames', n)} frames < data.min_video_frames={self.sampling.min_video_frames}"
             )
         plans = [self.frame_indices(n, float(meta["fps"]), c, num_clips) for c in range(num_clips)]
-        blob = item["jpegs"]
+        blob = torch.frombuffer(bytearray(item["jpegs"]), dtype=torch.uint8)  # one copy, writable
         decoded: dict[int, torch.Tensor] = {}
         for j in sorted({j for idx, _ in plans for j in idx}):
-            data = torch.frombuffer(bytearray(blob[offsets[j] : offsets[j + 1]]), dtype=torch.uint8)
             try:
-                decoded[j] = decode_jpeg(data)  # [3, H, W]
+                # [3, H, W] as a view of an [H, W, 3] buffer: kept as [H, W, 3], so stacking is a plain copy
+                decoded[j] = decode_jpeg(blob[offsets[j] : offsets[j + 1]]).permute(1, 2, 0)
             except RuntimeError as err:
                 raise VideoDecodeError(where, f"stored frame {j} is not a valid JPEG ({str(err).splitlines()[0]})") from err
-        frames = torch.stack([decoded[j] for idx, _ in plans for j in idx])  # [num_clips*T, 3, H, W]
-        clips = frames.reshape(num_clips, self.sampling.num_frames, *frames.shape[1:])
+        frames = torch.stack([decoded[j] for idx, _ in plans for j in idx])  # [num_clips*T, H, W, 3]
+        # [num_clips, T, 3, H, W], channels-last in memory like the video path's PyAV frames
+        clips = frames.permute(0, 3, 1, 2).reshape(num_clips, self.sampling.num_frames, 3, *frames.shape[1:3])
         mask = torch.tensor([m for _, m in plans], dtype=torch.bool)
         return clips, mask
 
