@@ -22,7 +22,7 @@ help:
 	@echo "make eval  EXP=hmdb51 CKPT=path.ckpt [ARGS='k=v']"
 	@echo "make zero_shot CKPT=k400.ckpt [ARGS='k=v']  K400 model -> HMDB51/UCF101/K600 zero-shot table"
 	@echo "make sweep SWEEP=hmdb51_fig4      W&B sweep online, local grid offline"
-	@echo "make bench [ARGS=--quick]         cost of prompts against frozen CLIP -> docs/benchmarks.md; search time"
+	@echo "make bench [ARGS=--quick]         cost of prompts, data formats, search -> docs/benchmarks.md"
 	@echo "make motion-table                 STOP/DGL/meanP on the SSv2-like motion set -> docs/motion_benchmark.md"
 	@echo "make lint                         ruff"
 
@@ -64,6 +64,7 @@ sweep:
 bench:
 	$(PY) benchmarks/run.py $(ARGS)
 	$(PY) benchmarks/search.py --threads 1
+	$(PY) benchmarks/data_formats.py $(ARGS)
 
 motion-table:
 	$(PY) benchmarks/motion.py $(ARGS)

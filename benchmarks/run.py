@@ -79,6 +79,12 @@ def plan_for(mode: str, device: torch.device) -> Plan:
                     num_classes=3, scaling=((2, 1), (4, 1)), scaling_precision="fp32", data_frames=(2,), data_workers=(0,),
                     data_batches=1, data_batch_size=2,
                     data_video=dict(synthetic_classes=2, synthetic_clips_per_class=4, synthetic_frames=8, synthetic_size=64))
+    if mode == "compact":  # scripts/gpu_check.sh: about a minute on a GPU
+        on_gpu = device.type == "cuda"
+        return Plan(mode="compact", clip_size="vit-b/32" if on_gpu else "tiny", precisions=("bf16",) if on_gpu else ("fp32",),
+                    batch=32 if on_gpu else 2, train=((12, ("clip4clip_meanp", "clip_fwd_bwd", "stop_fast")),), repeats=3,
+                    infer=((12, ("clip4clip_meanp", "stop_fast")),), count_flops=on_gpu, num_classes=51 if on_gpu else 3,
+                    profile=False)
     if device.type == "cuda":
         quick = mode == "quick"
         return Plan(mode=mode, precisions=("bf16", "fp32"), batch=32, train=((12, MAIN),), repeats=3 if quick else 10,
@@ -359,6 +365,8 @@ def run(plan: Plan, device: torch.device, sections: tuple[str, ...] = ALL_SECTIO
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer configurations and repeats (< 2 min on 2 CPU cores)")
+    parser.add_argument("--compact", action="store_true",
+                        help="train + infer of meanP, the floor and fast STOP at T=12 only (GPU: B=32 bf16, ~1 min; CPU: tiny CLIP)")
     parser.add_argument("--device", default="auto", help="cpu | cuda | auto (cuda when available)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads on CPU (default 1: on shared cores, 2 OpenMP threads stall at every "
@@ -376,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(sections) - set(ALL_SECTIONS))
     if unknown:
         parser.error(f"unknown section(s) {unknown}; choose from {', '.join(ALL_SECTIONS)}")
-    plan = plan_for("quick" if args.quick else "full", device)
+    plan = plan_for("compact" if args.compact else "quick" if args.quick else "full", device)
     if args.repeats is not None:
         plan = replace(plan, repeats=max(1, args.repeats))
     command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -389,8 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_write:
         print(markdown)
         return 0
-    out_dir = args.out_dir or (ROOT / ("runs/bench" if args.quick else "docs"))
-    stem = "benchmarks-quick" if args.quick else "benchmarks"
+    short = args.quick or args.compact
+    out_dir = args.out_dir or (ROOT / ("runs/bench" if short else "docs"))
+    stem = f"benchmarks-{plan.mode}" if short else "benchmarks"
     report.write_json(results, out_dir / f"{stem}.json")
     report.write_markdown(results, out_dir / f"{stem}.md")
     log(f"wrote {out_dir / (stem + '.md')} and {out_dir / (stem + '.json')} in {results['wall_s'] / 60:.1f} min")

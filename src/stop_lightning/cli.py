@@ -1,4 +1,4 @@
-"""``stop-lightning``: train | eval | protocol | predict | embed | search | export | manifest | sweep.
+"""``stop-lightning``: train | eval | protocol | predict | embed | search | export | manifest | preprocess | shard | sweep.
 
 ``train`` and ``eval`` take an experiment name (``experiments/<name>.yaml``) and OmegaConf dotlist
 overrides, e.g. ``stop-lightning train hmdb51 trainer.max_epochs=3 model.spatial.alpha=0.1``.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from stop_lightning.config import ConfigError, available_experiments, load_config
@@ -23,6 +24,13 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
 def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--ckpt", required=required, help="a checkpoint (.ckpt) from `train`, or a folder from `export`")
     p.add_argument("--clip", default=None, help="CLIP source (hub id, folder or OpenAI .pt) if not where the model's config says")
+
+
+def _add_store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--short-side", type=int, default=None, help="pixels (default data.store_short_side, 224)")
+    p.add_argument("--fps", type=float, default=None, help="stored frame rate; 0 keeps every frame (default data.store_fps)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes (default: one per core)")
 
 
 def configure_logging() -> None:
@@ -76,6 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # The dataset choices live in the registry: `stop-lightning manifest --help` lists them.
     p.add_argument("args", nargs=argparse.REMAINDER, help="DATASET --root R [--annotations A] --out O")
+
+    p = sub.add_parser("preprocess", help="smaller, faster-to-decode copies of an experiment's videos + manifests")
+    _add_experiment_args(p)
+    _add_store_args(p)
+    p.add_argument("--codec", default=None, choices=("h264", "mpeg4"), help="default data.store_codec (h264)")
+    p.add_argument("--gop", type=int, default=None, help="key frame every N stored frames (default data.store_gop)")
+
+    p = sub.add_parser("shard", help="JPEG frame shards (LitData) of an experiment's manifests, for data.format=shards")
+    _add_experiment_args(p)
+    _add_store_args(p)
+    p.add_argument("--quality", dest="jpeg_quality", type=int, default=None, help="JPEG quality (default data.store_jpeg_quality)")
 
     p = sub.add_parser("predict", help="top classes of videos with a recognition checkpoint")
     _add_model_args(p)
@@ -143,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 evaluate(cfg, ckpt=args.ckpt)
             return 0
+        if args.command in ("preprocess", "shard"):
+            from stop_lightning.data.store_cli import store_main
+
+            return store_main(args.command, load_config(args.experiment, args.overrides), args)
         if args.command == "predict":
             from stop_lightning.inference import predict_main
 

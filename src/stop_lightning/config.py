@@ -222,6 +222,17 @@ class DataConfig:
     synthetic_frames: int = 16
     synthetic_size: int = 64
     synthetic_looks: int = 0  # >0: cycle that many colour/background looks (0: one per clip)
+    # Storage (data/preprocess.py, data/shards.py): read the videos as they are, or frames from JPEG
+    # shards written by `stop-lightning shard` (a local folder or an s3:// / gs:// URL, LitData).
+    format: str = "video"  # video | shards
+    shard_dir: str = "${paths.data_root}/${data.dataset}/shards"
+    # What `stop-lightning preprocess` and `stop-lightning shard` store: short side in pixels, frame
+    # rate (-1: data.fps; 0: every source frame), video codec and key-frame interval, JPEG quality.
+    store_short_side: int = 224
+    store_fps: float = -1.0
+    store_codec: str = "h264"
+    store_gop: int = 6
+    store_jpeg_quality: int = 90
 
 
 @dataclass
@@ -345,6 +356,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     **MODEL_CHOICES,  # the model modules' own constants (models/choices.py)
     "data.sampling": ("segment", "fps"),
     "data.bad_video": ("raise", "skip"),
+    "data.format": ("video", "shards"),
+    "data.store_codec": ("h264", "mpeg4"),
     "data.protocol": ("supervised", "few_shot", "base_to_novel", "zero_shot"),
     "optim.scheduler": ("cosine", "constant"),
     "task.head": ("text", "linear"),
@@ -381,6 +394,10 @@ RANGES: dict[str, tuple[float, float]] = {
     "data.test_crops": (1, 3),
     "data.test_clips": (1, 64),
     "data.batch_size": (1, 1 << 16),
+    "data.store_short_side": (16, 4096),
+    "data.store_fps": (-1, 240),
+    "data.store_gop": (1, 1000),
+    "data.store_jpeg_quality": (1, 100),
     "optim.lr": (0.0, 10.0),
     "optim.warmup_ratio": (0.0, 1.0),
     "task.qb_norm_beta": (0.0, 1000.0),

@@ -1,4 +1,5 @@
-"""Two CPU processes (gloo): the EpochSampler gives each rank a disjoint part of the split."""
+"""Two CPU processes (gloo): the EpochSampler gives each rank a disjoint part of the split,
+reading videos or frame shards."""
 
 import json
 
@@ -7,6 +8,8 @@ import pytest
 import torch
 
 from stop_lightning.data import RecognitionDataModule
+from stop_lightning.data.shards import write_shards
+from stop_lightning.data.store import StoreSettings
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
@@ -35,9 +38,13 @@ class RecordIndices(L.LightningModule):
 
 @pytest.mark.ddp
 @pytest.mark.slow
-def test_two_ranks_see_disjoint_clips_covering_the_split(tmp_path, hmdb, data_cfg):
+@pytest.mark.parametrize("fmt", ["video", "shards"])
+def test_two_ranks_see_disjoint_clips_covering_the_split(tmp_path, hmdb, data_cfg, fmt):
     root, manifests = hmdb
-    cfg = data_cfg(root, manifests, batch_size=2)
+    shards = tmp_path / "shards"
+    if fmt == "shards":
+        write_shards(root, manifests, shards, StoreSettings(short_side=32, fps=0), progress=False)
+    cfg = data_cfg(root, manifests, batch_size=2, format=fmt, shard_dir=str(shards))
     dm = RecognitionDataModule(cfg, 16, MEAN, STD, seed=0)
     trainer = L.Trainer(
         accelerator="cpu",

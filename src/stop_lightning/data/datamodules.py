@@ -128,7 +128,7 @@ class VideoDataModule(L.LightningDataModule):
         return f"{msg} Write the manifests in the format described in data_manifests/README.md."
 
     def _check_video_root(self) -> None:
-        if not self.video_root.is_dir():
+        if self.cfg.format == "video" and not self.video_root.is_dir():
             msg = (
                 f"data.video_root={self.video_root} is not a directory: the {self.cfg.dataset} videos are not there. "
                 f"Unpack the dataset there (or set paths.data_root=... / data.video_root=...): it is the folder the "
@@ -141,6 +141,17 @@ class VideoDataModule(L.LightningDataModule):
                     f"[--annotations {self.spec.annotations_hint}] --out {self.manifest_dir}"
                 )
             raise ManifestError(msg)
+
+    def _dataset(self, cls: type, records: list[ClipRecord], stage: str, manifest: Path, **kwargs: Any) -> Dataset:
+        """``cls`` over the video files, or its frame-shard twin when ``data.format=shards`` (data/shards.py)."""
+        args = (stage, self._sampling(), self._transform(stage, crops=kwargs.get("num_crops", 1)))
+        kwargs.update(bad_video=self.cfg.bad_video, health=self.health[stage])
+        if self.cfg.format == "shards":
+            from .shards import shard_dataset, shard_location
+
+            location = shard_location(self.cfg.shard_dir, self.manifest_dir, manifest)
+            return shard_dataset(cls, records, location, manifest, *args, **kwargs)
+        return cls(records, self.video_root, *args, **kwargs)
 
     def _splits_to_build(self, stage: str | None) -> list[str]:
         """The splits a Lightning ``stage`` needs that are not built yet (``None``: all of them)."""
@@ -296,14 +307,11 @@ class RecognitionDataModule(VideoDataModule):
                 self.train_records = records
             test = name == "test"
             self.health[name] = DataHealth()  # per process: a DDP rank counts its own clips
-            self.datasets[name] = VideoClipDataset(
+            self.datasets[name] = self._dataset(
+                VideoClipDataset,
                 records,
-                self.video_root,
                 name,
-                self._sampling(),
-                self._transform(name, crops=self.cfg.test_crops if test else 1),
-                bad_video=self.cfg.bad_video,
-                health=self.health[name],
+                path,
                 num_clips=self.cfg.test_clips if test else 1,
                 num_crops=self.cfg.test_crops if test else 1,
             )
@@ -362,17 +370,10 @@ class RetrievalDataModule(VideoDataModule):
     def setup(self, stage: str | None = None) -> None:
         self._check_video_root()
         for name in self._splits_to_build(stage):
-            records = self._read(retrieval_manifest_path(self.manifest_dir, name))
+            path = retrieval_manifest_path(self.manifest_dir, name)
+            records = self._read(path)
             self.health[name] = DataHealth()  # per process: a DDP rank counts its own clips
-            self.datasets[name] = VideoCaptionDataset(
-                records,
-                self.video_root,
-                name,
-                self._sampling(),
-                self._transform(name),
-                bad_video=self.cfg.bad_video,
-                health=self.health[name],
-            )
+            self.datasets[name] = self._dataset(VideoCaptionDataset, records, name, path)
 
     def eval_captions(self, stage: str = "test") -> tuple[list[str], list[int]]:
         """All captions of ``stage`` and the ``index`` of the video each belongs to (1k-A: one per video)."""

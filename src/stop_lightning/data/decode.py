@@ -7,8 +7,9 @@ counted (``DecodeStats``) instead of being printed by every worker.
 
 from __future__ import annotations
 
+import bisect
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,8 +19,10 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# Frames further apart than this are reached by seeking instead of decoding through.
+# Without key-frame positions: frames further apart than this are reached by seeking.
 SEEK_THRESHOLD = 250
+# With them: seek when a key frame lies more than this many frames past the last decoded one.
+SEEK_MARGIN = 4
 
 
 class _NoTimestamps(Exception):
@@ -107,6 +110,7 @@ class VideoFile:
         self.stream = self.container.streams.video[0]
         self.stream.codec_context.thread_count = threads
         self._decoded_before = False
+        self._keys: list[int] | None | bool = False  # False: not read yet
         self.info = self._read_info()
 
     def __enter__(self) -> VideoFile:
@@ -181,16 +185,51 @@ class VideoFile:
                     counter = idx
                 yield counter, frame
 
-    def _runs(self, wanted: list[int]) -> list[list[int]]:
-        """Group sorted frame indices into runs that are cheaper to decode through than to seek between."""
-        if self.info.num_frames <= self.seek_threshold:
-            return [wanted]
-        runs = [[wanted[0]]]
-        for i in wanted[1:]:
-            if i - runs[-1][-1] > self.seek_threshold:
-                runs.append([i])
+    def key_frames(self) -> list[int] | None:
+        """Frame indices of the key frames, from the packets (demuxed, not decoded; read once).
+        ``None`` when a key packet has no timestamp (then runs fall back to ``seek_threshold``)."""
+        if self._keys is False:
+            keys: list[int] | None = []
+            start = self.stream.start_time or 0
+            try:
+                with av.logging.Capture() as logs:
+                    for packet in self.container.demux(self.stream):
+                        if packet.is_keyframe and packet.size > 0:
+                            if packet.pts is None or self.stream.time_base is None:
+                                keys = None
+                                break
+                            keys.append(int(round(float((packet.pts - start) * self.stream.time_base) * self.info.fps)))
+                self._absorb(logs)
+            except av.error.FFmpegError:
+                keys = None
+            self._decoded_before = True  # the demux moved the read position: the next decode seeks back
+            self._keys = sorted(set(keys)) if keys else None
+        return self._keys
+
+    def _runs(self, wanted: list[int]) -> list[tuple[int | None, list[int]]]:
+        """Group sorted frame indices into runs decoded in one go, each with the frame to seek to
+        (``None``: decode from the start). With key frames known, a run ends where a key frame lies
+        more than ``SEEK_MARGIN`` frames past the previous wanted frame: seeking there skips decoding
+        the frames in between (short-GOP files: one run per wanted frame); otherwise runs break at
+        gaps over ``seek_threshold``."""
+        keys = self.key_frames() if self.info.num_frames > SEEK_MARGIN * len(wanted) else None
+        if keys is None and self.info.num_frames <= self.seek_threshold:
+            return [(None, wanted)]
+        runs: list[tuple[int | None, list[int]]] = []
+        prev = -1
+        for i in wanted:
+            if keys is not None:
+                key = keys[bisect.bisect_right(keys, i) - 1] if i >= keys[0] else 0
+                new_run = key > prev + SEEK_MARGIN
+                seek = i if key > 0 else None
             else:
-                runs[-1].append(i)
+                new_run = not runs or i - prev > self.seek_threshold
+                seek = i if i > self.seek_threshold else None
+            if new_run or not runs:
+                runs.append((seek, [i]))
+            else:
+                runs[-1][1].append(i)
+            prev = i
         return runs
 
     def get_frames(self, indices: Sequence[int]) -> np.ndarray:
@@ -201,8 +240,7 @@ class VideoFile:
         wanted = sorted({min(max(int(i), 0), last) for i in indices})
         got: dict[int, np.ndarray] = {}
         with av.logging.Capture() as logs:
-            for run in self._runs(wanted):
-                seek_to = run[0] if run[0] > self.seek_threshold else None
+            for seek_to, run in self._runs(wanted):
                 try:
                     self._collect(self._decode(seek_to), set(run), run[-1], got)
                 except _NoTimestamps:
@@ -228,6 +266,25 @@ class VideoFile:
                 got[i] = got[earlier[-1] if earlier else have[0]]
         out = [got[min(max(int(i), 0), last)] for i in indices]
         return np.stack(out)
+
+    def iter_frames(self, indices: Sequence[int]) -> Iterator[tuple[int, av.VideoFrame]]:
+        """One pass from the start: ``(index, frame)`` for each distinct wanted index, in increasing order.
+
+        For copying a whole video (``stop-lightning preprocess`` / ``shard``); frames past the real
+        end (a header that over-counted) are simply not yielded. FFmpeg messages go to ``stats``.
+        """
+        todo = sorted({int(i) for i in indices})
+        if not todo:
+            return
+        pos = 0
+        with av.logging.Capture() as logs:
+            for idx, frame in self._decode(None):
+                if idx == todo[pos]:
+                    yield idx, frame
+                    pos += 1
+                    if pos == len(todo):
+                        break
+        self._absorb(logs)
 
     @staticmethod
     def _collect(frames, todo: set[int], last: int, got: dict[int, np.ndarray]) -> None:

@@ -75,11 +75,24 @@ def fps_indices(
         raise ValueError(
             f"fps_indices needs positive frame rates, got video {video_fps}, target {target_fps}"
         )
-    step = video_fps / target_fps  # source frames per resampled frame
-    count = max(1, int(math.floor((num_frames - 1) / step)) + 1)
-    resampled = [min(int(round(k * step)), num_frames - 1) for k in range(count)]
+    resampled = resample_indices(num_frames, video_fps, target_fps)
+    count = len(resampled)
     if count > num_samples:
         picks = segment_indices(count, num_samples, train, generator, clip, num_clips)
         return [resampled[p] for p in picks], [True] * num_samples
     pad = num_samples - count
     return resampled + [resampled[-1]] * pad, [True] * count + [False] * pad
+
+
+def resample_indices(num_frames: int, video_fps: float, target_fps: float) -> list[int]:
+    """Source frames nearest to times ``k / target_fps`` (the first frame always; never past the end).
+
+    Used by fps sampling and by the stored copies (``stop-lightning preprocess`` / ``shard``), so a
+    stored copy at ``target_fps`` holds exactly the frames fps sampling at that rate would read.
+    A ``target_fps`` above ``video_fps`` repeats frames (the stored copies cap it at ``video_fps``).
+    """
+    if num_frames < 1 or video_fps <= 0 or target_fps <= 0:
+        raise ValueError(f"resample_indices needs positive inputs, got {num_frames}, {video_fps}, {target_fps}")
+    step = video_fps / target_fps  # source frames per resampled frame
+    count = max(1, int(math.floor((num_frames - 1) / step)) + 1)
+    return [min(int(round(k * step)), num_frames - 1) for k in range(count)]

@@ -1,0 +1,221 @@
+"""`make bench` (second part): clips/s per core of the three storage formats on realistic encodings.
+
+    python benchmarks/data_formats.py            # full-length videos -> docs/benchmarks.{md,json}
+    python benchmarks/data_formats.py --quick    # 2 s videos, < 2 min on 2 cores -> runs/bench/
+
+For each encoding of ``synthetic.ENCODINGS`` (UCF101/HMDB51-, MSRVTT- and Kinetics-like textured
+videos), the videos are read three ways: raw (the files as encoded), preprocessed
+(``stop-lightning preprocess``: 224 px short side, 3 fps, H.264 GOP 6) and shards (``stop-lightning
+shard``: the same frames as JPEG, quality 90). Each row is one training clip of T frames, segment
+sampling, through the dataset's decode step (sampling + decode to uint8, no crop or normalisation),
+in one process with one thread; the rate is clips per CPU-second of that process, i.e. per core,
+which other jobs on shared cores do not change much. "Cores to feed one GPU" divides what a GPU
+consumes (FLOPs per clip measured with ``torch.utils.flop_counter``, at a stated utilisation) by it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (ROOT, ROOT / "src"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+import torch  # noqa: E402
+
+from benchmarks import report  # noqa: E402
+
+FRAMES = (8, 12, 16)
+# stop_fast training step, ViT-B/32, 224 px, 12 frames (docs/benchmarks.md, flop counter), and the GPU.
+GFLOP_PER_CLIP = 243.0
+GPU = "H100 SXM, bf16 dense"
+GPU_PEAK_TFLOPS = 990.0
+UTILISATION = 0.40
+TARGET_SHARDS = 150.0  # clips/s per core at 12 frames
+TARGET_PREPROCESSED_RATIO = 2.5  # MSRVTT-like preprocessed vs raw
+
+
+def _write_video(job: tuple) -> Path:
+    from stop_lightning.data.synthetic import ENCODINGS, write_realistic_video
+
+    path, name, seconds, seed = job
+    return write_realistic_video(path, ENCODINGS[name], seconds=seconds, seed=seed)
+
+
+def make_sets(work: Path, quick: bool, videos: int, workers: int, encodings: tuple[str, ...] | None = None) -> dict[str, dict[str, Path]]:
+    """Per encoding: the raw videos + manifests, their preprocessed copies and their shards."""
+    from stop_lightning.data.manifest import ClipRecord, write_classes, write_manifest
+    from stop_lightning.data.preprocess import preprocess
+    from stop_lightning.data.shards import write_shards
+    from stop_lightning.data.store import StoreSettings, ordered_map
+    from stop_lightning.data.synthetic import ENCODINGS
+
+    settings = StoreSettings(short_side=224, fps=3.0, codec="h264", gop=6, jpeg_quality=90)
+    out = {}
+    for name in encodings or tuple(ENCODINGS):
+        base = work / f"{name}_{'quick' if quick else 'full'}_{videos}"
+        raw, manifests = base / "raw", base / "manifests"
+        if not (manifests / "split1" / "val.jsonl").is_file():
+            jobs = [(raw / f"v{i}", name, 2.0 if quick else None, i) for i in range(videos)]
+            written = ordered_map(_write_video, jobs, workers, f"write {name}", progress=False)
+            rows = [ClipRecord(path.relative_to(raw).as_posix(), label=0) for path in written]
+            for split in ("train", "val"):  # a training DataModule reads both
+                write_manifest(manifests / "split1" / f"{split}.jsonl", rows)
+            write_classes(manifests / "classes.txt", ["any"])
+        pre = base / "preprocessed"
+        preprocess(raw, manifests, pre, settings, workers=workers, progress=False)
+        write_shards(raw, manifests, base / "shards", settings, workers=workers, progress=False)
+        out[name] = {"raw": (raw, manifests), "preprocessed": (pre / "videos", pre / "manifests"),
+                     "shards": (raw, manifests, base / "shards")}
+    return out
+
+
+def clips_per_core(where: tuple, fmt: str, frames: int, min_s: float) -> float:
+    from stop_lightning.config import DataConfig
+    from stop_lightning.data.datamodules import RecognitionDataModule
+
+    video_root, manifests = where[0], where[1]
+    cfg = DataConfig(dataset="manifest", video_root=str(video_root), manifest_dir=str(manifests), num_frames=frames,
+                     num_workers=0, pin_memory=False, persistent_workers=False, format=fmt,
+                     shard_dir=str(where[2]) if fmt == "shards" else "")
+    dm = RecognitionDataModule(cfg, 224, (0.5,) * 3, (0.5,) * 3)
+    dm.setup("fit")
+    ds = dm.datasets["train"]
+    torch.manual_seed(0)
+    ds.decode(0)  # warm: open files, LitData's reader
+    clips, start = 0, time.process_time()
+    while time.process_time() - start < min_s or clips < 2 * len(ds):
+        ds.decode(clips % len(ds))
+        clips += 1
+    return clips / (time.process_time() - start)
+
+
+def measure(quick: bool, log=print) -> dict:
+    from stop_lightning.data.synthetic import ENCODINGS
+
+    torch.set_num_threads(1)
+    work = Path(ROOT / ".cache" / "stop_lightning" / "bench_formats")
+    started = time.time()
+    log("[formats] writing videos, preprocessed copies and shards")
+    sets = make_sets(work, quick, videos=3 if quick else 6, workers=2)
+    rows = []
+    for name, where in sets.items():
+        for fmt in ("raw", "preprocessed", "shards"):
+            loc = where[fmt]
+            for t in FRAMES:
+                rate = clips_per_core(loc, "shards" if fmt == "shards" else "video", t, min_s=0.5 if quick else 2.0)
+                rows.append({"encoding": name, "about": ENCODINGS[name].about, "format": fmt, "frames": t,
+                             "clips_per_core_s": rate})
+                log(f"  {name} {fmt} T={t}: {rate:.1f} clips/s per core")
+    gpu_clips = GPU_PEAK_TFLOPS * 1e12 * UTILISATION / (GFLOP_PER_CLIP * 1e9)
+    return {"device_key": "cpu-data-formats", "mode": "quick" if quick else "full", "rows": rows,
+            "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
+            "gpu_clips_per_s": gpu_clips, "wall_s": time.time() - started}
+
+
+def render(r: dict) -> str:
+    rate = {(x["encoding"], x["format"], x["frames"]): x["clips_per_core_s"] for x in r["rows"]}
+    encodings = list(dict.fromkeys(x["encoding"] for x in r["rows"]))
+    about = {x["encoding"]: x["about"] for x in r["rows"]}
+    header = ["video", "format"] + [f"T={t}" for t in FRAMES] + ["cores for one GPU (T=12)"]
+    body = []
+    for e in encodings:
+        for fmt in ("raw", "preprocessed", "shards"):
+            cores = r["gpu_clips_per_s"] / rate[(e, fmt, 12)]
+            body.append([about[e] if fmt == "raw" else "", fmt] + [f"{rate[(e, fmt, t)]:.1f}" for t in FRAMES] + [f"{cores:.0f}"])
+    shards12 = min(rate[(e, "shards", 12)] for e in encodings)
+    ratio = rate[("msrvtt", "preprocessed", 12)] / rate[("msrvtt", "raw", 12)]
+    lines = [
+        f"## Data formats: clips/s per core ({r['mode']} run)\n",
+        f"Generated {r['generated']} by `benchmarks/data_formats.py{' --quick' if r['mode'] == 'quick' else ''}` "
+        f"in {r['wall_s'] / 60:.1f} min ({r['machine']}). {'Quick run: 2 s videos. ' if r['mode'] == 'quick' else ''}"
+        "Clips per CPU-second of one single-threaded process: segment sampling and decoding to uint8 "
+        "(no crop or normalisation). Preprocessed: 224 px short side, 3 fps, H.264 GOP 6 "
+        "(`stop-lightning preprocess`); shards: the same frames as JPEG quality 90 (`stop-lightning shard`).\n",
+        report._table(header, body, "llrrrr"),
+        f"**Cores needed to feed one GPU**: {GPU} ~{GPU_PEAK_TFLOPS:.0f} TFLOP/s at {UTILISATION:.0%} utilisation "
+        f"consumes {r['gpu_clips_per_s']:,.0f} `stop_fast` clips/s ({GFLOP_PER_CLIP:.0f} GFLOP per 12-frame clip, "
+        f"ViT-B/32 training step); at T=12 that is {r['gpu_clips_per_s'] / shards12:.0f} cores reading shards "
+        f"(slowest encoding) against {r['gpu_clips_per_s'] / rate[('msrvtt', 'raw', 12)]:.0f} decoding raw MSRVTT-like files.\n",
+        f"- Target: shards at least {TARGET_SHARDS:.0f} clips/s per core at 12 frames: "
+        f"{'**met**' if shards12 >= TARGET_SHARDS else '**not met**'} ({shards12:.0f}, slowest encoding).",
+        f"- Target: preprocessed MSRVTT-like files at least {TARGET_PREPROCESSED_RATIO}x raw at 12 frames: "
+        f"{'**met**' if ratio >= TARGET_PREPROCESSED_RATIO else '**not met**'} ({ratio:.1f}x).\n",
+    ]
+    return "\n".join(lines)
+
+
+def loader_rate(workers: int, seconds: float, batch: int = 32, frames: int = 12, quick: bool = False, log=print) -> dict:
+    """The full training loader on shards (JPEG decode, random resized crop to 224, normalise) with
+    ``workers`` processes: clips/s over ``seconds`` of wall time after the first batch."""
+    from stop_lightning.config import DataConfig
+    from stop_lightning.data.datamodules import RecognitionDataModule
+
+    sets = make_sets(ROOT / ".cache" / "stop_lightning" / "bench_formats", quick, videos=4 if quick else 8 * workers,
+                     workers=workers, encodings=("kinetics",))
+    raw, manifests, shards = sets["kinetics"]["shards"]
+    # a small set read for several epochs (the sampler reshuffles each one)
+    cfg = DataConfig(dataset="manifest", video_root=str(raw), manifest_dir=str(manifests), num_frames=frames,
+                     batch_size=batch, num_workers=workers, pin_memory=False, persistent_workers=True, format="shards",
+                     shard_dir=str(shards))
+    dm = RecognitionDataModule(cfg, 224, (0.5,) * 3, (0.5,) * 3)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    it = iter(loader)
+    next(it)
+    clips, start, epoch = 0, time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        try:
+            clips += next(it)["video"].shape[0]
+        except StopIteration:
+            epoch += 1
+            loader.sampler.set_epoch(epoch)
+            it = iter(loader)
+    elapsed = time.perf_counter() - start
+    result = {"workers": workers, "batch": batch, "frames": frames, "clips": clips, "seconds": elapsed,
+              "clips_per_s": clips / elapsed, "per_worker": clips / elapsed / max(1, workers)}
+    log(f"[loader] shards, {workers} workers, B={batch}, T={frames}: {result['clips_per_s']:.0f} clips/s "
+        f"({result['per_worker']:.0f} per worker)")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 s videos, 3 per encoding (< 2 min on 2 cores)")
+    parser.add_argument("--out-dir", type=Path, default=None, help="where the .md/.json go (full: docs/, quick: runs/bench/)")
+    parser.add_argument("--loader-workers", type=int, default=0,
+                        help="instead: the shard training loader with N workers (B=32, T=12, 224 px), clips/s -> JSON")
+    parser.add_argument("--seconds", type=float, default=20.0, help="with --loader-workers: how long to time")
+    args, _ = parser.parse_known_args(argv)  # `make bench ARGS=...` passes run.py's options too
+    if args.loader_workers > 0:
+        import json
+
+        result = loader_rate(args.loader_workers, args.seconds, quick=args.quick)
+        out_dir = args.out_dir or ROOT / "runs" / "bench"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "shard_loader.json").write_text(json.dumps(result, indent=1) + "\n")
+        return 0
+
+    def log(msg: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+
+    results = measure(args.quick, log)
+    markdown = render(results)
+    print(markdown)
+    out_dir = args.out_dir or (ROOT / ("runs/bench" if args.quick else "docs"))
+    stem = "benchmarks-quick" if args.quick else "benchmarks"
+    report.write_json(results, out_dir / f"{stem}.json")
+    report.write_block(out_dir / f"{stem}.md", results["device_key"], markdown, writer="benchmarks/data_formats.py")
+    log(f"wrote {out_dir / (stem + '.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

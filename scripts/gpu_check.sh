@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# One GPU check, about 4 minutes on a bare CUDA machine with torch, lightning, transformers and
+# torchmetrics installed (issue 16). Run from the repository root:
+#
+#   OUT=/some/folder bash scripts/gpu_check.sh          # on the GPU machine
+#   OUT=/tmp/check bash scripts/gpu_check.sh --cpu      # rehearsal on a CPU machine (tiny sizes)
+#
+# 1. installs what the machine lacks from wheels downloaded beforehand into .whl/ (ignored by git:
+#    av, omegaconf + antlr4, litdata + boto3/botocore/s3transfer/jmespath/python-dateutil/six),
+# 2. benchmarks/run.py --device cuda --compact: batch 32 x 12 frames, bf16, MFU,
+# 3. the shard training loader with one worker per core: clips/s,
+# 4. a short bf16 training of the demo on the GPU (tiny CLIP, then a random CLIP of ViT-B/32 size,
+#    B=32 x 12 frames at 224 px: the stage's seconds over its epochs give the training clips/s).
+# Each stage has its own timeout and the script goes on when one fails; results and logs go to $OUT.
+set -u
+OUT=${OUT:-runs/gpu_check}
+mkdir -p "$OUT"
+CPU=0
+[ "${1:-}" = "--cpu" ] && CPU=1
+PY=${PYTHON:-python3}
+CORES=$(nproc)
+SUMMARY="$OUT/summary.txt"
+: > "$SUMMARY"
+
+say() { echo "=== $* ===" | tee -a "$SUMMARY"; }
+
+stage() {  # stage NAME SECONDS COMMAND...: run with a timeout, log to $OUT/NAME.log, record the outcome
+  local name=$1 limit=$2
+  shift 2
+  say "$name (limit ${limit}s): $*"
+  local start=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  tail -n 25 "$OUT/$name.log"
+  if [ $rc -eq 0 ]; then say "$name: ok in $((SECONDS - start))s"
+  elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then say "$name: TIMED OUT after ${limit}s (partial log in $OUT/$name.log)"
+  else say "$name: FAILED with exit code $rc (see $OUT/$name.log)"; fi
+}
+
+# -- 0. what the machine is; install the wheels ---------------------------------------------------
+say "machine"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"; \
+  echo "cores: $CORES"; $PY -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } \
+  | tee -a "$SUMMARY"
+if [ -d .whl ] && ls .whl/*.whl > /dev/null 2>&1 && [ $CPU -eq 0 ]; then
+  stage install 120 $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:src
+else
+  say "install: skipped (--cpu or no .whl/ wheels): using the current environment"
+  export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
+fi
+export WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false STOP_CACHE_DIR="$OUT/cache"
+stage imports 120 $PY -c "import av, omegaconf, litdata, stop_lightning.data.shards; print('av', av.__version__, 'litdata', litdata.__version__)"
+
+# -- 1. model step: batch 32 x 12 frames, bf16, MFU -------------------------------------------------
+if [ $CPU -eq 1 ]; then DEV=cpu; LOADER_W=2; LOADER_S=5; QUICK=--quick; ACC=cpu; PREC=32-true
+  SMALL="data.synthetic_clips_per_class=8"; EPOCHS=1
+else DEV=cuda; LOADER_W=$CORES; LOADER_S=20; QUICK=; ACC=gpu; PREC=bf16-mixed; SMALL=; EPOCHS=4; fi
+stage bench 150 $PY benchmarks/run.py --device $DEV --compact --sections train,infer --out-dir "$OUT/bench"
+[ -f "$OUT/bench/benchmarks-compact.md" ] && grep -E "^\| |MFU|mfu" "$OUT/bench/benchmarks-compact.md" | head -20 >> "$SUMMARY"
+
+# -- 2. shard loader, one worker per core -----------------------------------------------------------
+stage shard_loader 120 $PY benchmarks/data_formats.py $QUICK --loader-workers $LOADER_W --seconds $LOADER_S --out-dir "$OUT/loader"
+[ -f "$OUT/loader/shard_loader.json" ] && cat "$OUT/loader/shard_loader.json" >> "$SUMMARY"
+
+# -- 3. short bf16 training of the demo ------------------------------------------------------------
+COMMON="paths.output_dir=$OUT/train logger.wandb=false trainer.accelerator=$ACC trainer.devices=1 trainer.precision=$PREC
+  trainer.enable_progress_bar=false data.num_workers=$((CORES < 8 ? CORES : 8)) data.persistent_workers=true"
+stage train_tiny 90 $PY -m stop_lightning.cli train demo name=gpu_tiny trainer.max_epochs=$EPOCHS $SMALL $COMMON
+grep -E "test/top1|Trainable|train clips/s" "$OUT/train_tiny.log" | tail -5 >> "$SUMMARY"
+if [ $CPU -eq 1 ]; then B32="model.clip.tiny_width=64 model.clip.tiny_layers=2"; EP=1
+else B32="model.clip.tiny_width=768 model.clip.tiny_layers=12 model.clip.tiny_patch_size=32 model.clip.tiny_image_size=224"; EP=2; fi
+stage train_b32 150 $PY -m stop_lightning.cli train demo name=gpu_b32 $B32 data.num_frames=12 data.batch_size=32 \
+  data.synthetic_size=224 trainer.max_epochs=$EP $SMALL $COMMON
+grep -E "test/top1" "$OUT/train_b32.log" | tail -2 >> "$SUMMARY"
+
+say "done: $OUT/summary.txt, logs $OUT/*.log, JSON in $OUT/bench and $OUT/loader"
+cat "$SUMMARY"

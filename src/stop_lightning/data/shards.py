@@ -1,0 +1,263 @@
+"""Frame shards on LitData: ``stop-lightning shard`` writes them, ``data.format=shards`` reads them.
+
+Writing: each manifest ``<manifest_dir>/<rel>.jsonl`` becomes a LitData dataset folder
+``<shard_dir>/<rel>/`` (``index.json`` + ``chunk-*.bin``) with one item per distinct video, in
+manifest order::
+
+    {"meta": JSON text {"path", "num_frames", "fps", "source_frames", "source_fps", "error"?},
+     "offsets": int64 [num_frames + 1],   # frame k is jpegs[offsets[k]:offsets[k + 1]]
+     "jpegs": bytes}                       # the stored frames (data/store.py), JPEG-encoded
+
+A video that cannot be read is still written, with ``error`` set and no frames, so item numbers stay
+those of the manifest and the bad video meets the reading side's ``data.bad_video`` policy. Each
+folder is written under a temporary name and renamed when complete; a complete folder is skipped
+by the next run.
+
+Reading: :class:`ShardClipDataset` and :class:`ShardCaptionDataset` are the video datasets
+(``datasets.py``) with the decoding step swapped: the same records, sampling (segment or fps,
+multi-view test) over the stored timeline, transforms and bad-input policy. They are map-style and
+read an item by index through LitData's ``StreamingDataset.__getitem__`` rather than iterating a
+``StreamingDataset``, because the order must stay the project's: ``EpochSampler`` derives each
+epoch's order, the DDP split and every item's random seed from ``(seed, epoch, position)``, which
+is what makes a resumed run exact and a shards run sample the same frames as a video run. LitData
+still does the storage part: chunk files, local folders, and remote ``s3://`` / ``gs://`` URLs
+(``data.shard_dir=s3://bucket/hmdb51``), which it downloads chunk by chunk into its cache
+(``$DATA_OPTIMIZER_CACHE_FOLDER``; credentials the usual way for the cloud's SDK, which then must be
+installed: ``boto3`` for S3, ``google-cloud-storage`` for GCS). A random order over a remote set
+fetches chunks at random; shards of a few videos each (``chunk_bytes``) keep that cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import torch
+
+from .datasets import VideoCaptionDataset, VideoClipDataset
+from .decode import VideoDecodeError, VideoFile
+from .manifest import ClipRecord, ManifestError, read_manifest, resolve_video_path
+from .store import StoreSettings, manifest_files, ordered_map, stored_frames, timeline, unique_paths
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = "64MB"
+REMOTE_PREFIXES = ("s3://", "gs://", "gcs://", "azure://", "hf://")
+
+
+def is_remote(location: str) -> bool:
+    return str(location).startswith(REMOTE_PREFIXES)
+
+
+def shard_location(shard_dir: str, manifest_dir: Path, manifest: Path) -> str:
+    """Where the shards of ``manifest`` live: ``<shard_dir>/<manifest path relative to manifest_dir, no .jsonl>``."""
+    rel = Path(manifest).relative_to(manifest_dir).with_suffix("").as_posix()
+    return f"{str(shard_dir).rstrip('/')}/{rel}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+
+def encode_item(video_path: Path, rel: str, settings: StoreSettings) -> dict[str, Any]:
+    """The shard item of one video (``meta`` carries ``error`` instead of frames when it cannot be read)."""
+    from torchvision.io import encode_jpeg
+
+    try:
+        with VideoFile(video_path) as video:
+            plan = timeline(video, settings)
+            blobs = [
+                encode_jpeg(torch.from_numpy(f.to_ndarray()).permute(2, 0, 1).contiguous(), quality=settings.jpeg_quality)
+                .numpy()
+                .tobytes()
+                for f in stored_frames(video, plan, "rgb24")
+            ]
+        meta = {"path": rel, "num_frames": len(blobs), "fps": plan.fps, "source_frames": plan.source_frames,
+                "source_fps": plan.source_fps}
+    except (VideoDecodeError, ManifestError, av.error.FFmpegError, OSError) as err:
+        blobs, meta = [], {"path": rel, "num_frames": 0, "fps": 0.0, "error": str(getattr(err, "reason", err))}
+    offsets = np.zeros(len(blobs) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(b) for b in blobs])
+    return {"meta": json.dumps(meta), "offsets": offsets, "jpegs": b"".join(blobs)}
+
+
+class _Encode:
+    def __init__(self, video_root: Path, settings: StoreSettings):
+        self.video_root, self.settings = video_root, settings
+
+    def __call__(self, rel: str) -> dict[str, Any]:
+        return encode_item(resolve_video_path(self.video_root, rel), rel, self.settings)
+
+
+def write_items(out: Path, items, chunk_bytes: str = CHUNK_BYTES) -> int:
+    """Write ``items`` (in order) as a LitData dataset folder ``out``, atomically; returns the count."""
+    from litdata.streaming.writer import BinaryWriter
+
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        writer = BinaryWriter(str(tmp), chunk_bytes=chunk_bytes)
+        n = 0
+        for n, item in enumerate(items, start=1):
+            writer.add_item(n - 1, item)
+        writer.done()
+        writer.merge(num_workers=1)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        return n
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _note_bad(items, bad: list[dict[str, str]]):
+    for item in items:
+        meta = json.loads(item["meta"])
+        if "error" in meta:
+            bad.append({"path": meta["path"], "reason": meta["error"]})
+        yield item
+
+
+def write_shards(
+    video_root: str | Path,
+    manifest_dir: str | Path,
+    shard_dir: str | Path,
+    settings: StoreSettings,
+    workers: int = 0,
+    progress: bool = True,
+    chunk_bytes: str = CHUNK_BYTES,
+) -> dict[str, Any]:
+    """Shards of every manifest under ``manifest_dir``; folders already complete are skipped.
+    Returns ``{"written": {rel: items}, "existing": [...], "bad": [{"path", "reason"}]}``."""
+    video_root, manifest_dir, shard_dir = Path(video_root), Path(manifest_dir), Path(shard_dir)
+    report: dict[str, Any] = {"written": {}, "existing": [], "bad": []}
+    for f in manifest_files(manifest_dir):
+        out = Path(shard_location(str(shard_dir), manifest_dir, f))
+        rel = out.relative_to(shard_dir).as_posix()
+        if (out / "index.json").is_file():
+            report["existing"].append(rel)
+            continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        videos = unique_paths(read_manifest(f))
+        jobs = ordered_map(_Encode(video_root, settings), videos, workers, f"shard {rel}", progress)
+        report["written"][rel] = write_items(out, _note_bad(jobs, report["bad"]), chunk_bytes)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+
+class ShardReader:
+    """Items of one shard folder by number; LitData's dataset is opened lazily in each process."""
+
+    def __init__(self, location: str):
+        self.location = str(location)
+        self._ds = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"location": self.location, "_ds": None}
+
+    def _open(self):
+        if self._ds is None:
+            from litdata import StreamingDataset
+
+            if not is_remote(self.location) and not (Path(self.location) / "index.json").is_file():
+                raise ManifestError(
+                    f"no shards at {self.location} (data.shard_dir): write them with "
+                    "`stop-lightning shard EXPERIMENT --out SHARD_DIR`, or set data.format=video"
+                )
+            self._ds = StreamingDataset(self.location)
+        return self._ds
+
+    def __len__(self) -> int:
+        # All items: the dataset's own len() is this rank's share under DDP (LitData splits by itself).
+        return sum(end - start for start, end in self._open().region_of_interest)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        return self._open()[k]
+
+
+class ShardSource:
+    """Mixin over a ``VideoDataset``: frames come from shard items instead of video files."""
+
+    def attach(self, reader: ShardReader, manifest_records: list[ClipRecord], manifest: str) -> None:
+        """``manifest_records``: the rows of the manifest the shards were written from (item k is
+        its k-th distinct video); this dataset's records may be any subset of them."""
+        order = unique_paths(manifest_records)
+        if len(reader) != len(order):
+            raise ManifestError(
+                f"the shards at {reader.location} hold {len(reader)} videos but {manifest} lists {len(order)}: "
+                "they were written from another manifest; write them again (stop-lightning shard)"
+            )
+        number = {p: k for k, p in enumerate(order)}
+        missing = [r.path for r in self.records if r.path not in number]
+        if missing:
+            raise ManifestError(f"{missing[0]} is not in {manifest}, which the shards at {reader.location} hold")
+        self.reader = reader
+        self.items = [number[r.path] for r in self.records]
+        self.paths = [f"{reader.location} item {k} ({r.path})" for k, r in zip(self.items, self.records)]
+
+    def decode(self, i: int, num_clips: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """As ``VideoDataset.decode``, over the stored frames: uint8 ``[num_clips, T, 3, H, W]``, mask ``[num_clips, T]``."""
+        from torchvision.io import decode_jpeg
+
+        where = self.paths[i]
+        try:
+            item = self.reader[self.items[i]]
+            meta = json.loads(item["meta"])
+            offsets = np.asarray(item["offsets"])
+        except (KeyError, ValueError, TypeError, OSError) as err:
+            raise VideoDecodeError(where, f"unreadable shard item ({type(err).__name__}: {err})") from err
+        if meta.get("path") != self.records[i].path:
+            raise VideoDecodeError(where, f"holds {meta.get('path')!r}; the shards do not match the manifest, write them again")
+        if "error" in meta:
+            raise VideoDecodeError(where, f"bad when sharded: {meta['error']}")
+        n = int(meta["num_frames"])
+        if n < 1 or len(offsets) != n + 1:
+            raise VideoDecodeError(where, f"no frames stored ({n} frames, {len(offsets)} offsets)")
+        if int(meta.get("source_frames", n)) < self.sampling.min_video_frames:
+            raise VideoDecodeError(
+                where, f"too short: {meta.get('source_frames', n)} frames < data.min_video_frames={self.sampling.min_video_frames}"
+            )
+        plans = [self.frame_indices(n, float(meta["fps"]), c, num_clips) for c in range(num_clips)]
+        blob = torch.frombuffer(bytearray(item["jpegs"]), dtype=torch.uint8)  # one copy, writable
+        decoded: dict[int, torch.Tensor] = {}
+        for j in sorted({j for idx, _ in plans for j in idx}):
+            try:
+                # [3, H, W] as a view of an [H, W, 3] buffer: kept as [H, W, 3], so stacking is a plain copy
+                decoded[j] = decode_jpeg(blob[offsets[j] : offsets[j + 1]]).permute(1, 2, 0)
+            except RuntimeError as err:
+                raise VideoDecodeError(where, f"stored frame {j} is not a valid JPEG ({str(err).splitlines()[0]})") from err
+        frames = torch.stack([decoded[j] for idx, _ in plans for j in idx])  # [num_clips*T, H, W, 3]
+        # [num_clips, T, 3, H, W], channels-last in memory like the video path's PyAV frames
+        clips = frames.permute(0, 3, 1, 2).reshape(num_clips, self.sampling.num_frames, 3, *frames.shape[1:3])
+        mask = torch.tensor([m for _, m in plans], dtype=torch.bool)
+        return clips, mask
+
+
+class ShardClipDataset(ShardSource, VideoClipDataset):
+    """Recognition from frame shards (see :class:`~stop_lightning.data.datasets.VideoClipDataset`)."""
+
+
+class ShardCaptionDataset(ShardSource, VideoCaptionDataset):
+    """Retrieval from frame shards (see :class:`~stop_lightning.data.datasets.VideoCaptionDataset`)."""
+
+
+SHARD_CLASSES = {VideoClipDataset: ShardClipDataset, VideoCaptionDataset: ShardCaptionDataset}
+
+
+def shard_dataset(cls: type, records: list[ClipRecord], location: str, manifest: Path, *args: Any, **kwargs: Any):
+    """The shard twin of dataset class ``cls`` over ``records``, reading ``location``."""
+    dataset = SHARD_CLASSES[cls](records, Path("."), *args, **kwargs)
+    dataset.attach(ShardReader(location), read_manifest(manifest), str(manifest))
+    return dataset

@@ -1,0 +1,208 @@
+"""Frame shards (data.format=shards): the same frames, items and policies as reading the videos."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from stop_lightning.data.samplers import EpochSampler
+
+from stop_lightning.data import RecognitionDataModule, RetrievalDataModule, VideoDecodeError
+from stop_lightning.data.manifest import ClipRecord, read_manifest, write_classes, write_manifest
+from stop_lightning.data.shards import encode_item, write_items, write_shards
+from stop_lightning.data.store import StoreSettings
+from stop_lightning.data.synthetic import frame_code_frames, read_frame_code, write_video
+
+FLAT = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # no normalisation: pixels stay readable
+
+
+def _codes(video: torch.Tensor) -> list[int]:
+    return [read_frame_code((f * 255).clamp(0, 255).numpy()) for f in video]
+
+
+@pytest.fixture(scope="module")
+def coded(tmp_path_factory):
+    """Frame-numbered videos of several lengths (8 fps) and their shards, every frame and 4 fps."""
+    root = tmp_path_factory.mktemp("coded_shards")
+    lengths = (16, 3, 40, 23)
+    rows = [ClipRecord(f"c/v{n}.avi", label=i % 2) for i, n in enumerate(lengths)]
+    for r, n in zip(rows, lengths):
+        write_video(root / "videos" / r.path, frame_code_frames(n, 32), fps=8.0)
+    manifests = root / "manifests"
+    for stage in ("train", "val", "test"):
+        write_manifest(manifests / "split1" / f"{stage}.jsonl", rows)
+    write_classes(manifests / "classes.txt", ["a", "b"])
+    shards = {fps: root / f"shards_fps{fps}" for fps in (0, 4)}
+    for fps, out in shards.items():
+        write_shards(root / "videos", manifests, out, StoreSettings(short_side=64, fps=fps), progress=False)
+    return root / "videos", manifests, shards
+
+
+def _epoch_codes(dm, stage: str, epoch: int) -> list[list[int]]:
+    """Frame codes of every item in the order and with the seeds the training loader uses."""
+    ds = dm.datasets[stage]
+    sampler = EpochSampler(len(ds), seed=7, shuffle=stage == "train")
+    sampler.set_epoch(epoch)
+    out = []
+    for key in sampler:
+        video = ds[key]["video"]
+        out.append([_codes(v) for v in video] if video.dim() == 5 else _codes(video))
+    return out
+
+
+@pytest.mark.parametrize(("sampling", "store_fps"), [("segment", 0), ("fps", 0), ("fps", 4)])
+def test_shards_sample_the_same_frames_as_the_videos(coded, data_cfg, sampling, store_fps):
+    videos, manifests, shards = coded
+    seen = {}
+    for fmt in ("video", "shards"):
+        cfg = data_cfg(videos, manifests, format=fmt, shard_dir=str(shards[store_fps]), sampling=sampling, fps=4.0,
+                       num_frames=5, train_crop_scale=[1.0, 1.0], test_clips=3)
+        dm = RecognitionDataModule(cfg, 32, *FLAT)
+        dm.setup()
+        seen[fmt] = {(stage, e): _epoch_codes(dm, stage, e) for stage in ("train", "val", "test") for e in (0, 1)}
+    assert seen["shards"] == seen["video"]
+    # and the codes are the ones the sampling rules name (independent check on the 16-frame video, eval)
+    if sampling == "segment":
+        assert seen["video"][("val", 0)][0] == [int((k + 0.5) * 16 / 5) for k in range(5)]
+    else:  # 16 frames at 8 fps read at 4 fps: frames 0, 2, ..., 14, thinned to 5 by centred segments
+        resampled = list(range(0, 16, 2))
+        assert seen["video"][("val", 0)][0] == [resampled[int((k + 0.5) * 8 / 5)] for k in range(5)]
+    train = seen["video"][("train", 0)] + seen["video"][("train", 1)]
+    assert len({tuple(c) for c in train}) > 4  # training draws differ: the comparison is not vacuous
+
+
+def test_shard_items_hold_the_stored_timeline(coded):
+    videos, _, _ = coded
+    item = encode_item(videos / "c/v40.avi", "c/v40.avi", StoreSettings(short_side=16, fps=3))
+    meta = json.loads(item["meta"])
+    # 40 frames at 8 fps kept at 3 fps: source frames round(k * 8/3) for k = 0..14
+    assert (meta["num_frames"], meta["fps"], meta["source_frames"]) == (15, 3.0, 40)
+    from torchvision.io import decode_jpeg
+
+    frames = [decode_jpeg(torch.frombuffer(bytearray(item["jpegs"][a:b]), dtype=torch.uint8))
+              for a, b in zip(item["offsets"][:-1], item["offsets"][1:])]
+    assert frames[0].shape == (3, 16, 16)
+
+
+def test_retrieval_from_shards_matches_videos(msrvtt, data_cfg, tmp_path):
+    root, manifests = msrvtt
+    write_shards(root, manifests, tmp_path / "s", StoreSettings(short_side=64, fps=0), workers=2, progress=False)
+    batches = {}
+    for fmt in ("video", "shards"):
+        cfg = data_cfg(root, manifests, format=fmt, shard_dir=str(tmp_path / "s"), sampling="fps", fps=3.0, num_frames=8)
+        dm = RetrievalDataModule(cfg, 24, *FLAT)
+        dm.setup()
+        torch.manual_seed(0)
+        batches[fmt] = next(iter(dm.train_dataloader()))
+        assert dm.eval_captions("test")[1] == list(range(8))
+    a, b = batches["video"], batches["shards"]
+    assert a["caption"] == b["caption"] and torch.equal(a["frame_mask"], b["frame_mask"])
+    assert (a["video"] - b["video"]).abs().mean() < 0.03  # the same frames, JPEG-encoded
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def broken_shards(tmp_path):
+    """Shards of one good video, one unreadable file, one too short, and an item with a corrupt JPEG."""
+    root = tmp_path / "videos"
+    write_video(root / "good.avi", frame_code_frames(16, 32))
+    (root / "garbage.avi").write_bytes(b"\x00\x01garbage" * 400)
+    write_video(root / "short.avi", frame_code_frames(2, 32))
+    write_video(root / "corrupt.avi", frame_code_frames(16, 32))
+    rows = [ClipRecord(n, label=0) for n in ("good.avi", "garbage.avi", "short.avi", "corrupt.avi")]
+    manifests = tmp_path / "manifests"
+    for stage in ("train", "val", "test"):
+        write_manifest(manifests / "split1" / f"{stage}.jsonl", rows)
+    write_classes(manifests / "classes.txt", ["only"])
+    settings = StoreSettings(short_side=64, fps=0)
+    report = write_shards(root, manifests, tmp_path / "shards", settings, progress=False)
+    assert [b["path"] for b in report["bad"]] == ["garbage.avi"] * 3  # one per split
+    items = [encode_item(root / r.path, r.path, settings) for r in rows]
+    items[3]["jpegs"] = b"\xff\xd8 not a jpeg" + bytes(items[3]["jpegs"])[12:]
+    write_items(tmp_path / "shards" / "split1" / "val", items)
+    return root, manifests, tmp_path / "shards"
+
+
+@pytest.mark.parametrize(
+    ("index", "reason"),
+    [
+        (1, r"item 1 \(garbage.avi\): bad when sharded: cannot open"),
+        (2, r"item 2 \(short.avi\): too short: 2 frames"),
+        (3, r"item 3 \(corrupt.avi\): stored frame \d+ is not a valid JPEG"),
+    ],
+)
+def test_bad_shard_item_raise_names_the_item(broken_shards, data_cfg, index, reason):
+    root, manifests, shards = broken_shards
+    cfg = data_cfg(root, manifests, format="shards", shard_dir=str(shards), bad_video="raise", min_video_frames=4)
+    dm = RecognitionDataModule(cfg, 32, *FLAT)
+    dm.setup("validate")
+    assert _codes(dm.datasets["val"][0]["video"]) == [2, 6, 10, 14]
+    with pytest.raises(VideoDecodeError, match=reason) as err:
+        dm.datasets["val"][index]
+    assert "data.bad_video=skip" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_shard_item_skip_is_counted(broken_shards, data_cfg):
+    root, manifests, shards = broken_shards
+    cfg = data_cfg(root, manifests, format="shards", shard_dir=str(shards), bad_video="skip", min_video_frames=4,
+                   batch_size=4, num_workers=2)
+    dm = RecognitionDataModule(cfg, 32, *FLAT)
+    dm.setup("validate")
+    val = list(dm.val_dataloader())[0]
+    assert val["index"].tolist() == [0, 1, 2, 3] and float(val["video"][1:].abs().sum()) == 0.0
+    assert dm.epoch_summary("val")["skipped"] == 3
+
+
+def test_shards_from_another_manifest_are_refused(broken_shards, data_cfg, tmp_path):
+    root, manifests, shards = broken_shards
+    rows = read_manifest(manifests / "split1" / "val.jsonl")[:2]
+    other = tmp_path / "other"
+    write_manifest(other / "split1" / "val.jsonl", rows)
+    write_classes(other / "classes.txt", ["only"])
+    cfg = data_cfg(root, other, format="shards", shard_dir=str(shards))
+    with pytest.raises(Exception, match="hold 4 videos but .* lists 2"):
+        RecognitionDataModule(cfg, 32, *FLAT).setup("validate")
+    cfg = replace(cfg, shard_dir=str(tmp_path / "nothing"))
+    with pytest.raises(Exception, match="no shards at .*stop-lightning shard"):
+        RecognitionDataModule(cfg, 32, *FLAT).setup("validate")
+
+
+def test_write_shards_skips_complete_folders(coded, tmp_path):
+    videos, manifests, _ = coded
+    first = write_shards(videos, manifests, tmp_path / "s", StoreSettings(short_side=32, fps=0), progress=False)
+    again = write_shards(videos, manifests, tmp_path / "s", StoreSettings(short_side=32, fps=0), progress=False)
+    assert sorted(first["written"]) == sorted(again["existing"]) and not again["written"]
+    assert not list((tmp_path / "s").rglob("*.partial"))
+    assert np.all([(tmp_path / "s" / rel / "index.json").is_file() for rel in first["written"]])
+
+
+# ---------------------------------------------------------------------------------------------
+# The demo, trained from the videos and from their shards
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_demo_from_shards_reaches_the_same_accuracy(cache_dir, tmp_path):
+    from stop_lightning.config import load_config
+    from stop_lightning.data.store import data_paths
+    from stop_lightning.train import train
+
+    def cfg(*extra: str):
+        return load_config("demo", [f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path}",
+                                    "data.synthetic_clips_per_class=8", "trainer.max_epochs=2",
+                                    "trainer.enable_progress_bar=false", *extra])
+
+    videos, manifests = data_paths(cfg())
+    write_shards(videos, manifests, tmp_path / "shards", StoreSettings(short_side=64, fps=0, jpeg_quality=95),
+                 progress=False)
+    from_videos = train(cfg("name=videos"))
+    from_shards = train(cfg("name=shards", "data.format=shards", f"data.shard_dir={tmp_path / 'shards'}"))
+    test_clips = len(read_manifest(manifests / "split1" / "test.jsonl"))
+    assert abs(from_shards["test/top1"] - from_videos["test/top1"]) <= 1 / test_clips
