@@ -207,7 +207,7 @@ def test_picture_titles_name_the_clip_and_its_class():
     )
     retrieval = [ClipRecord(path="v/x.mp4", captions=("a red square", "b"), video_id="video7")]
     dm = SimpleNamespace(datasets={"train": SimpleNamespace(records=retrieval)})
-    assert clip_label(dm, {"video_index": torch.tensor([0])}) == "clip video7: a red square"
+    assert clip_label(dm, {"index": torch.tensor([0])}) == "clip video7: a red square"
     assert clip_label(None, {"video": torch.zeros(1)}) == ""
 
     callback = PromptImageLogger("unused", every_n_steps=1)

@@ -121,7 +121,7 @@ class Throughput(Callback):
 def clip_label(datamodule: Any, batch: dict[str, Any]) -> str:
     """``clip <id>, class <name>`` (recognition) or ``clip <id>: <first caption>`` (retrieval) for the
     batch's first clip; whatever of it the DataModule cannot tell is left out."""
-    index = batch.get("index", batch.get("video_index"))
+    index = batch.get("index")
     datasets = getattr(datamodule, "datasets", None) or {}
     records = getattr(datasets.get("train"), "records", None)
     parts = []

@@ -8,9 +8,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from stop_lightning.data.samplers import EpochSampler
 
 from stop_lightning.data import RecognitionDataModule, RetrievalDataModule, VideoDecodeError
+from stop_lightning.data.item_order import EpochSampler
 from stop_lightning.data.manifest import ClipRecord, read_manifest, write_classes, write_manifest
 from stop_lightning.data.shards import encode_item, write_items, write_shards
 from stop_lightning.data.store import StoreSettings

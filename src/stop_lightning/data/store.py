@@ -2,7 +2,7 @@
 size, the list of videos behind a manifest folder, reading a source video's frames at that rate and
 size, and an ordered parallel map with a progress bar.
 
-A stored copy keeps the frames that fps sampling at ``fps`` would read (``sampling.resample_indices``)
+A stored copy keeps the frames that fps sampling at ``fps`` would read (``frame_indices.resample_indices``)
 scaled so the short side is ``short_side`` (never enlarged), so segment and fps sampling over the
 copy see the same timeline as over the source, at the stored rate.
 """
@@ -21,8 +21,8 @@ from typing import Any
 import av
 
 from .decode import VideoDecodeError, VideoFile
+from .frame_indices import resample_indices
 from .manifest import ClipRecord, read_manifest
-from .sampling import resample_indices
 
 # Few-shot lists are subsets of a training manifest, whose copy already holds their videos.
 DERIVED_MANIFEST_MARK = "_fewshot_"
