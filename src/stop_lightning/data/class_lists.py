@@ -16,7 +16,8 @@ import io
 import random
 from pathlib import Path
 
-from .manifest import ManifestError, _atomic_write, readable_class_name
+from ..fileio import atomic_write
+from .manifest import ManifestError, readable_class_name
 
 CSV_HEADER = "id,name"
 
@@ -93,4 +94,4 @@ def class_list_text(names: list[str]) -> str:
 
 def write_protocol_files(files: dict[str, str], run_dir: str | Path) -> list[Path]:
     """Write what a protocol drew (class subsets, splits, few-shot lists) into the run folder."""
-    return [_atomic_write(Path(run_dir) / "protocol" / name, text) for name, text in files.items()]
+    return [atomic_write(Path(run_dir) / "protocol" / name, text) for name, text in files.items()]
