@@ -33,12 +33,25 @@ def _add_store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes (default: one per core)")
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a line is logged, not when the handler was made: a
+    notebook, pytest's capture or a redirect may swap the stream between two CLI calls in one process."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def configure_logging() -> None:
     """Our INFO lines once each; Lightning keeps its own handler, third-party noise stays quiet."""
     import os
     import warnings
 
-    handler = logging.StreamHandler()
+    handler = _CurrentStderr()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     ours = logging.getLogger("stop_lightning")
     if not ours.handlers:
