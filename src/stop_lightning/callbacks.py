@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from stop_lightning.components import build_components
 from stop_lightning.figures import denormalize, frame_weight_figure, save_figure, spatial_mask_figure
 from stop_lightning.models.tiny_clip import CLIP_MEAN, CLIP_STD
+from stop_lightning.preemption import PreemptionCheckpoint
 from stop_lightning.provenance import RUN_INFO_FILE
 
 
@@ -69,6 +70,25 @@ class RngStateInCheckpoint(Callback):
         )
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class SamplerPositionInCheckpoint(Callback):
+    """A checkpoint written mid-epoch (preemption) records how many training batches of the epoch
+    are done; resuming from it, the DataModule's sampler starts at the next batch of that epoch, so
+    no batch is seen twice or skipped (the order is a function of seed, epoch and position)."""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if 0 < done < trainer.num_training_batches:
+            checkpoint.setdefault("stop_lightning", {})["sampler"] = {
+                "epoch": int(trainer.current_epoch), "batches": int(done)
+            }
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        position = checkpoint.get("stop_lightning", {}).get("sampler")
+        dm = getattr(trainer, "datamodule", None)
+        if position and dm is not None and hasattr(dm, "resume_at"):
+            dm.resume_at = (int(position["epoch"]), int(position["batches"]))
 
 
 # ------------------------------------------------------------------------------ logged in training
@@ -247,7 +267,8 @@ def checkpoint_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
 def build_callbacks(cfg: DictConfig, run_dir: Path, stage: str) -> list[Callback]:
     callbacks: list[Callback] = [RunInfoInCheckpoint(run_dir), DataHealthCallback(), RngStateInCheckpoint()]
     if stage == "fit":
-        callbacks += [*checkpoint_callbacks(cfg, run_dir), Throughput()]
+        callbacks += [*checkpoint_callbacks(cfg, run_dir), Throughput(), SamplerPositionInCheckpoint()]
+        callbacks.append(PreemptionCheckpoint(run_dir / "checkpoints" / "last.ckpt", cfg.trainer.requeue))
         every = cfg.logger.log_images_every_n_steps
         if every > 0 and (cfg.model.spatial.enabled or cfg.model.temporal.enabled):
             callbacks.append(PromptImageLogger(run_dir, every))

@@ -57,7 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fit, validate and test an experiment")
     _add_experiment_args(p)
-    p.add_argument("--resume", default=None, help="'last' or a checkpoint path: continue an interrupted run")
+    p.add_argument("--resume", default=None, help="continue an interrupted run: 'last' (newest run of the experiment; "
+                   "exit 2 if none), 'auto' (the same, or a fresh run if none) or a checkpoint path (docs/cluster.md)")
+    p.add_argument("--allow-change", action="append", default=[], metavar="KEY",
+                   help="with --resume: let this config key (or section, e.g. trainer) differ from the run's "
+                   "config.yaml; repeatable")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
     p = sub.add_parser("eval", help="test a checkpoint (or zero-shot CLIP without one)")
@@ -128,7 +132,13 @@ def main(argv: list[str] | None = None) -> int:
             from stop_lightning.train import evaluate, train
 
             if args.command == "train":
-                train(cfg, resume=args.resume)
+                from stop_lightning.preemption import Preempted
+
+                try:
+                    train(cfg, resume=args.resume, allow_change=tuple(args.allow_change))
+                except Preempted as stop:
+                    print(f"preempted: {stop.message}", file=sys.stderr)
+                    return stop.code
             else:
                 evaluate(cfg, ckpt=args.ckpt)
             return 0
@@ -168,9 +178,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from stop_lightning.data.decode import VideoDecodeError
     from stop_lightning.data.manifest import ManifestError
     from stop_lightning.models.backbone import ClipLoadError
+    from stop_lightning.run import StorageError
     from stop_lightning.tasks.base import CheckpointMismatchError
 
-    return (FileNotFoundError, ManifestError, ClipLoadError, CheckpointReadError, CheckpointMismatchError, VideoDecodeError)
+    return (
+        FileNotFoundError, ManifestError, ClipLoadError, CheckpointReadError, CheckpointMismatchError,
+        VideoDecodeError, StorageError,
+    )
 
 
 if __name__ == "__main__":
