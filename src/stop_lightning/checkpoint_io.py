@@ -29,8 +29,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             with atomic_path(path) as tmp:
                 torch.save(checkpoint, tmp)
-        except OSError as err:
-            raise storage_error(err, path) from err
+        except OSError as err:  # named by the checkpoint's path, not its temporary file's
+            raise storage_error(OSError(err.errno, err.strerror), path) from err
         except RuntimeError as err:  # torch's zip writer reports a failed write (no errno) as RuntimeError
             if "write" not in str(err).lower():
                 raise

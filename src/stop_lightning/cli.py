@@ -49,6 +49,8 @@ def configure_logging() -> None:
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    # Our sampler resumes mid-epoch itself (callbacks.SamplerPositionInCheckpoint).
+    warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
 
 
 def build_parser() -> argparse.ArgumentParser:

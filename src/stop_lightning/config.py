@@ -313,7 +313,7 @@ def _default_callbacks() -> dict[str, ComponentConfig]:
 
 
 def _default_loggers() -> dict[str, ComponentConfig]:
-    return {"csv": ComponentConfig("lightning.pytorch.loggers.CSVLogger", {"name": "csv", "version": ""})}
+    return {"csv": ComponentConfig("stop_lightning.loggers.AppendingCSVLogger", {"name": "csv", "version": ""})}
 
 
 @dataclass

@@ -29,6 +29,9 @@ NEVER_COMPARED = ("paths.run_dir",)
 class StorageError(OSError):
     """A folder or file the run must write cannot be written; the message names it and why."""
 
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno N]"
+        return self.strerror or super().__str__()
+
 
 def latest_run(experiment_dir: Path) -> Path | None:
     """The newest run folder of an experiment that has a ``checkpoints/last.ckpt``."""

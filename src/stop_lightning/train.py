@@ -18,8 +18,8 @@ from stop_lightning.config import save_config
 from stop_lightning.data.datamodules import build_datamodule
 from stop_lightning.loggers import build_loggers, finish_wandb
 from stop_lightning.models.backbone import ClipBundle, load_clip
-from stop_lightning.provenance import collect_run_info, write_run_info
 from stop_lightning.preemption import EXIT_PREEMPTED, Preempted
+from stop_lightning.provenance import collect_run_info, write_run_info
 from stop_lightning.run import check_resume_config, check_writable, claim_run_dir, run_folder, with_run_dir
 from stop_lightning.tasks.base import VideoTaskModule
 from stop_lightning.tasks.registry import get_task
