@@ -17,7 +17,7 @@ from stop_lightning import cli
 from stop_lightning.checkpoint_io import read_checkpoint
 from stop_lightning.config import ConfigError, load_config
 from stop_lightning.preemption import EXIT_PREEMPTED
-from stop_lightning.run import StorageError, claim_run_dir, run_folder
+from stop_lightning.run import claim_run_dir, run_folder
 from stop_lightning.train import build_trainer, train
 
 SRC = Path(__file__).resolve().parents[1] / "src"
