@@ -6,6 +6,7 @@ Read top to bottom, this is everything ``make train EXP=<name>`` does.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -61,7 +62,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, stage: str) -> L.Trainer:
         limit_test_batches=t.limit_test_batches,
         num_sanity_val_steps=t.num_sanity_val_steps,
         deterministic=t.deterministic,
-        enable_progress_bar=t.enable_progress_bar,
+        enable_progress_bar=t.enable_progress_bar and sys.stdout.isatty(),  # files get TextLog lines
         callbacks=build_callbacks(cfg, run_dir, stage),
         logger=build_loggers(cfg, run_dir),
         plugins=trainer_plugins(cfg),
