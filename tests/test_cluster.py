@@ -211,3 +211,45 @@ def test_limit_batches_int_is_a_count_float_a_fraction(tmp_path):
     assert t.limit_train_batches == 1 and isinstance(t.limit_train_batches, int)
     t = build_trainer(load_config("demo", ["trainer.limit_train_batches=0.5", "logger.wandb=false"]), tmp_path, "fit")
     assert t.limit_train_batches == 0.5
+
+
+def test_two_nodes_of_one_process_match_one_process(cache_dir, tmp_path):
+    """Two "nodes" (one process each) on 127.0.0.1 via Lightning's own environment variables,
+    against one process with their combined batch: the same steps and the same test metrics.
+    (Weights are not compared: AdamW turns the float noise of a near-zero gradient summed in another
+    order into a full-size step of either sign.)"""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    common = [f"paths.cache_dir={cache_dir}", "data.synthetic_clips_per_class=8", "trainer.max_epochs=1",
+              "trainer.enable_progress_bar=false", "logger.wandb=false", "model.spatial.dropout=0.0",
+              "trainer.accelerator=cpu", "trainer.limit_val_batches=0", "checkpoint.monitor=''",
+              "checkpoint.save_top_k=0"]
+    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")}
+    base.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", STOP_RUN_STAMP="mn")
+
+    def cli(out: str, env: dict, *extra: str) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "stop_lightning.cli", "train", "demo", f"paths.output_dir={tmp_path / out}",
+               *common, *extra]
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    node = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", LOCAL_RANK="0")
+    procs = [cli("single", base, "data.batch_size=4")] + [
+        cli("nodes", {**base, **node, "NODE_RANK": str(r)}, "data.batch_size=2", "trainer.num_nodes=2",
+            "trainer.devices=1", "trainer.strategy=ddp")
+        for r in (0, 1)
+    ]
+    outs = [p.communicate(timeout=400) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+
+    def table(stdout: str) -> dict[str, str]:
+        return {ln.split()[0]: ln.split()[1] for ln in stdout.splitlines() if ln.startswith("test/")}
+
+    assert table(outs[0][0]) and table(outs[1][0]) == table(outs[0][0]), (outs[0][0], outs[1][0])
+    a = read_checkpoint(tmp_path / "single" / "demo" / "mn" / "checkpoints" / "last.ckpt")
+    b = read_checkpoint(tmp_path / "nodes" / "demo" / "mn" / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] > 0
+    assert [p.name for p in (tmp_path / "nodes" / "demo").iterdir()] == ["mn"]

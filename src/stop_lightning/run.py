@@ -60,17 +60,24 @@ def run_folder(experiment_dir: Path, resume: str | None = None) -> tuple[Path, s
         if not ckpt.is_file():
             raise FileNotFoundError(f"cannot resume: checkpoint {ckpt} does not exist")
         return ckpt.resolve().parent.parent, str(ckpt)
+    if _launched_with_other_ranks() and RUN_STAMP_ENV not in os.environ:
+        raise ConfigError(
+            f"this process is one rank of a multi-process launch (torchrun, srun): set {RUN_STAMP_ENV} to "
+            "the same run name on every node (e.g. STOP_RUN_STAMP=$SLURM_JOB_ID) so all ranks share one "
+            "run folder (docs/cluster.md)"
+        )
     stamp = os.environ.setdefault(RUN_STAMP_ENV, time.strftime("%Y%m%d-%H%M%S"))
     return experiment_dir / stamp, None
 
 
-def _joins_existing_folder() -> bool:
-    """A process other than global rank 0 (Lightning's DDP children, torchrun or srun ranks) uses the
-    folder rank 0 claimed, named by ``STOP_RUN_STAMP``, instead of claiming one."""
+def _launched_with_other_ranks() -> bool:
+    """A rank of a multi-process launch: Lightning's DDP children (``LOCAL_RANK``), torchrun
+    (``WORLD_SIZE``), srun (``SLURM_NTASKS``) or nodes started by hand (``NODE_RANK``). These use the
+    folder named by ``STOP_RUN_STAMP`` instead of claiming a new one (only one rank could win it)."""
     for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "GROUP_RANK"):
         if os.environ.get(var, "0") not in ("", "0"):
             return True
-    return False
+    return any(os.environ.get(var, "1") not in ("", "1") for var in ("WORLD_SIZE", "SLURM_NTASKS"))
 
 
 def claim_run_dir(wanted: Path) -> Path:
@@ -79,7 +86,7 @@ def claim_run_dir(wanted: Path) -> Path:
     parent = wanted.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        if _joins_existing_folder():
+        if _launched_with_other_ranks():
             wanted.mkdir(exist_ok=True)
             return wanted
         for n in range(1, 1000):
