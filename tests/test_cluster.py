@@ -43,6 +43,14 @@ class SeenBatches(L.Callback):
             os.kill(os.getpid(), signal.SIGTERM)  # as the scheduler would, in the middle of a step
 
 
+def fresh_cli_logging(monkeypatch) -> None:
+    """cli.configure_logging binds its handler to the sys.stderr of the first test that ran the CLI
+    (an earlier capsys stream, closed since); a fresh one writes to this test's stderr."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("stop_lightning"), "handlers", [])
+
+
 def with_callback(monkeypatch, callback):
     import stop_lightning.train as train_module
     from stop_lightning.callbacks import build_callbacks
@@ -154,6 +162,7 @@ def test_full_disk_during_save_one_line_no_tmp(cache_dir, tmp_path, monkeypatch,
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(cio.torch, "save", save_until_full)
+    fresh_cli_logging(monkeypatch)
     monkeypatch.setenv("STOP_RUN_STAMP", "full")
     assert cli.main(["train", "demo", *overrides(cache_dir, tmp_path)]) == 2
     out = capsys.readouterr().err
@@ -176,6 +185,7 @@ def test_read_only_output_folder_one_line_no_folder(cache_dir, tmp_path, monkeyp
         return real_mkdir(self, *a, **k)
 
     monkeypatch.setattr(Path, "mkdir", refuse)
+    fresh_cli_logging(monkeypatch)
     monkeypatch.setenv("STOP_RUN_STAMP", "ro")
     assert cli.main(["train", "demo", *overrides(cache_dir, tmp_path / "ro")]) == 2
     out = capsys.readouterr().err
