@@ -25,12 +25,21 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--clip", default=None, help="CLIP source (hub id, folder or OpenAI .pt) if not where the model's config says")
 
 
+class CurrentStderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a line is logged (not when the handler was made), so
+    a redirected or replaced stderr (tests, notebooks) gets the lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def configure_logging() -> None:
     """Our INFO lines once each; Lightning keeps its own handler, third-party noise stays quiet."""
     import os
     import warnings
 
-    handler = logging.StreamHandler()
+    handler = CurrentStderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     ours = logging.getLogger("stop_lightning")
     if not ours.handlers:
