@@ -18,7 +18,7 @@ help:
 	@echo "make install                      create $(VENV) and install the package with dev tools"
 	@echo "make test                         run the test suite (CPU only, no network)"
 	@echo "make demo                         train + evaluate on a tiny synthetic dataset (no downloads)"
-	@echo "make train EXP=hmdb51 [ARGS='k=v'] [RESUME=last|path.ckpt]"
+	@echo "make train EXP=hmdb51 [ARGS='k=v'] [RESUME=auto|last|path.ckpt]"
 	@echo "make eval  EXP=hmdb51 CKPT=path.ckpt [ARGS='k=v']"
 	@echo "make zero_shot CKPT=k400.ckpt [ARGS='k=v']  K400 model -> HMDB51/UCF101/K600 zero-shot table"
 	@echo "make sweep SWEEP=hmdb51_fig4      W&B sweep online, local grid offline"

@@ -170,3 +170,46 @@ def test_drawing_images_does_not_change_training(demo_run, cache_dir, tmp_path, 
     assert plain.keys() == drawn.keys()
     for key in plain:
         assert torch.allclose(plain[key], drawn[key], atol=1e-6), key
+
+
+def test_text_log_lines_for_files(tmp_path):
+    """One line every N steps and one per epoch with loss, val metrics, lr, clips/s and ETA."""
+    import io
+
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader
+
+    from stop_lightning.callbacks import TextLog
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, i):
+            loss = self.w(batch["video"]).pow(2).mean()
+            self.log("train/loss", loss)
+            return loss
+
+        def validation_step(self, batch, i):
+            self.log("val/top1", 0.25)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    data = [{"video": torch.ones(2)} for _ in range(8)]
+    out = io.StringIO()
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        callbacks=[TextLog(every_n_steps=2, stream=out)], default_root_dir=tmp_path)
+    trainer.fit(Tiny(), DataLoader(data, batch_size=2), DataLoader(data, batch_size=4))
+    lines = out.getvalue().splitlines()
+    steps = [line for line in lines if " done " not in line]
+    ends = [line for line in lines if " done " in line]
+    assert [line.split(" | ")[0] for line in steps] == [
+        "epoch 1/2 [2/4] step 2", "epoch 1/2 [4/4] step 4", "epoch 2/2 [2/4] step 6", "epoch 2/2 [4/4] step 8"
+    ]
+    assert [line.split(" | ")[0] for line in ends] == ["epoch 1/2 done step 4", "epoch 2/2 done step 8"]
+    for line in ends:
+        assert "val/top1 0.2500" in line and "train/loss" in line and "lr 1.00e-02" in line and "clips/s" in line
+    assert "eta 0:00:00" in ends[-1] and "eta " in steps[0]

@@ -121,7 +121,7 @@ def test_entries_are_removed_by_name(tmp_path):
     assert build_loggers(cfg, tmp_path) == []
     assert [
         type(x).__name__ for x in build_loggers(load_config("demo", ["logger.wandb=false"]), tmp_path)
-    ] == ["CSVLogger"]
+    ] == ["AppendingCSVLogger"]  # CSVLogger that appends on resume (loggers.py)
 
 
 # ---------------------------------------------------------------------------------- in a run

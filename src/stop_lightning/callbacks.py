@@ -8,8 +8,11 @@ counts, checkpoints, throughput and prompt images. The ``callbacks`` config sect
 from __future__ import annotations
 
 import ast
+import datetime
 import json
+import math
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from omegaconf import DictConfig
 from stop_lightning.components import build_components
 from stop_lightning.figures import denormalize, frame_weight_figure, save_figure, spatial_mask_figure
 from stop_lightning.models.tiny_clip import CLIP_MEAN, CLIP_STD
+from stop_lightning.preemption import PreemptionCheckpoint
 from stop_lightning.provenance import RUN_INFO_FILE
 
 
@@ -71,6 +75,25 @@ class RngStateInCheckpoint(Callback):
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class SamplerPositionInCheckpoint(Callback):
+    """A checkpoint written mid-epoch (preemption) records how many training batches of the epoch
+    are done; resuming from it, the DataModule's sampler starts at the next batch of that epoch, so
+    no batch is seen twice or skipped (the order is a function of seed, epoch and position)."""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if 0 < done < trainer.num_training_batches:
+            checkpoint.setdefault("stop_lightning", {})["sampler"] = {
+                "epoch": int(trainer.current_epoch), "batches": int(done)
+            }
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        position = checkpoint.get("stop_lightning", {}).get("sampler")
+        dm = getattr(trainer, "datamodule", None)
+        if position and dm is not None and hasattr(dm, "resume_at"):
+            dm.resume_at = (int(position["epoch"]), int(position["batches"]))
+
+
 # ------------------------------------------------------------------------------ logged in training
 class DataHealthCallback(L.Callback):
     """Logs the DataModule's per-epoch counts (bad videos skipped, FFmpeg warnings/errors) as
@@ -116,6 +139,66 @@ class Throughput(Callback):
             if elapsed > 0:
                 pl_module.log("perf/clips_per_s", self._clips / elapsed, prog_bar=True, rank_zero_only=True)
             self._start, self._clips = time.perf_counter(), 0
+
+
+class TextLog(Callback):
+    """Plain text lines for logs that go to a file (a cluster job's stdout), where a progress bar is
+    one endless line: every ``every_n_steps`` optimiser steps and at each epoch end, one line with
+    epoch, step, train loss, validation metrics (epoch end), lr, clips/s, ETA and peak GPU memory::
+
+        epoch 2/5 [ 20/120] step 260 | train/loss 0.6931 | lr 1.00e-03 | 35.2 clips/s | eta 0:12:31 | mem 1234 MiB
+        epoch 2/5 done step 360 | train/loss 0.6532 | val/loss 0.6412 | val/top1 0.6250 | lr ... | eta ...
+
+    ``build_callbacks`` adds it when stdout is not a terminal; the progress bar stays for terminals.
+    """
+
+    def __init__(self, every_n_steps: int, stream=None) -> None:
+        self.every_n_steps = int(every_n_steps)
+        self.stream = stream
+        self._fit_start = self._window_start = None
+        self._start_step = 0
+        self._clips = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._fit_start = self._window_start = time.perf_counter()
+        self._start_step = trainer.global_step  # a resumed run: ETA from this session's pace
+        self._clips = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        video = batch.get("video") if isinstance(batch, dict) else None
+        self._clips += int(video.shape[0]) * trainer.world_size if video is not None else 0
+        step = trainer.global_step
+        if self.every_n_steps > 0 and step % self.every_n_steps == 0 and (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
+            where = f"[{batch_idx + 1:>{len(str(trainer.num_training_batches))}}/{trainer.num_training_batches}]"
+            self._emit(trainer, where, prefix="train/")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._emit(trainer, "done", prefix="")
+
+    def _emit(self, trainer, where: str, prefix: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix or ("train/", "val/"))}
+        now = time.perf_counter()
+        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} {where} step {trainer.global_step}"]
+        parts += [f"{k} {metrics[k]:.4f}" for k in sorted(metrics) if not k.endswith("_step")]
+        if trainer.optimizers:
+            parts.append(f"lr {trainer.optimizers[0].param_groups[0]['lr']:.2e}")
+        if self._window_start is not None and now > self._window_start:
+            parts.append(f"{self._clips / (now - self._window_start):.1f} clips/s")
+        parts.append(f"eta {self._eta(trainer, now)}")
+        if torch.cuda.is_available():
+            parts.append(f"mem {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+        print(" | ".join(parts), file=self.stream or sys.stdout, flush=True)
+        self._window_start, self._clips = now, 0
+
+    def _eta(self, trainer, now: float) -> str:
+        done = trainer.global_step - self._start_step
+        total = trainer.estimated_stepping_batches
+        if done <= 0 or self._fit_start is None or not math.isfinite(total):
+            return "?"
+        seconds = (now - self._fit_start) / done * max(0, total - trainer.global_step)
+        return str(datetime.timedelta(seconds=round(seconds)))
 
 
 def clip_label(datamodule: Any, batch: dict[str, Any]) -> str:
@@ -247,7 +330,10 @@ def checkpoint_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
 def build_callbacks(cfg: DictConfig, run_dir: Path, stage: str) -> list[Callback]:
     callbacks: list[Callback] = [RunInfoInCheckpoint(run_dir), DataHealthCallback(), RngStateInCheckpoint()]
     if stage == "fit":
-        callbacks += [*checkpoint_callbacks(cfg, run_dir), Throughput()]
+        callbacks += [*checkpoint_callbacks(cfg, run_dir), Throughput(), SamplerPositionInCheckpoint()]
+        if not sys.stdout.isatty():
+            callbacks.append(TextLog(cfg.logger.text_every_n_steps))
+        callbacks.append(PreemptionCheckpoint(run_dir / "checkpoints" / "last.ckpt", cfg.trainer.requeue))
         every = cfg.logger.log_images_every_n_steps
         if every > 0 and (cfg.model.spatial.enabled or cfg.model.temporal.enabled):
             callbacks.append(PromptImageLogger(run_dir, every))

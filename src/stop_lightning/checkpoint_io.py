@@ -22,8 +22,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     checkpoint. Loads with ``weights_only=True``: checkpoints hold tensors, numbers, strings and dicts."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+        """A failed write (disk full, read-only folder) removes its temporary file, leaves the
+        previous checkpoint as it was and ends in one line (:func:`stop_lightning.run.storage_error`)."""
+        from stop_lightning.run import storage_error
+
+        try:
+            with atomic_path(path) as tmp:
+                torch.save(checkpoint, tmp)
+        except OSError as err:  # named by the checkpoint's path, not its temporary file's
+            raise storage_error(OSError(err.errno, err.strerror), path) from err
+        except RuntimeError as err:  # torch's zip writer reports a failed write (no errno) as RuntimeError
+            if "write" not in str(err).lower():
+                raise
+            from stop_lightning.run import StorageError, free_space
+
+            raise StorageError(
+                f"cannot write {path} ({str(err).splitlines()[0]}): {free_space(Path(path))} free on its disk"
+            ) from err
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         return read_checkpoint(path, map_location=map_location)

@@ -33,17 +33,13 @@ def _add_store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes (default: one per core)")
 
 
-class _CurrentStderr(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is when a line is logged, not when the handler was made: a
-    notebook, pytest's capture or a redirect may swap the stream between two CLI calls in one process."""
+class CurrentStderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a line is logged (not when the handler was made), so
+    a redirected or replaced stderr (tests, notebooks) gets the lines."""
 
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value) -> None:
-        pass
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
 
 
 def configure_logging() -> None:
@@ -51,7 +47,7 @@ def configure_logging() -> None:
     import os
     import warnings
 
-    handler = _CurrentStderr()
+    handler = CurrentStderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     ours = logging.getLogger("stop_lightning")
     if not ours.handlers:
@@ -70,6 +66,8 @@ def configure_logging() -> None:
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    # Our sampler resumes mid-epoch itself (callbacks.SamplerPositionInCheckpoint).
+    warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fit, validate and test an experiment")
     _add_experiment_args(p)
-    p.add_argument("--resume", default=None, help="'last' or a checkpoint path: continue an interrupted run")
+    p.add_argument("--resume", default=None, help="continue an interrupted run: 'last' (newest run of the experiment; "
+                   "exit 2 if none), 'auto' (the same, or a fresh run if none) or a checkpoint path (docs/cluster.md)")
+    p.add_argument("--allow-change", action="append", default=[], metavar="KEY",
+                   help="with --resume: let this config key (or section, e.g. trainer) differ from the run's "
+                   "config.yaml; repeatable")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
     p = sub.add_parser("eval", help="test a checkpoint (or zero-shot CLIP without one)")
@@ -171,7 +173,13 @@ def main(argv: list[str] | None = None) -> int:
             from stop_lightning.train import evaluate, train
 
             if args.command == "train":
-                train(cfg, resume=args.resume)
+                from stop_lightning.preemption import Preempted
+
+                try:
+                    train(cfg, resume=args.resume, allow_change=tuple(args.allow_change))
+                except Preempted as stop:
+                    print(f"preempted: {stop.message}", file=sys.stderr)
+                    return stop.code
             else:
                 evaluate(cfg, ckpt=args.ckpt)
             return 0
@@ -215,9 +223,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from stop_lightning.data.decode import VideoDecodeError
     from stop_lightning.data.manifest import ManifestError
     from stop_lightning.models.backbone import ClipLoadError
+    from stop_lightning.run import StorageError
     from stop_lightning.tasks.base import CheckpointMismatchError
 
-    return (FileNotFoundError, ManifestError, ClipLoadError, CheckpointReadError, CheckpointMismatchError, VideoDecodeError)
+    return (
+        FileNotFoundError, ManifestError, ClipLoadError, CheckpointReadError, CheckpointMismatchError,
+        VideoDecodeError, StorageError,
+    )
 
 
 if __name__ == "__main__":

@@ -270,21 +270,24 @@ class TrainerConfig:
     max_epochs: int = 5
     max_steps: int = -1
     accelerator: str = "auto"
-    devices: Any = "auto"
+    devices: Any = "auto"  # "auto", an int (-1: all), a list of device ids, or "0,1" (checked by _check_trainer)
     strategy: str = "auto"
-    num_nodes: int = 1
+    num_nodes: int = 1  # nodes of a multi-node run (docs/cluster.md)
     precision: str = "auto"  # auto: bf16-mixed on GPUs that support it, 32-true on CPU
     gradient_clip_val: float = 1.0
     accumulate_grad_batches: int = 1
     log_every_n_steps: int = 10
     val_check_interval: float = 1.0
     check_val_every_n_epoch: int = 1
-    limit_train_batches: float = 1.0
-    limit_val_batches: float = 1.0
-    limit_test_batches: float = 1.0
+    # Lightning's meaning, kept by typing these int | float: an int is a number of batches (1: one
+    # batch), a float a fraction of them (1.0: all).
+    limit_train_batches: Any = 1.0
+    limit_val_batches: Any = 1.0
+    limit_test_batches: Any = 1.0
     num_sanity_val_steps: int = 0
     deterministic: bool = False
-    enable_progress_bar: bool = True
+    enable_progress_bar: bool = True  # on a terminal; output to a file gets text lines (logger.text_every_n_steps)
+    requeue: bool = True  # under SLURM, a preemption signal requeues the job (docs/cluster.md)
 
 
 @dataclass
@@ -295,6 +298,7 @@ class LoggerConfig:
     entity: str = ""
     tags: list[str] = field(default_factory=list)
     log_images_every_n_steps: int = 200
+    text_every_n_steps: int = 50  # when stdout is not a terminal: a text line every N steps (0: per epoch only)
 
 
 @dataclass
@@ -330,7 +334,7 @@ def _default_callbacks() -> dict[str, ComponentConfig]:
 
 
 def _default_loggers() -> dict[str, ComponentConfig]:
-    return {"csv": ComponentConfig("lightning.pytorch.loggers.CSVLogger", {"name": "csv", "version": ""})}
+    return {"csv": ComponentConfig("stop_lightning.loggers.AppendingCSVLogger", {"name": "csv", "version": ""})}
 
 
 @dataclass
@@ -398,6 +402,9 @@ RANGES: dict[str, tuple[float, float]] = {
     "data.store_fps": (-1, 240),
     "data.store_gop": (1, 1000),
     "data.store_jpeg_quality": (1, 100),
+    "data.num_workers": (0, 1024),
+    "trainer.num_nodes": (1, 1 << 16),
+    "logger.text_every_n_steps": (0, 1 << 30),
     "optim.lr": (0.0, 10.0),
     "optim.warmup_ratio": (0.0, 1.0),
     "task.qb_norm_beta": (0.0, 1000.0),
@@ -493,6 +500,43 @@ def _validate_values(cfg: DictConfig, layer: DictConfig, origin: str) -> None:
             raise ConfigError(f"config key '{key}' = {value!r} in {origin} is outside the valid range [{low}, {high}]")
 
 
+LIMIT_KEYS = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
+
+
+def _check_trainer(t: DictConfig) -> None:
+    """The trainer values Lightning would otherwise reject with a traceback, checked before any folder."""
+    for key in LIMIT_KEYS:
+        value = t[key]
+        ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 0) or (
+            isinstance(value, float) and 0.0 <= value <= 1.0
+        )
+        if not ok:
+            raise ConfigError(
+                f"config key 'trainer.{key}' = {value!r}: give a number of batches (int >= 0, e.g. 1 for one "
+                "batch) or a fraction (float in [0.0, 1.0], e.g. 1.0 for all)"
+            )
+    devices = t.devices
+    items = list(devices) if isinstance(devices, ListConfig) else [devices]
+    if isinstance(devices, str) and devices != "auto":
+        items = [d.strip() for d in devices.split(",") if d.strip()]
+    good = devices == "auto" or (items and all(_is_device_id(d, len(items)) for d in items))
+    if not good:
+        raise ConfigError(
+            f"config key 'trainer.devices' = {devices!r}: use \"auto\", a count (1, 2, -1 for all), "
+            "a list of device ids ([0, 1]) or a string of them (\"0,1\")"
+        )
+
+
+def _is_device_id(item: Any, count: int) -> bool:
+    if isinstance(item, bool):
+        return False
+    if isinstance(item, str):
+        if not item.lstrip("-").isdigit():
+            return False
+        item = int(item)
+    return isinstance(item, int) and (item >= 0 or (item == -1 and count == 1))
+
+
 def load_config(
     experiment: str | Path,
     overrides: list[str] | None = None,
@@ -556,6 +600,7 @@ def load_config(
     if missing:
         raise ConfigError(f"required config values missing: {', '.join(sorted(missing))} (set them in {exp_path} or on the command line)")
     _validate_values(cfg, cfg, "the composed config (after interpolation)")
+    _check_trainer(cfg.trainer)
     from stop_lightning.components import check_components  # imports lightning: only once composed
 
     check_components(cfg)

@@ -7,10 +7,49 @@ import os
 import sys
 from pathlib import Path
 
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf
 
 from stop_lightning.components import build_components
+
+WANDB_ID_FILE = "wandb_id.txt"  # in the run folder: a resumed run continues the same W&B run
+
+
+class AppendingExperimentWriter(ExperimentWriter):
+    """Keeps an existing ``metrics.csv`` (a resumed run) and appends to it; Lightning's writer
+    deletes it ("Previous log files ... will be deleted")."""
+
+    def _check_log_dir_exists(self) -> None:
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as f:
+                header = f.readline().strip()
+            self.metrics_keys = sorted(k for k in header.split(",") if k)
+
+
+class AppendingCSVLogger(CSVLogger):
+    """Lightning's CSVLogger whose ``metrics.csv`` survives a resume: rows of all epochs stay."""
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The W&B run id of this run folder, made once and stored in ``wandb_id.txt``."""
+    from stop_lightning.fileio import atomic_write
+
+    path = Path(run_dir) / WANDB_ID_FILE
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    import secrets
+
+    run_id = secrets.token_hex(4)
+    atomic_write(path, run_id + "\n")
+    return run_id
 
 
 class ConfigOnceWandbLogger(WandbLogger):
@@ -53,6 +92,8 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
                 tags=list(cfg.logger.tags),
                 save_dir=str(run_dir),
                 offline=mode == "offline",
+                id=wandb_run_id(run_dir),
+                resume="allow",
                 config=OmegaConf.to_container(cfg, resolve=True),
             )
         )

@@ -1,15 +1,36 @@
-"""The run folder: where a new run goes, which folder and checkpoint ``RESUME`` continues, and the
-config as the run sees it."""
+"""The run folder: where a new run goes, which folder and checkpoint ``RESUME`` continues, the config
+as the run sees it, and the rule that a resumed run keeps the config it started with.
+
+Resume rules (docs/cluster.md): ``last`` continues the newest run of the experiment that has a
+``checkpoints/last.ckpt`` and fails (exit 2) when there is none; ``auto`` does the same but starts a
+fresh run when there is none (a requeued job can always pass it); a path continues that checkpoint's
+run. A resumed run's ``config.yaml`` is its config: a composed config that differs from it stops the
+run naming each differing key, unless the key is allowed to change (``--allow-change KEY``).
+"""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from stop_lightning.config import ConfigError
+
 RUN_STAMP_ENV = "STOP_RUN_STAMP"
+RESUME_MODES = ("last", "auto")
+# Keys that are the run's location, not its settings: never compared on resume.
+NEVER_COMPARED = ("paths.run_dir",)
+
+
+class StorageError(OSError):
+    """A folder or file the run must write cannot be written; the message names it and why."""
+
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno N]"
+        return self.strerror or super().__str__()
 
 
 def latest_run(experiment_dir: Path) -> Path | None:
@@ -21,26 +42,120 @@ def latest_run(experiment_dir: Path) -> Path | None:
 def run_folder(experiment_dir: Path, resume: str | None = None) -> tuple[Path, str | None]:
     """(run folder, checkpoint to resume from): the one place that reads ``RESUME``.
 
-    Each new run gets ``<paths.run_dir>/<timestamp>``; ``last`` continues the newest run of the
-    experiment with a ``checkpoints/last.ckpt``, a path continues in that checkpoint's folder. The
-    timestamp goes through an environment variable so DDP ranks started later by Lightning (which
-    re-run the command) land in the same folder.
+    A new run's folder is ``<paths.run_dir>/<timestamp>`` as wanted; :func:`claim_run_dir` creates
+    it (or a suffixed one when it is taken). The timestamp goes through an environment variable so
+    DDP ranks started later by Lightning (which re-run the command) land in the same folder.
     """
-    if resume == "last":
+    if resume in RESUME_MODES:
         found = latest_run(experiment_dir)
-        if found is None:
+        if found is not None:
+            return found, str(found / "checkpoints" / "last.ckpt")
+        if resume == "last":
             raise FileNotFoundError(
                 f"cannot resume: no run under {experiment_dir} has checkpoints/last.ckpt "
-                "(train once without RESUME, or pass RESUME=path/to.ckpt)"
+                "(train once without RESUME, pass RESUME=path/to.ckpt, or RESUME=auto to start fresh)"
             )
-        return found, str(found / "checkpoints" / "last.ckpt")
-    if resume:
+    elif resume:
         ckpt = Path(resume)
         if not ckpt.is_file():
             raise FileNotFoundError(f"cannot resume: checkpoint {ckpt} does not exist")
         return ckpt.resolve().parent.parent, str(ckpt)
+    if _launched_with_other_ranks() and RUN_STAMP_ENV not in os.environ:
+        raise ConfigError(
+            f"this process is one rank of a multi-process launch (torchrun, srun): set {RUN_STAMP_ENV} to "
+            "the same run name on every node (e.g. STOP_RUN_STAMP=$SLURM_JOB_ID) so all ranks share one "
+            "run folder (docs/cluster.md)"
+        )
     stamp = os.environ.setdefault(RUN_STAMP_ENV, time.strftime("%Y%m%d-%H%M%S"))
     return experiment_dir / stamp, None
+
+
+def _launched_with_other_ranks() -> bool:
+    """A rank of a multi-process launch: Lightning's DDP children (``LOCAL_RANK``), torchrun
+    (``WORLD_SIZE``), srun (``SLURM_NTASKS``) or nodes started by hand (``NODE_RANK``). These use the
+    folder named by ``STOP_RUN_STAMP`` instead of claiming a new one (only one rank could win it)."""
+    for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "GROUP_RANK"):
+        if os.environ.get(var, "0") not in ("", "0"):
+            return True
+    return any(os.environ.get(var, "1") not in ("", "1") for var in ("WORLD_SIZE", "SLURM_NTASKS"))
+
+
+def claim_run_dir(wanted: Path) -> Path:
+    """Create a new run's folder atomically: ``wanted``, else ``wanted-2``, ``wanted-3``... (two runs
+    started in the same second get two folders). Sets ``STOP_RUN_STAMP`` to the name it got."""
+    parent = wanted.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        if _launched_with_other_ranks():
+            wanted.mkdir(exist_ok=True)
+            return wanted
+        for n in range(1, 1000):
+            candidate = wanted if n == 1 else wanted.with_name(f"{wanted.name}-{n}")
+            try:
+                candidate.mkdir()
+            except FileExistsError:
+                continue
+            os.environ[RUN_STAMP_ENV] = candidate.name
+            return candidate
+    except OSError as err:
+        raise storage_error(err, parent) from err
+    raise StorageError(f"cannot create a run folder under {parent}: {wanted.name} and 999 suffixes are taken")
+
+
+def check_writable(folder: Path) -> None:
+    """Write and remove a probe file in ``folder`` (the run folder, before any training)."""
+    probe = folder / f".write-probe.{os.getpid()}"
+    try:
+        probe.write_bytes(b"0")
+    except OSError as err:
+        raise storage_error(err, folder) from err
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def storage_error(err: OSError, path: Path | str) -> StorageError:
+    """One line for a failed write: the path, and the free space (disk full) or the permission."""
+    path = Path(getattr(err, "filename", None) or path)
+    if err.errno == errno.ENOSPC or err.errno == getattr(errno, "EDQUOT", -1):
+        return StorageError(err.errno, f"disk full writing {path}: {free_space(path)} free; free space or set "
+                            "paths.output_dir to another disk, then resume with RESUME=auto")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StorageError(err.errno, f"cannot write {path}: permission denied ({err.strerror}); "
+                            "make it writable or set paths.output_dir to a folder you can write")
+    return StorageError(err.errno, f"cannot write {path}: {err.strerror or err}")
+
+
+def free_space(path: Path) -> str:
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB"
+    return "unknown"
+
+
+def check_resume_config(saved: DictConfig, cfg: DictConfig, allowed: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The keys where ``cfg`` differs from the run's ``saved`` config; a difference outside
+    ``allowed`` (a key or a section prefix such as ``trainer``) stops the run naming each one."""
+    a = _flat(OmegaConf.to_container(saved, resolve=True))
+    b = _flat(OmegaConf.to_container(cfg, resolve=True))
+    differ = sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>"))
+    differ = [k for k in differ if k not in NEVER_COMPARED]
+    refused = [k for k in differ if not any(k == p or k.startswith(p + ".") for p in allowed)]
+    if refused:
+        listed = "; ".join(f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in refused)
+        raise ConfigError(
+            f"resume would change the run's config ({listed}); a resumed run keeps its config.yaml. "
+            f"Drop the override(s), or allow them with --allow-change {' --allow-change '.join(refused)}"
+        )
+    return differ
+
+
+def _flat(tree, prefix: str = "") -> dict[str, object]:
+    if isinstance(tree, dict):
+        out: dict[str, object] = {}
+        for k, v in tree.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out or {prefix.rstrip("."): {}}
+    return {prefix.rstrip("."): tree}
 
 
 def with_run_dir(cfg: DictConfig, run_dir: Path) -> DictConfig:

@@ -6,6 +6,7 @@ Read top to bottom, this is everything ``make train EXP=<name>`` does.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -19,8 +20,9 @@ from stop_lightning.data.class_lists import write_protocol_files
 from stop_lightning.data.datamodules import build_datamodule
 from stop_lightning.loggers import build_loggers, finish_wandb
 from stop_lightning.models.backbone import ClipBundle, load_clip
+from stop_lightning.preemption import EXIT_PREEMPTED, Preempted
 from stop_lightning.provenance import collect_run_info, write_run_info
-from stop_lightning.run import run_folder, with_run_dir
+from stop_lightning.run import check_resume_config, check_writable, claim_run_dir, run_folder, with_run_dir
 from stop_lightning.tasks.base import VideoTaskModule
 from stop_lightning.tasks.registry import get_task
 
@@ -56,17 +58,28 @@ def build_trainer(cfg: DictConfig, run_dir: Path, stage: str) -> L.Trainer:
         log_every_n_steps=t.log_every_n_steps,
         val_check_interval=None if t.val_check_interval == 1.0 else t.val_check_interval,
         check_val_every_n_epoch=t.check_val_every_n_epoch,
-        limit_train_batches=None if t.limit_train_batches == 1.0 else t.limit_train_batches,
-        limit_val_batches=None if t.limit_val_batches == 1.0 else t.limit_val_batches,
-        limit_test_batches=None if t.limit_test_batches == 1.0 else t.limit_test_batches,
+        limit_train_batches=t.limit_train_batches,  # int: batches, float: fraction (config.py)
+        limit_val_batches=t.limit_val_batches,
+        limit_test_batches=t.limit_test_batches,
         num_sanity_val_steps=t.num_sanity_val_steps,
         deterministic=t.deterministic,
-        enable_progress_bar=t.enable_progress_bar,
+        enable_progress_bar=t.enable_progress_bar and sys.stdout.isatty(),  # files get TextLog lines
         callbacks=build_callbacks(cfg, run_dir, stage),
         logger=build_loggers(cfg, run_dir),
-        plugins=[AtomicCheckpointIO()],
+        plugins=trainer_plugins(cfg),
         use_distributed_sampler=False,  # our EpochSampler shards across ranks itself (exact resume)
     )
+
+
+def trainer_plugins(cfg: DictConfig) -> list:
+    """Atomic checkpoint saves; under SLURM, Lightning's SLURM environment without its own requeue
+    handler (preemption.py saves at a step boundary and requeues when ``trainer.requeue``)."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    plugins: list = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return plugins
 
 
 def print_metrics_table(metrics: dict[str, float], title: str) -> str:
@@ -78,9 +91,17 @@ def print_metrics_table(metrics: dict[str, float], title: str) -> str:
     return text
 
 
-def setup_run(cfg: DictConfig, run_dir: Path):
-    """CLIP and data, then the run folder, then seed: what fitting and evaluating both need."""
-    cfg = with_run_dir(cfg, run_dir)
+def setup_run(cfg: DictConfig, run_dir: Path, resuming: bool = False, allow_change: tuple[str, ...] = ()):
+    """CLIP and data, then the run folder, then seed: what fitting and evaluating both need.
+
+    A new run's folder is claimed atomically (:func:`stop_lightning.run.claim_run_dir`); a resumed
+    run keeps its folder and its ``config.yaml`` (a change outside ``allow_change`` stops it)."""
+    if resuming and (run_dir / "config.yaml").is_file():
+        from omegaconf import OmegaConf
+
+        changed = check_resume_config(OmegaConf.load(run_dir / "config.yaml"), with_run_dir(cfg, run_dir), allow_change)
+        if changed:
+            log.info("resuming with allowed config changes: %s", ", ".join(changed))
     # Weights and data first: a run that cannot start leaves no empty run folder behind.
     bundle = load_clip(cfg.model.clip, cfg.paths.cache_dir)
     datamodule = build_datamodule(
@@ -89,7 +110,9 @@ def setup_run(cfg: DictConfig, run_dir: Path):
     )
     datamodule.prepare_data()
     datamodule.setup("fit" if cfg.data.protocol != "zero_shot" else "test")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = run_dir if resuming else claim_run_dir(run_dir)
+    check_writable(run_dir)
+    cfg = with_run_dir(cfg, run_dir)
     log.info("run folder: %s", run_dir)
     save_config(cfg, run_dir / "config.yaml")
     write_run_info(cfg, run_dir, bundle, datamodule)
@@ -101,16 +124,25 @@ def setup_run(cfg: DictConfig, run_dir: Path):
     return cfg, bundle, datamodule
 
 
-def train(cfg: DictConfig, resume: str | None = None) -> dict[str, float]:
-    """Fit (unless the protocol is zero-shot or max_epochs is 0), then test the best checkpoint."""
+def train(cfg: DictConfig, resume: str | None = None, allow_change: tuple[str, ...] = ()) -> dict[str, float]:
+    """Fit (unless the protocol is zero-shot or max_epochs is 0), then test the best checkpoint.
+
+    ``resume``: ``last``, ``auto`` or a checkpoint path (:func:`stop_lightning.run.run_folder`). A
+    preemption signal ends the fit with a checkpoint and :class:`stop_lightning.preemption.Preempted`
+    (no test)."""
     run_dir, resume_ckpt = run_folder(Path(cfg.paths.run_dir), resume)
-    cfg, bundle, datamodule = setup_run(cfg, run_dir)
+    cfg, bundle, datamodule = setup_run(cfg, run_dir, resuming=resume_ckpt is not None, allow_change=allow_change)
+    run_dir = Path(cfg.paths.run_dir)
     module = build_module(cfg, datamodule, bundle)
     trainer = build_trainer(cfg, run_dir, "fit")
     fits = cfg.data.protocol != "zero_shot" and cfg.trainer.max_epochs != 0
     ckpt_for_test = None
     if fits:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_ckpt)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_ckpt)
+        except Preempted:
+            finish_wandb(exit_code=EXIT_PREEMPTED)
+            raise
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         ckpt_for_test = best or None
     results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_for_test, verbose=False)
@@ -125,6 +157,7 @@ def evaluate(cfg: DictConfig, ckpt: str | None = None) -> dict[str, float]:
     """Test a checkpoint (trained weights on top of the frozen CLIP) or zero-shot CLIP."""
     run_dir, _ = run_folder(Path(cfg.paths.run_dir))
     cfg, bundle, datamodule = setup_run(cfg, run_dir)
+    run_dir = Path(cfg.paths.run_dir)
     module = build_module(cfg, datamodule, bundle)
     if ckpt is not None:
         from stop_lightning.checkpoint_io import load_trained_weights

@@ -336,3 +336,24 @@ def test_loader_throughput_benchmark(tmp_path, hmdb, data_cfg):
     )
     assert len(rows) == 1 and rows[0]["clips"] == 8 and rows[0]["clips_per_s"] > 0
     assert "| 4 | 0 |" in markdown_table(rows)
+
+
+def test_worker_decode_error_is_the_same_line_as_in_process(broken, data_cfg):
+    """A bad video found in a DataLoader worker ends in the same one-line message as without workers."""
+    messages = []
+    for workers in (0, 1):
+        cfg = data_cfg(*broken, bad_video="raise", min_video_frames=4, batch_size=5, num_workers=workers)
+        dm = RecognitionDataModule(cfg, 32, MEAN, STD)
+        dm.setup("validate")
+        with pytest.raises(VideoDecodeError) as err:
+            next(iter(dm.val_dataloader()))
+        messages.append((str(err.value), err.value.path, err.value.reason))
+    assert messages[0] == messages[1], messages
+    assert "\n" not in messages[1][0] and messages[1][0].endswith("(set data.bad_video=skip to skip bad videos)")
+
+
+def test_manifest_with_non_utf8_bytes_names_file_and_line(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(b'{"path": "a.avi", "label": 0}\n{"path": "caf\xe9.avi", "label": 0}\n')
+    with pytest.raises(ManifestError, match=r"train\.jsonl:2: not UTF-8 text \(byte 0xe9 at column 14\)"):
+        read_manifest(path)

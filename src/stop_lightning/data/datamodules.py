@@ -96,6 +96,8 @@ class VideoDataModule(L.LightningDataModule):
         self.health = {stage: DataHealth() for stage in STAGES}
         self._totals = {stage: dict.fromkeys(DataHealth.KEYS, 0) for stage in STAGES}
         self.datasets: dict[str, Dataset | None] = dict.fromkeys(STAGES)
+        # (epoch, training batches done) from a mid-epoch checkpoint (SamplerPositionInCheckpoint)
+        self.resume_at: tuple[int, int] | None = None
 
     # -- config helpers -----------------------------------------------------------------------
 
@@ -170,12 +172,15 @@ class VideoDataModule(L.LightningDataModule):
         train = stage == "train"
         batch = c.batch_size if train or c.eval_batch_size <= 0 else c.eval_batch_size
         generator = torch.Generator().manual_seed(self.seed + STAGES.index(stage))
+        sampler = EpochSampler(len(dataset), seed=self.seed + STAGES.index(stage), shuffle=train)
+        if train and self.resume_at is not None:  # a mid-epoch checkpoint: continue at its next batch
+            sampler.resume(self.resume_at[0], self.resume_at[1] * batch)
         return DataLoader(
             dataset,
             batch_size=batch,
             # Seeded per epoch and position, sharded across DDP ranks: exact resume (the Trainer
             # runs with use_distributed_sampler=False so Lightning keeps this sampler).
-            sampler=EpochSampler(len(dataset), seed=self.seed + STAGES.index(stage), shuffle=train),
+            sampler=sampler,
             drop_last=False,
             num_workers=c.num_workers,
             persistent_workers=c.persistent_workers and c.num_workers > 0,

@@ -30,12 +30,26 @@ class _NoTimestamps(Exception):
 
 
 class VideoDecodeError(RuntimeError):
-    """A video that cannot be used; ``path`` and ``reason`` say which and why."""
+    """A video that cannot be used; ``path`` and ``reason`` say which and why.
 
-    def __init__(self, path: str | Path, reason: str):
+    Raised in a DataLoader worker, torch re-raises it in the main process as
+    ``VideoDecodeError(<the worker's whole traceback>)``; the constructor keeps only the original
+    one-line message from it, so the user sees the same line as with ``num_workers=0``."""
+
+    def __init__(self, path: str | Path, reason: str | None = None):
+        if reason is None:  # torch's ExceptionWrapper.reraise: the worker's formatted traceback
+            message = _worker_message(str(path))
+            path, _, reason = message.partition(": ")
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+
+def _worker_message(text: str) -> str:
+    """``path: reason`` from a worker traceback's last line (``...VideoDecodeError: path: reason``)."""
+    marker = "VideoDecodeError: "
+    last = text[text.rfind(marker) + len(marker):] if marker in text else text
+    return last.strip()
 
 
 @dataclass
@@ -76,6 +90,9 @@ def configure_ffmpeg_logging() -> None:
     if _logging_configured:
         return
     av.logging.set_level(av.logging.WARNING)
+    # PyAV drops a message equal to the previous one: a second bad file with the same FFmpeg
+    # complaint (or a DataLoader worker forked after the parent logged it) would lose its reason.
+    av.logging.set_skip_repeated(False)
     logging.getLogger("libav").setLevel(logging.ERROR)
     _logging_configured = True
 

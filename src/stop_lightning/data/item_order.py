@@ -38,6 +38,12 @@ class EpochSampler(Sampler):
         self.seed = seed
         self.shuffle = shuffle
         self.epoch = 0
+        self.resume_at: tuple[int, int] | None = None  # (epoch, items of this rank already seen)
+
+    def resume(self, epoch: int, items: int) -> None:
+        """In ``epoch``, start after this rank's first ``items`` items (a mid-epoch checkpoint's
+        position); other epochs are whole. ``len`` stays the whole epoch's, as the Trainer counts."""
+        self.resume_at = (epoch, items)
 
     def set_epoch(self, epoch: int) -> None:  # Lightning calls this at every epoch start
         self.epoch = epoch
@@ -56,7 +62,8 @@ class EpochSampler(Sampler):
         order = (order * math.ceil(total / max(1, len(order))))[:total] if order else []
         # One seed per position in the epoch: independent of rank count and worker count.
         seeds = torch.randint(0, 2**31 - 1, (total,), generator=g).tolist()
-        for pos in range(rank, total, world):
+        skip = self.resume_at[1] if self.resume_at and self.resume_at[0] == self.epoch else 0
+        for pos in range(rank + skip * world, total, world):
             yield order[pos], seeds[pos]
 
 

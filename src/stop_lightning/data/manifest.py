@@ -135,6 +135,20 @@ def parse_row(obj: Any, where: str, require_target: bool = True) -> ClipRecord:
     )
 
 
+def utf8_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file; a line that is not UTF-8 ends in one error naming file and line."""
+    lines = []
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise ManifestError(
+                f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
+                "save the file as UTF-8"
+            ) from err
+    return lines
+
+
 def read_manifest(path: str | Path, require_target: bool = True) -> list[ClipRecord]:
     """Read and validate every row of a JSONL manifest. Blank lines are ignored.
     ``require_target=False`` accepts rows without ``label`` or ``captions``."""
@@ -142,16 +156,15 @@ def read_manifest(path: str | Path, require_target: bool = True) -> list[ClipRec
     if not path.is_file():
         raise ManifestError(f"manifest file {path} does not exist")
     records = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ManifestError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from err
-            records.append(parse_row(obj, where, require_target))
+    for lineno, line in enumerate(utf8_lines(path), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ManifestError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from err
+        records.append(parse_row(obj, where, require_target))
     return records
 
 
@@ -169,7 +182,7 @@ def read_classes(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"class list {path} does not exist")
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    names = [line.strip() for line in utf8_lines(path)]
     while names and not names[-1]:
         names.pop()
     for i, name in enumerate(names, start=1):
