@@ -133,3 +133,49 @@ def test_missing_real_data_says_which_command_builds_it(tmp_path):
     with pytest.raises(Exception) as err:
         train(cfg)
     assert "stop-lightning manifest hmdb51" in str(err.value)
+
+
+def test_eval_without_checkpoint_runs_only_presets_that_train_nothing(cache_dir, tmp_path, capsys):
+    from stop_lightning.cli import main
+
+    common = [f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path}", "data.synthetic_clips_per_class=8"]
+    assert main(["eval", "demo", *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--ckpt" in err and "model.preset=zero_shot" in err, err
+    assert "trainable parameters" in err and not (tmp_path / "demo").exists()  # refused before a run folder
+    metrics = evaluate(demo_cfg(cache_dir, tmp_path, "model.preset=zero_shot", "data.protocol=supervised"))
+    assert set(metrics) >= {"test/top1", "test/top5"}
+
+
+def test_missing_test_file_is_reported_before_training(cache_dir, tmp_path, monkeypatch):
+    from stop_lightning.data.manifest import ManifestError, read_manifest
+
+    cfg = demo_cfg(cache_dir, tmp_path)
+    # A private copy of the synthetic dataset, so deleting a file leaves the shared cache intact.
+    import shutil
+
+    from stop_lightning.data.datamodules import build_datamodule
+
+    dm = build_datamodule(cfg.data, "recognition", 64, (0.5,) * 3, (0.5,) * 3, cache_dir=cache_dir)
+    videos, manifests = tmp_path / "videos", tmp_path / "manifests"
+    shutil.copytree(dm.video_root, videos)
+    shutil.copytree(dm.manifest_dir, manifests)
+    test_rows = read_manifest(manifests / "split1" / "test.jsonl")
+    train_paths = {r.path for r in read_manifest(manifests / "split1" / "train.jsonl")}
+    only_test = [r.path for r in test_rows if r.path not in train_paths][:2]
+    for rel in only_test:
+        (videos / rel).unlink()
+    (videos / test_rows[-1].path).unlink(missing_ok=True)
+    (videos / test_rows[-1].path).mkdir()  # a folder where a file should be
+    cfg = demo_cfg(
+        cache_dir, tmp_path, "data.dataset=hmdb51", f"data.video_root={videos}", f"data.manifest_dir={manifests}"
+    )
+    with pytest.raises(ManifestError) as err:
+        train(cfg)
+    text = str(err.value)
+    assert text.startswith(f"{len(only_test) + 1} of ")
+    lines = text.splitlines()
+    for rel in [*only_test, test_rows[-1].path]:
+        line = next(line for line in lines if line.endswith(rel))
+        assert "test" in line.split("]")[0], line  # the split that lists it
+    assert not (tmp_path / "demo").exists()  # nothing ran: no run folder, no checkpoint

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from stop_lightning.callbacks import build_callbacks
 from stop_lightning.checkpoint_io import AtomicCheckpointIO
-from stop_lightning.config import save_config
+from stop_lightning.config import ConfigError, save_config
 from stop_lightning.data.datamodules import build_datamodule
 from stop_lightning.loggers import build_loggers, finish_wandb
 from stop_lightning.models.backbone import ClipBundle, load_clip
@@ -77,17 +77,22 @@ def print_metrics_table(metrics: dict[str, float], title: str) -> str:
     return text
 
 
-def setup_run(cfg: DictConfig, run_dir: Path):
-    """CLIP and data, then the run folder, then seed: what fitting and evaluating both need."""
+def setup_run(cfg: DictConfig, run_dir: Path, reads: tuple[str, ...] = ("train", "val", "test"), bundle=None):
+    """CLIP and data, then the run folder, then seed: what fitting and evaluating both need.
+
+    Every video file of the splits in ``reads`` is checked before the run folder is made.
+    """
     cfg = with_run_dir(cfg, run_dir)
     # Weights and data first: a run that cannot start leaves no empty run folder behind.
-    bundle = load_clip(cfg.model.clip, cfg.paths.cache_dir)
+    bundle = bundle if bundle is not None else load_clip(cfg.model.clip, cfg.paths.cache_dir)
     datamodule = build_datamodule(
         cfg.data, cfg.task.name, bundle.image_size, bundle.image_mean, bundle.image_std,
         seed=cfg.seed, cache_dir=cfg.paths.cache_dir,
     )
     datamodule.prepare_data()
     datamodule.setup("fit" if cfg.data.protocol != "zero_shot" else "test")
+    datamodule.setup("test")  # every run ends with a test: its files are checked now, with the rest
+    datamodule.check_files(reads)
     run_dir.mkdir(parents=True, exist_ok=True)
     log.info("run folder: %s", run_dir)
     save_config(cfg, run_dir / "config.yaml")
@@ -118,10 +123,32 @@ def train(cfg: DictConfig, resume: str | None = None) -> dict[str, float]:
     return metrics
 
 
-def evaluate(cfg: DictConfig, ckpt: str | None = None) -> dict[str, float]:
-    """Test a checkpoint (trained weights on top of the frozen CLIP) or zero-shot CLIP."""
+def refuse_untrained(cfg: DictConfig, bundle: ClipBundle) -> None:
+    """Without a checkpoint only a preset that trains nothing may be evaluated: anything else would
+    score randomly initialised prompts as if they were CLIP."""
+    from stop_lightning.models.video_encoder import STOPVideoModel
+
+    trainable, _ = STOPVideoModel(cfg.model, bundle.model, cfg.data.num_frames).trainable_parameter_count()
+    head = cfg.task.head == "linear"
+    if trainable or head:
+        what = f"{trainable:,} trainable parameters" + (" and a linear head" if head else "")
+        raise ConfigError(
+            f"eval without --ckpt runs only a preset that trains nothing, but model.preset={cfg.model.preset} has "
+            f"{what}, randomly initialised; pass --ckpt <a checkpoint or export folder>, or model.preset=zero_shot"
+        )
+
+
+def evaluate(cfg: DictConfig, ckpt: str | None = None, untrained: bool = False) -> dict[str, float]:
+    """Test a checkpoint (trained weights on top of the frozen CLIP) or zero-shot CLIP.
+
+    Without ``ckpt`` a preset with trainable parts is refused (:func:`refuse_untrained`) unless
+    ``untrained`` asks for its freshly initialised weights on purpose (a before-training baseline).
+    """
+    bundle = load_clip(cfg.model.clip, cfg.paths.cache_dir)
+    if ckpt is None and not untrained:
+        refuse_untrained(cfg, bundle)
     run_dir, _ = run_folder(Path(cfg.paths.run_dir))
-    cfg, bundle, datamodule = setup_run(cfg, run_dir)
+    cfg, bundle, datamodule = setup_run(cfg, run_dir, reads=("test",), bundle=bundle)
     module = build_module(cfg, datamodule, bundle)
     if ckpt is not None:
         from stop_lightning.checkpoint_io import load_trained_weights
@@ -131,6 +158,6 @@ def evaluate(cfg: DictConfig, ckpt: str | None = None) -> dict[str, float]:
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:
-        print_metrics_table(metrics, title=f"{cfg.name}: evaluation ({ckpt or 'zero-shot'})")
+        print_metrics_table(metrics, title=f"{cfg.name}: evaluation ({ckpt or ('untrained' if untrained else 'zero-shot')})")
     finish_wandb()
     return metrics

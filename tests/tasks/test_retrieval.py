@@ -352,7 +352,7 @@ def test_retrieval_learns_colour_words(cache_dir, tmp_path, monkeypatch):
          "trainer.limit_val_batches=0", "checkpoint.monitor=''"],
     )
     monkeypatch.setenv("STOP_RUN_STAMP", "untrained")
-    before = evaluate(cfg)["test/t2v_R1"]
+    before = evaluate(cfg, untrained=True)["test/t2v_R1"]
     monkeypatch.setenv("STOP_RUN_STAMP", "trained")
     trained = train(cfg)
     after = trained["test/t2v_R1"]

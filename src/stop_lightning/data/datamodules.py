@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import ConfigError, DataConfig
 from .datasets import DataHealth, SamplingConfig, VideoCaptionDataset, VideoClipDataset, seed_worker
+from .file_check import missing_files, missing_files_message
 from .item_order import EpochSampler
 from .manifest import (
     CLASSES_FILE,
@@ -139,6 +140,20 @@ class VideoDataModule(L.LightningDataModule):
                     f"[--annotations {self.spec.annotations_hint}] --out {self.manifest_dir}"
                 )
             raise ManifestError(msg)
+
+    def check_files(self, splits: tuple[str, ...] = STAGES) -> None:
+        """Every video of ``splits`` (those set up) is a file; else one ``ManifestError`` listing the
+        missing ones (count and the first 20), before anything is trained."""
+        chosen = [(name, self.datasets.get(name)) for name in splits]
+        listed = [(name, Path(p)) for name, ds in chosen if ds is not None for p in ds.paths]
+        gone = set(missing_files([p for _, p in listed]))
+        if gone:
+            where: dict[Path, list[str]] = {}
+            for name, path in listed:
+                if path in gone:
+                    where.setdefault(path, []).append(name)
+            missing = [(", ".join(names), path) for path, names in where.items()]
+            raise ManifestError(missing_files_message(missing, len({p for _, p in listed}), self.video_root))
 
     def _splits_to_build(self, stage: str | None) -> list[str]:
         """The splits a Lightning ``stage`` needs that are not built yet (``None``: all of them)."""
