@@ -41,7 +41,7 @@ def test_demo_end_to_end_run_folder_and_slim_checkpoint(cache_dir, tmp_path, mon
     for name in ("config.yaml", "run_info.json", "confusion_matrix.csv", "checkpoints/last.ckpt"):
         assert (run / name).is_file(), name
     rows = (run / "confusion_matrix.csv").read_text().strip().splitlines()
-    assert rows[0] == "true\\pred,move left,move right" and len(rows) == 3
+    assert rows[0] == "true\\pred,move left,move right,unreadable" and len(rows) == 3
     assert sum(int(v) for row in rows[1:] for v in row.split(",")[1:]) == 6  # 2 classes x 3 test clips (synthetic hmdb51 split 1 of 8 clips per class), each once
     # Only what trains is saved: no frozen CLIP tensor, every trainable tensor present.
     ckpt = read_checkpoint(run / "checkpoints" / "last.ckpt")  # weights_only=True inside
@@ -179,3 +179,42 @@ def test_missing_test_file_is_reported_before_training(cache_dir, tmp_path, monk
         line = next(line for line in lines if line.endswith(rel))
         assert "test" in line.split("]")[0], line  # the split that lists it
     assert not (tmp_path / "demo").exists()  # nothing ran: no run folder, no checkpoint
+
+
+def test_unreadable_test_videos_are_misses_and_counted(cache_dir, tmp_path, capsys):
+    """3 of 4 test videos unreadable (zero bytes, truncated, garbage): each a miss, 3 reported everywhere."""
+    import json
+    import shutil
+
+    from stop_lightning.data.datamodules import build_datamodule
+    from stop_lightning.data.manifest import read_manifest, write_manifest
+
+    cfg = demo_cfg(cache_dir, tmp_path)
+    dm = build_datamodule(cfg.data, "recognition", 64, (0.5,) * 3, (0.5,) * 3, cache_dir=cache_dir)
+    videos, manifests = tmp_path / "videos", tmp_path / "manifests"
+    shutil.copytree(dm.video_root, videos)
+    shutil.copytree(dm.manifest_dir, manifests)
+    rows = read_manifest(manifests / "split1" / "test.jsonl")
+    keep = [next(r for r in rows if r.label == 0), *[r for r in rows if r.label == 1][:3]]
+    write_manifest(manifests / "split1" / "test.jsonl", keep)
+    bad = [r.path for r in keep[1:]]
+    (videos / bad[0]).write_bytes(b"")
+    data = (videos / bad[1]).read_bytes()
+    (videos / bad[1]).write_bytes(data[: len(data) // 3])
+    (videos / bad[2]).write_bytes(b"not a video" * 50)
+    capsys.readouterr()
+    metrics = evaluate(demo_cfg(
+        cache_dir, tmp_path, "data.dataset=hmdb51", f"data.video_root={videos}", f"data.manifest_dir={manifests}",
+        "model.preset=zero_shot", "data.bad_video=skip",
+    ))
+    assert metrics["test/unreadable"] == 3
+    assert metrics["test/top1"] in (0.0, 0.25) and metrics["test/top5"] == 0.25  # only the readable clip can hit
+    assert metrics["test/mean_class"] in (0.0, 0.5)  # class 1's three clips are all misses
+    printed = capsys.readouterr().out
+    assert "unreadable: 3 of 4 test videos" in printed and all(p in printed for p in bad), printed
+    assert metrics["data/test_skipped"] == 3  # the data-health count agrees with the metrics
+    run = only_run(tmp_path)
+    assert json.loads((run / "run_info.json").read_text())["unreadable"]["test"]["count"] == 3
+    table = (run / "confusion_matrix.csv").read_text().strip().splitlines()
+    assert table[0].endswith(",unreadable")
+    assert [int(v) for v in table[2].split(",")[1:]] == [0, 0, 3]  # class 1: all three in their own column

@@ -5,6 +5,7 @@ Read top to bottom, this is everything ``make train EXP=<name>`` does.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -16,9 +17,10 @@ from stop_lightning.callbacks import build_callbacks
 from stop_lightning.checkpoint_io import AtomicCheckpointIO
 from stop_lightning.config import ConfigError, save_config
 from stop_lightning.data.datamodules import build_datamodule
+from stop_lightning.fileio import atomic_write
 from stop_lightning.loggers import build_loggers, finish_wandb
 from stop_lightning.models.backbone import ClipBundle, load_clip
-from stop_lightning.provenance import collect_run_info, write_run_info
+from stop_lightning.provenance import RUN_INFO_FILE, collect_run_info, write_run_info
 from stop_lightning.run import run_folder, with_run_dir
 from stop_lightning.tasks.base import VideoTaskModule
 from stop_lightning.tasks.registry import get_task
@@ -77,6 +79,19 @@ def print_metrics_table(metrics: dict[str, float], title: str) -> str:
     return text
 
 
+def report_unreadable(module: VideoTaskModule, run_dir: Path, shown: int = 5) -> None:
+    """Under the metrics table and in ``run_info.json``: "unreadable: N of M test videos" and the first paths."""
+    found = getattr(module, "unreadable", {})
+    if not found.get("count"):
+        return
+    first = ", ".join(found["paths"][:shown]) + (", ..." if found["count"] > shown else "")
+    print(f"unreadable: {found['count']} of {found['total']} test videos, each scored as a miss ({first})")
+    info_path = run_dir / RUN_INFO_FILE
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info["unreadable"] = {"test": {**found, "paths": found["paths"][:20]}}
+    atomic_write(info_path, json.dumps(info, indent=2))
+
+
 def setup_run(cfg: DictConfig, run_dir: Path, reads: tuple[str, ...] = ("train", "val", "test"), bundle=None):
     """CLIP and data, then the run folder, then seed: what fitting and evaluating both need.
 
@@ -119,6 +134,7 @@ def train(cfg: DictConfig, resume: str | None = None) -> dict[str, float]:
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:
         print_metrics_table(metrics, title=f"{cfg.name}: test metrics ({run_dir})")
+        report_unreadable(module, run_dir)
     finish_wandb()
     return metrics
 
@@ -159,5 +175,6 @@ def evaluate(cfg: DictConfig, ckpt: str | None = None, untrained: bool = False) 
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:
         print_metrics_table(metrics, title=f"{cfg.name}: evaluation ({ckpt or ('untrained' if untrained else 'zero-shot')})")
+        report_unreadable(module, run_dir)
     finish_wandb()
     return metrics
