@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from stop_lightning.checkpoint_io import read_checkpoint
 from stop_lightning.cli import main
 from stop_lightning.inference import checkpoint_datamodule, load_checkpoint
 from stop_lightning.pretrained import (
@@ -17,7 +18,6 @@ from stop_lightning.pretrained import (
     from_pretrained,
     model_fingerprint,
 )
-from stop_lightning.run import read_checkpoint
 from stop_lightning.tasks.base import CheckpointMismatchError
 
 

@@ -147,19 +147,24 @@ def test_eval_without_checkpoint_runs_only_presets_that_train_nothing(cache_dir,
     assert set(metrics) >= {"test/top1", "test/top5"}
 
 
-def test_missing_test_file_is_reported_before_training(cache_dir, tmp_path, monkeypatch):
-    from stop_lightning.data.manifest import ManifestError, read_manifest
-
-    cfg = demo_cfg(cache_dir, tmp_path)
-    # A private copy of the synthetic dataset, so deleting a file leaves the shared cache intact.
+def private_dataset(cache_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """(videos, manifests): a copy of the demo's synthetic dataset that a test may damage."""
     import shutil
 
     from stop_lightning.data.datamodules import build_datamodule
 
+    cfg = demo_cfg(cache_dir, tmp_path)
     dm = build_datamodule(cfg.data, "recognition", 64, (0.5,) * 3, (0.5,) * 3, cache_dir=cache_dir)
     videos, manifests = tmp_path / "videos", tmp_path / "manifests"
     shutil.copytree(dm.video_root, videos)
     shutil.copytree(dm.manifest_dir, manifests)
+    return videos, manifests
+
+
+def test_missing_test_file_is_reported_before_training(cache_dir, tmp_path):
+    from stop_lightning.data.manifest import ManifestError, read_manifest
+
+    videos, manifests = private_dataset(cache_dir, tmp_path)
     test_rows = read_manifest(manifests / "split1" / "test.jsonl")
     train_paths = {r.path for r in read_manifest(manifests / "split1" / "train.jsonl")}
     only_test = [r.path for r in test_rows if r.path not in train_paths][:2]
@@ -184,16 +189,10 @@ def test_missing_test_file_is_reported_before_training(cache_dir, tmp_path, monk
 def test_unreadable_test_videos_are_misses_and_counted(cache_dir, tmp_path, capsys):
     """3 of 4 test videos unreadable (zero bytes, truncated, garbage): each a miss, 3 reported everywhere."""
     import json
-    import shutil
 
-    from stop_lightning.data.datamodules import build_datamodule
     from stop_lightning.data.manifest import read_manifest, write_manifest
 
-    cfg = demo_cfg(cache_dir, tmp_path)
-    dm = build_datamodule(cfg.data, "recognition", 64, (0.5,) * 3, (0.5,) * 3, cache_dir=cache_dir)
-    videos, manifests = tmp_path / "videos", tmp_path / "manifests"
-    shutil.copytree(dm.video_root, videos)
-    shutil.copytree(dm.manifest_dir, manifests)
+    videos, manifests = private_dataset(cache_dir, tmp_path)
     rows = read_manifest(manifests / "split1" / "test.jsonl")
     keep = [next(r for r in rows if r.label == 0), *[r for r in rows if r.label == 1][:3]]
     write_manifest(manifests / "split1" / "test.jsonl", keep)

@@ -28,9 +28,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
+from stop_lightning.checkpoint_io import CheckpointReadError, read_checkpoint
 from stop_lightning.inference import LoadedCheckpoint, load_checkpoint, resolve_device
 from stop_lightning.models.backbone import load_clip
-from stop_lightning.run import CheckpointReadError, collect_run_info, read_checkpoint, warn_on_differences
+from stop_lightning.provenance import collect_run_info, warn_on_differences
 from stop_lightning.tasks.base import VideoTaskModule
 
 WEIGHTS_FILE = "model.safetensors"
