@@ -2,13 +2,17 @@
 
 Recognition batches::
 
-    train/val: {"video": float32 [B, T, 3, H, W], "label": int64 [B], "index": int64 [B]}
+    train/val: {"video": float32 [B, T, 3, H, W], "label": int64 [B], "index": int64 [B], "unreadable": bool [B]}
     test:      "video" is [B, V, T, 3, H, W] when V = test_clips * test_crops > 1
 
 Retrieval batches::
 
-    train:    {"video": [B, T, 3, H, W], "frame_mask": bool [B, T], "caption": list[str], "index": int64 [B]}
-    val/test: {"video", "frame_mask", "index"}, one item per video; captions via eval_captions(stage)
+    train:    {"video": [B, T, 3, H, W], "frame_mask": bool [B, T], "caption": list[str], "index": int64 [B],
+               "unreadable": bool [B]}
+    val/test: {"video", "frame_mask", "index", "unreadable"}, one item per video; captions via eval_captions(stage)
+
+``unreadable`` marks an evaluation item whose video could not be read (``data.bad_video=skip``): a
+blank stand-in that the tasks score as a miss.
 
 ``index`` is the item's row in its manifest. Every loader draws its items from
 :class:`~stop_lightning.data.item_order.EpochSampler`, which shards them across DDP ranks itself
