@@ -62,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="test a checkpoint (or zero-shot CLIP without one)")
     _add_experiment_args(p)
-    p.add_argument("--ckpt", default=None, help="checkpoint path; omit for zero-shot")
+    p.add_argument(
+        "--ckpt", default=None,
+        help="checkpoint (.ckpt) or export folder; omit only for a preset that trains nothing (model.preset=zero_shot)",
+    )
 
     p = sub.add_parser(
         "manifest", help="build data manifests from the official dataset files", add_help=False
