@@ -205,7 +205,7 @@ class RecognitionModule(VideoTaskModule):
             scores = self.all_gather(scores).flatten(0, 1)  # [W, n, C] -> [W*n, C]
             labels = self.all_gather(labels).flatten(0, 1)
             index = self.all_gather(index).flatten(0, 1)
-            unreadable = self.all_gather(unreadable).flatten(0, 1)
+            unreadable = self.all_gather(unreadable.long()).flatten(0, 1).bool()  # gloo gathers no bool
         return unique_by_index(index, scores, labels, unreadable)
 
     def _eval_metrics(self, stage: str) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:

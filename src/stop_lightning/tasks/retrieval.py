@@ -122,7 +122,7 @@ class RetrievalModule(VideoTaskModule):
             # EpochSampler gives every rank ceil(n / world) items, so the shapes agree across ranks.
             feats = self.all_gather(feats).flatten(0, 1)  # [W, n, E] -> [W*n, E]
             index = self.all_gather(index).flatten(0, 1)
-            bad = self.all_gather(bad).flatten(0, 1)
+            bad = self.all_gather(bad.long()).flatten(0, 1).bool()  # gloo gathers no bool
         return unique_by_index(index, feats, bad)
 
     def similarity(self, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
