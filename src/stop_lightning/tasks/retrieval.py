@@ -151,8 +151,9 @@ class RetrievalModule(VideoTaskModule):
         self._eval_video_feats = feats  # [V, E], for QB-Norm's bank similarities
         self._unreadable_videos = bad  # [V], rows of feats
         if stage == "test":
-            dataset = self.trainer.datamodule.datasets.get("test")
-            paths = [dataset.records[i].path for i in index[bad].tolist()] if dataset is not None else []
+            dataset = getattr(self.trainer.datamodule, "datasets", {}).get("test")
+            rows = index[bad].tolist()
+            paths = [dataset.records[i].path for i in rows] if dataset is not None else [f"row {i}" for i in rows]
             self.unreadable = {"count": int(bad.sum()), "total": int(index.numel()), "paths": paths}
         return text @ feats.t(), targets  # [C, V], [C]
 
