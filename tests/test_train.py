@@ -41,7 +41,7 @@ def test_demo_end_to_end_run_folder_and_slim_checkpoint(cache_dir, tmp_path, mon
     for name in ("config.yaml", "run_info.json", "confusion_matrix.csv", "checkpoints/last.ckpt"):
         assert (run / name).is_file(), name
     rows = (run / "confusion_matrix.csv").read_text().strip().splitlines()
-    assert rows[0] == "true\\pred,move left,move right" and len(rows) == 3
+    assert rows[0] == "true\\pred,move left,move right,unreadable" and len(rows) == 3
     assert sum(int(v) for row in rows[1:] for v in row.split(",")[1:]) == 6  # 2 classes x 3 test clips (synthetic hmdb51 split 1 of 8 clips per class), each once
     # Only what trains is saved: no frozen CLIP tensor, every trainable tensor present.
     ckpt = read_checkpoint(run / "checkpoints" / "last.ckpt")  # weights_only=True inside
@@ -133,3 +133,87 @@ def test_missing_real_data_says_which_command_builds_it(tmp_path):
     with pytest.raises(Exception) as err:
         train(cfg)
     assert "stop-lightning manifest hmdb51" in str(err.value)
+
+
+def test_eval_without_checkpoint_runs_only_presets_that_train_nothing(cache_dir, tmp_path, capsys):
+    from stop_lightning.cli import main
+
+    common = [f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path}", "data.synthetic_clips_per_class=8"]
+    assert main(["eval", "demo", *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--ckpt" in err and "model.preset=zero_shot" in err, err
+    assert "trainable parameters" in err and not (tmp_path / "demo").exists()  # refused before a run folder
+    metrics = evaluate(demo_cfg(cache_dir, tmp_path, "model.preset=zero_shot", "data.protocol=supervised"))
+    assert set(metrics) >= {"test/top1", "test/top5"}
+
+
+def private_dataset(cache_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """(videos, manifests): a copy of the demo's synthetic dataset that a test may damage."""
+    import shutil
+
+    from stop_lightning.data.datamodules import build_datamodule
+
+    cfg = demo_cfg(cache_dir, tmp_path)
+    dm = build_datamodule(cfg.data, "recognition", 64, (0.5,) * 3, (0.5,) * 3, cache_dir=cache_dir)
+    videos, manifests = tmp_path / "videos", tmp_path / "manifests"
+    shutil.copytree(dm.video_root, videos)
+    shutil.copytree(dm.manifest_dir, manifests)
+    return videos, manifests
+
+
+def test_missing_test_file_is_reported_before_training(cache_dir, tmp_path):
+    from stop_lightning.data.manifest import ManifestError, read_manifest
+
+    videos, manifests = private_dataset(cache_dir, tmp_path)
+    test_rows = read_manifest(manifests / "split1" / "test.jsonl")
+    train_paths = {r.path for r in read_manifest(manifests / "split1" / "train.jsonl")}
+    only_test = [r.path for r in test_rows if r.path not in train_paths][:2]
+    for rel in only_test:
+        (videos / rel).unlink()
+    (videos / test_rows[-1].path).unlink(missing_ok=True)
+    (videos / test_rows[-1].path).mkdir()  # a folder where a file should be
+    cfg = demo_cfg(
+        cache_dir, tmp_path, "data.dataset=hmdb51", f"data.video_root={videos}", f"data.manifest_dir={manifests}"
+    )
+    with pytest.raises(ManifestError) as err:
+        train(cfg)
+    text = str(err.value)
+    assert text.startswith(f"{len(only_test) + 1} of ")
+    lines = text.splitlines()
+    for rel in [*only_test, test_rows[-1].path]:
+        line = next(line for line in lines if line.endswith(rel))
+        assert "test" in line.split("]")[0], line  # the split that lists it
+    assert not (tmp_path / "demo").exists()  # nothing ran: no run folder, no checkpoint
+
+
+def test_unreadable_test_videos_are_misses_and_counted(cache_dir, tmp_path, capsys):
+    """3 of 4 test videos unreadable (zero bytes, truncated, garbage): each a miss, 3 reported everywhere."""
+    import json
+
+    from stop_lightning.data.manifest import read_manifest, write_manifest
+
+    videos, manifests = private_dataset(cache_dir, tmp_path)
+    rows = read_manifest(manifests / "split1" / "test.jsonl")
+    keep = [next(r for r in rows if r.label == 0), *[r for r in rows if r.label == 1][:3]]
+    write_manifest(manifests / "split1" / "test.jsonl", keep)
+    bad = [r.path for r in keep[1:]]
+    (videos / bad[0]).write_bytes(b"")
+    data = (videos / bad[1]).read_bytes()
+    (videos / bad[1]).write_bytes(data[: len(data) // 3])
+    (videos / bad[2]).write_bytes(b"not a video" * 50)
+    capsys.readouterr()
+    metrics = evaluate(demo_cfg(
+        cache_dir, tmp_path, "data.dataset=hmdb51", f"data.video_root={videos}", f"data.manifest_dir={manifests}",
+        "model.preset=zero_shot", "data.bad_video=skip",
+    ))
+    assert metrics["test/unreadable"] == 3
+    assert metrics["test/top1"] in (0.0, 0.25) and metrics["test/top5"] == 0.25  # only the readable clip can hit
+    assert metrics["test/mean_class"] in (0.0, 0.5)  # class 1's three clips are all misses
+    printed = capsys.readouterr().out
+    assert "unreadable: 3 of 4 test videos" in printed and all(p in printed for p in bad), printed
+    assert metrics["data/test_skipped"] == 3  # the data-health count agrees with the metrics
+    run = only_run(tmp_path)
+    assert json.loads((run / "run_info.json").read_text())["unreadable"]["test"]["count"] == 3
+    table = (run / "confusion_matrix.csv").read_text().strip().splitlines()
+    assert table[0].endswith(",unreadable")
+    assert [int(v) for v in table[2].split(",")[1:]] == [0, 0, 3]  # class 1: all three in their own column

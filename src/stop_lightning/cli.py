@@ -85,7 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="test a checkpoint (or zero-shot CLIP without one)")
     _add_experiment_args(p)
-    p.add_argument("--ckpt", default=None, help="checkpoint path; omit for zero-shot")
+    p.add_argument(
+        "--ckpt", default=None,
+        help="checkpoint (.ckpt) or export folder; omit only for a preset that trains nothing (model.preset=zero_shot)",
+    )
 
     p = sub.add_parser(
         "protocol", help="zero_shot: a K400 checkpoint on HMDB51, UCF101 and K600, one table", add_help=False

@@ -56,7 +56,7 @@ def _dotlist(prefix: str, value: Any) -> list[str]:
 
 def checkpoint_overrides(ckpt: str | Path) -> list[str]:
     """The trained network as overrides: the checkpoint's ``model.*`` and ``data.num_frames``."""
-    from stop_lightning.run import read_checkpoint
+    from stop_lightning.checkpoint_io import read_checkpoint
 
     hparams = read_checkpoint(ckpt).get("hyper_parameters", {})
     cfg = hparams.get("cfg")

@@ -5,6 +5,7 @@ Read top to bottom, this is everything ``make train EXP=<name>`` does.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -15,13 +16,14 @@ from omegaconf import DictConfig
 
 from stop_lightning.callbacks import build_callbacks
 from stop_lightning.checkpoint_io import AtomicCheckpointIO
-from stop_lightning.config import save_config
+from stop_lightning.config import ConfigError, save_config
 from stop_lightning.data.class_lists import write_protocol_files
 from stop_lightning.data.datamodules import build_datamodule
+from stop_lightning.fileio import atomic_write
 from stop_lightning.loggers import build_loggers, finish_wandb
 from stop_lightning.models.backbone import ClipBundle, load_clip
 from stop_lightning.preemption import EXIT_PREEMPTED, Preempted
-from stop_lightning.provenance import collect_run_info, write_run_info
+from stop_lightning.provenance import RUN_INFO_FILE, collect_run_info, write_run_info
 from stop_lightning.run import check_resume_config, check_writable, claim_run_dir, run_folder, with_run_dir
 from stop_lightning.tasks.base import VideoTaskModule
 from stop_lightning.tasks.registry import get_task
@@ -91,11 +93,32 @@ def print_metrics_table(metrics: dict[str, float], title: str) -> str:
     return text
 
 
-def setup_run(cfg: DictConfig, run_dir: Path, resuming: bool = False, allow_change: tuple[str, ...] = ()):
+def report_unreadable(module: VideoTaskModule, run_dir: Path, shown: int = 5) -> None:
+    """Under the metrics table and in ``run_info.json``: "unreadable: N of M test videos" and the first paths."""
+    found = getattr(module, "unreadable", {})
+    if not found.get("count"):
+        return
+    first = ", ".join(found["paths"][:shown]) + (", ..." if found["count"] > shown else "")
+    print(f"unreadable: {found['count']} of {found['total']} test videos, each scored as a miss ({first})")
+    info_path = run_dir / RUN_INFO_FILE
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info["unreadable"] = {"test": {**found, "paths": found["paths"][:20]}}
+    atomic_write(info_path, json.dumps(info, indent=2))
+
+
+def setup_run(
+    cfg: DictConfig,
+    run_dir: Path,
+    resuming: bool = False,
+    allow_change: tuple[str, ...] = (),
+    reads: tuple[str, ...] = ("train", "val", "test"),
+    bundle=None,
+):
     """CLIP and data, then the run folder, then seed: what fitting and evaluating both need.
 
-    A new run's folder is claimed atomically (:func:`stop_lightning.run.claim_run_dir`); a resumed
-    run keeps its folder and its ``config.yaml`` (a change outside ``allow_change`` stops it)."""
+    Every video file of the splits in ``reads`` is checked before the run folder is made. A new
+    run's folder is claimed atomically (:func:`stop_lightning.run.claim_run_dir`); a resumed run
+    keeps its folder and its ``config.yaml`` (a change outside ``allow_change`` stops it)."""
     if resuming and (run_dir / "config.yaml").is_file():
         from omegaconf import OmegaConf
 
@@ -103,13 +126,15 @@ def setup_run(cfg: DictConfig, run_dir: Path, resuming: bool = False, allow_chan
         if changed:
             log.info("resuming with allowed config changes: %s", ", ".join(changed))
     # Weights and data first: a run that cannot start leaves no empty run folder behind.
-    bundle = load_clip(cfg.model.clip, cfg.paths.cache_dir)
+    bundle = bundle if bundle is not None else load_clip(cfg.model.clip, cfg.paths.cache_dir)
     datamodule = build_datamodule(
         cfg.data, cfg.task.name, bundle.image_size, bundle.image_mean, bundle.image_std,
         seed=cfg.seed, cache_dir=cfg.paths.cache_dir,
     )
     datamodule.prepare_data()
     datamodule.setup("fit" if cfg.data.protocol != "zero_shot" else "test")
+    datamodule.setup("test")  # every run ends with a test: its files are checked now, with the rest
+    datamodule.check_files(reads)
     run_dir = run_dir if resuming else claim_run_dir(run_dir)
     check_writable(run_dir)
     cfg = with_run_dir(cfg, run_dir)
@@ -149,14 +174,37 @@ def train(cfg: DictConfig, resume: str | None = None, allow_change: tuple[str, .
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:
         print_metrics_table(metrics, title=f"{cfg.name}: test metrics ({run_dir})")
+        report_unreadable(module, run_dir)
     finish_wandb()
     return metrics
 
 
-def evaluate(cfg: DictConfig, ckpt: str | None = None) -> dict[str, float]:
-    """Test a checkpoint (trained weights on top of the frozen CLIP) or zero-shot CLIP."""
+def refuse_untrained(cfg: DictConfig, bundle: ClipBundle) -> None:
+    """Without a checkpoint only a preset that trains nothing may be evaluated: anything else would
+    score randomly initialised prompts as if they were CLIP."""
+    from stop_lightning.models.video_encoder import STOPVideoModel
+
+    trainable, _ = STOPVideoModel(cfg.model, bundle.model, cfg.data.num_frames).trainable_parameter_count()
+    head = cfg.task.head == "linear"
+    if trainable or head:
+        what = f"{trainable:,} trainable parameters" + (" and a linear head" if head else "")
+        raise ConfigError(
+            f"eval without --ckpt runs only a preset that trains nothing, but model.preset={cfg.model.preset} has "
+            f"{what}, randomly initialised; pass --ckpt <a checkpoint or export folder>, or model.preset=zero_shot"
+        )
+
+
+def evaluate(cfg: DictConfig, ckpt: str | None = None, untrained: bool = False) -> dict[str, float]:
+    """Test a checkpoint (trained weights on top of the frozen CLIP) or zero-shot CLIP.
+
+    Without ``ckpt`` a preset with trainable parts is refused (:func:`refuse_untrained`) unless
+    ``untrained`` asks for its freshly initialised weights on purpose (a before-training baseline).
+    """
+    bundle = load_clip(cfg.model.clip, cfg.paths.cache_dir)
+    if ckpt is None and not untrained:
+        refuse_untrained(cfg, bundle)
     run_dir, _ = run_folder(Path(cfg.paths.run_dir))
-    cfg, bundle, datamodule = setup_run(cfg, run_dir)
+    cfg, bundle, datamodule = setup_run(cfg, run_dir, reads=("test",), bundle=bundle)
     run_dir = Path(cfg.paths.run_dir)
     module = build_module(cfg, datamodule, bundle)
     if ckpt is not None:
@@ -167,6 +215,7 @@ def evaluate(cfg: DictConfig, ckpt: str | None = None) -> dict[str, float]:
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:
-        print_metrics_table(metrics, title=f"{cfg.name}: evaluation ({ckpt or 'zero-shot'})")
+        print_metrics_table(metrics, title=f"{cfg.name}: evaluation ({ckpt or ('untrained' if untrained else 'zero-shot')})")
+        report_unreadable(module, run_dir)
     finish_wandb()
     return metrics

@@ -111,3 +111,47 @@ def test_errors_name_what_is_wrong(tmp_path, capsys):
     bad.write_text("")
     with pytest.raises(BuildError, match="none of the videos"):
         build_manifests("ucf101", root, root / UCF_LIST_DIR, tmp_path / "o", progress=False)
+
+
+def test_probe_reports_zero_byte_and_truncated_files_and_drops_them_on_request(tmp_path, capsys):
+    from stop_lightning.data.decode import VideoDecodeError, probe_video
+
+    root = write_synthetic_dataset(tmp_path / "h", "hmdb51", num_classes=2, clips_per_class=3, num_frames=4, size=16)
+    videos = sorted(root.rglob("*.avi"))
+    empty, cut = videos[0], videos[-1]
+    empty.write_bytes(b"")
+    data = cut.read_bytes()
+    for keep in range(len(data) // 2, len(data), 16):  # the shortest cut whose header still reads
+        cut.write_bytes(data[:keep])
+        try:
+            if probe_video(cut).num_frames == 4:
+                break
+        except VideoDecodeError:
+            continue
+    assert probe_video(cut).num_frames == 4  # the header survives: only decoding finds the cut
+    bad = {empty.relative_to(root).as_posix(): ("empty",), cut.relative_to(root).as_posix(): ("decod", "truncated")}
+    out = tmp_path / "out"
+    assert main(["hmdb51", "--root", str(root), "--out", str(out), "--quiet", "--probe"]) == 1
+    printed = capsys.readouterr().out
+    assert "unreadable video files: 2" in printed and "--drop-unreadable" in printed
+    for path, reasons in bad.items():
+        line = next(line for line in printed.splitlines() if path in line)
+        assert any(r in line for r in reasons), line  # each file with its reason
+    kept = {r.path for r in read_manifest(out / "split1" / "train.jsonl")} | {
+        r.path for r in read_manifest(out / "split1" / "test.jsonl")
+    }
+    assert set(bad) <= kept  # reported, not silently dropped
+
+    dropped = tmp_path / "dropped"
+    assert main(["hmdb51", "--root", str(root), "--out", str(dropped), "--quiet", "--probe", "--drop-unreadable"]) == 0
+    assert "unreadable video files: 2" in capsys.readouterr().out
+    rows = [r for stage in ("train", "test") for r in read_manifest(dropped / "split1" / f"{stage}.jsonl")]
+    assert not {r.path for r in rows} & set(bad) and all(r.num_frames == 4 for r in rows)
+    listed = (dropped / "dropped_unreadable.txt").read_text().splitlines()
+    assert sorted(line.split("\t")[0] for line in listed) == sorted(bad)
+
+
+def test_drop_unreadable_needs_probe(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["hmdb51", "--root", str(tmp_path), "--out", str(tmp_path / "o"), "--drop-unreadable"])
+    assert "needs --probe" in capsys.readouterr().err

@@ -41,7 +41,8 @@ def test_recognition_batches(hmdb, data_cfg):
         ("test", (4, 6, 4, 3, 24, 24)),
     ]:
         batch = next(iter(getattr(dm, f"{stage}_dataloader")()))
-        assert set(batch) == {"video", "label", "index"}
+        assert set(batch) == {"video", "label", "index", "unreadable"}
+        assert batch["unreadable"].dtype == torch.bool and not batch["unreadable"].any()
         assert batch["video"].shape == video_shape and batch["video"].dtype == torch.float32
         assert batch["label"].dtype == torch.int64 and batch["index"].dtype == torch.int64
         records = dm.datasets[stage].records
@@ -55,7 +56,7 @@ def test_retrieval_batches_and_captions(msrvtt, data_cfg):
     dm = RetrievalDataModule(cfg, image_size=24, mean=MEAN, std=STD)
     dm.setup()
     train = next(iter(dm.train_dataloader()))
-    assert set(train) == {"video", "frame_mask", "caption", "index"}
+    assert set(train) == {"video", "frame_mask", "caption", "index", "unreadable"}
     assert train["video"].shape == (4, 8, 3, 24, 24) and train["frame_mask"].dtype == torch.bool
     # 16 frames at 8 fps resampled at 3 fps -> 6 real frames, 2 padded.
     assert train["frame_mask"].sum(1).tolist() == [6] * 4
@@ -63,7 +64,7 @@ def test_retrieval_batches_and_captions(msrvtt, data_cfg):
     for cap, vi in zip(train["caption"], train["index"].tolist()):
         assert cap in dm.datasets["train"].captions[vi]
     test = next(iter(dm.test_dataloader()))
-    assert set(test) == {"video", "frame_mask", "index"}
+    assert set(test) == {"video", "frame_mask", "index", "unreadable"}
     captions, owners = dm.eval_captions("test")
     assert len(captions) == len(owners) == len(dm.datasets["test"]) == 8  # 1k-A style: one per video
     assert captions[0] == read_manifest(manifests / "test.jsonl")[0].captions[0] and owners == list(range(8))

@@ -16,7 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from stop_lightning.config import load_config
 from stop_lightning.models.backbone import load_clip
-from stop_lightning.tasks.recognition import RecognitionModule, _metrics
+from stop_lightning.tasks.recognition import RecognitionModule, _metrics, confusion_counts
 from stop_lightning.tasks.retrieval_metrics import dual_softmax, retrieval_metrics
 
 CASES = ("random", "sorted", "one_class_first", "ties")
@@ -301,3 +301,90 @@ def test_recall_at_5_and_10_on_known_ranks():
     assert m["t2v_R5"] == pytest.approx(500 / 12)
     assert m["t2v_R10"] == pytest.approx(1000 / 12)
     assert m["t2v_MdR"] == 6.5 and m["t2v_MnR"] == 6.5
+
+
+# ------------------------------------------------------------------------------ unreadable videos
+# data.bad_video=skip: an unreadable video's blank stand-in gets the best possible scores here, so a
+# metric that looked at it would count a hit; every figure must count it as a miss.
+def np_top_k_with_misses(scores, labels, bad, k):
+    own = scores[np.arange(len(labels)), labels]
+    return float(np.mean(((scores > own[:, None]).sum(1) < k) & ~bad))
+
+
+def np_mean_class_with_misses(scores, labels, bad):
+    hit = (scores.argmax(1) == labels) & ~bad
+    return float(np.mean([hit[labels == c].mean() for c in sorted(set(labels.tolist()))]))
+
+
+def test_recognition_counts_unreadable_clips_as_misses(bundle_and_cfg):
+    classes = 6
+    module = score_module(bundle_and_cfg, classes, base_novel_split=([0, 1, 2], [3, 4, 5]))
+    rng = np.random.default_rng(0)
+    for case in ("random", "sorted", "one_class_first", "ties"):
+        for n, batch, p_bad in ((37, 8, 0.3), (9, 4, 1.0), (20, 20, 0.0), (5, 1, 0.6)):
+            scores, labels = generate(case, n, classes, batch, rng)
+            bad = rng.random(n) < p_bad
+            scores[bad] = 0.0
+            scores[bad, labels[bad]] = 10.0  # a stand-in that would be right if it were scored
+            for i, start in enumerate(range(0, n, batch)):
+                sl = slice(start, start + batch)
+                module.test_step({"video": torch.from_numpy(scores[sl]), "label": torch.from_numpy(labels[sl]),
+                                  "index": torch.arange(n)[sl], "unreadable": torch.from_numpy(bad[sl])}, i)
+            got, _, _ = module._eval_metrics("test")
+            where = f"{case} n={n} bad={bad.sum()}"
+            assert got["test/top1"] == pytest.approx(np_top_k_with_misses(scores, labels, bad, 1), abs=1e-6), where
+            assert got["test/top5"] == pytest.approx(np_top_k_with_misses(scores, labels, bad, 5), abs=1e-6), where
+            assert got["test/mean_class"] == pytest.approx(np_mean_class_with_misses(scores, labels, bad), abs=1e-6), where
+            assert got["test/unreadable"] == bad.sum() and module.unreadable["count"] == bad.sum(), where
+            base_rows = np.isin(labels, [0, 1, 2])
+            if base_rows.any():
+                pred = np.array([0, 1, 2])[scores[base_rows][:, :3].argmax(1)]
+                want = np.mean((pred == labels[base_rows]) & ~bad[base_rows])
+                assert got["test/base_top1"] == pytest.approx(want, abs=1e-6), where
+            table = confusion_counts(torch.from_numpy(scores), torch.from_numpy(labels), torch.from_numpy(bad)).numpy()
+            assert table.shape == (classes, classes + 1)
+            assert (table[:, -1] == np.bincount(labels[bad], minlength=classes)).all(), where
+            assert table[:, :-1].sum() == (~bad).sum(), where
+
+
+def np_retrieval_ranks(sim, owner, bad, direction):
+    """Pessimistic ranks by brute force: an unreadable video is a miss (rank = number of candidates)
+    and, as a candidate, below every readable one."""
+    n_cap, n_vid = sim.shape
+    ranks = []
+    if direction == "t2v":
+        for c in range(n_cap):
+            v = owner[c]
+            if bad[v]:
+                ranks.append(n_vid)
+                continue
+            others = [u for u in range(n_vid) if u != v and not bad[u]]
+            ranks.append(1 + sum(sim[c, u] >= sim[c, v] for u in others))
+    else:
+        for v in range(n_vid):
+            own = [c for c in range(n_cap) if owner[c] == v]
+            if not own:
+                continue
+            if bad[v]:
+                ranks.append(n_cap)
+                continue
+            best = max(sim[c, v] for c in own)
+            ranks.append(1 + sum(sim[c, v] >= best for c in range(n_cap) if owner[c] != v))
+    return np.array(ranks, dtype=float)
+
+
+def test_retrieval_ranks_unreadable_videos_last():
+    rng = np.random.default_rng(1)
+    for trial in range(30):
+        n_vid = int(rng.integers(2, 12))
+        owner = np.concatenate([np.arange(n_vid), rng.integers(0, n_vid, int(rng.integers(0, 6)))])
+        sim = rng.integers(0, 4, size=(len(owner), n_vid)).astype(np.float64) if trial % 2 else rng.normal(size=(len(owner), n_vid))
+        bad = rng.random(n_vid) < 0.3
+        sim[:, bad] = 100.0  # a blank embedding that every caption would prefer
+        got = retrieval_metrics(torch.from_numpy(sim), torch.from_numpy(owner), unreadable=torch.from_numpy(bad))
+        for direction in ("t2v", "v2t"):
+            ranks = np_retrieval_ranks(sim, owner, bad, direction)
+            for k in (1, 5, 10):
+                assert got[f"{direction}_R{k}"] == pytest.approx(100 * np.mean(ranks <= k)), (trial, direction, k)
+            assert got[f"{direction}_MdR"] == pytest.approx(np.median(ranks)), (trial, direction)
+            assert got[f"{direction}_MnR"] == pytest.approx(ranks.mean()), (trial, direction)

@@ -2,13 +2,17 @@
 
 Recognition batches::
 
-    train/val: {"video": float32 [B, T, 3, H, W], "label": int64 [B], "index": int64 [B]}
+    train/val: {"video": float32 [B, T, 3, H, W], "label": int64 [B], "index": int64 [B], "unreadable": bool [B]}
     test:      "video" is [B, V, T, 3, H, W] when V = test_clips * test_crops > 1
 
 Retrieval batches::
 
-    train:    {"video": [B, T, 3, H, W], "frame_mask": bool [B, T], "caption": list[str], "index": int64 [B]}
-    val/test: {"video", "frame_mask", "index"}, one item per video; captions via eval_captions(stage)
+    train:    {"video": [B, T, 3, H, W], "frame_mask": bool [B, T], "caption": list[str], "index": int64 [B],
+               "unreadable": bool [B]}
+    val/test: {"video", "frame_mask", "index", "unreadable"}, one item per video; captions via eval_captions(stage)
+
+``unreadable`` marks an evaluation item whose video could not be read (``data.bad_video=skip``): a
+blank stand-in that the tasks score as a miss.
 
 ``index`` is the item's row in its manifest. Every loader draws its items from
 :class:`~stop_lightning.data.item_order.EpochSampler`, which shards them across DDP ranks itself
@@ -34,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import ConfigError, DataConfig
 from .class_lists import class_ids, class_list_text, read_class_list, seeded_subset
 from .datasets import DataHealth, SamplingConfig, VideoCaptionDataset, VideoClipDataset, seed_worker
+from .file_check import missing_files, missing_files_message
 from .item_order import EpochSampler
 from .manifest import (
     CLASSES_FILE,
@@ -154,6 +159,20 @@ class VideoDataModule(L.LightningDataModule):
             location = shard_location(self.cfg.shard_dir, self.manifest_dir, manifest)
             return shard_dataset(cls, records, location, manifest, *args, **kwargs)
         return cls(records, self.video_root, *args, **kwargs)
+
+    def check_files(self, splits: tuple[str, ...] = STAGES) -> None:
+        """Every video of ``splits`` (those set up) is a file; else one ``ManifestError`` listing the
+        missing ones (count and the first 20), before anything is trained."""
+        chosen = [(name, self.datasets.get(name)) for name in splits]
+        listed = [(name, Path(p)) for name, ds in chosen if ds is not None for p in ds.paths]
+        gone = set(missing_files([p for _, p in listed]))
+        if gone:
+            where: dict[Path, list[str]] = {}
+            for name, path in listed:
+                if path in gone:
+                    where.setdefault(path, []).append(name)
+            missing = [(", ".join(names), path) for path, names in where.items()]
+            raise ManifestError(missing_files_message(missing, len({p for _, p in listed}), self.video_root))
 
     def _splits_to_build(self, stage: str | None) -> list[str]:
         """The splits a Lightning ``stage`` needs that are not built yet (``None``: all of them)."""

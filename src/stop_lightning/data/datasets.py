@@ -4,8 +4,9 @@
 (retrieval) yields ``{"video", "frame_mask", "caption", "index"}`` in training and
 ``{"video", "frame_mask", "index"}`` in evaluation. Bad videos follow ``bad_video``:
 ``raise`` (``VideoDecodeError`` naming the file and the reason) or ``skip`` (a training clip is
-replaced by another random clip; an evaluation clip by a blank one, so every video and caption
-still counts in the metrics), counted in a :class:`DataHealth` shared with the worker processes.
+replaced by another random clip; an evaluation clip by a blank one marked ``"unreadable": True``, so
+every video and caption still counts in the metrics, as a miss), counted in a :class:`DataHealth`
+shared with the worker processes. Every item carries the ``"unreadable"`` flag.
 """
 
 from __future__ import annotations
@@ -186,7 +187,7 @@ class VideoDataset(Dataset):
                     raise VideoDecodeError(self.paths[i], self._known_bad[i])
                 item = self.load(i)
                 self.health.add(clips=1)
-                return item
+                return {**item, "unreadable": False}
             except VideoDecodeError as err:
                 if self.bad_video == "raise":
                     raise VideoDecodeError(
@@ -197,7 +198,7 @@ class VideoDataset(Dataset):
                     log.warning("skipping bad video %s: %s", err.path, err.reason)
                 self.health.add(skipped=1)
                 if not self.train:
-                    return self.placeholder(i)
+                    return {**self.placeholder(i), "unreadable": True}
                 i = int(torch.randint(len(self), ()).item())
         raise VideoDecodeError(
             self.paths[i],

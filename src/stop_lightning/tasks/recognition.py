@@ -43,8 +43,10 @@ class MeanClassAccuracy(Metric):
         self.add_state("correct", default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("total", default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, scores: torch.Tensor, labels: torch.Tensor) -> None:  # [N, C], [N]
-        hit = (scores.argmax(-1) == labels).long()
+    def update(self, scores: torch.Tensor, labels: torch.Tensor, miss: torch.Tensor | None = None) -> None:
+        """``scores [N, C]``, ``labels [N]``; ``miss [N]`` (bool): clips counted as wrong whatever their scores."""
+        hit = scores.argmax(-1) == labels
+        hit = (hit & ~miss if miss is not None else hit).long()
         self.total += torch.bincount(labels, minlength=self.num_classes)
         self.correct += torch.bincount(labels, weights=hit, minlength=self.num_classes).long()
 
@@ -102,6 +104,9 @@ class RecognitionModule(VideoTaskModule):
         self._eval_scores: list[torch.Tensor] = []
         self._eval_labels: list[torch.Tensor] = []
         self._eval_index: list[torch.Tensor] = []
+        self._eval_unreadable: list[torch.Tensor] = []
+        # The test's unreadable videos (data.bad_video=skip): {"count", "total", "paths"}; see unreadable_summary.
+        self.unreadable: dict = {}
 
     @classmethod
     def inputs(cls, cfg, datamodule) -> dict:
@@ -177,9 +182,13 @@ class RecognitionModule(VideoTaskModule):
         self._eval_scores.append(scores.detach().float())
         self._eval_labels.append(batch["label"].detach())
         self._eval_index.append(torch.as_tensor(batch["index"], device=scores.device))
+        unreadable = batch.get("unreadable")  # True for a video that could not be read (a blank stand-in)
+        unreadable = torch.zeros(len(scores), dtype=torch.bool) if unreadable is None else torch.as_tensor(unreadable)
+        self._eval_unreadable.append(unreadable.to(scores.device, torch.bool))
 
-    def _collect_eval(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scores ``[N, C]``, labels ``[N]``) of every clip this evaluation saw, once each, on every rank.
+    def _collect_eval(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(index ``[N]``, scores ``[N, C]``, labels ``[N]``, unreadable ``[N]`` bool) of every clip this
+        evaluation saw, once each, sorted by index, on every rank.
 
         Under DDP the sampler pads the last ranks with repeats of the first clips; those repeats
         are dropped by clip index, so a padded clip is counted once, as on one process.
@@ -188,31 +197,58 @@ class RecognitionModule(VideoTaskModule):
         scores = torch.cat(self._eval_scores) if self._eval_scores else torch.zeros(0, self.num_classes, device=self.device)
         labels = torch.cat(self._eval_labels) if self._eval_labels else empty
         index = torch.cat(self._eval_index) if self._eval_index else empty
-        self._eval_scores.clear()
-        self._eval_labels.clear()
-        self._eval_index.clear()
+        unreadable = torch.cat(self._eval_unreadable) if self._eval_unreadable else empty.bool()
+        for kept in (self._eval_scores, self._eval_labels, self._eval_index, self._eval_unreadable):
+            kept.clear()
         if self._trainer is not None and self._trainer.world_size > 1:
             # EpochSampler gives every rank ceil(n / world) clips, so the shapes agree across ranks.
             scores = self.all_gather(scores).flatten(0, 1)  # [W, n, C] -> [W*n, C]
             labels = self.all_gather(labels).flatten(0, 1)
             index = self.all_gather(index).flatten(0, 1)
-        _, scores, labels = unique_by_index(index, scores, labels)
-        return scores, labels
+            unreadable = self.all_gather(unreadable.long()).flatten(0, 1).bool()  # gloo gathers no bool
+        return unique_by_index(index, scores, labels, unreadable)
 
     def _eval_metrics(self, stage: str) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
-        """(the figures ``<stage>/...``, scores ``[N, C]``, labels ``[N]``) of the evaluation just run."""
-        scores, labels = self._collect_eval()
+        """(the figures ``<stage>/...``, scores ``[N, C]``, labels ``[N]``) of the evaluation just run.
+
+        An unreadable video (``data.bad_video=skip``) is a miss for every accuracy: the figures are
+        computed on the readable clips and scaled by their share (top-1, top-5), or count the clip in
+        its class's total and never among its hits (mean-class, base/novel); ``<stage>/unreadable`` is
+        how many there were.
+        """
+        index, scores, labels, unreadable = self._collect_eval()
+        self._note_unreadable(stage, index, unreadable)
+        self._last_unreadable = unreadable  # [N], for the confusion matrix
         if not labels.numel():
             return {}, scores, labels
-        metrics = _metrics(self.num_classes, f"{stage}/").to(scores.device)
-        metrics.update(scores, labels)
-        values = {k: float(v) for k, v in metrics.compute().items()}
+        read = ~unreadable
+        values = {f"{stage}/top1": 0.0, f"{stage}/top5": 0.0}
+        if bool(read.any()):
+            metrics = _metrics(self.num_classes, f"{stage}/").to(scores.device)
+            metrics.update(scores[read], labels[read])
+            values = {k: float(v) for k, v in metrics.compute().items()}
+            share = float(read.sum()) / labels.numel()
+            values[f"{stage}/top1"] *= share
+            values[f"{stage}/top5"] *= share
+        mean_class = MeanClassAccuracy(self.num_classes, sync_on_compute=False).to(scores.device)
+        mean_class.update(scores, labels, miss=unreadable)
+        values[f"{stage}/mean_class"] = float(mean_class.compute())
+        values[f"{stage}/unreadable"] = float(unreadable.sum())
         split = self.base_novel_split
         if stage == "test" and split is not None:
-            base = subset_accuracy(scores.cpu(), labels.cpu(), split[0])
-            novel = subset_accuracy(scores.cpu(), labels.cpu(), split[1])
+            base = subset_accuracy(scores.cpu(), labels.cpu(), split[0], unreadable.cpu())
+            novel = subset_accuracy(scores.cpu(), labels.cpu(), split[1], unreadable.cpu())
             values.update({"test/base_top1": base, "test/novel_top1": novel, "test/hm_top1": harmonic_mean(base, novel)})
         return values, scores, labels
+
+    def _note_unreadable(self, stage: str, index: torch.Tensor, unreadable: torch.Tensor) -> None:
+        if stage != "test":
+            return
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        dataset = getattr(dm, "datasets", {}).get("test") if dm is not None else None
+        rows = index[unreadable].tolist()
+        paths = [dataset.records[i].path for i in rows] if dataset is not None else [f"row {i}" for i in rows]
+        self.unreadable = {"count": len(rows), "total": int(index.numel()), "paths": paths}
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch)
@@ -229,26 +265,45 @@ class RecognitionModule(VideoTaskModule):
         values, scores, labels = self._eval_metrics("test")
         self.log_dict(values, sync_dist=True)
         if self._trainer is not None and self._trainer.is_global_zero:
-            confusion = MulticlassConfusionMatrix(self.num_classes, sync_on_compute=False)
-            if labels.numel():
-                confusion.update(scores.cpu(), labels.cpu())
             run_dir = Path(self.cfg.paths.run_dir)
-            save_confusion(confusion.compute(), self.class_names, run_dir / "confusion_matrix.csv")
+            save_confusion(confusion_counts(scores, labels, self._last_unreadable), self.class_names,
+                           run_dir / "confusion_matrix.csv")
 
 
-def subset_accuracy(scores: torch.Tensor, labels: torch.Tensor, class_ids: list[int]) -> float:
-    """Top-1 among ``class_ids`` only, over the clips whose label is one of them (base-to-novel protocol)."""
+def subset_accuracy(
+    scores: torch.Tensor, labels: torch.Tensor, class_ids: list[int], miss: torch.Tensor | None = None
+) -> float:
+    """Top-1 among ``class_ids`` only, over the clips whose label is one of them (base-to-novel protocol);
+    a clip marked in ``miss`` ``[N]`` is wrong whatever its scores."""
     ids = torch.as_tensor(class_ids)
     keep = torch.isin(labels, ids)
     if not keep.any():
         return 0.0
     pred = ids[scores[keep][:, ids].argmax(-1)]
-    return (pred == labels[keep]).float().mean().item()
+    hit = pred == labels[keep]
+    if miss is not None:
+        hit &= ~miss[keep]
+    return hit.float().mean().item()
+
+
+def confusion_counts(scores: torch.Tensor, labels: torch.Tensor, unreadable: torch.Tensor) -> torch.Tensor:
+    """``[C, C + 1]``: row = true class, column = predicted class; the last column counts the clips
+    whose video could not be read (no prediction)."""
+    num_classes = scores.shape[1]
+    out = torch.zeros(num_classes, num_classes + 1, dtype=torch.long)
+    scores, labels, unreadable = scores.cpu(), labels.cpu(), unreadable.cpu()
+    if labels.numel():
+        read = ~unreadable
+        confusion = MulticlassConfusionMatrix(num_classes, sync_on_compute=False)
+        confusion.update(scores[read], labels[read])
+        out[:, :num_classes] = confusion.compute()
+        out[:, num_classes] = torch.bincount(labels[unreadable], minlength=num_classes)
+    return out
 
 
 def save_confusion(confusion: torch.Tensor, class_names: list[str], path: Path) -> Path:
-    """Rows: true class, columns: predicted class."""
-    lines = ["true\\pred," + ",".join(class_names)]
+    """Rows: true class, columns: predicted class, then ``unreadable`` (videos that could not be read)."""
+    lines = ["true\\pred," + ",".join([*class_names, "unreadable"])]
     for name, row in zip(class_names, confusion.tolist()):
         lines.append(name + "," + ",".join(str(int(v)) for v in row))
     return atomic_write(path, "\n".join(lines) + "\n")

@@ -62,6 +62,10 @@ class RetrievalModule(VideoTaskModule):
         super().__init__(cfg, bundle=bundle)
         self._eval_feats: list[torch.Tensor] = []
         self._eval_index: list[torch.Tensor] = []
+        self._eval_unreadable: list[torch.Tensor] = []
+        self._unreadable_videos = torch.zeros(0, dtype=torch.bool)  # [V] of the last evaluation
+        # The test's unreadable videos (data.bad_video=skip): {"count", "total", "paths"}.
+        self.unreadable: dict = {}
         self.last_eval_sizes: dict[str, int] = {}  # videos and captions of the last evaluation
         self._eval_video_feats = torch.zeros(0, 1)  # [V, E] of the last evaluation
 
@@ -102,22 +106,28 @@ class RetrievalModule(VideoTaskModule):
         feats, _ = self.encode_videos(batch["video"], batch.get("frame_mask"))
         self._eval_feats.append(feats.detach())
         self._eval_index.append(batch["index"].detach().to(feats.device))
+        unreadable = batch.get("unreadable")  # True for a video that could not be read (a blank stand-in)
+        unreadable = torch.zeros(len(feats), dtype=torch.bool) if unreadable is None else torch.as_tensor(unreadable)
+        self._eval_unreadable.append(unreadable.to(feats.device, torch.bool))
 
-    def _collect_eval_videos(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(video index ``[V]``, features ``[V, E]``) of every video this evaluation saw, on every rank."""
+    def _collect_eval_videos(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(video index ``[V]``, features ``[V, E]``, unreadable ``[V]`` bool) of every video this
+        evaluation saw, on every rank."""
         feats = torch.cat(self._eval_feats) if self._eval_feats else torch.zeros(0, 1, device=self.device)
         index = torch.cat(self._eval_index) if self._eval_index else torch.zeros(0, dtype=torch.long, device=self.device)
-        self._eval_feats.clear()
-        self._eval_index.clear()
+        bad = torch.cat(self._eval_unreadable) if self._eval_unreadable else torch.zeros(0, dtype=torch.bool, device=self.device)
+        for kept in (self._eval_feats, self._eval_index, self._eval_unreadable):
+            kept.clear()
         if self._world_size() > 1:
             # EpochSampler gives every rank ceil(n / world) items, so the shapes agree across ranks.
             feats = self.all_gather(feats).flatten(0, 1)  # [W, n, E] -> [W*n, E]
             index = self.all_gather(index).flatten(0, 1)
-        return unique_by_index(index, feats)
+            bad = self.all_gather(bad.long()).flatten(0, 1).bool()  # gloo gathers no bool
+        return unique_by_index(index, feats, bad)
 
     def similarity(self, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The evaluation's ``[captions, videos]`` cosine similarities and each caption's video column."""
-        index, feats = self._collect_eval_videos()
+        index, feats, bad = self._collect_eval_videos()
         captions, owners = self.trainer.datamodule.eval_captions(stage)
         owners = torch.as_tensor(owners, dtype=torch.long, device=feats.device)
         # Videos are numbered 0..V-1 in the split; map each caption's video to its row of `feats`.
@@ -139,6 +149,12 @@ class RetrievalModule(VideoTaskModule):
             text = self.encode_texts(captions)  # [C, E]
         self.last_eval_sizes = {"videos": int(index.numel()), "captions": len(captions)}
         self._eval_video_feats = feats  # [V, E], for QB-Norm's bank similarities
+        self._unreadable_videos = bad  # [V], rows of feats
+        if stage == "test":
+            dataset = getattr(self.trainer.datamodule, "datasets", {}).get("test")
+            rows = index[bad].tolist()
+            paths = [dataset.records[i].path for i in rows] if dataset is not None else [f"row {i}" for i in rows]
+            self.unreadable = {"count": int(bad.sum()), "total": int(index.numel()), "paths": paths}
         return text @ feats.t(), targets  # [C, V], [C]
 
     def query_bank(self) -> torch.Tensor:
@@ -152,7 +168,8 @@ class RetrievalModule(VideoTaskModule):
     def _eval_epoch_end(self, stage: str) -> dict[str, float]:
         sim, targets = self.similarity(stage)
         task = self.cfg.task
-        conventions = {"tie_rank": str(task.tie_rank), "v2t_captions": str(task.v2t_captions)}
+        conventions = {"tie_rank": str(task.tie_rank), "v2t_captions": str(task.v2t_captions),
+                       "unreadable": self._unreadable_videos}
         metrics = retrieval_metrics(sim, targets, prefix=f"{stage}/", **conventions)
         if task.dual_softmax:
             reranked = dual_softmax(sim, temperature=float(self.logit_scale))
@@ -162,6 +179,7 @@ class RetrievalModule(VideoTaskModule):
             bank_sim = self.query_bank() @ self._eval_video_feats.t()  # [B, V]
             normalised = querybank_normalise(sim, bank_sim, float(task.qb_norm_beta), int(task.qb_norm_k))
             metrics.update(retrieval_metrics(normalised, targets, prefix=f"{stage}/qb_", directions=("t2v",), **conventions))
+        metrics[f"{stage}/unreadable"] = float(self._unreadable_videos.sum())
         return metrics
 
     def _log_eval(self, metrics: dict[str, float], headline: str) -> None:

@@ -20,8 +20,11 @@ V2T_CONVENTIONS = CHOICES["task.v2t_captions"]
 RECALL_AT = (1, 5, 10)
 
 
-def _rank_entries(sim: torch.Tensor, positives: torch.Tensor, tie_rank: str) -> torch.Tensor:
-    """1-based ranks of the best positive per row. ``sim``, ``positives`` (bool): ``[Q, G]``.
+def _rank_entries(
+    sim: torch.Tensor, positives: torch.Tensor, tie_rank: str, miss: torch.Tensor | None = None
+) -> torch.Tensor:
+    """1-based ranks of the best positive per row. ``sim``, ``positives`` (bool): ``[Q, G]``; a row
+    marked in ``miss`` ``[Q]`` (an unreadable video) ranks last: rank ``G``, one entry.
 
     One entry per row, except under ``clip4clip``, where a row whose best positive ties with
     ``e`` non-positives gives ``e + 1`` entries, one per position the tie occupies.
@@ -29,6 +32,9 @@ def _rank_entries(sim: torch.Tensor, positives: torch.Tensor, tie_rank: str) -> 
     best_pos = sim.masked_fill(~positives, float("-inf")).max(dim=1, keepdim=True).values  # [Q, 1]
     above = ((sim > best_pos) & ~positives).sum(dim=1)  # [Q]
     tied = ((sim == best_pos) & ~positives).sum(dim=1)  # [Q]
+    if miss is not None:
+        above = torch.where(miss, sim.shape[1] - 1, above)
+        tied = torch.where(miss, 0, tied)
     if tie_rank == "pessimistic":
         return above + tied + 1
     if tie_rank == "optimistic":
@@ -65,6 +71,7 @@ def retrieval_metrics(
     tie_rank: str = "pessimistic",
     v2t_captions: str = "all_captions",
     directions: tuple[str, ...] = ("t2v", "v2t"),
+    unreadable: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """``sim``: ``[num_captions, num_videos]`` text-video similarities; ``caption_to_video``: ``[num_captions]``.
 
@@ -73,6 +80,11 @@ def retrieval_metrics(
     all captions of the split; ``best_caption`` (CLIP4Clip): each video (its own included) is
     represented by its caption most similar to the query video, and the rank is the own video's
     among those. Ties follow ``tie_rank``.
+
+    ``unreadable`` ``[num_videos]`` (bool): videos that could not be read. Their blank embeddings are
+    never a guess: a caption of such a video ranks it last (rank = number of videos), such a video's
+    own query ranks last (rank = number of candidates), and as a candidate for other queries it
+    ranks below every readable video.
     """
     if not sim.dtype == torch.float64:
         sim = sim.float()
@@ -81,16 +93,19 @@ def retrieval_metrics(
     positives = torch.zeros(n_cap, n_vid, dtype=torch.bool, device=sim.device)
     positives[torch.arange(n_cap, device=sim.device), caption_to_video] = True
     captioned = positives.any(dim=0)  # [V]: videos that have a caption to retrieve
+    bad = torch.zeros(n_vid, dtype=torch.bool, device=sim.device) if unreadable is None else unreadable.to(sim.device)
+    if bool(bad.any()):
+        sim = sim.masked_fill(bad[None, :], float("-inf"))  # below every readable video, for every caption
     out: dict[str, float] = {}
     if "t2v" in directions:
-        out.update(_summary(_rank_entries(sim, positives, tie_rank), "t2v", prefix))
+        out.update(_summary(_rank_entries(sim, positives, tie_rank, miss=bad[caption_to_video]), "t2v", prefix))
     if "v2t" in directions:
         if v2t_captions == "all_captions":
-            ranks = _rank_entries(sim.t()[captioned], positives.t()[captioned], tie_rank)
+            ranks = _rank_entries(sim.t()[captioned], positives.t()[captioned], tie_rank, miss=bad[captioned])
         elif v2t_captions == "best_caption":
             per_video = best_caption_similarity(sim, caption_to_video)[captioned][:, captioned]  # [V', V']
             own = torch.eye(per_video.shape[0], dtype=torch.bool, device=sim.device)
-            ranks = _rank_entries(per_video, own, tie_rank)
+            ranks = _rank_entries(per_video, own, tie_rank, miss=bad[captioned])
         else:
             raise ValueError(f"task.v2t_captions = {v2t_captions!r}; expected one of {', '.join(V2T_CONVENTIONS)}")
         out.update(_summary(ranks, "v2t", prefix))

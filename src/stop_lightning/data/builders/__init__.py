@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ...fileio import atomic_write
 from ..manifest import CLASSES_FILE, ClipRecord, ManifestError, write_classes, write_manifest
 
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v")
@@ -38,6 +39,7 @@ class BuildReport:
     missing: list[str] = field(default_factory=list)  # listed in the annotations, not on disk
     unused: int = 0  # rows the official lists mark as unused (HMDB51 id 0)
     written: list[Path] = field(default_factory=list)
+    probe: ProbeReport | None = None  # with --probe: the unreadable files found
 
     def summary(self) -> str:
         lines = [f"{self.dataset}: manifests in {self.out_dir} (paths relative to {self.root})"]
@@ -53,6 +55,8 @@ class BuildReport:
             lines.extend(f"    {m}" for m in self.missing[:10])
         else:
             lines.append("  missing video files: 0")
+        if self.probe is not None:
+            lines.append(self.probe.summary())
         lines.append(f"  set data.video_root={self.root} and data.manifest_dir={self.out_dir}")
         return "\n".join(lines)
 
@@ -103,26 +107,86 @@ def probe_records(
     records: list[ClipRecord],
     root: Path,
     progress: bool,
-    cache: dict[str, tuple[int, float] | None] | None = None,
+    cache: dict[str, tuple[int, float] | str] | None = None,
 ) -> list[ClipRecord]:
-    """Add ``num_frames`` and ``fps`` read from each file's header (``cache`` spares re-opening a file
-    listed in several splits)."""
+    """Add ``num_frames`` and ``fps`` read from each readable file (``cache`` spares re-opening a file
+    listed in several splits; an unreadable file's entry is the reason, and its row stays as it was)."""
     from dataclasses import replace
-
-    from ..decode import VideoDecodeError, probe_video
 
     cache = {} if cache is None else cache
     out = []
     for rec in tqdm(records, desc="probing videos", unit="clip", disable=not progress):
         if rec.path not in cache:
-            try:
-                info = probe_video(root / rec.path)
-                cache[rec.path] = (info.num_frames, round(info.fps, 4))
-            except VideoDecodeError:
-                cache[rec.path] = None  # unreadable: the row stays, the DataModule's bad_video policy decides
+            cache[rec.path] = probe_file(root / rec.path)
         probed = cache[rec.path]
-        out.append(rec if probed is None else replace(rec, num_frames=probed[0], fps=probed[1]))
+        out.append(rec if isinstance(probed, str) else replace(rec, num_frames=probed[0], fps=probed[1]))
     return out
+
+
+def probe_file(path: Path) -> tuple[int, float] | str:
+    """``(num_frames, fps)`` of a video whose header reads and whose last frame decodes, else the reason
+    (empty file, no header, truncated: the last frame is not there)."""
+    from ..decode import VideoDecodeError, VideoFile
+
+    try:
+        with VideoFile(path) as video:
+            n = video.info.num_frames
+            if n < 1:
+                return "no frames"
+            video.get_frames([n - 1])
+            if video.stats.missing_frames:
+                return f"truncated: the header says {n} frames, the last one does not decode"
+            return n, round(video.info.fps, 4)
+    except VideoDecodeError as err:
+        return err.reason
+
+
+@dataclass
+class ProbeReport:
+    """What ``--probe`` found: every unreadable file once (path relative to the root -> reason)."""
+
+    unreadable: dict[str, str] = field(default_factory=dict)
+    dropped_rows: int = 0
+    dropped_list: Path | None = None
+
+    def summary(self, limit: int = 20) -> str:
+        if not self.unreadable:
+            return "  unreadable video files: 0"
+        lines = [f"  unreadable video files: {len(self.unreadable)}, e.g.:"]
+        lines += [f"    {path}: {why}" for path, why in list(self.unreadable.items())[:limit]]
+        if self.dropped_list is not None:
+            lines.append(f"  dropped {self.dropped_rows} rows naming them; the list: {self.dropped_list}")
+        else:
+            lines.append("  the manifests still list them: fix or remove the files, or rerun with --drop-unreadable")
+        return "\n".join(lines)
+
+
+def probe_manifests(report: BuildReport, drop: bool, progress: bool) -> ProbeReport:
+    """Open every video the written manifests list (each file once): record ``num_frames`` and ``fps``
+    in the rows, collect the unreadable files, and with ``drop`` rewrite the manifests without them and
+    write their list to ``<out>/dropped_unreadable.txt``."""
+    from ..manifest import read_manifest
+
+    cache: dict[str, tuple[int, float] | str] = {}
+    found = ProbeReport()
+    for path in [p for p in report.written if p.suffix == ".jsonl"]:
+        rows = probe_records(read_manifest(path), report.root, progress, cache)
+        bad = [r for r in rows if isinstance(cache[r.path], str)]
+        for r in bad:
+            found.unreadable.setdefault(r.path, str(cache[r.path]))
+        if drop and bad:
+            rows = [r for r in rows if not isinstance(cache[r.path], str)]
+            found.dropped_rows += len(bad)
+            key = next((k for k in report.clips if path.with_suffix("").as_posix().endswith(k)), None)
+            if key is not None:
+                report.clips[key] = len(rows)
+        write_manifest(path, rows)
+    if drop and found.unreadable:
+        found.dropped_list = atomic_write(
+            report.out_dir / "dropped_unreadable.txt",
+            "".join(f"{p}\t{why}\n" for p, why in found.unreadable.items()),
+        )
+    return found
 
 
 def write_split(
@@ -149,10 +213,12 @@ def build_manifests(
     out_dir: str | Path,
     probe: bool = False,
     progress: bool = True,
+    drop_unreadable: bool = False,
 ) -> BuildReport:
     """Read ``dataset`` from ``root`` (+ ``annotations``) and write all splits' manifests to ``out_dir``.
 
-    ``probe`` opens every video to record ``num_frames`` and ``fps`` in the rows (slower).
+    ``probe`` opens every video to record ``num_frames`` and ``fps`` in the rows (slower) and lists the
+    unreadable ones in ``report.probe``; ``drop_unreadable`` also leaves them out (:func:`probe_manifests`).
     """
     from ..registry import dataset_names, get_dataset
 
@@ -165,9 +231,11 @@ def build_manifests(
     ann = Path(annotations) if annotations is not None else None
     if ann is not None and not ann.exists():
         raise BuildError(f"--annotations {ann} does not exist")
-    return build(
-        root=root, annotations=ann, out_dir=Path(out_dir), probe=probe, progress=progress
-    )
+    # Probing reads the written manifests (probe_manifests), the same way for every dataset.
+    report = build(root=root, annotations=ann, out_dir=Path(out_dir), probe=False, progress=progress)
+    if probe:
+        report.probe = probe_manifests(report, drop_unreadable, progress)
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,15 +260,28 @@ def main(argv: list[str] | None = None) -> int:
         help="folder with the split/annotation files (default: searched under --root)",
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. data_manifests/hmdb51")
-    parser.add_argument("--probe", action="store_true", help="open every video to record num_frames and fps")
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="open every video (header and last frame) to record num_frames and fps; exits 1 if any is unreadable",
+    )
+    parser.add_argument(
+        "--drop-unreadable",
+        action="store_true",
+        help="with --probe: leave unreadable videos out of the manifests and list them in <out>/dropped_unreadable.txt",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if args.drop_unreadable and not args.probe:
+        parser.error("--drop-unreadable needs --probe (the files are read to find the unreadable ones)")
     try:
         report = build_manifests(
-            args.dataset, args.root, args.annotations, args.out, probe=args.probe, progress=not args.quiet
+            args.dataset, args.root, args.annotations, args.out, probe=args.probe, progress=not args.quiet,
+            drop_unreadable=args.drop_unreadable,
         )
     except ManifestError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(report.summary())
-    return 0
+    unreadable = report.probe is not None and report.probe.unreadable
+    return 1 if unreadable and not args.drop_unreadable else 0
