@@ -186,7 +186,7 @@ class AggregationConfig:
 
 @dataclass
 class ModelConfig:
-    preset: str = "stop"  # a file in experiments/presets (stop, stop_fast, stop_official, dgl, ...)
+    preset: str = "stop"  # a file in experiments/presets (stop, stop_fast, stop_official, dgl, vop, ...)
     clip: ClipSource = field(default_factory=ClipSource)
     spatial: SpatialPromptConfig = field(default_factory=SpatialPromptConfig)
     temporal: TemporalPromptConfig = field(default_factory=TemporalPromptConfig)
