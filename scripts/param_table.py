@@ -18,7 +18,7 @@ from stop_lightning.models.hooks import freeze
 from stop_lightning.models.tiny_clip import tiny_clip_config
 from stop_lightning.models.video_encoder import STOPVideoModel
 
-PRESETS = ("zero_shot", "clip4clip_meanp", "dgl", "stop_fast", "stop", "stop_official")
+PRESETS = ("zero_shot", "clip4clip_meanp", "dgl", "stop_fast", "stop", "stop_official", "vop", "vop_p", "vop_c", "vop_f", "vop_fc")
 
 
 def main() -> None:

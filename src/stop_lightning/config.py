@@ -114,6 +114,28 @@ class LocalPromptConfig:
     num_tokens: int = 4
     init_std: float = 0.02  # normal init of the prompt tokens (and of the shared latent source)
     depth: int = -1  # number of layers (from the first) whose prompt slots get local prompts; -1: all
+    # Position-specific (VoP-P, docs/fidelity.md "VoP"): each frame index gets its own tokens,
+    # ``[L, T, K, D]`` instead of ``[L, 1, K, D]``; clips must then have data.num_frames frames.
+    per_frame: bool = False
+
+
+@dataclass
+class ContextPromptConfig:
+    """Context-specific video prompts (VoP-C, docs/fidelity.md "VoP"): each layer's prompt slots get
+    a term generated from the video's own frames (their CLS tokens entering that layer)."""
+
+    enabled: bool = False
+    bottleneck: int = 16  # width of the generator's hidden layer (D -> bottleneck -> K*D)
+
+
+@dataclass
+class FunctionPromptConfig:
+    """Function-specific video prompts (VoP-F, docs/fidelity.md "VoP"): each layer has its own temporal
+    mixer that turns the previous layer's prompt outputs of all frames into a term for its slots."""
+
+    enabled: bool = False
+    bottleneck: int = 32  # width of each layer's mixer (D -> bottleneck -> conv over frames -> D)
+    kernel: int = 3  # frames the mixer's convolution spans (odd)
 
 
 @dataclass
@@ -167,11 +189,13 @@ class AggregationConfig:
 
 @dataclass
 class ModelConfig:
-    preset: str = "stop"  # a file in experiments/presets (stop, stop_fast, stop_official, dgl, ...)
+    preset: str = "stop"  # a file in experiments/presets (stop, stop_fast, stop_official, dgl, vop, ...)
     clip: ClipSource = field(default_factory=ClipSource)
     spatial: SpatialPromptConfig = field(default_factory=SpatialPromptConfig)
     temporal: TemporalPromptConfig = field(default_factory=TemporalPromptConfig)
     local_prompts: LocalPromptConfig = field(default_factory=LocalPromptConfig)
+    context_prompts: ContextPromptConfig = field(default_factory=ContextPromptConfig)
+    function_prompts: FunctionPromptConfig = field(default_factory=FunctionPromptConfig)
     global_prompts: GlobalPromptConfig = field(default_factory=GlobalPromptConfig)
     text_prompts: TextPromptConfig = field(default_factory=TextPromptConfig)
     shared_latent: str = "linear"  # none | linear | transformer (models.choices.SHARED_LATENT)
@@ -393,6 +417,9 @@ RANGES: dict[str, tuple[float, float]] = {
     "model.spatial.output_dropouts": (0, 8),
     "model.temporal.alpha": (0.0, 10.0),
     "model.temporal.num_tokens": (1, 64),
+    "model.context_prompts.bottleneck": (1, 4096),
+    "model.function_prompts.bottleneck": (1, 4096),
+    "model.function_prompts.kernel": (1, 31),
     "data.split": (1, 3),
     "data.num_frames": (1, 256),
     "data.test_crops": (1, 3),

@@ -7,7 +7,8 @@ The CLIP vision tower runs stock; hooks change what flows through it:
   K prompt slots are inserted per frame, ``[CLS, slots, patches]``; with global prompts the
   ``B*T`` frame sequences become one sequence per video ``[G, frame_1, ..., frame_T]``.
 - every encoder layer (forward pre-hook): the slots get that layer's local prompts plus the
-  temporal prompts (replaced, not accumulated), the global slots get that layer's global
+  temporal prompts (replaced, not accumulated), plus VoP's context- and function-specific terms
+  when those are on (``video_prompts.py``), the global slots get that layer's global
   tokens, and the video's block layout is passed to the attention (per-frame + global
   attention, ``global_prompts.video_block_attention``; a block mask when that is switched off).
 - the last encoder layer (forward hook): the global tokens are put aside and the sequence goes
@@ -40,6 +41,7 @@ from stop_lightning.models.shared_latent import SharedPromptSpace
 from stop_lightning.models.spatial import SpatialPrompter
 from stop_lightning.models.temporal import TemporalPrompter
 from stop_lightning.models.text_prompts import PromptedTextEncoder
+from stop_lightning.models.video_prompts import ContextPrompts, FunctionPrompts
 
 
 @dataclass
@@ -59,6 +61,7 @@ class _ForwardState:
     local: torch.Tensor | None = None  # [L, T or 1, K, D]
     temporal: torch.Tensor | None = None  # [B, T, K, D], alpha and (1 + w) applied
     weights: torch.Tensor | None = None  # [B, T]
+    frame_mask: torch.Tensor | None = None  # [B, T] True: a real frame (context prompts skip padded ones)
     attention_mask: torch.Tensor | None = None  # [1, 1, G + T*S, G + T*S] (block-mask fallback)
     video_blocks: tuple[int, int, int] | None = None  # (G, T, S) for video_block_attention
     global_out: torch.Tensor | None = None  # [B, G, D] last layer
@@ -66,11 +69,12 @@ class _ForwardState:
 
 
 class LocalPrompts(nn.Module):
-    """Deep local visual prompts: K learnable tokens per layer, the same for every frame. ``[L, 1, K, D]``."""
+    """Deep local visual prompts: K learnable tokens per layer. ``[L, frames, K, D]``: ``frames = 1``, the
+    same for every frame; ``frames = T``, each frame position its own (VoP-P, ``local_prompts.per_frame``)."""
 
-    def __init__(self, layers: int, num_tokens: int, width: int, init_std: float):
+    def __init__(self, layers: int, num_tokens: int, width: int, init_std: float, frames: int = 1):
         super().__init__()
-        self.tokens = nn.Parameter(torch.randn(layers, 1, num_tokens, width) * init_std)
+        self.tokens = nn.Parameter(torch.randn(layers, frames, num_tokens, width) * init_std)
 
     def forward(self) -> torch.Tensor:
         return self.tokens
@@ -141,7 +145,21 @@ class STOPVideoModel(nn.Module):
         if cfg.shared_latent != "none" and (local_on or cfg.text_prompts.enabled):
             self.shared_space = SharedPromptSpace(cfg, self.width, self.layers, int(text.hidden_size), int(text.num_hidden_layers), self.num_frames)
         elif local_on:
-            self.local_prompts = LocalPrompts(self.local_depth, self.num_slots, self.width, float(cfg.local_prompts.init_std))
+            frames = self.num_frames if cfg.local_prompts.per_frame else 1
+            self.local_prompts = LocalPrompts(self.local_depth, self.num_slots, self.width, float(cfg.local_prompts.init_std), frames)
+        if cfg.local_prompts.per_frame and self.local_prompts is None:
+            raise ConfigError(
+                "model.local_prompts.per_frame needs the model's own local prompts: set model.local_prompts.enabled=true "
+                "and model.shared_latent=none (the shared space makes its own)"
+            )
+        # VoP's context- and function-specific terms go into the local prompt slots.
+        for key in ("context_prompts", "function_prompts"):
+            if getattr(cfg, key).enabled and not local_on:
+                raise ConfigError(f"model.{key} adds to the local prompt slots: set model.local_prompts.enabled=true")
+        self.context_prompts = ContextPrompts(cfg.context_prompts, self.num_slots, self.width) if cfg.context_prompts.enabled else None
+        self.function_prompts = (
+            FunctionPrompts(cfg.function_prompts, self.local_depth, self.width) if cfg.function_prompts.enabled else None
+        )
 
         self.spatial = SpatialPrompter(cfg.spatial, self.parts) if cfg.spatial.enabled else None
         self.temporal = TemporalPrompter(cfg.temporal, self.width, self.num_patches) if temporal_on else None
@@ -225,12 +243,19 @@ class STOPVideoModel(nn.Module):
         return output
 
     def _slot_tokens(self, layer: int, like: torch.Tensor) -> torch.Tensor:
-        """Prompt slots entering ``layer``: local tokens + alpha * q * (1 + w). ``-> [B*T, K, D]``."""
+        """Prompt slots entering ``layer``: local tokens + alpha * q * (1 + w) + VoP's context and function
+        terms, from ``like [B*T, S, D]`` (the frames entering the layer). ``-> [B*T, K, D]``."""
         st = self._state
         B, T, K, D = st.batch, st.frames, self.num_slots, self.width
         tokens = like.new_zeros(B, T, K, D)
         if layer < self.local_depth:
             tokens = tokens + st.local[layer].to(like.dtype).expand(T, K, D)  # [T or 1, K, D] -> [B, T, K, D]
+            if self.context_prompts is not None:
+                cls = like[:, 0].reshape(B, T, D)  # the frames' CLS tokens entering this layer
+                tokens = tokens + self.context_prompts(cls, st.frame_mask).to(like.dtype).unsqueeze(1)  # [B, 1, K, D]
+            if self.function_prompts is not None and layer > 0:
+                previous = like[:, 1:1 + K].reshape(B, T, K, D)  # the slots leaving layer - 1
+                tokens = tokens + self.function_prompts.at_layer(layer, previous).to(like.dtype)
         if layer < self.temporal_depth:
             tokens = tokens + st.temporal.to(like.dtype)
         return tokens.reshape(B * T, K, D)
@@ -283,6 +308,8 @@ class STOPVideoModel(nn.Module):
             raise ValueError(f"expected a video batch [B, T, 3, H, W], got shape {tuple(video.shape)}")
         B, T = video.shape[:2]
         st = self._state = _ForwardState(batch=B, frames=T)
+        if frame_mask is not None:
+            st.frame_mask = frame_mask.to(video.device).bool()
         try:
             if self.shared_space is not None:
                 visual, _ = self.shared_space()
