@@ -41,8 +41,10 @@ class VideoDecodeError(RuntimeError):
             message = _worker_message(str(path))
             path, _, reason = message.partition(": ")
         self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{path}: {reason}")
+        # One line whatever FFmpeg said (its messages can span lines): the same line from a worker,
+        # in a log and in a list of dropped files.
+        self.reason = " ".join(str(reason).split())
+        super().__init__(f"{path}: {self.reason}")
 
 
 def _worker_message(text: str) -> str:
