@@ -34,12 +34,12 @@ install:
 	$(PY) -c "import torch, torchvision, stop_lightning; torchvision.ops.nms; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'ok')"
 
 # Exit 5 ("no tests collected") is a failure here, like any other non-zero exit.
-test:
+test: lint
 	WANDB_MODE=offline $(PY) -m pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests ran: failing"; exit 1; fi; exit $$rc
 
 lint:
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 
 format:
 	$(VENV)/bin/ruff format src tests

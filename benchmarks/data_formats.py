@@ -48,7 +48,9 @@ def _write_video(job: tuple) -> Path:
     return write_realistic_video(path, ENCODINGS[name], seconds=seconds, seed=seed)
 
 
-def make_sets(work: Path, quick: bool, videos: int, workers: int, encodings: tuple[str, ...] | None = None) -> dict[str, dict[str, Path]]:
+def make_sets(
+    work: Path, quick: bool, videos: int, workers: int, encodings: tuple[str, ...] | None = None
+) -> dict[str, dict[str, Path]]:
     """Per encoding: the raw videos + manifests, their preprocessed copies and their shards."""
     from stop_lightning.data.manifest import ClipRecord, write_classes, write_manifest
     from stop_lightning.data.preprocess import preprocess
@@ -71,8 +73,11 @@ def make_sets(work: Path, quick: bool, videos: int, workers: int, encodings: tup
         pre = base / "preprocessed"
         preprocess(raw, manifests, pre, settings, workers=workers, progress=False)
         write_shards(raw, manifests, base / "shards", settings, workers=workers, progress=False)
-        out[name] = {"raw": (raw, manifests), "preprocessed": (pre / "videos", pre / "manifests"),
-                     "shards": (raw, manifests, base / "shards")}
+        out[name] = {
+            "raw": (raw, manifests),
+            "preprocessed": (pre / "videos", pre / "manifests"),
+            "shards": (raw, manifests, base / "shards"),
+        }
     return out
 
 
@@ -81,9 +86,17 @@ def clips_per_core(where: tuple, fmt: str, frames: int, min_s: float) -> float:
     from stop_lightning.data.datamodules import RecognitionDataModule
 
     video_root, manifests = where[0], where[1]
-    cfg = DataConfig(dataset="manifest", video_root=str(video_root), manifest_dir=str(manifests), num_frames=frames,
-                     num_workers=0, pin_memory=False, persistent_workers=False, format=fmt,
-                     shard_dir=str(where[2]) if fmt == "shards" else "")
+    cfg = DataConfig(
+        dataset="manifest",
+        video_root=str(video_root),
+        manifest_dir=str(manifests),
+        num_frames=frames,
+        num_workers=0,
+        pin_memory=False,
+        persistent_workers=False,
+        format=fmt,
+        shard_dir=str(where[2]) if fmt == "shards" else "",
+    )
     dm = RecognitionDataModule(cfg, 224, (0.5,) * 3, (0.5,) * 3)
     dm.setup("fit")
     ds = dm.datasets["train"]
@@ -109,15 +122,29 @@ def measure(quick: bool, log=print) -> dict:
         for fmt in ("raw", "preprocessed", "shards"):
             loc = where[fmt]
             for t in FRAMES:
-                rate = clips_per_core(loc, "shards" if fmt == "shards" else "video", t, min_s=0.5 if quick else 2.0)
-                rows.append({"encoding": name, "about": ENCODINGS[name].about, "format": fmt, "frames": t,
-                             "clips_per_core_s": rate})
+                rate = clips_per_core(
+                    loc, "shards" if fmt == "shards" else "video", t, min_s=0.5 if quick else 2.0
+                )
+                rows.append(
+                    {
+                        "encoding": name,
+                        "about": ENCODINGS[name].about,
+                        "format": fmt,
+                        "frames": t,
+                        "clips_per_core_s": rate,
+                    }
+                )
                 log(f"  {name} {fmt} T={t}: {rate:.1f} clips/s per core")
     gpu_clips = GPU_PEAK_TFLOPS * 1e12 * UTILISATION / (GFLOP_PER_CLIP * 1e9)
-    return {"device_key": "cpu-data-formats", "mode": "quick" if quick else "full", "rows": rows,
-            "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
-            "gpu_clips_per_s": gpu_clips, "wall_s": time.time() - started}
+    return {
+        "device_key": "cpu-data-formats",
+        "mode": "quick" if quick else "full",
+        "rows": rows,
+        "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
+        "gpu_clips_per_s": gpu_clips,
+        "wall_s": time.time() - started,
+    }
 
 
 def render(r: dict) -> str:
@@ -129,21 +156,32 @@ def render(r: dict) -> str:
     for e in encodings:
         for fmt in ("raw", "preprocessed", "shards"):
             cores = r["gpu_clips_per_s"] / rate[(e, fmt, 12)]
-            body.append([about[e] if fmt == "raw" else "", fmt] + [f"{rate[(e, fmt, t)]:.1f}" for t in FRAMES] + [f"{cores:.0f}"])
+            body.append(
+                [about[e] if fmt == "raw" else "", fmt]
+                + [f"{rate[(e, fmt, t)]:.1f}" for t in FRAMES]
+                + [f"{cores:.0f}"]
+            )
     shards12 = min(rate[(e, "shards", 12)] for e in encodings)
     ratio = rate[("msrvtt", "preprocessed", 12)] / rate[("msrvtt", "raw", 12)]
     lines = [
         f"## Data formats: clips/s per core ({r['mode']} run)\n",
-        f"Generated {r['generated']} by `benchmarks/data_formats.py{' --quick' if r['mode'] == 'quick' else ''}` "
-        f"in {r['wall_s'] / 60:.1f} min ({r['machine']}). {'Quick run: 2 s videos. ' if r['mode'] == 'quick' else ''}"
+        f"Generated {r['generated']} by "
+        f"`benchmarks/data_formats.py{' --quick' if r['mode'] == 'quick' else ''}` "
+        f"in {r['wall_s'] / 60:.1f} min ({r['machine']}). "
+        f"{'Quick run: 2 s videos. ' if r['mode'] == 'quick' else ''}"
         "Clips per CPU-second of one single-threaded process: segment sampling and decoding to uint8 "
         "(no crop or normalisation). Preprocessed: 224 px short side, 3 fps, H.264 GOP 6 "
-        "(`stop-lightning preprocess`); shards: the same frames as JPEG quality 90 (`stop-lightning shard`).\n",
+        "(`stop-lightning preprocess`); shards: the same frames as JPEG quality 90 "
+        "(`stop-lightning shard`).\n",
         report._table(header, body, "llrrrr"),
-        f"**Cores needed to feed one GPU**: {GPU} ~{GPU_PEAK_TFLOPS:.0f} TFLOP/s at {UTILISATION:.0%} utilisation "
-        f"consumes {r['gpu_clips_per_s']:,.0f} `stop_fast` clips/s ({GFLOP_PER_CLIP:.0f} GFLOP per 12-frame clip, "
-        f"ViT-B/32 training step); at T=12 that is {r['gpu_clips_per_s'] / shards12:.0f} cores reading shards "
-        f"(slowest encoding) against {r['gpu_clips_per_s'] / rate[('msrvtt', 'raw', 12)]:.0f} decoding raw MSRVTT-like files.\n",
+        f"**Cores needed to feed one GPU**: {GPU} ~{GPU_PEAK_TFLOPS:.0f} TFLOP/s "
+        f"at {UTILISATION:.0%} utilisation "
+        f"consumes {r['gpu_clips_per_s']:,.0f} `stop_fast` clips/s "
+        f"({GFLOP_PER_CLIP:.0f} GFLOP per 12-frame clip, "
+        f"ViT-B/32 training step); at T=12 that is {r['gpu_clips_per_s'] / shards12:.0f} "
+        "cores reading shards "
+        f"(slowest encoding) against {r['gpu_clips_per_s'] / rate[('msrvtt', 'raw', 12)]:.0f} "
+        "decoding raw MSRVTT-like files.\n",
         f"- Target: shards at least {TARGET_SHARDS:.0f} clips/s per core at 12 frames: "
         f"{'**met**' if shards12 >= TARGET_SHARDS else '**not met**'} ({shards12:.0f}, slowest encoding).",
         f"- Target: preprocessed MSRVTT-like files at least {TARGET_PREPROCESSED_RATIO}x raw at 12 frames: "
@@ -152,19 +190,35 @@ def render(r: dict) -> str:
     return "\n".join(lines)
 
 
-def loader_rate(workers: int, seconds: float, batch: int = 32, frames: int = 12, quick: bool = False, log=print) -> dict:
+def loader_rate(
+    workers: int, seconds: float, batch: int = 32, frames: int = 12, quick: bool = False, log=print
+) -> dict:
     """The full training loader on shards (JPEG decode, random resized crop to 224, normalise) with
     ``workers`` processes: clips/s over ``seconds`` of wall time after the first batch."""
     from stop_lightning.config import DataConfig
     from stop_lightning.data.datamodules import RecognitionDataModule
 
-    sets = make_sets(ROOT / ".cache" / "stop_lightning" / "bench_formats", quick, videos=4 if quick else 8 * workers,
-                     workers=workers, encodings=("kinetics",))
+    sets = make_sets(
+        ROOT / ".cache" / "stop_lightning" / "bench_formats",
+        quick,
+        videos=4 if quick else 8 * workers,
+        workers=workers,
+        encodings=("kinetics",),
+    )
     raw, manifests, shards = sets["kinetics"]["shards"]
     # a small set read for several epochs (the sampler reshuffles each one)
-    cfg = DataConfig(dataset="manifest", video_root=str(raw), manifest_dir=str(manifests), num_frames=frames,
-                     batch_size=batch, num_workers=workers, pin_memory=False, persistent_workers=True, format="shards",
-                     shard_dir=str(shards))
+    cfg = DataConfig(
+        dataset="manifest",
+        video_root=str(raw),
+        manifest_dir=str(manifests),
+        num_frames=frames,
+        batch_size=batch,
+        num_workers=workers,
+        pin_memory=False,
+        persistent_workers=True,
+        format="shards",
+        shard_dir=str(shards),
+    )
     dm = RecognitionDataModule(cfg, 224, (0.5,) * 3, (0.5,) * 3)
     dm.setup("fit")
     loader = dm.train_dataloader()
@@ -179,19 +233,36 @@ def loader_rate(workers: int, seconds: float, batch: int = 32, frames: int = 12,
             loader.sampler.set_epoch(epoch)
             it = iter(loader)
     elapsed = time.perf_counter() - start
-    result = {"workers": workers, "batch": batch, "frames": frames, "clips": clips, "seconds": elapsed,
-              "clips_per_s": clips / elapsed, "per_worker": clips / elapsed / max(1, workers)}
-    log(f"[loader] shards, {workers} workers, B={batch}, T={frames}: {result['clips_per_s']:.0f} clips/s "
-        f"({result['per_worker']:.0f} per worker)")
+    result = {
+        "workers": workers,
+        "batch": batch,
+        "frames": frames,
+        "clips": clips,
+        "seconds": elapsed,
+        "clips_per_s": clips / elapsed,
+        "per_worker": clips / elapsed / max(1, workers),
+    }
+    log(
+        f"[loader] shards, {workers} workers, B={batch}, T={frames}: {result['clips_per_s']:.0f} clips/s "
+        f"({result['per_worker']:.0f} per worker)"
+    )
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 s videos, 3 per encoding (< 2 min on 2 cores)")
-    parser.add_argument("--out-dir", type=Path, default=None, help="where the .md/.json go (full: docs/, quick: runs/bench/)")
-    parser.add_argument("--loader-workers", type=int, default=0,
-                        help="instead: the shard training loader with N workers (B=32, T=12, 224 px), clips/s -> JSON")
+    parser.add_argument(
+        "--quick", action="store_true", help="2 s videos, 3 per encoding (< 2 min on 2 cores)"
+    )
+    parser.add_argument(
+        "--out-dir", type=Path, default=None, help="where the .md/.json go (full: docs/, quick: runs/bench/)"
+    )
+    parser.add_argument(
+        "--loader-workers",
+        type=int,
+        default=0,
+        help="instead: the shard training loader with N workers (B=32, T=12, 224 px), clips/s -> JSON",
+    )
     parser.add_argument("--seconds", type=float, default=20.0, help="with --loader-workers: how long to time")
     args, _ = parser.parse_known_args(argv)  # `make bench ARGS=...` passes run.py's options too
     if args.loader_workers > 0:
@@ -212,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out_dir or (ROOT / ("runs/bench" if args.quick else "docs"))
     stem = "benchmarks-quick" if args.quick else "benchmarks"
     report.write_json(results, out_dir / f"{stem}.json")
-    report.write_block(out_dir / f"{stem}.md", results["device_key"], markdown, writer="benchmarks/data_formats.py")
+    report.write_block(
+        out_dir / f"{stem}.md", results["device_key"], markdown, writer="benchmarks/data_formats.py"
+    )
     log(f"wrote {out_dir / (stem + '.md')}")
     return 0
 

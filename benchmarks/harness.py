@@ -38,10 +38,28 @@ from stop_lightning.tasks.optim import parameter_groups
 
 # Sizes of the random CLIPs. "vit-b/32" is openai/clip-vit-base-patch32's layout.
 CLIP_SIZES: dict[str, dict[str, int]] = {
-    "vit-b/32": dict(width=768, layers=12, patch_size=32, image_size=224, text_width=512, text_layers=12, projection_dim=512),
+    "vit-b/32": dict(
+        width=768,
+        layers=12,
+        patch_size=32,
+        image_size=224,
+        text_width=512,
+        text_layers=12,
+        projection_dim=512,
+    ),
     # Scaling study at 32 frames on a CPU: ViT-B/32's grid and depth, half its width.
-    "vit-s/32": dict(width=384, layers=12, patch_size=32, image_size=224, text_width=256, text_layers=12, projection_dim=256),
-    "tiny": dict(width=64, layers=2, patch_size=16, image_size=64, text_width=64, text_layers=2, projection_dim=64),
+    "vit-s/32": dict(
+        width=384,
+        layers=12,
+        patch_size=32,
+        image_size=224,
+        text_width=256,
+        text_layers=12,
+        projection_dim=256,
+    ),
+    "tiny": dict(
+        width=64, layers=2, patch_size=16, image_size=64, text_width=64, text_layers=2, projection_dim=64
+    ),
 }
 VOCAB, SOT, EOT = 49408, 49406, 49407  # OpenAI CLIP's vocabulary size and special ids
 
@@ -54,9 +72,13 @@ class SubjectSpec:
 
 
 SUBJECTS: dict[str, SubjectSpec] = {
-    "clip4clip_meanp": SubjectSpec("clip4clip_meanp", False, "baseline: frozen CLIP forward, mean of frame CLS, trainable head"),
+    "clip4clip_meanp": SubjectSpec(
+        "clip4clip_meanp", False, "baseline: frozen CLIP forward, mean of frame CLS, trainable head"
+    ),
     "clip_fwd_bwd": SubjectSpec(
-        "clip4clip_meanp", True, "meanP + backward through the frozen CLIP to the pixels: the floor of any prompt method"
+        "clip4clip_meanp",
+        True,
+        "meanP + backward through the frozen CLIP to the pixels: the floor of any prompt method",
     ),
     "dgl": SubjectSpec("dgl", False, "DGL base: local, global, text prompts, shared latent, adapters"),
     "stop_fast": SubjectSpec("stop_fast", False, "STOP, fast spatial generator"),
@@ -75,7 +97,11 @@ def clip_config(size: str):
     s = CLIP_SIZES[size]
     config = tiny_clip_config(heads=max(1, s["width"] // 64), vocab_size=VOCAB, **s)
     config.text_config.num_attention_heads = max(1, s["text_width"] // 64)  # CLIP's head width is 64
-    config.text_config.eos_token_id, config.text_config.bos_token_id, config.text_config.pad_token_id = EOT, SOT, EOT
+    config.text_config.eos_token_id, config.text_config.bos_token_id, config.text_config.pad_token_id = (
+        EOT,
+        SOT,
+        EOT,
+    )
     return config
 
 
@@ -88,7 +114,10 @@ def build_clip(size: str, seed: int = 0) -> CLIPModel:
 
 
 def model_config(preset: str, *overrides: str) -> DictConfig:
-    cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(EXPERIMENTS_DIR / "presets" / f"{preset}.yaml").model)
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(ModelConfig),
+        OmegaConf.load(EXPERIMENTS_DIR / "presets" / f"{preset}.yaml").model,
+    )
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
 
 
@@ -101,11 +130,17 @@ class Subject:
     trainable: int
 
 
-def build_subjects(clip: CLIPModel, names: list[str], max_frames: int, device: torch.device, overrides: tuple[str, ...] = ()) -> dict[str, Subject]:
+def build_subjects(
+    clip: CLIPModel, names: list[str], max_frames: int, device: torch.device, overrides: tuple[str, ...] = ()
+) -> dict[str, Subject]:
     out = {}
     for name in names:
         spec = SUBJECTS[name]
-        model = STOPVideoModel(model_config(spec.preset, *overrides), copy.deepcopy(clip), max_frames).to(device).train()
+        model = (
+            STOPVideoModel(model_config(spec.preset, *overrides), copy.deepcopy(clip), max_frames)
+            .to(device)
+            .train()
+        )
         groups = parameter_groups(model, 0.2)
         optimizer = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.98)) if groups else None
         out[name] = Subject(name, spec, model, optimizer, model.trainable_parameter_count()[0])
@@ -124,7 +159,9 @@ class Workload:
     video_features: torch.Tensor  # [B, E] fixed, normalised (the other side of the text-side loss)
 
 
-def make_workload(clip: CLIPModel, batch: int, frames: int, num_classes: int, device: torch.device, seed: int = 0) -> Workload:
+def make_workload(
+    clip: CLIPModel, batch: int, frames: int, num_classes: int, device: torch.device, seed: int = 0
+) -> Workload:
     g = torch.Generator().manual_seed(seed)
     size = clip.config.vision_config.image_size
     video = torch.randn(batch, frames, 3, size, size, generator=g)
@@ -133,7 +170,7 @@ def make_workload(clip: CLIPModel, batch: int, frames: int, num_classes: int, de
     ids = torch.randint(0, SOT, (num_classes, 32), generator=g)
     mask = torch.zeros(num_classes, 32, dtype=torch.long)
     for row, n in enumerate(lengths.tolist()):
-        ids[row, 0], ids[row, n - 1:] = SOT, EOT
+        ids[row, 0], ids[row, n - 1 :] = SOT, EOT
         mask[row, :n] = 1
     clip = clip.to(device)
     with torch.no_grad():
@@ -296,11 +333,19 @@ class Measurement:
         return min(self.times)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"median_s": self.median, "min_s": self.min, "times_s": self.times, "first_s": self.first_s,
-                "peak_mib": self.peak_mib, "flops": self.flops}
+        return {
+            "median_s": self.median,
+            "min_s": self.min,
+            "times_s": self.times,
+            "first_s": self.first_s,
+            "peak_mib": self.peak_mib,
+            "flops": self.flops,
+        }
 
 
-def measure(cases: list[Case], device: torch.device, log: Callable[[str], None] = print) -> dict[str, Measurement]:
+def measure(
+    cases: list[Case], device: torch.device, log: Callable[[str], None] = print
+) -> dict[str, Measurement]:
     """Time the cases interleaved: a first call each (peak memory, FLOPs), then rounds of one call each."""
     out: dict[str, Measurement] = {}
     for case in cases:
@@ -319,7 +364,7 @@ def measure(cases: list[Case], device: torch.device, log: Callable[[str], None] 
         log(f"  {case.key}: first {m.first_s:.2f}s, peak {_fmt_mib(m.peak_mib)}")
     rounds = max((c.repeats - (0 if c.warmup else 1) for c in cases), default=0)
     for r in range(rounds):
-        order = cases[r % len(cases):] + cases[:r % len(cases)]  # rotate: no case always runs first
+        order = cases[r % len(cases) :] + cases[: r % len(cases)]  # rotate: no case always runs first
         for case in order:
             m = out[case.key]
             if len(m.times) >= case.repeats:
@@ -329,7 +374,10 @@ def measure(cases: list[Case], device: torch.device, log: Callable[[str], None] 
             case.fn()
             _sync(device)
             m.times.append(time.perf_counter() - start)
-        log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{c.key} {out[c.key].times[-1]:.2f}s" for c in order if out[c.key].times))
+        log(
+            f"  round {r + 1}/{rounds}: "
+            + ", ".join(f"{c.key} {out[c.key].times[-1]:.2f}s" for c in order if out[c.key].times)
+        )
     return out
 
 
@@ -354,17 +402,25 @@ def module_labels(model: STOPVideoModel) -> list[tuple[nn.Module, str]]:
         (parts.embeddings, "CLIP patch embedding (+ spatial prompt conv)"),
     ]
     for layer in parts.layers:
-        labels += [(layer, "CLIP vision layers: LayerNorms, residuals"), (layer.self_attn, "CLIP vision attention (+ global prompts)"),
-                   (layer.mlp, "CLIP vision MLP")]
+        labels += [
+            (layer, "CLIP vision layers: LayerNorms, residuals"),
+            (layer.self_attn, "CLIP vision attention (+ global prompts)"),
+            (layer.mlp, "CLIP vision MLP"),
+        ]
     labels.append((model.clip.text_model, "CLIP text tower (class prompts)"))
     if model.spatial is not None:
         kind = type(model.spatial.generator).__name__
-        labels += [(model.spatial, "spatial prompts: top-k mask, delta"), (model.spatial.generator, f"spatial generator ({kind})"),
-                   (model.spatial.scorer, "spatial scorer (no grad)")]
+        labels += [
+            (model.spatial, "spatial prompts: top-k mask, delta"),
+            (model.spatial.generator, f"spatial generator ({kind})"),
+            (model.spatial.scorer, "spatial scorer (no grad)"),
+        ]
     if model.temporal is not None:
-        labels += [(model.temporal, "temporal prompts: frame variation, insertion"),
-                   (model.temporal.generator, "temporal generator: (T, N, D) conv, patch MLP"),
-                   (model.temporal.generator.attn, "temporal generator: attention over T*N tokens")]
+        labels += [
+            (model.temporal, "temporal prompts: frame variation, insertion"),
+            (model.temporal.generator, "temporal generator: (T, N, D) conv, patch MLP"),
+            (model.temporal.generator.attn, "temporal generator: attention over T*N tokens"),
+        ]
     if model.vision_adapters is not None:
         labels += [(a, "adapters") for a in model.vision_adapters]
     if model.text_encoder is not None and model.text_encoder.adapters is not None:
@@ -386,6 +442,7 @@ def _record_modules(labels: list[tuple[nn.Module, str]]):
             rf = record_function(name)
             rf.__enter__()
             stack.append(rf)
+
         return hook
 
     def leave(module, args, output):
@@ -401,7 +458,9 @@ def _record_modules(labels: list[tuple[nn.Module, str]]):
             h.remove()
 
 
-def module_profile(model: STOPVideoModel, fn: Callable[[], None], device: torch.device | None = None) -> dict[str, Any]:
+def module_profile(
+    model: STOPVideoModel, fn: Callable[[], None], device: torch.device | None = None
+) -> dict[str, Any]:
     """Self time by module label, forward and backward (backward ops are matched to the forward op
     that created them by autograd sequence number): CPU time, or GPU kernel time on a GPU.
     Runs ``fn`` once under the profiler."""
@@ -418,7 +477,9 @@ def module_profile(model: STOPVideoModel, fn: Callable[[], None], device: torch.
         fn()
         _sync(device or torch.device("cpu"))
         wall = time.perf_counter() - start
-    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CPU]  # kernels are counted on their ops
+    events = [
+        e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CPU
+    ]  # kernels are counted on their ops
 
     def ancestors(ev):
         p = ev.cpu_parent
@@ -457,11 +518,27 @@ def module_profile(model: STOPVideoModel, fn: Callable[[], None], device: torch.
     total = sum(forward.values()) + sum(backward.values())
     for label in set(forward) | set(backward):
         f, b = forward.get(label, 0.0) / 1e3, backward.get(label, 0.0) / 1e3  # us -> ms
-        rows.append({"module": label, "forward_ms": f, "backward_ms": b, "total_ms": f + b, "share": (f + b) / (total / 1e3) if total else 0.0})
+        rows.append(
+            {
+                "module": label,
+                "forward_ms": f,
+                "backward_ms": b,
+                "total_ms": f + b,
+                "share": (f + b) / (total / 1e3) if total else 0.0,
+            }
+        )
     rows.sort(key=lambda r: -r["total_ms"])
     top_ops = [
         {"op": e.key, "self_ms": self_time(e) / 1e3, "calls": e.count}
         for e in sorted(prof.key_averages(), key=lambda e: -self_time(e))
-        if not e.key.startswith(_BACKWARD) and e.key not in names and not e.key.startswith(("Optimizer.", "ProfilerStep"))
+        if not e.key.startswith(_BACKWARD)
+        and e.key not in names
+        and not e.key.startswith(("Optimizer.", "ProfilerStep"))
     ][:12]
-    return {"rows": rows, "top_ops": top_ops, "profiled_wall_s": wall, "total_ms": total / 1e3, "clock": "GPU kernels" if gpu else "CPU"}
+    return {
+        "rows": rows,
+        "top_ops": top_ops,
+        "profiled_wall_s": wall,
+        "total_ms": total / 1e3,
+        "clock": "GPU kernels" if gpu else "CPU",
+    }

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
-from stop_lightning.config import CHOICES, load_config  # noqa: E402
+from stop_lightning.config import available_presets, load_config  # noqa: E402
 from stop_lightning.data.builders import build_manifests  # noqa: E402
 from stop_lightning.data.synthetic import write_video  # noqa: E402
 
@@ -137,7 +137,9 @@ class MotionBenchClips:
         return [self.class_names[c]]
 
 
-def write_dataset(root: Path, clips_per_class: int, num_frames: int, size: int, seed: int) -> tuple[Path, Path]:
+def write_dataset(
+    root: Path, clips_per_class: int, num_frames: int, size: int, seed: int
+) -> tuple[Path, Path]:
     """The benchmark set in the ssv2 layout and its manifests; reused when already written."""
     from stop_lightning.data.registry import get_dataset
 
@@ -163,7 +165,10 @@ def read_confusion(path: Path, class_names: list[str]) -> np.ndarray:
     """The run's confusion_matrix.csv (rows true, columns predicted), rows in ``class_names`` order."""
     lines = path.read_text().splitlines()
     order = lines[0].split(",")[1:]
-    rows = {line.rsplit(",", len(order))[0]: [int(v) for v in line.rsplit(",", len(order))[1:]] for line in lines[1:]}
+    rows = {
+        line.rsplit(",", len(order))[0]: [int(v) for v in line.rsplit(",", len(order))[1:]]
+        for line in lines[1:]
+    }
     idx = [order.index(n) for n in class_names]
     return np.array([[rows[n][k] for k in idx] for n in class_names])
 
@@ -179,7 +184,7 @@ def run_method(preset: str, videos: Path, manifests: Path, args, out_dir: Path) 
         f"data.num_frames={args.frames}",
         "data.batch_size=8",
         "data.train_crop_scale=[1.0,1.0]",
-        "task.templates=[\"a video of {name}.\"]",
+        'task.templates=["a video of {name}."]',
         f"trainer.max_epochs={args.epochs}",
         f"trainer.check_val_every_n_epoch={args.epochs}",
         "trainer.enable_progress_bar=false",
@@ -223,9 +228,12 @@ def markdown(results: dict[str, dict | None], args, command: str) -> str:
         "",
         f"Command: `{command}`",
         "",
-        f"Set: {len(CLASSES)} classes in 4 mirror pairs, {args.clips} clips per class (a third train, a third test),",
-        f"{args.frames} frames of {args.size}x{args.size} px, VP9 webm in the SSv2 layout. Training: tiny random CLIP",
-        f"(demo.yaml's settings), {args.epochs} epochs, batch 8, seed {args.seed}, CPU. Chance: 12.5% top-1, 50% pair accuracy.",
+        f"Set: {len(CLASSES)} classes in 4 mirror pairs, {args.clips} clips per class "
+        "(a third train, a third test),",
+        f"{args.frames} frames of {args.size}x{args.size} px, VP9 webm in the SSv2 layout. "
+        "Training: tiny random CLIP",
+        f"(demo.yaml's settings), {args.epochs} epochs, batch 8, seed {args.seed}, CPU. "
+        "Chance: 12.5% top-1, 50% pair accuracy.",
         "",
         "| method | preset | test top-1 (%) | pair accuracy (%) | train + test time (s) |",
         "|---|---|---|---|---|",
@@ -238,10 +246,15 @@ def markdown(results: dict[str, dict | None], args, command: str) -> str:
             )
         else:
             lines.append(
-                f"| {LABELS[preset]} | `{preset}` | {100 * r['top1']:.1f} | {100 * r['pair_acc']:.1f} | {r['seconds']:.0f} |"
+                f"| {LABELS[preset]} | `{preset}` | {100 * r['top1']:.1f} | "
+                f"{100 * r['pair_acc']:.1f} | {r['seconds']:.0f} |"
             )
-    lines += ["", "Numbers are one seed of a tiny random CLIP: they show whether a method can use frame order,",
-              "not how it ranks on SSv2.", ""]
+    lines += [
+        "",
+        "Numbers are one seed of a tiny random CLIP: they show whether a method can use frame order,",
+        "not how it ranks on SSv2.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -264,13 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     for preset in args.methods.split(","):
         if preset not in LABELS:
             parser.error(f"--methods: {preset!r} is not one of {','.join(LABELS)}")
-        exists = preset in CHOICES["model.preset"]
+        exists = preset in available_presets()
         results[preset] = run_method(preset, videos, manifests, args, args.work / "runs") if exists else None
     text = markdown(results, args, command.strip())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                         "results": results}, indent=2))
+    args.out.with_suffix(".json").write_text(
+        json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=2)
+    )
     print(text)
     return 0
 

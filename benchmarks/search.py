@@ -26,7 +26,9 @@ import torch  # noqa: E402
 from stop_lightning.search import DEFAULT_CHUNK_ROWS, top_k  # noqa: E402
 
 
-def time_search(videos: int, dim: int, queries: int, k: int, repeats: int, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> list[float]:
+def time_search(
+    videos: int, dim: int, queries: int, k: int, repeats: int, chunk_rows: int = DEFAULT_CHUNK_ROWS
+) -> list[float]:
     """Seconds per call of :func:`top_k` (after one warm-up call)."""
     g = torch.Generator().manual_seed(0)
     rows = torch.nn.functional.normalize(torch.randn(videos, dim, generator=g), dim=-1)  # [N, E]
@@ -51,13 +53,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"exact search, {args.videos:,} videos x {args.dim}-d float32, top {args.top}, "
-          f"{torch.get_num_threads()} thread(s), torch {torch.__version__}")
+    print(
+        f"exact search, {args.videos:,} videos x {args.dim}-d float32, top {args.top}, "
+        f"{torch.get_num_threads()} thread(s), torch {torch.__version__}"
+    )
     for q in (int(x) for x in args.queries.split(",")):
         times = time_search(args.videos, args.dim, q, args.top, args.repeats)
         med = statistics.median(times)
-        print(f"  {q:>4} quer{'y' if q == 1 else 'ies'}: median {med * 1e3:8.1f} ms (min {min(times) * 1e3:.1f}), "
-              f"{med * 1e3 / q:.2f} ms per query")
+        print(
+            f"  {q:>4} quer{'y' if q == 1 else 'ies'}: median {med * 1e3:8.1f} ms "
+            f"(min {min(times) * 1e3:.1f}), "
+            f"{med * 1e3 / q:.2f} ms per query"
+        )
     return 0
 
 

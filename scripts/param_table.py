@@ -18,15 +18,35 @@ from stop_lightning.models.hooks import freeze
 from stop_lightning.models.tiny_clip import tiny_clip_config
 from stop_lightning.models.video_encoder import STOPVideoModel
 
-PRESETS = ("zero_shot", "clip4clip_meanp", "dgl", "stop_fast", "stop", "stop_official", "vop", "vop_p", "vop_c", "vop_f", "vop_fc")
+PRESETS = (
+    "zero_shot",
+    "clip4clip_meanp",
+    "dgl",
+    "stop_fast",
+    "stop",
+    "stop_official",
+    "vop",
+    "vop_p",
+    "vop_c",
+    "vop_f",
+    "vop_fc",
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=12)
     args = parser.parse_args()
-    config = tiny_clip_config(width=768, layers=12, patch_size=32, image_size=224, heads=12,
-                              text_width=512, text_layers=12, projection_dim=512)
+    config = tiny_clip_config(
+        width=768,
+        layers=12,
+        patch_size=32,
+        image_size=224,
+        heads=12,
+        text_width=512,
+        text_layers=12,
+        projection_dim=512,
+    )
     with torch.device("meta"):
         clip = freeze(CLIPModel(config))
     print("| preset | trainable | frozen | trainable share |")

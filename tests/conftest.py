@@ -17,7 +17,8 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_run(cache_dir, tmp_path_factory):
     """One trained tiny demo run for the tests that need a checkpoint (inference, callbacks, notebook):
-    1 epoch, W&B offline, metrics and prompt images logged every step. ``.run_dir``, ``.ckpt``, ``.metrics``."""
+    1 epoch, W&B offline, metrics and prompt images logged every step.
+    ``.run_dir``, ``.ckpt``, ``.metrics``."""
     from types import SimpleNamespace
 
     from stop_lightning.config import load_config
@@ -27,17 +28,26 @@ def demo_run(cache_dir, tmp_path_factory):
     cfg = load_config(
         "demo",
         [
-            f"paths.cache_dir={cache_dir}", f"paths.output_dir={out}", "data.synthetic_clips_per_class=8",
-            "data.synthetic_classes=4", "data.synthetic_looks=0",
-            "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
-            "logger.wandb=true", "logger.mode=offline", "logger.log_images_every_n_steps=1",
+            f"paths.cache_dir={cache_dir}",
+            f"paths.output_dir={out}",
+            "data.synthetic_clips_per_class=8",
+            "data.synthetic_classes=4",
+            "data.synthetic_looks=0",
+            "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false",
+            "trainer.log_every_n_steps=1",
+            "logger.wandb=true",
+            "logger.mode=offline",
+            "logger.log_images_every_n_steps=1",
         ],
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("STOP_RUN_STAMP", "run")
         metrics = train(cfg)
     run_dir = out / "demo" / "run"
-    return SimpleNamespace(run_dir=run_dir, ckpt=run_dir / "checkpoints" / "last.ckpt", metrics=metrics, cfg=cfg)
+    return SimpleNamespace(
+        run_dir=run_dir, ckpt=run_dir / "checkpoints" / "last.ckpt", metrics=metrics, cfg=cfg
+    )
 
 
 @pytest.fixture(scope="session")
@@ -52,12 +62,23 @@ def retrieval_run(cache_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("retrieval_run")
     cfg = load_config(
         "demo",
-        [f"paths.cache_dir={cache_dir}", f"paths.output_dir={out}", "data.synthetic_clips_per_class=8",
-         "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "task.name=retrieval",
-         "trainer.limit_val_batches=0", "checkpoint.monitor=''", "checkpoint.save_top_k=0", "name=demo_retrieval"],
+        [
+            f"paths.cache_dir={cache_dir}",
+            f"paths.output_dir={out}",
+            "data.synthetic_clips_per_class=8",
+            "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false",
+            "task.name=retrieval",
+            "trainer.limit_val_batches=0",
+            "checkpoint.monitor=''",
+            "checkpoint.save_top_k=0",
+            "name=demo_retrieval",
+        ],
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("STOP_RUN_STAMP", "ret")
         metrics = train(cfg)
     run_dir = out / "demo_retrieval" / "ret"
-    return SimpleNamespace(run_dir=run_dir, ckpt=run_dir / "checkpoints" / "last.ckpt", metrics=metrics, cfg=cfg)
+    return SimpleNamespace(
+        run_dir=run_dir, ckpt=run_dir / "checkpoints" / "last.ckpt", metrics=metrics, cfg=cfg
+    )

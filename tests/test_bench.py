@@ -23,7 +23,14 @@ from benchmarks.run import ALL_SECTIONS, plan_for, run  # noqa: E402
 def results(tmp_path_factory):
     torch.manual_seed(0)
     cpu = torch.device("cpu")
-    return run(plan_for("tiny", cpu), cpu, ALL_SECTIONS, cache_dir=tmp_path_factory.mktemp("bench_cache"), command="test", log=lambda _: None)
+    return run(
+        plan_for("tiny", cpu),
+        cpu,
+        ALL_SECTIONS,
+        cache_dir=tmp_path_factory.mktemp("bench_cache"),
+        command="test",
+        log=lambda _: None,
+    )
 
 
 def test_every_section_is_measured(results):
@@ -55,7 +62,10 @@ def test_peak_memory_is_read_on_linux(results):
 def test_json_and_markdown_outputs(results, tmp_path):
     md, js = tmp_path / "benchmarks.md", tmp_path / "benchmarks.json"
     placeholder = f"{report._begin('cpu')}\nold tables\n{report._end('cpu')}\n"
-    md.write_text(f"# Benchmarks\n\nHand-written intro.\n\n{placeholder}\n## What was optimised\n\nHand-written notes.\n")
+    md.write_text(
+        f"# Benchmarks\n\nHand-written intro.\n\n{placeholder}\n"
+        "## What was optimised\n\nHand-written notes.\n"
+    )
     report.write_markdown(results, md)
     report.write_markdown(results, md)  # replaced in place, not appended twice
     report.write_json(results, js)
@@ -69,13 +79,31 @@ def test_json_and_markdown_outputs(results, tmp_path):
     assert text.index("END GENERATED: cpu") < text.index("BEGIN GENERATED: cuda")  # blocks side by side
     assert text.index("END GENERATED: cuda") < text.index("Hand-written notes.")
     assert "Hand-written intro." in text and "Hand-written notes." in text
-    for heading in ("### Targets", "### Training step", "### Inference", "### Scaling", "### Data loading", "### Where the STOP step goes"):
+    for heading in (
+        "### Targets",
+        "### Training step",
+        "### Inference",
+        "### Scaling",
+        "### Data loading",
+        "### Where the STOP step goes",
+    ):
         assert heading in text
     assert results["generated"] in text and results["machine"]["description"] in text
 
     data = json.loads(js.read_text())
     assert set(data) == {"cpu", "cuda"}
-    for key in ("machine", "settings", "train", "text_step", "inference", "scaling", "data", "profile", "targets", "wall_s"):
+    for key in (
+        "machine",
+        "settings",
+        "train",
+        "text_step",
+        "inference",
+        "scaling",
+        "data",
+        "profile",
+        "targets",
+        "wall_s",
+    ):
         assert key in data["cpu"]
 
 

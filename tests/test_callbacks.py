@@ -44,7 +44,9 @@ def test_overlay_tints_exactly_the_masked_patches():
     inside[0, :4, 4:] = True
     inside[1, 4:, :4] = True
     assert np.array_equal(out[~inside], frames[~inside])
-    expected = (frames[inside].astype(np.float32) * 0.5 + np.array([255, 0, 0], dtype=np.float32) * 0.5).round()
+    expected = (
+        frames[inside].astype(np.float32) * 0.5 + np.array([255, 0, 0], dtype=np.float32) * 0.5
+    ).round()
     assert np.array_equal(out[inside], expected.astype(np.uint8))
 
 
@@ -70,11 +72,17 @@ def test_figures_render_to_png(tmp_path):
 def test_callback_draws_every_n_optimiser_steps_once(monkeypatch):
     callback = PromptImageLogger("unused", every_n_steps=2)
     drawn = []
-    monkeypatch.setattr(callback, "log_prompts", lambda trainer, module, video, step, label="": drawn.append((step, tuple(video.shape))))
+    monkeypatch.setattr(
+        callback,
+        "log_prompts",
+        lambda trainer, module, video, step, label="": drawn.append((step, tuple(video.shape))),
+    )
     batch = {"video": torch.zeros(3, 2, 3, 4, 4)}
     # Gradient accumulation: several batches end on the same optimiser step.
     for step in (0, 1, 1, 2, 2, 3, 4, 4, 5):
-        callback.on_train_batch_end(SimpleNamespace(global_step=step, is_global_zero=True), None, None, batch, 0)
+        callback.on_train_batch_end(
+            SimpleNamespace(global_step=step, is_global_zero=True), None, None, batch, 0
+        )
     assert drawn == [(2, (1, 2, 3, 4, 4)), (4, (1, 2, 3, 4, 4))]
     with pytest.raises(ValueError, match="log_images_every_n_steps"):
         PromptImageLogger("unused", every_n_steps=0)
@@ -85,7 +93,9 @@ def test_training_saves_prompt_images_every_step(demo_run):
     steps = read_checkpoint(demo_run.ckpt)["global_step"]
     assert steps == 2
     images = sorted(p.name for p in (demo_run.run_dir / "images").glob("*.png"))
-    assert images == [f"step{s:06d}_{kind}.png" for s in range(1, steps + 1) for kind in ("frame_weights", "spatial_mask")]
+    assert images == [
+        f"step{s:06d}_{kind}.png" for s in range(1, steps + 1) for kind in ("frame_weights", "spatial_mask")
+    ]
     width, height = png_size(demo_run.run_dir / "images" / "step000001_spatial_mask.png")
     assert width > 4 * height  # one panel per frame, side by side
 
@@ -143,10 +153,15 @@ def test_offline_wandb_run_holds_config_metrics_and_images(demo_run):
     for r in records:
         if r.WhichOneof("record_type") == "history":
             for item in r.history.item:
-                history.setdefault("/".join(item.nested_key) or item.key, []).append(json.loads(item.value_json))
+                history.setdefault("/".join(item.nested_key) or item.key, []).append(
+                    json.loads(item.value_json)
+                )
     assert history["test/top1"] == [pytest.approx(demo_run.metrics["test/top1"])]
     assert history["params/trainable"][0] > 0 and "perf/clips_per_s" in history
-    assert len(history["prompts/spatial_mask/filenames"]) == 2 and len(history["prompts/frame_weights/filenames"]) == 2
+    assert (
+        len(history["prompts/spatial_mask/filenames"]) == 2
+        and len(history["prompts/frame_weights/filenames"]) == 2
+    )
     media = sorted((runs[0] / "files" / "media" / "images" / "prompts").glob("*.png"))
     assert len(media) == 4
 
@@ -159,9 +174,17 @@ def test_drawing_images_does_not_change_training(demo_run, cache_dir, tmp_path, 
     monkeypatch.setenv("STOP_RUN_STAMP", "plain")
     cfg = load_config(
         "demo",
-        [f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path}", "data.synthetic_clips_per_class=8", "data.synthetic_classes=4", "data.synthetic_looks=0",
-         "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
-         "logger.log_images_every_n_steps=0"],
+        [
+            f"paths.cache_dir={cache_dir}",
+            f"paths.output_dir={tmp_path}",
+            "data.synthetic_clips_per_class=8",
+            "data.synthetic_classes=4",
+            "data.synthetic_looks=0",
+            "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false",
+            "trainer.log_every_n_steps=1",
+            "logger.log_images_every_n_steps=0",
+        ],
     )
     train(cfg)
     assert not (tmp_path / "demo" / "plain" / "images").exists()
@@ -200,16 +223,27 @@ def test_text_log_lines_for_files(tmp_path):
 
     data = [{"video": torch.ones(2)} for _ in range(8)]
     out = io.StringIO()
-    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        callbacks=[TextLog(every_n_steps=2, stream=out)], default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[TextLog(every_n_steps=2, stream=out)],
+        default_root_dir=tmp_path,
+    )
     trainer.fit(Tiny(), DataLoader(data, batch_size=2), DataLoader(data, batch_size=4))
     lines = out.getvalue().splitlines()
     steps = [line for line in lines if " done " not in line]
     ends = [line for line in lines if " done " in line]
     assert [line.split(" | ")[0] for line in steps] == [
-        "epoch 1/2 [2/4] step 2", "epoch 1/2 [4/4] step 4", "epoch 2/2 [2/4] step 6", "epoch 2/2 [4/4] step 8"
+        "epoch 1/2 [2/4] step 2",
+        "epoch 1/2 [4/4] step 4",
+        "epoch 2/2 [2/4] step 6",
+        "epoch 2/2 [4/4] step 8",
     ]
     assert [line.split(" | ")[0] for line in ends] == ["epoch 1/2 done step 4", "epoch 2/2 done step 8"]
     for line in ends:
-        assert "val/top1 0.2500" in line and "train/loss" in line and "lr 1.00e-02" in line and "clips/s" in line
+        assert (
+            "val/top1 0.2500" in line and "train/loss" in line and "lr 1.00e-02" in line and "clips/s" in line
+        )
     assert "eta 0:00:00" in ends[-1] and "eta " in steps[0]

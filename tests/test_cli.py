@@ -10,15 +10,26 @@ def test_bad_config_key_is_a_config_error(capsys):
 
 
 def test_missing_dataset_names_the_manifest_command(tmp_path, capsys):
-    code = main(["train", "hmdb51", f"paths.data_root={tmp_path}", f"paths.manifest_root={tmp_path}/m",
-                 "model.clip.source=tiny", f"paths.cache_dir={tmp_path}/cache", f"paths.output_dir={tmp_path}/runs"])
+    code = main(
+        [
+            "train",
+            "hmdb51",
+            f"paths.data_root={tmp_path}",
+            f"paths.manifest_root={tmp_path}/m",
+            "model.clip.source=tiny",
+            f"paths.cache_dir={tmp_path}/cache",
+            f"paths.output_dir={tmp_path}/runs",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error:") and "stop-lightning manifest hmdb51 --root" in err
     assert not (tmp_path / "runs").exists()  # a run that cannot start leaves no folder behind
 
 
 def test_missing_checkpoint_for_resume(tmp_path, capsys):
-    assert main(["train", "demo", "--resume", str(tmp_path / "gone.ckpt"), f"paths.output_dir={tmp_path}"]) == 2
+    assert (
+        main(["train", "demo", "--resume", str(tmp_path / "gone.ckpt"), f"paths.output_dir={tmp_path}"]) == 2
+    )
     assert "gone.ckpt" in capsys.readouterr().err
 
 

@@ -25,9 +25,14 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 def overrides(cache_dir: Path, out: Path, *extra: str) -> list[str]:
     return [
-        f"paths.cache_dir={cache_dir}", f"paths.output_dir={out}", "data.synthetic_clips_per_class=8",
-        "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "data.batch_size=2",  # 3 steps/epoch
-        "logger.wandb=false", *extra,
+        f"paths.cache_dir={cache_dir}",
+        f"paths.output_dir={out}",
+        "data.synthetic_clips_per_class=8",
+        "trainer.max_epochs=2",
+        "trainer.enable_progress_bar=false",
+        "data.batch_size=2",  # 3 steps/epoch
+        "logger.wandb=false",
+        *extra,
     ]
 
 
@@ -107,17 +112,22 @@ def test_resume_auto_fresh_and_last_without_run(tmp_path, monkeypatch):
         run_folder(tmp_path / "exp", "last")
     (tmp_path / "exp" / "old" / "checkpoints").mkdir(parents=True)
     (tmp_path / "exp" / "old" / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    assert run_folder(tmp_path / "exp", "auto") == (tmp_path / "exp" / "old", str(tmp_path / "exp" / "old" / "checkpoints" / "last.ckpt"))
+    assert run_folder(tmp_path / "exp", "auto") == (
+        tmp_path / "exp" / "old",
+        str(tmp_path / "exp" / "old" / "checkpoints" / "last.ckpt"),
+    )
 
 
 def test_allowed_change_is_kept(tmp_path):
     from stop_lightning.run import check_resume_config
 
     saved = load_config("demo", ["trainer.max_epochs=2"])
-    assert check_resume_config(saved, load_config("demo", ["trainer.max_epochs=5"]), ["trainer.max_epochs"]) == [
+    assert check_resume_config(
+        saved, load_config("demo", ["trainer.max_epochs=5"]), ["trainer.max_epochs"]
+    ) == ["trainer.max_epochs"]
+    assert check_resume_config(saved, load_config("demo", ["trainer.max_epochs=5"]), ["trainer"]) == [
         "trainer.max_epochs"
     ]
-    assert check_resume_config(saved, load_config("demo", ["trainer.max_epochs=5"]), ["trainer"]) == ["trainer.max_epochs"]
     with pytest.raises(ConfigError, match="trainer.max_epochs"):
         check_resume_config(saved, load_config("demo", ["trainer.max_epochs=5"]), ["trainer.max_steps"])
 
@@ -131,8 +141,12 @@ def test_two_processes_claim_two_folders(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(SRC), "STOP_RUN_STAMP": "same"}
     env.pop("RANK", None), env.pop("LOCAL_RANK", None)
     procs = [
-        subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "exp" / "same")], env=env,
-                         stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path / "exp" / "same")],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     names = sorted(p.communicate(timeout=120)[0].strip() for p in procs)
@@ -197,9 +211,13 @@ def test_read_only_output_folder_one_line_no_folder(cache_dir, tmp_path, monkeyp
 
 @pytest.mark.parametrize(
     "override, key",
-    [("trainer.devices=banana", "trainer.devices"), ("trainer.devices=[0,-1]", "trainer.devices"),
-     ("data.num_workers=-1", "data.num_workers"), ("trainer.limit_train_batches=1.5", "limit_train_batches"),
-     ("trainer.limit_val_batches=-2", "limit_val_batches")],
+    [
+        ("trainer.devices=banana", "trainer.devices"),
+        ("trainer.devices=[0,-1]", "trainer.devices"),
+        ("data.num_workers=-1", "data.num_workers"),
+        ("trainer.limit_train_batches=1.5", "limit_train_batches"),
+        ("trainer.limit_val_batches=-2", "limit_val_batches"),
+    ],
 )
 def test_bad_values_stop_before_any_folder(tmp_path, capsys, override, key):
     assert cli.main(["train", "demo", f"paths.output_dir={tmp_path}/out", override]) == 2
@@ -217,9 +235,13 @@ def test_limit_batches_int_is_a_count_float_a_fraction(tmp_path):
     one = load_config("demo", ["trainer.limit_train_batches=1", "trainer.limit_val_batches=1.0"])
     assert one.trainer.limit_train_batches == 1 and isinstance(one.trainer.limit_train_batches, int)
     assert isinstance(one.trainer.limit_val_batches, float)
-    t = build_trainer(load_config("demo", ["trainer.limit_train_batches=1", "logger.wandb=false"]), tmp_path, "fit")
+    t = build_trainer(
+        load_config("demo", ["trainer.limit_train_batches=1", "logger.wandb=false"]), tmp_path, "fit"
+    )
     assert t.limit_train_batches == 1 and isinstance(t.limit_train_batches, int)
-    t = build_trainer(load_config("demo", ["trainer.limit_train_batches=0.5", "logger.wandb=false"]), tmp_path, "fit")
+    t = build_trainer(
+        load_config("demo", ["trainer.limit_train_batches=0.5", "logger.wandb=false"]), tmp_path, "fit"
+    )
     assert t.limit_train_batches == 0.5
 
 
@@ -233,22 +255,44 @@ def test_two_nodes_of_one_process_match_one_process(cache_dir, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    common = [f"paths.cache_dir={cache_dir}", "data.synthetic_clips_per_class=8", "trainer.max_epochs=1",
-              "trainer.enable_progress_bar=false", "logger.wandb=false", "model.spatial.dropout=0.0",
-              "trainer.accelerator=cpu", "trainer.limit_val_batches=0", "checkpoint.monitor=''",
-              "checkpoint.save_top_k=0"]
+    common = [
+        f"paths.cache_dir={cache_dir}",
+        "data.synthetic_clips_per_class=8",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        "logger.wandb=false",
+        "model.spatial.dropout=0.0",
+        "trainer.accelerator=cpu",
+        "trainer.limit_val_batches=0",
+        "checkpoint.monitor=''",
+        "checkpoint.save_top_k=0",
+    ]
     base = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")}
     base.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", STOP_RUN_STAMP="mn")
 
     def cli(out: str, env: dict, *extra: str) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "stop_lightning.cli", "train", "demo", f"paths.output_dir={tmp_path / out}",
-               *common, *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "stop_lightning.cli",
+            "train",
+            "demo",
+            f"paths.output_dir={tmp_path / out}",
+            *common,
+            *extra,
+        ]
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     node = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", LOCAL_RANK="0")
     procs = [cli("single", base, "data.batch_size=4")] + [
-        cli("nodes", {**base, **node, "NODE_RANK": str(r)}, "data.batch_size=2", "trainer.num_nodes=2",
-            "trainer.devices=1", "trainer.strategy=ddp")
+        cli(
+            "nodes",
+            {**base, **node, "NODE_RANK": str(r)},
+            "data.batch_size=2",
+            "trainer.num_nodes=2",
+            "trainer.devices=1",
+            "trainer.strategy=ddp",
+        )
         for r in (0, 1)
     ]
     outs = [p.communicate(timeout=400) for p in procs]

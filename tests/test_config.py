@@ -23,7 +23,9 @@ def test_preset_then_experiment_then_override_order():
     assert cfg.model.spatial.generator == "fast"  # the override picked another preset
     assert cfg.trainer.max_epochs == 3 and cfg.model.spatial.alpha == pytest.approx(0.1)
     cfg = load_config("hmdb51", ["model.preset=dgl"])
-    assert not cfg.model.spatial.enabled and not cfg.model.temporal.enabled and cfg.model.global_prompts.enabled
+    assert (
+        not cfg.model.spatial.enabled and not cfg.model.temporal.enabled and cfg.model.global_prompts.enabled
+    )
 
 
 def test_interpolations_are_resolved_and_config_is_read_only(tmp_path):
@@ -67,7 +69,11 @@ def test_bad_choice_lists_valid_choices_and_file(tmp_path):
     (tmp_path / "x.yaml").write_text("model:\n  temporal:\n    insertion: medium\n")
     with pytest.raises(ConfigError) as err:
         load_config("x", exp_dir=tmp_path)
-    assert "model.temporal.insertion" in str(err.value) and "x.yaml" in str(err.value) and "soft, hard" in str(err.value)
+    assert (
+        "model.temporal.insertion" in str(err.value)
+        and "x.yaml" in str(err.value)
+        and "soft, hard" in str(err.value)
+    )
 
 
 def test_out_of_range_and_unknown_experiment():
@@ -80,7 +86,9 @@ def test_out_of_range_and_unknown_experiment():
 
 
 def test_override_may_interpolate_another_key_and_is_still_checked():
-    cfg = load_config("demo", ["model.local_prompts.num_tokens=${model.temporal.num_tokens}", "model.temporal.num_tokens=6"])
+    cfg = load_config(
+        "demo", ["model.local_prompts.num_tokens=${model.temporal.num_tokens}", "model.temporal.num_tokens=6"]
+    )
     assert cfg.model.local_prompts.num_tokens == 6
     with pytest.raises(ConfigError, match="model.temporal.num_tokens"):
         load_config("demo", ["model.temporal.num_tokens=${data.batch_size}", "data.batch_size=100"])

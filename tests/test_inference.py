@@ -38,7 +38,9 @@ def test_predict_equals_the_modules_forward_and_the_runs_test_accuracy(loaded, d
     assert [p.video for p in predictions] == paths
     with torch.no_grad():
         for i in (0, len(paths) - 1):
-            expected = loaded.module.multiview_scores(dataset[i]["video"][None])[0]  # the test loader's own clip
+            expected = loaded.module.multiview_scores(dataset[i]["video"][None])[
+                0
+            ]  # the test loader's own clip
             assert torch.allclose(predictions[i].probs, expected, atol=1e-6)
     for p in predictions:
         assert len(p.top) == 2 and p.top[0][1] >= p.top[1][1]
@@ -110,9 +112,11 @@ def test_checkpoint_holds_only_the_trainable_tensors(demo_run, loaded):
     assert not any(k.startswith("model.clip.") for k in state)
     saved_bytes = sum(t.numel() * t.element_size() for t in state.values())
     clip_bytes = sum(p.numel() * p.element_size() for p in loaded.module.model.clip.parameters())
-    # The tiny CLIP is small, so its prompts are a large share (~27% of its bytes); on ViT-B/32 they are a few %.
+    # The tiny CLIP is small, so its prompts are a large share (~27% of its bytes);
+    # on ViT-B/32 they are a few %.
     assert saved_bytes < 0.35 * clip_bytes
-    # The file is those tensors, AdamW's two moments of each and small metadata: nothing frozen hides elsewhere.
+    # The file is those tensors, AdamW's two moments of each and small metadata:
+    # nothing frozen hides elsewhere.
     assert demo_run.ckpt.stat().st_size < 3 * saved_bytes + 100_000
 
 
@@ -120,7 +124,9 @@ def test_unchanged_conditions_raise_no_provenance_warning(demo_run, loaded, demo
     checkpoint = read_checkpoint(demo_run.ckpt)
     now = collect_run_info(loaded.cfg, loaded.bundle, demo_test_set)
     lines = warn_on_differences(checkpoint, now)
-    assert not [line for line in lines if not line.startswith("git.")], lines  # another engineer may edit the tree
+    assert not [line for line in lines if not line.startswith("git.")], (
+        lines
+    )  # another engineer may edit the tree
 
 
 def test_eval_warns_when_versions_or_manifests_differ(demo_run, tmp_path, monkeypatch):
@@ -145,8 +151,17 @@ def test_eval_warns_when_versions_or_manifests_differ(demo_run, tmp_path, monkey
         cfg = demo_run.cfg
         from stop_lightning.config import load_config
 
-        cfg = load_config("demo", [f"paths.cache_dir={cfg.paths.cache_dir}", f"paths.output_dir={tmp_path}",
-                                   "data.synthetic_clips_per_class=8", "data.synthetic_classes=4", "data.synthetic_looks=0", "trainer.enable_progress_bar=false"])
+        cfg = load_config(
+            "demo",
+            [
+                f"paths.cache_dir={cfg.paths.cache_dir}",
+                f"paths.output_dir={tmp_path}",
+                "data.synthetic_clips_per_class=8",
+                "data.synthetic_classes=4",
+                "data.synthetic_looks=0",
+                "trainer.enable_progress_bar=false",
+            ],
+        )
         metrics = evaluate(cfg, ckpt=str(ckpt))
     finally:
         logger.removeHandler(handler)
@@ -168,13 +183,17 @@ def test_embed_a_retrieval_checkpoint_and_predict_refuses_it(retrieval_run, tmp_
     saved = torch.load(out, weights_only=True)
     assert saved["ids"] == [r.video_id for r in dataset.records] and saved["task"] == "retrieval"
     with torch.no_grad():
-        expected, _ = loaded.module.encode_videos(torch.stack([dataset[i]["video"] for i in range(len(dataset))]))
+        expected, _ = loaded.module.encode_videos(
+            torch.stack([dataset[i]["video"] for i in range(len(dataset))])
+        )
     assert torch.allclose(saved["embeddings"], expected, atol=1e-5)
     assert predict_main(str(ckpt), [str(dataset.paths[0])]) == 2
     assert "stop-lightning embed" in capsys.readouterr().err
 
 
-def test_predict_reports_every_file_and_fails_if_any_failed(demo_run, loaded, demo_test_set, tmp_path, capsys):
+def test_predict_reports_every_file_and_fails_if_any_failed(
+    demo_run, loaded, demo_test_set, tmp_path, capsys
+):
     good = [str(p) for p in demo_test_set.datasets["test"].paths[:2]]
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(b"not a video at all" * 64)
@@ -184,7 +203,9 @@ def test_predict_reports_every_file_and_fails_if_any_failed(demo_run, loaded, de
     captured = capsys.readouterr()
     # The good files are scored exactly as when they are predicted alone, in their order.
     assert captured.out.strip() == format_predictions(predict(loaded, good, top=2))
-    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]  # not transformers' progress bars
+    errors = [
+        line for line in captured.err.splitlines() if line.startswith("error:")
+    ]  # not transformers' progress bars
     assert errors[0].startswith(f"error: {corrupt}: ") and errors[1] == f"error: {missing}: no such file"
     assert errors[2] == "error: 2 of 4 videos could not be read (listed above)" and len(errors) == 3
     assert "bad_video" not in captured.err and "Traceback" not in captured.err

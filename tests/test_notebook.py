@@ -26,7 +26,9 @@ def test_notebook_executes_and_shows_the_prediction(demo_run, monkeypatch):
     monkeypatch.setenv("STOP_NOTEBOOK_CKPT", str(demo_run.ckpt))
     monkeypatch.setenv("STOP_NOTEBOOK_VIDEO", video)
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+    ).execute()
 
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]

@@ -1,4 +1,5 @@
-"""`stop-lightning export` and `from_pretrained`: the folder reloads to the same predictions as the checkpoint."""
+"""`stop-lightning export` and `from_pretrained`: the folder reloads to the same predictions
+as the checkpoint."""
 
 import csv
 import json
@@ -77,7 +78,9 @@ def test_from_pretrained_refuses_a_clip_of_another_shape(exported, tmp_path):
         from_pretrained(exported, clip_source=str(other))
 
 
-def test_export_refuses_a_non_empty_folder_and_from_pretrained_a_partial_one(demo_run, exported, tmp_path, capsys):
+def test_export_refuses_a_non_empty_folder_and_from_pretrained_a_partial_one(
+    demo_run, exported, tmp_path, capsys
+):
     assert main(["export", str(demo_run.ckpt), str(exported)]) == 2
     assert "already exists" in capsys.readouterr().err
     partial = tmp_path / "partial"

@@ -23,7 +23,10 @@ TINY = (
 @pytest.mark.parametrize(
     "name, extra",
     [
-        ("activitynet", "model.clip.activation_checkpointing=true"),  # the switch, through the whole train path
+        (
+            "activitynet",
+            "model.clip.activation_checkpointing=true",
+        ),  # the switch, through the whole train path
         ("didemo", ""),
         ("vatex", ""),
         ("msvd", ""),
@@ -32,7 +35,9 @@ TINY = (
 )
 def test_experiment_trains_one_step_on_its_synthetic_layout(name, extra, tmp_path, cache_dir, monkeypatch):
     # 16-frame clips at 8 fps (2 s): 4 frames at the overridden 2 fps.
-    root = write_synthetic_dataset(tmp_path / name, name, num_classes=2, clips_per_class=6, num_frames=16, size=32)
+    root = write_synthetic_dataset(
+        tmp_path / name, name, num_classes=2, clips_per_class=6, num_frames=16, size=32
+    )
     manifests = tmp_path / "manifests"
     assert main(["manifest", name, "--root", str(root), "--out", str(manifests), "--quiet"]) == 0
 
@@ -60,7 +65,21 @@ def test_experiment_trains_one_step_on_its_synthetic_layout(name, extra, tmp_pat
 )
 def test_reference_settings(name, frames, tokens, lr, batch, epochs):
     cfg = load_config(name)
-    assert (cfg.data.dataset, cfg.task.name, cfg.data.sampling, cfg.data.fps) == (name, "retrieval", "fps", 3.0)
-    assert (cfg.data.num_frames, cfg.data.max_text_tokens, cfg.model.text_prompts.max_text_tokens) == (frames, tokens, tokens)
-    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.data.batch_size, cfg.trainer.max_epochs) == (lr, 0.2, batch, epochs)
+    assert (cfg.data.dataset, cfg.task.name, cfg.data.sampling, cfg.data.fps) == (
+        name,
+        "retrieval",
+        "fps",
+        3.0,
+    )
+    assert (cfg.data.num_frames, cfg.data.max_text_tokens, cfg.model.text_prompts.max_text_tokens) == (
+        frames,
+        tokens,
+        tokens,
+    )
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.data.batch_size, cfg.trainer.max_epochs) == (
+        lr,
+        0.2,
+        batch,
+        epochs,
+    )
     assert cfg.data.hflip is False and cfg.model.clip.source == "openai/clip-vit-base-patch32"

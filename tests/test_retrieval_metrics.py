@@ -67,13 +67,15 @@ def test_dual_softmax_fixes_a_hub_video():
 
 # ------------------------------------------------------------------------------ conventions, by hand
 # 3 videos; captions c0, c1 of video 0, c2 of video 1, c3, c4 of video 2. Rows: captions, columns: videos.
-MULTI_SIM = torch.tensor([
-    [0.9, 0.1, 0.6],   # c0
-    [0.2, 0.8, 0.7],   # c1
-    [0.3, 0.6, 0.1],   # c2
-    [0.85, 0.2, 0.4],  # c3
-    [0.1, 0.5, 0.5],   # c4
-])
+MULTI_SIM = torch.tensor(
+    [
+        [0.9, 0.1, 0.6],  # c0
+        [0.2, 0.8, 0.7],  # c1
+        [0.3, 0.6, 0.1],  # c2
+        [0.85, 0.2, 0.4],  # c3
+        [0.1, 0.5, 0.5],  # c4
+    ]
+)
 MULTI_OWNERS = torch.tensor([0, 0, 1, 2, 2])
 
 
@@ -88,7 +90,9 @@ def test_video_to_text_with_each_video_represented_by_its_best_caption():
     # Video 2's candidates: video 0 as max(0.6, 0.7) = 0.7, video 1 as 0.1, itself as max(0.4, 0.5) = 0.5
     # -> rank 2 (video 0's two captions count once). Videos 0 and 1 as above: 1 and 2.
     m = retrieval_metrics(MULTI_SIM, MULTI_OWNERS, v2t_captions="best_caption")
-    assert m["v2t_R1"] == pytest.approx(100 / 3) and m["v2t_MnR"] == pytest.approx(5 / 3) and m["v2t_MdR"] == 2.0
+    assert (
+        m["v2t_R1"] == pytest.approx(100 / 3) and m["v2t_MnR"] == pytest.approx(5 / 3) and m["v2t_MdR"] == 2.0
+    )
     # Text-to-video does not depend on the video-to-text convention: ranks 1, 3, 1, 2, 2 (c4 ties
     # video 1 at 0.5: pessimistic).
     for conv in ("all_captions", "best_caption"):
@@ -137,7 +141,9 @@ def test_querybank_activation_set_grows_with_k():
     assert querybank_normalise(query, BANK, beta=10.0, k=1)[0].tolist() == pytest.approx([0.2, 0.7, 0.1])
     out = querybank_normalise(query, BANK, beta=10.0, k=2)
     denominators = [math.exp(9) + math.exp(8), math.exp(1) + math.exp(2), math.exp(0) + math.exp(1)]
-    assert out[0].tolist() == pytest.approx([math.exp(10 * s) / d for s, d in zip([0.2, 0.7, 0.1], denominators)], rel=1e-6)
+    assert out[0].tolist() == pytest.approx(
+        [math.exp(10 * s) / d for s, d in zip([0.2, 0.7, 0.1], denominators)], rel=1e-6
+    )
 
 
 def test_querybank_normalisation_against_numpy_loops():

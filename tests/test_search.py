@@ -17,12 +17,16 @@ def _independent_top(queries: np.ndarray, rows: np.ndarray, k: int) -> np.ndarra
     return -np.sort(-scores, axis=1)[:, :k]
 
 
-@pytest.mark.parametrize("n,chunk,k", [(1, 4, 3), (50, 7, 5), (50, 50, 50), (50, 64, 80), (333, 32, 10), (1000, 1, 4)])
+@pytest.mark.parametrize(
+    "n,chunk,k", [(1, 4, 3), (50, 7, 5), (50, 50, 50), (50, 64, 80), (333, 32, 10), (1000, 1, 4)]
+)
 def test_top_k_equals_a_full_sort(n, chunk, k):
     g = torch.Generator().manual_seed(n * 31 + chunk)
     rows = torch.nn.functional.normalize(torch.randn(n, 16, generator=g), dim=-1)
     rows[n // 2 :: 5] = rows[0].clone()  # exact ties with row 0, across chunks
-    queries = torch.cat([torch.randn(3, 16, generator=g), rows[:1]])  # the last query hits the tied rows first
+    queries = torch.cat(
+        [torch.randn(3, 16, generator=g), rows[:1]]
+    )  # the last query hits the tied rows first
     scores, index = top_k(queries, rows, k, chunk_rows=chunk)
     expected = _independent_top(queries.numpy(), rows.numpy(), k)
     assert scores.shape == index.shape == (4, min(k, n))
@@ -52,8 +56,13 @@ def test_search_finds_the_video_whose_caption_names_its_colour(retrieval, tmp_pa
     with torch.no_grad():
         rows = loaded.module.encode_texts(captions)  # [N, E]
     ids = [r.video_id for r in dataset.records]
-    out = save_embeddings(tmp_path / "oracle.pt", rows, ids, [r.path for r in dataset.records],
-                          {"checkpoint": str(loaded.path), "fingerprint": model_fingerprint(loaded.module)})
+    out = save_embeddings(
+        tmp_path / "oracle.pt",
+        rows,
+        ids,
+        [r.path for r in dataset.records],
+        {"checkpoint": str(loaded.path), "fingerprint": model_fingerprint(loaded.module)},
+    )
     collection = load_collection(out)
     results = search(loaded, collection, [captions[i] for i in unique], top=3)
     for i, hits in zip(unique, results):
@@ -65,7 +74,7 @@ def test_search_finds_the_video_whose_caption_names_its_colour(retrieval, tmp_pa
 def test_search_cli_ranks_embed_output_by_cosine(retrieval_run, retrieval, tmp_path, capsys, suffix):
     loaded, dataset = retrieval
     emb = tmp_path / f"videos{suffix}"
-    assert main(["embed", "--ckpt", str(retrieval_run.ckpt), "--manifest", str(dataset_manifest(loaded)), "--out", str(emb)]) == 0
+    embed_with_cli(retrieval_run, loaded, emb)
     query = "a red square moves left"
     capsys.readouterr()
     assert main(["search", str(emb), query, "--top", "5"]) == 0  # the checkpoint named in the file
@@ -86,10 +95,16 @@ def dataset_manifest(loaded):
     return checkpoint_datamodule(loaded).manifest_dir / "test.jsonl"
 
 
+def embed_with_cli(run, loaded, out) -> None:
+    """``stop-lightning embed`` of the run's test videos into ``out``."""
+    args = ["embed", "--ckpt", str(run.ckpt), "--manifest", str(dataset_manifest(loaded)), "--out", str(out)]
+    assert main(args) == 0
+
+
 def test_search_with_an_export_folder_equals_the_checkpoint(retrieval_run, retrieval, tmp_path, capsys):
     loaded, _ = retrieval
     emb, folder = tmp_path / "videos.pt", tmp_path / "export"
-    assert main(["embed", "--ckpt", str(retrieval_run.ckpt), "--manifest", str(dataset_manifest(loaded)), "--out", str(emb)]) == 0
+    embed_with_cli(retrieval_run, loaded, emb)
     assert main(["export", str(retrieval_run.ckpt), str(folder)]) == 0
     capsys.readouterr()
     assert main(["search", str(emb), "a blue box moving up", "--top", "4"]) == 0
@@ -101,12 +116,16 @@ def test_search_with_an_export_folder_equals_the_checkpoint(retrieval_run, retri
 def test_search_refuses_another_models_embeddings(retrieval_run, demo_run, retrieval, tmp_path, capsys):
     loaded, dataset = retrieval
     emb = tmp_path / "videos.pt"
-    assert main(["embed", "--ckpt", str(retrieval_run.ckpt), "--manifest", str(dataset_manifest(loaded)), "--out", str(emb)]) == 0
+    embed_with_cli(retrieval_run, loaded, emb)
     capsys.readouterr()
     assert main(["search", str(emb), "a red square", "--ckpt", str(demo_run.ckpt)]) == 2
     # One error line (other lines may be provenance warnings: the run's git state differs from now).
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(err) == 1 and "does not match these video features" in err[0] and "stop-lightning embed --ckpt" in err[0]
+    assert (
+        len(err) == 1
+        and "does not match these video features" in err[0]
+        and "stop-lightning embed --ckpt" in err[0]
+    )
     # A file from elsewhere, without the fingerprint, is refused too.
     save_embeddings(tmp_path / "bare.pt", torch.zeros(2, 4), ["a", "b"], ["a.mp4", "b.mp4"], {})
     assert main(["search", str(tmp_path / "bare.pt"), "a red square"]) == 2
@@ -119,7 +138,7 @@ def test_search_refuses_another_models_embeddings(retrieval_run, demo_run, retri
 def test_faiss_flag_without_faiss_says_how_to_install(retrieval_run, retrieval, tmp_path, capsys):
     loaded, _ = retrieval
     emb = tmp_path / "videos.pt"
-    assert main(["embed", "--ckpt", str(retrieval_run.ckpt), "--manifest", str(dataset_manifest(loaded)), "--out", str(emb)]) == 0
+    embed_with_cli(retrieval_run, loaded, emb)
     capsys.readouterr()
     assert main(["search", str(emb), "a red square", "--faiss"]) == 2
     assert "pip install faiss-cpu" in capsys.readouterr().err

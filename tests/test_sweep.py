@@ -23,8 +23,12 @@ from stop_lightning.sweep import (
 
 
 def write_sweep(tmp_path: Path, **body) -> Path:
-    spec = {"experiment": "demo", "method": "grid", "metric": {"name": "test/top1", "goal": "maximize"},
-            "parameters": {"optim.lr": {"values": [1e-3, 2e-3]}}}
+    spec = {
+        "experiment": "demo",
+        "method": "grid",
+        "metric": {"name": "test/top1", "goal": "maximize"},
+        "parameters": {"optim.lr": {"values": [1e-3, 2e-3]}},
+    }
     spec.update(body)
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -75,9 +79,18 @@ def test_offline_plan_follows_the_method(tmp_path, caplog):
     [
         ({"method": "hyperband"}, "method = 'hyperband' is not one of"),
         ({"metric": {"goal": "maximize"}}, "metric needs a name"),
-        ({"parameters": {"optim.lr": {"distribution": "uniform", "min": 0.001, "max": 0.01}}}, "parameters.optim.lr: a grid search needs"),
-        ({"parameters": {"optim.lr": {"distribution": "gamma", "min": 1, "max": 2}}}, "distribution 'gamma' is not one of"),
-        ({"parameters": {"optim.lr": {"distribution": "normal", "mu": 1}}, "method": "random"}, "needs mu, sigma"),
+        (
+            {"parameters": {"optim.lr": {"distribution": "uniform", "min": 0.001, "max": 0.01}}},
+            "parameters.optim.lr: a grid search needs",
+        ),
+        (
+            {"parameters": {"optim.lr": {"distribution": "gamma", "min": 1, "max": 2}}},
+            "distribution 'gamma' is not one of",
+        ),
+        (
+            {"parameters": {"optim.lr": {"distribution": "normal", "mu": 1}}, "method": "random"},
+            "needs mu, sigma",
+        ),
         ({"program": "train.py"}, "unknown key 'program'"),
     ],
 )
@@ -90,7 +103,9 @@ def test_sweep_file_errors_name_the_file_and_key(tmp_path, body, message):
 
 def test_sweep_of_an_unknown_config_key_fails_before_any_run(tmp_path, cache_dir):
     path = write_sweep(tmp_path, parameters={"optim.learning_rate": {"values": [1e-3]}})
-    with pytest.raises(SweepError, match="unknown config key 'optim.learning_rate'.*Valid keys under 'optim'"):
+    with pytest.raises(
+        SweepError, match="unknown config key 'optim.learning_rate'.*Valid keys under 'optim'"
+    ):
         sweep_main(str(path), tiny_overrides(cache_dir, tmp_path))
     assert not (tmp_path / "sweeps").exists()
 
@@ -102,14 +117,26 @@ def test_command_line_may_not_override_a_swept_key(tmp_path, cache_dir):
 
 def test_hmdb51_fig4_sweep_makes_valid_configs():
     spec = load_sweep("hmdb51_fig4")
-    assert set(spec.parameters) == {"model.temporal.num_tokens", "model.spatial.alpha", "model.spatial.topk_ratio", "optim.lr"}
+    assert set(spec.parameters) == {
+        "model.temporal.num_tokens",
+        "model.spatial.alpha",
+        "model.spatial.topk_ratio",
+        "optim.lr",
+    }
     assert "experiment" not in spec.wandb_config() and "overrides" not in spec.wandb_config()
     for params in plan_trials(spec):
         cfg = trial_config(spec, ["model.clip.source=tiny"], params)
         assert cfg.name == "hmdb51" and cfg.data.dataset == "hmdb51"
-        assert cfg.model.local_prompts.num_tokens == cfg.model.temporal.num_tokens == params["model.temporal.num_tokens"]
+        assert (
+            cfg.model.local_prompts.num_tokens
+            == cfg.model.temporal.num_tokens
+            == params["model.temporal.num_tokens"]
+        )
         assert cfg.model.temporal.alpha == cfg.model.spatial.alpha == params["model.spatial.alpha"]
-        assert cfg.optim.lr == params["optim.lr"] and cfg.model.spatial.topk_ratio == params["model.spatial.topk_ratio"]
+        assert (
+            cfg.optim.lr == params["optim.lr"]
+            and cfg.model.spatial.topk_ratio == params["model.spatial.topk_ratio"]
+        )
 
 
 # ---------------------------------------------------------------------------------- running

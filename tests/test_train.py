@@ -42,7 +42,9 @@ def test_demo_end_to_end_run_folder_and_slim_checkpoint(cache_dir, tmp_path, mon
         assert (run / name).is_file(), name
     rows = (run / "confusion_matrix.csv").read_text().strip().splitlines()
     assert rows[0] == "true\\pred,move left,move right,unreadable" and len(rows) == 3
-    assert sum(int(v) for row in rows[1:] for v in row.split(",")[1:]) == 6  # 2 classes x 3 test clips (synthetic hmdb51 split 1 of 8 clips per class), each once
+    assert (
+        sum(int(v) for row in rows[1:] for v in row.split(",")[1:]) == 6
+    )  # 2 classes x 3 test clips (synthetic hmdb51 split 1 of 8 clips per class), each once
     # Only what trains is saved: no frozen CLIP tensor, every trainable tensor present.
     ckpt = read_checkpoint(run / "checkpoints" / "last.ckpt")  # weights_only=True inside
     keys = set(ckpt["state_dict"])
@@ -101,7 +103,11 @@ def test_resume_continues_exactly(cache_dir, tmp_path, monkeypatch):
 
 def test_eval_reloads_checkpoint_on_fresh_clip(cache_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("STOP_RUN_STAMP", "r")
-    trained = train(demo_cfg(cache_dir, tmp_path, "trainer.max_epochs=1", "checkpoint.monitor=''", "checkpoint.save_top_k=0"))
+    trained = train(
+        demo_cfg(
+            cache_dir, tmp_path, "trainer.max_epochs=1", "checkpoint.monitor=''", "checkpoint.save_top_k=0"
+        )
+    )
     ckpt = tmp_path / "demo" / "r" / "checkpoints" / "last.ckpt"
     monkeypatch.setenv("STOP_RUN_STAMP", "e")
     again = evaluate(demo_cfg(cache_dir, tmp_path), ckpt=str(ckpt))
@@ -127,8 +133,13 @@ def test_unreadable_checkpoint_names_the_file(tmp_path):
 def test_missing_real_data_says_which_command_builds_it(tmp_path):
     cfg = load_config(
         "hmdb51",
-        [f"paths.data_root={tmp_path}", f"paths.manifest_root={tmp_path}/manifests", "model.clip.source=tiny",
-         f"paths.cache_dir={tmp_path}/cache", f"paths.output_dir={tmp_path}/runs"],
+        [
+            f"paths.data_root={tmp_path}",
+            f"paths.manifest_root={tmp_path}/manifests",
+            "model.clip.source=tiny",
+            f"paths.cache_dir={tmp_path}/cache",
+            f"paths.output_dir={tmp_path}/runs",
+        ],
     )
     with pytest.raises(Exception) as err:
         train(cfg)
@@ -138,7 +149,11 @@ def test_missing_real_data_says_which_command_builds_it(tmp_path):
 def test_eval_without_checkpoint_runs_only_presets_that_train_nothing(cache_dir, tmp_path, capsys):
     from stop_lightning.cli import main
 
-    common = [f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path}", "data.synthetic_clips_per_class=8"]
+    common = [
+        f"paths.cache_dir={cache_dir}",
+        f"paths.output_dir={tmp_path}",
+        "data.synthetic_clips_per_class=8",
+    ]
     assert main(["eval", "demo", *common]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--ckpt" in err and "model.preset=zero_shot" in err, err
@@ -173,7 +188,11 @@ def test_missing_test_file_is_reported_before_training(cache_dir, tmp_path):
     (videos / test_rows[-1].path).unlink(missing_ok=True)
     (videos / test_rows[-1].path).mkdir()  # a folder where a file should be
     cfg = demo_cfg(
-        cache_dir, tmp_path, "data.dataset=hmdb51", f"data.video_root={videos}", f"data.manifest_dir={manifests}"
+        cache_dir,
+        tmp_path,
+        "data.dataset=hmdb51",
+        f"data.video_root={videos}",
+        f"data.manifest_dir={manifests}",
     )
     with pytest.raises(ManifestError) as err:
         train(cfg)
@@ -202,12 +221,21 @@ def test_unreadable_test_videos_are_misses_and_counted(cache_dir, tmp_path, caps
     (videos / bad[1]).write_bytes(data[: len(data) // 3])
     (videos / bad[2]).write_bytes(b"not a video" * 50)
     capsys.readouterr()
-    metrics = evaluate(demo_cfg(
-        cache_dir, tmp_path, "data.dataset=hmdb51", f"data.video_root={videos}", f"data.manifest_dir={manifests}",
-        "model.preset=zero_shot", "data.bad_video=skip",
-    ))
+    metrics = evaluate(
+        demo_cfg(
+            cache_dir,
+            tmp_path,
+            "data.dataset=hmdb51",
+            f"data.video_root={videos}",
+            f"data.manifest_dir={manifests}",
+            "model.preset=zero_shot",
+            "data.bad_video=skip",
+        )
+    )
     assert metrics["test/unreadable"] == 3
-    assert metrics["test/top1"] in (0.0, 0.25) and metrics["test/top5"] == 0.25  # only the readable clip can hit
+    assert (
+        metrics["test/top1"] in (0.0, 0.25) and metrics["test/top5"] == 0.25
+    )  # only the readable clip can hit
     assert metrics["test/mean_class"] in (0.0, 0.5)  # class 1's three clips are all misses
     printed = capsys.readouterr().out
     assert "unreadable: 3 of 4 test videos" in printed and all(p in printed for p in bad), printed

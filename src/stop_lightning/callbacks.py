@@ -84,7 +84,8 @@ class SamplerPositionInCheckpoint(Callback):
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
         if 0 < done < trainer.num_training_batches:
             checkpoint.setdefault("stop_lightning", {})["sampler"] = {
-                "epoch": int(trainer.current_epoch), "batches": int(done)
+                "epoch": int(trainer.current_epoch),
+                "batches": int(done),
             }
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
@@ -146,8 +147,8 @@ class TextLog(Callback):
     one endless line: every ``every_n_steps`` optimiser steps and at each epoch end, one line with
     epoch, step, train loss, validation metrics (epoch end), lr, clips/s, ETA and peak GPU memory::
 
-        epoch 2/5 [ 20/120] step 260 | train/loss 0.6931 | lr 1.00e-03 | 35.2 clips/s | eta 0:12:31 | mem 1234 MiB
-        epoch 2/5 done step 360 | train/loss 0.6532 | val/loss 0.6412 | val/top1 0.6250 | lr ... | eta ...
+        epoch 2/5 [20/80] step 180 | train/loss 0.6931 | lr 1.00e-03 | 9.6 clips/s | eta 0:12:31 | mem 123 MiB
+        epoch 2/5 done step 240 | train/loss 0.6532 | val/loss 0.6412 | val/top1 0.6250 | lr ... | eta ...
 
     ``build_callbacks`` adds it when stdout is not a terminal; the progress bar stays for terminals.
     """
@@ -168,8 +169,14 @@ class TextLog(Callback):
         video = batch.get("video") if isinstance(batch, dict) else None
         self._clips += int(video.shape[0]) * trainer.world_size if video is not None else 0
         step = trainer.global_step
-        if self.every_n_steps > 0 and step % self.every_n_steps == 0 and (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
-            where = f"[{batch_idx + 1:>{len(str(trainer.num_training_batches))}}/{trainer.num_training_batches}]"
+        if (
+            self.every_n_steps > 0
+            and step % self.every_n_steps == 0
+            and (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+        ):
+            where = (
+                f"[{batch_idx + 1:>{len(str(trainer.num_training_batches))}}/{trainer.num_training_batches}]"
+            )
             self._emit(trainer, where, prefix="train/")
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
@@ -178,7 +185,11 @@ class TextLog(Callback):
     def _emit(self, trainer, where: str, prefix: str) -> None:
         if not trainer.is_global_zero:
             return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix or ("train/", "val/"))}
+        metrics = {
+            k: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith(prefix or ("train/", "val/"))
+        }
         now = time.perf_counter()
         parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} {where} step {trainer.global_step}"]
         parts += [f"{k} {metrics[k]:.4f}" for k in sorted(metrics) if not k.endswith("_step")]

@@ -1,4 +1,5 @@
-"""``stop-lightning``: train | eval | protocol | predict | embed | search | export | manifest | preprocess | shard | sweep.
+"""``stop-lightning``: train | eval | protocol | predict | embed | search | export | manifest | preprocess |
+shard | sweep.
 
 ``train`` and ``eval`` take an experiment name (``experiments/<name>.yaml``) and OmegaConf dotlist
 overrides, e.g. ``stop-lightning train hmdb51 trainer.max_epochs=3 model.spatial.alpha=0.1``.
@@ -17,20 +18,36 @@ from stop_lightning.config import ConfigError, available_experiments, load_confi
 
 
 def _add_experiment_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("experiment", help=f"experiment name in experiments/ ({', '.join(available_experiments())}) or a YAML path")
+    p.add_argument(
+        "experiment",
+        help=f"experiment name in experiments/ ({', '.join(available_experiments())}) or a YAML path",
+    )
     p.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. trainer.max_epochs=3)")
 
 
 def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--ckpt", required=required, help="a checkpoint (.ckpt) from `train`, or a folder from `export`")
-    p.add_argument("--clip", default=None, help="CLIP source (hub id, folder or OpenAI .pt) if not where the model's config says")
+    p.add_argument(
+        "--ckpt", required=required, help="a checkpoint (.ckpt) from `train`, or a folder from `export`"
+    )
+    p.add_argument(
+        "--clip",
+        default=None,
+        help="CLIP source (hub id, folder or OpenAI .pt) if not where the model's config says",
+    )
 
 
 def _add_store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--short-side", type=int, default=None, help="pixels (default data.store_short_side, 224)")
-    p.add_argument("--fps", type=float, default=None, help="stored frame rate; 0 keeps every frame (default data.store_fps)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes (default: one per core)")
+    p.add_argument(
+        "--fps",
+        type=float,
+        default=None,
+        help="stored frame rate; 0 keeps every frame (default data.store_fps)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="parallel processes (default: one per core)"
+    )
 
 
 class CurrentStderrHandler(logging.StreamHandler):
@@ -71,23 +88,36 @@ def configure_logging() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stop-lightning", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="stop-lightning", description=" ".join(__doc__.split("\n\n")[0].split())
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="fit, validate and test an experiment")
     _add_experiment_args(p)
-    p.add_argument("--resume", default=None, help="continue an interrupted run: 'last' (newest run of the experiment; "
-                   "exit 2 if none), 'auto' (the same, or a fresh run if none) or a checkpoint path (docs/cluster.md)")
-    p.add_argument("--allow-change", action="append", default=[], metavar="KEY",
-                   help="with --resume: let this config key (or section, e.g. trainer) differ from the run's "
-                   "config.yaml; repeatable")
+    p.add_argument(
+        "--resume",
+        default=None,
+        help="continue an interrupted run: 'last' (newest run of the experiment; "
+        "exit 2 if none), 'auto' (the same, or a fresh run if none) or a checkpoint path (docs/cluster.md)",
+    )
+    p.add_argument(
+        "--allow-change",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="with --resume: let this config key (or section, e.g. trainer) differ from the run's "
+        "config.yaml; repeatable",
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
     p = sub.add_parser("eval", help="test a checkpoint (or zero-shot CLIP without one)")
     _add_experiment_args(p)
     p.add_argument(
-        "--ckpt", default=None,
-        help="checkpoint (.ckpt) or export folder; omit only for a preset that trains nothing (model.preset=zero_shot)",
+        "--ckpt",
+        default=None,
+        help="checkpoint (.ckpt) or export folder; omit only for a preset that trains nothing "
+        "(model.preset=zero_shot)",
     )
 
     p = sub.add_parser(
@@ -103,38 +133,65 @@ def build_parser() -> argparse.ArgumentParser:
     # The dataset choices live in the registry: `stop-lightning manifest --help` lists them.
     p.add_argument("args", nargs=argparse.REMAINDER, help="DATASET --root R [--annotations A] --out O")
 
-    p = sub.add_parser("preprocess", help="smaller, faster-to-decode copies of an experiment's videos + manifests")
+    p = sub.add_parser(
+        "preprocess", help="smaller, faster-to-decode copies of an experiment's videos + manifests"
+    )
     _add_experiment_args(p)
     _add_store_args(p)
     p.add_argument("--codec", default=None, choices=("h264", "mpeg4"), help="default data.store_codec (h264)")
-    p.add_argument("--gop", type=int, default=None, help="key frame every N stored frames (default data.store_gop)")
+    p.add_argument(
+        "--gop", type=int, default=None, help="key frame every N stored frames (default data.store_gop)"
+    )
 
-    p = sub.add_parser("shard", help="JPEG frame shards (LitData) of an experiment's manifests, for data.format=shards")
+    p = sub.add_parser(
+        "shard", help="JPEG frame shards (LitData) of an experiment's manifests, for data.format=shards"
+    )
     _add_experiment_args(p)
     _add_store_args(p)
-    p.add_argument("--quality", dest="jpeg_quality", type=int, default=None, help="JPEG quality (default data.store_jpeg_quality)")
+    p.add_argument(
+        "--quality",
+        dest="jpeg_quality",
+        type=int,
+        default=None,
+        help="JPEG quality (default data.store_jpeg_quality)",
+    )
 
     p = sub.add_parser("predict", help="top classes of videos with a recognition checkpoint")
     _add_model_args(p)
     p.add_argument("videos", nargs="+", help="video files; each gets its classes or a one-line error")
     p.add_argument("--top", type=int, default=5, help="how many classes to list per video (default 5)")
 
-    p = sub.add_parser("embed", help="write the video embeddings of a manifest (for `search` or your own use)")
+    p = sub.add_parser(
+        "embed", help="write the video embeddings of a manifest (for `search` or your own use)"
+    )
     _add_model_args(p)
     p.add_argument("--manifest", required=True, help="JSONL manifest; each row needs only 'path'")
     p.add_argument("--out", required=True, help="embeddings file, .pt or .npz")
-    p.add_argument("--video-root", default=None, help="folder the manifest paths are relative to (default: the checkpoint's data.video_root)")
+    p.add_argument(
+        "--video-root",
+        default=None,
+        help="folder the manifest paths are relative to (default: the checkpoint's data.video_root)",
+    )
 
     p = sub.add_parser("search", help="text-to-video search over `embed` output")
     p.add_argument("embeddings", help="the .pt or .npz that `stop-lightning embed` wrote")
-    p.add_argument("queries", nargs="+", help="one or more text queries, e.g. \"a person riding a bike\"")
+    p.add_argument("queries", nargs="+", help='one or more text queries, e.g. "a person riding a bike"')
     p.add_argument("--top", type=int, default=10, help="how many videos to list per query (default 10)")
     _add_model_args(p, required=False)
-    p.add_argument("--faiss", action="store_true", help="use faiss's exact inner-product index (needs `pip install faiss-cpu`)")
-    p.description = ("--ckpt defaults to the checkpoint the embeddings file names; it must be the model that wrote "
-                     "the embeddings (checked by fingerprint).")
+    p.add_argument(
+        "--faiss",
+        action="store_true",
+        help="use faiss's exact inner-product index (needs `pip install faiss-cpu`)",
+    )
+    p.description = (
+        "--ckpt defaults to the checkpoint the embeddings file names; it must be the model that wrote "
+        "the embeddings (checked by fingerprint)."
+    )
 
-    p = sub.add_parser("export", help="write a checkpoint's trained prompts as a shareable folder (safetensors, config, model card)")
+    p = sub.add_parser(
+        "export",
+        help="write a checkpoint's trained prompts as a shareable folder (safetensors, config, model card)",
+    )
     p.add_argument("ckpt", help="checkpoint (.ckpt) written by `train`")
     p.add_argument("out_dir", help="new (or empty) folder to write")
     p.add_argument("--clip", default=None, help="CLIP source if not where the checkpoint's config says")
@@ -197,11 +254,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "embed":
             from stop_lightning.inference import embed_main
 
-            return embed_main(args.ckpt, args.manifest, args.out, video_root=args.video_root, clip_source=args.clip)
+            return embed_main(
+                args.ckpt, args.manifest, args.out, video_root=args.video_root, clip_source=args.clip
+            )
         if args.command == "search":
             from stop_lightning.search import search_main
 
-            return search_main(args.embeddings, args.queries, top=args.top, ckpt=args.ckpt, clip_source=args.clip, use_faiss=args.faiss)
+            return search_main(
+                args.embeddings,
+                args.queries,
+                top=args.top,
+                ckpt=args.ckpt,
+                clip_source=args.clip,
+                use_faiss=args.faiss,
+            )
         if args.command == "export":
             from stop_lightning.pretrained import export_main
 
@@ -230,8 +296,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from stop_lightning.tasks.base import CheckpointMismatchError
 
     return (
-        FileNotFoundError, ManifestError, ClipLoadError, CheckpointReadError, CheckpointMismatchError,
-        VideoDecodeError, StorageError,
+        FileNotFoundError,
+        ManifestError,
+        ClipLoadError,
+        CheckpointReadError,
+        CheckpointMismatchError,
+        VideoDecodeError,
+        StorageError,
     )
 
 

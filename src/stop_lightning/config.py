@@ -294,7 +294,9 @@ class TrainerConfig:
     max_epochs: int = 5
     max_steps: int = -1
     accelerator: str = "auto"
-    devices: Any = "auto"  # "auto", an int (-1: all), a list of device ids, or "0,1" (checked by _check_trainer)
+    devices: Any = (
+        "auto"  # "auto", an int (-1: all), a list of device ids, or "0,1" (checked by _check_trainer)
+    )
     strategy: str = "auto"
     num_nodes: int = 1  # nodes of a multi-node run (docs/cluster.md)
     precision: str = "auto"  # auto: bf16-mixed on GPUs that support it, 32-true on CPU
@@ -310,7 +312,9 @@ class TrainerConfig:
     limit_test_batches: Any = 1.0
     num_sanity_val_steps: int = 0
     deterministic: bool = False
-    enable_progress_bar: bool = True  # on a terminal; output to a file gets text lines (logger.text_every_n_steps)
+    enable_progress_bar: bool = (
+        True  # on a terminal; output to a file gets text lines (logger.text_every_n_steps)
+    )
     requeue: bool = True  # under SLURM, a preemption signal requeues the job (docs/cluster.md)
 
 
@@ -322,7 +326,9 @@ class LoggerConfig:
     entity: str = ""
     tags: list[str] = field(default_factory=list)
     log_images_every_n_steps: int = 200
-    text_every_n_steps: int = 50  # when stdout is not a terminal: a text line every N steps (0: per epoch only)
+    text_every_n_steps: int = (
+        50  # when stdout is not a terminal: a text line every N steps (0: per epoch only)
+    )
 
 
 @dataclass
@@ -358,7 +364,9 @@ def _default_callbacks() -> dict[str, ComponentConfig]:
 
 
 def _default_loggers() -> dict[str, ComponentConfig]:
-    return {"csv": ComponentConfig("stop_lightning.loggers.AppendingCSVLogger", {"name": "csv", "version": ""})}
+    return {
+        "csv": ComponentConfig("stop_lightning.loggers.AppendingCSVLogger", {"name": "csv", "version": ""})
+    }
 
 
 @dataclass
@@ -482,7 +490,9 @@ def _check_keys(cfg: DictConfig, origin: str, prefix: str = "") -> None:
     for key, value in cfg.items_ex(resolve=False) if hasattr(cfg, "items_ex") else cfg.items():
         dotted = f"{prefix}{key}"
         if dotted not in _ALL_KEYS:
-            siblings = sorted(k[len(prefix) :] for k in _ALL_KEYS if k.startswith(prefix) and "." not in k[len(prefix) :])
+            siblings = sorted(
+                k[len(prefix) :] for k in _ALL_KEYS if k.startswith(prefix) and "." not in k[len(prefix) :]
+            )
             close = difflib.get_close_matches(str(key), siblings, n=3)
             hint = f" Did you mean {', '.join(prefix + c for c in close)}?" if close else ""
             raise ConfigError(
@@ -516,7 +526,9 @@ def _validate_values(cfg: DictConfig, layer: DictConfig, origin: str) -> None:
         if value is None:  # an interpolation that a later layer resolves: checked after composition
             continue
         if value not in choices:
-            raise ConfigError(f"config key '{key}' = {value!r} in {origin} is not one of: {', '.join(choices)}")
+            raise ConfigError(
+                f"config key '{key}' = {value!r} in {origin} is not one of: {', '.join(choices)}"
+            )
     for key, (low, high) in RANGES.items():
         if OmegaConf.select(layer, key, throw_on_missing=False, default=None) is None:
             continue
@@ -524,7 +536,9 @@ def _validate_values(cfg: DictConfig, layer: DictConfig, origin: str) -> None:
         if value is None:
             continue
         if not (low <= value <= high):
-            raise ConfigError(f"config key '{key}' = {value!r} in {origin} is outside the valid range [{low}, {high}]")
+            raise ConfigError(
+                f"config key '{key}' = {value!r} in {origin} is outside the valid range [{low}, {high}]"
+            )
 
 
 LIMIT_KEYS = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
@@ -550,7 +564,7 @@ def _check_trainer(t: DictConfig) -> None:
     if not good:
         raise ConfigError(
             f"config key 'trainer.devices' = {devices!r}: use \"auto\", a count (1, 2, -1 for all), "
-            "a list of device ids ([0, 1]) or a string of them (\"0,1\")"
+            'a list of device ids ([0, 1]) or a string of them ("0,1")'
         )
 
 
@@ -589,12 +603,16 @@ def load_config(
         names = available_experiments(exp_dir)
         close = difflib.get_close_matches(str(experiment), names, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"no experiment '{experiment}' ({exp_path} does not exist).{hint} Available: {', '.join(names)}")
+        raise ConfigError(
+            f"no experiment '{experiment}' ({exp_path} does not exist).{hint} Available: {', '.join(names)}"
+        )
 
     overrides = list(overrides or [])
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"command-line override '{item}' is not of the form key=value (e.g. trainer.max_epochs=3)")
+            raise ConfigError(
+                f"command-line override '{item}' is not of the form key=value (e.g. trainer.max_epochs=3)"
+            )
     cli = OmegaConf.from_dotlist(overrides)
     exp = _load_yaml(exp_path)
 
@@ -604,7 +622,9 @@ def load_config(
         cfg = _merge_checked(cfg, _load_yaml(base_path), str(base_path))
 
     # The preset is chosen by the override, else the experiment, else the base.
-    preset = OmegaConf.select(cli, "model.preset") or OmegaConf.select(exp, "model.preset") or cfg.model.preset
+    preset = (
+        OmegaConf.select(cli, "model.preset") or OmegaConf.select(exp, "model.preset") or cfg.model.preset
+    )
     presets = available_presets(exp_dir) or available_presets()  # a folder of experiments without presets/
     if preset not in presets:
         origin = "command-line overrides" if OmegaConf.select(cli, "model.preset") else str(exp_path)
@@ -625,7 +645,10 @@ def load_config(
     except (MissingMandatoryValue, OmegaConfBaseException) as err:
         raise ConfigError(f"cannot resolve config key '{getattr(err, 'full_key', '?')}': {err}") from err
     if missing:
-        raise ConfigError(f"required config values missing: {', '.join(sorted(missing))} (set them in {exp_path} or on the command line)")
+        raise ConfigError(
+            f"required config values missing: {', '.join(sorted(missing))} "
+            f"(set them in {exp_path} or on the command line)"
+        )
     _validate_values(cfg, cfg, "the composed config (after interpolation)")
     _check_trainer(cfg.trainer)
     from stop_lightning.components import check_components  # imports lightning: only once composed

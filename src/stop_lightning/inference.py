@@ -78,7 +78,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-def load_checkpoint(ckpt: str | Path, clip_source: str | None = None, device: str | torch.device = "auto") -> LoadedCheckpoint:
+def load_checkpoint(
+    ckpt: str | Path, clip_source: str | None = None, device: str | torch.device = "auto"
+) -> LoadedCheckpoint:
     """Rebuild the module a checkpoint was trained as (recognition or retrieval) with its trained weights.
 
     ``clip_source`` replaces ``model.clip.source`` of the saved config, for a CLIP that now lives
@@ -89,7 +91,8 @@ def load_checkpoint(ckpt: str | Path, clip_source: str | None = None, device: st
     hparams = checkpoint.get("hyper_parameters") or {}
     if "cfg" not in hparams:
         raise CheckpointReadError(
-            f"checkpoint {path} has no saved config (hyper_parameters['cfg']); it was not written by stop-lightning train"
+            f"checkpoint {path} has no saved config (hyper_parameters['cfg']); "
+            "it was not written by stop-lightning train"
         )
     cfg = OmegaConf.create(hparams["cfg"])
     if clip_source is not None:
@@ -117,7 +120,9 @@ def _common_root(paths: list[Path]) -> tuple[Path, list[str]]:
     return root, [p.relative_to(root).as_posix() for p in resolved]
 
 
-def clip_dataset(loaded: LoadedCheckpoint, records: list[ClipRecord], video_root: str | Path, views: bool = True) -> VideoClipDataset:
+def clip_dataset(
+    loaded: LoadedCheckpoint, records: list[ClipRecord], video_root: str | Path, views: bool = True
+) -> VideoClipDataset:
     """The evaluation dataset of the checkpoint's data config over ``records``.
 
     ``views=True``: the test views (``data.test_clips`` x ``data.test_crops``), as ``stop-lightning
@@ -125,13 +130,24 @@ def clip_dataset(loaded: LoadedCheckpoint, records: list[ClipRecord], video_root
     """
     d = loaded.cfg.data
     clips, crops = (int(d.test_clips), int(d.test_crops)) if views else (1, 1)
-    sampling = SamplingConfig(num_frames=int(d.num_frames), sampling=str(d.sampling), fps=float(d.fps), min_video_frames=int(d.min_video_frames))
-    transform = eval_transform(loaded.bundle.image_size, loaded.bundle.image_mean, loaded.bundle.image_std, crops=crops)
+    sampling = SamplingConfig(
+        num_frames=int(d.num_frames),
+        sampling=str(d.sampling),
+        fps=float(d.fps),
+        min_video_frames=int(d.min_video_frames),
+    )
+    transform = eval_transform(
+        loaded.bundle.image_size, loaded.bundle.image_mean, loaded.bundle.image_std, crops=crops
+    )
     records = [r if r.label is not None else replace(r, label=NO_LABEL) for r in records]
-    return VideoClipDataset(records, video_root, "test", sampling, transform, bad_video="raise", num_clips=clips, num_crops=crops)
+    return VideoClipDataset(
+        records, video_root, "test", sampling, transform, bad_video="raise", num_clips=clips, num_crops=crops
+    )
 
 
-def video_files_dataset(loaded: LoadedCheckpoint, videos: list[str | Path], views: bool = True) -> VideoClipDataset:
+def video_files_dataset(
+    loaded: LoadedCheckpoint, videos: list[str | Path], views: bool = True
+) -> VideoClipDataset:
     """:func:`clip_dataset` over video files anywhere on disk."""
     paths = [Path(v) for v in videos]
     for p in paths:
@@ -145,7 +161,15 @@ def checkpoint_datamodule(loaded: LoadedCheckpoint, stage: str | None = None) ->
     """The DataModule of the checkpoint's data config (synthetic data is generated if missing);
     set up for ``stage`` ("test", "fit", ...) unless ``stage`` is None."""
     b, cfg = loaded.bundle, loaded.cfg
-    dm = build_datamodule(cfg.data, cfg.task.name, b.image_size, b.image_mean, b.image_std, seed=cfg.seed, cache_dir=cfg.paths.cache_dir)
+    dm = build_datamodule(
+        cfg.data,
+        cfg.task.name,
+        b.image_size,
+        b.image_mean,
+        b.image_std,
+        seed=cfg.seed,
+        cache_dir=cfg.paths.cache_dir,
+    )
     if stage is not None:
         dm.setup(stage)
     return dm
@@ -153,8 +177,12 @@ def checkpoint_datamodule(loaded: LoadedCheckpoint, stage: str | None = None) ->
 
 def _loader(loaded: LoadedCheckpoint, dataset: VideoClipDataset) -> DataLoader:
     batch = _batch_size(loaded)
-    workers = int(loaded.cfg.data.num_workers) if len(dataset) > batch else 0  # a worker pool costs more than a batch or two
-    return DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=workers, worker_init_fn=seed_worker)
+    workers = (
+        int(loaded.cfg.data.num_workers) if len(dataset) > batch else 0
+    )  # a worker pool costs more than a batch or two
+    return DataLoader(
+        dataset, batch_size=batch, shuffle=False, num_workers=workers, worker_init_fn=seed_worker
+    )
 
 
 # ------------------------------------------------------------------------------ predict
@@ -180,7 +208,9 @@ def _batch_size(loaded: LoadedCheckpoint) -> int:
 
 
 @torch.no_grad()
-def predict_each(loaded: LoadedCheckpoint, videos: list[str | Path], top: int = 5) -> list[Prediction | FailedVideo]:
+def predict_each(
+    loaded: LoadedCheckpoint, videos: list[str | Path], top: int = 5
+) -> list[Prediction | FailedVideo]:
     """One result per video, in order: its :class:`Prediction`, or a :class:`FailedVideo` for a file
     that is missing or cannot be decoded (the others are still scored)."""
     _check_recognition(loaded)
@@ -198,7 +228,9 @@ def predict_each(loaded: LoadedCheckpoint, videos: list[str | Path], top: int = 
         clips = torch.stack([clip for _, clip in batch]).to(loaded.device)  # [B, (V,) T, 3, S, S]
         for (i, _), probs in zip(batch, loaded.module.multiview_scores(clips).float().cpu()):
             best = probs.topk(k)
-            results[i] = Prediction(str(videos[i]), [(names[j], float(p)) for p, j in zip(best.values, best.indices)], probs)
+            results[i] = Prediction(
+                str(videos[i]), [(names[j], float(p)) for p, j in zip(best.values, best.indices)], probs
+            )
 
     for j, i in enumerate(present):
         try:
@@ -228,7 +260,9 @@ def format_predictions(predictions: list[Prediction]) -> str:
     lines = []
     for p in predictions:
         lines.append(p.video)
-        lines += [f"  {rank}. {name:<{width}}  {prob:.4f}" for rank, (name, prob) in enumerate(p.top, start=1)]
+        lines += [
+            f"  {rank}. {name:<{width}}  {prob:.4f}" for rank, (name, prob) in enumerate(p.top, start=1)
+        ]
     return "\n".join(lines)
 
 
@@ -261,7 +295,10 @@ def explain(loaded: LoadedCheckpoint, video: str | Path, top: int = 5) -> VideoE
 @torch.no_grad()
 def embed_dataset(loaded: LoadedCheckpoint, dataset: VideoClipDataset) -> torch.Tensor:
     """L2-normalised video features ``[N, E]`` (float32, CPU), one centre clip per video."""
-    feats = [loaded.module.encode_videos(b["video"].to(loaded.device))[0].float().cpu() for b in _loader(loaded, dataset)]
+    feats = [
+        loaded.module.encode_videos(b["video"].to(loaded.device))[0].float().cpu()
+        for b in _loader(loaded, dataset)
+    ]
     return torch.cat(feats) if feats else torch.zeros(0, 0)
 
 
@@ -284,30 +321,43 @@ def default_video_root(loaded: LoadedCheckpoint) -> Path:
 def check_embedding_path(out: str | Path) -> Path:
     out = Path(out)
     if out.suffix not in EMBEDDING_SUFFIXES:
-        raise ValueError(f"--out {out}: unknown format '{out.suffix}', use one of {', '.join(EMBEDDING_SUFFIXES)}")
+        raise ValueError(
+            f"--out {out}: unknown format '{out.suffix}', use one of {', '.join(EMBEDDING_SUFFIXES)}"
+        )
     return out
 
 
-def save_embeddings(out: str | Path, embeddings: torch.Tensor, ids: list[str], paths: list[str], meta: dict) -> Path:
+def save_embeddings(
+    out: str | Path, embeddings: torch.Tensor, ids: list[str], paths: list[str], meta: dict
+) -> Path:
     """``.pt``: ``{"embeddings" [N, E], "ids", "paths", **meta}`` (loads with ``weights_only=True``);
-    ``.npz``: arrays ``embeddings``, ``ids``, ``paths`` and ``meta`` (the JSON of ``meta``). Written atomically."""
+    ``.npz``: arrays ``embeddings``, ``ids``, ``paths`` and ``meta`` (the JSON of ``meta``).
+    Written atomically."""
     out = check_embedding_path(out)
     with atomic_path(out) as tmp, open(tmp, "wb") as f:  # a file, not a name: np.savez would add .npz
         if out.suffix == ".pt":
             torch.save({"embeddings": embeddings, "ids": list(ids), "paths": list(paths), **meta}, f)
         else:
-            np.savez(f, embeddings=embeddings.numpy(), ids=np.asarray(ids, dtype=str), paths=np.asarray(paths, dtype=str),
-                     meta=np.asarray(json.dumps(meta)))
+            np.savez(
+                f,
+                embeddings=embeddings.numpy(),
+                ids=np.asarray(ids, dtype=str),
+                paths=np.asarray(paths, dtype=str),
+                meta=np.asarray(json.dumps(meta)),
+            )
     return out
 
 
-def embed(loaded: LoadedCheckpoint, manifest: str | Path, out: str | Path, video_root: str | Path | None = None) -> Path:
+def embed(
+    loaded: LoadedCheckpoint, manifest: str | Path, out: str | Path, video_root: str | Path | None = None
+) -> Path:
     """Features of every video of ``manifest`` (paths relative to ``video_root``) saved to ``out``."""
     records = manifest_videos(manifest)
     root = Path(video_root) if video_root is not None else default_video_root(loaded)
     if not root.is_dir():
         raise FileNotFoundError(
-            f"the videos of {manifest} are looked up under {root} (data.video_root of the checkpoint's config), "
+            f"the videos of {manifest} are looked up under {root} "
+            "(data.video_root of the checkpoint's config), "
             "which is not a directory; pass --video-root <folder the manifest paths are relative to>"
         )
     embeddings = embed_dataset(loaded, clip_dataset(loaded, records, root, views=False))
@@ -315,13 +365,26 @@ def embed(loaded: LoadedCheckpoint, manifest: str | Path, out: str | Path, video
     from stop_lightning.pretrained import model_fingerprint
 
     # The fingerprint names the model whose text side belongs with these features (`stop-lightning search`).
-    meta = {"checkpoint": str(Path(loaded.path).resolve()), "clip": dict(loaded.module.clip_source), "task": loaded.task,
-            "manifest": str(manifest), "fingerprint": model_fingerprint(loaded.module)}
+    meta = {
+        "checkpoint": str(Path(loaded.path).resolve()),
+        "clip": dict(loaded.module.clip_source),
+        "task": loaded.task,
+        "manifest": str(manifest),
+        "fingerprint": model_fingerprint(loaded.module),
+    }
     return save_embeddings(out, embeddings, ids, [r.path for r in records], meta)
 
 
 # ------------------------------------------------------------------------------ CLI
-USER_ERRORS = (CheckpointReadError, CheckpointMismatchError, ClipLoadError, VideoDecodeError, ManifestError, FileNotFoundError, ValueError)
+USER_ERRORS = (
+    CheckpointReadError,
+    CheckpointMismatchError,
+    ClipLoadError,
+    VideoDecodeError,
+    ManifestError,
+    FileNotFoundError,
+    ValueError,
+)
 
 
 def predict_main(ckpt: str, videos: list[str], top: int = 5, clip_source: str | None = None) -> int:
@@ -341,12 +404,16 @@ def predict_main(ckpt: str, videos: list[str], top: int = 5, clip_source: str | 
     for f in failed:
         print(f"error: {f.video}: {f.error}", file=sys.stderr)
     if failed:
-        print(f"error: {len(failed)} of {len(results)} videos could not be read (listed above)", file=sys.stderr)
+        print(
+            f"error: {len(failed)} of {len(results)} videos could not be read (listed above)", file=sys.stderr
+        )
         return 2
     return 0
 
 
-def embed_main(ckpt: str, manifest: str, out: str, video_root: str | None = None, clip_source: str | None = None) -> int:
+def embed_main(
+    ckpt: str, manifest: str, out: str, video_root: str | None = None, clip_source: str | None = None
+) -> int:
     """``stop-lightning embed --ckpt C --manifest M --out F``: write the videos' features to a .pt or .npz."""
     from stop_lightning.pretrained import load_model
 

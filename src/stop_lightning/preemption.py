@@ -47,7 +47,9 @@ class PreemptionCheckpoint(Callback):
 
     def _record(self, signum, frame) -> None:
         if self.signum is None:
-            log.warning("received %s: saving a checkpoint at the next optimiser step", signal.Signals(signum).name)
+            log.warning(
+                "received %s: saving a checkpoint at the next optimiser step", signal.Signals(signum).name
+            )
         self.signum = signum
 
     def on_train_start(self, trainer, pl_module) -> None:

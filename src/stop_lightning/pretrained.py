@@ -1,4 +1,5 @@
-"""Trained prompts as a folder anyone can load: ``stop-lightning export CKPT DIR`` and :func:`from_pretrained`.
+"""Trained prompts as a folder anyone can load: ``stop-lightning export CKPT DIR`` and
+:func:`from_pretrained`.
 
 An exported folder holds what a checkpoint holds for inference, in formats other tools read::
 
@@ -51,7 +52,11 @@ class ExportError(CheckpointReadError):
 def trained_state(module: VideoTaskModule) -> dict[str, torch.Tensor]:
     """The tensors a checkpoint keeps: the module's state without the frozen CLIP."""
     prefixes = module._frozen_prefixes()
-    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items() if not module._is_frozen_key(k, prefixes)}
+    return {
+        k: v.detach().cpu().contiguous()
+        for k, v in module.state_dict().items()
+        if not module._is_frozen_key(k, prefixes)
+    }
 
 
 def model_fingerprint(module: VideoTaskModule) -> str:
@@ -88,13 +93,17 @@ def logged_metrics(run_dir: Path | None) -> dict[str, float]:
 
 
 def export(ckpt: str | Path, out_dir: str | Path, clip_source: str | None = None) -> Path:
-    """Write the export folder of ``ckpt`` to ``out_dir`` (atomically: a sibling temp folder renamed into place).
+    """Write the export folder of ``ckpt`` to ``out_dir`` (atomically: a sibling temp folder renamed
+    into place).
 
     The checkpoint is loaded first, on its CLIP (or ``clip_source``), so only a model that loads is
     exported and its fingerprint is that of the loaded tensors."""
     ckpt, out_dir = Path(ckpt), Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ExportError(f"export folder {out_dir} already exists (a file or a non-empty folder); choose a new folder or delete it")
+        raise ExportError(
+            f"export folder {out_dir} already exists (a file or a non-empty folder); "
+            "choose a new folder or delete it"
+        )
     loaded = load_checkpoint(ckpt, clip_source, device="cpu")
     checkpoint = read_checkpoint(ckpt)
     module = loaded.module
@@ -107,14 +116,22 @@ def export(ckpt: str | Path, out_dir: str | Path, clip_source: str | None = None
         "clip": dict(module.clip_source),
         "fingerprint": model_fingerprint(module),
         "run_info": checkpoint.get("stop_lightning", {}).get("run_info", {}),
-        "exported_from": {"checkpoint": str(ckpt.resolve()), "run_dir": str(run_dir) if run_dir else None,
-                          "epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step")},
+        "exported_from": {
+            "checkpoint": str(ckpt.resolve()),
+            "run_dir": str(run_dir) if run_dir else None,
+            "epoch": checkpoint.get("epoch"),
+            "global_step": checkpoint.get("global_step"),
+        },
         "metrics": logged_metrics(run_dir),
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        save_file(trained_state(module), str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "fingerprint": meta["fingerprint"]})
+        save_file(
+            trained_state(module),
+            str(tmp / WEIGHTS_FILE),
+            metadata={"format": "pt", "fingerprint": meta["fingerprint"]},
+        )
         (tmp / CONFIG_FILE).write_text(OmegaConf.to_yaml(loaded.cfg, resolve=True))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         (tmp / CARD_FILE).write_text(model_card(loaded.cfg, meta, out_dir.name))
@@ -141,11 +158,17 @@ def model_card(cfg: DictConfig, meta: dict[str, Any], name: str) -> str:
     """The export's README.md: what the model is, what it scored, how it was made, how to load it."""
     m, d = cfg.model, cfg.data
     metrics = meta["metrics"]
-    table = "\n".join(f"| `{k}` | {v:.4f} |" for k, v in sorted(metrics.items())) or "| (no metrics.csv next to the checkpoint) | |"
+    table = (
+        "\n".join(f"| `{k}` | {v:.4f} |" for k, v in sorted(metrics.items()))
+        or "| (no metrics.csv next to the checkpoint) | |"
+    )
     source = meta["exported_from"]
     git = meta["run_info"].get("git", {})
     versions = ", ".join(f"{k} {v}" for k, v in meta["run_info"].get("versions", {}).items())
     classes = meta["hparams"].get("class_names") or []
+    train_cmd = f"stop-lightning train config.yaml paths.run_dir=runs/{cfg.name}"
+    revision = git.get("revision", "unknown")
+    dirty = " (uncommitted changes)" if git.get("dirty") else ""
     return f"""---
 library_name: stop-lightning
 tags: [video, clip, prompt-tuning, {cfg.task.name}]
@@ -160,13 +183,13 @@ trained tensors ({WEIGHTS_FILE}); the frozen CLIP is loaded from its own source.
 | | |
 |---|---|
 | task | {cfg.task.name} |
-| dataset | {d.dataset} ({len(classes) or 'captioned'} {'classes' if classes else 'videos'}) |
+| dataset | {d.dataset} ({len(classes) or "captioned"} {"classes" if classes else "videos"}) |
 | protocol | {_protocol(cfg)} |
 | model preset | {m.preset} |
-| CLIP | `{meta['clip']['source']}` (config hash `{meta['clip']['config_hash'][:12]}`) |
+| CLIP | `{meta["clip"]["source"]}` (config hash `{meta["clip"]["config_hash"][:12]}`) |
 | frames | {d.num_frames} ({d.sampling} sampling) |
-| trained at | epoch {source['epoch']}, step {source['global_step']} |
-| fingerprint | `{meta['fingerprint'][:16]}` |
+| trained at | epoch {source["epoch"]}, step {source["global_step"]} |
+| fingerprint | `{meta["fingerprint"][:16]}` |
 
 ## Metrics the training run logged
 
@@ -180,11 +203,11 @@ Last logged value of each metric in the run's `csv/metrics.csv`; `test/` is the 
 ## How it was made
 
 ```bash
-stop-lightning train config.yaml paths.run_dir=runs/{cfg.name}   # this folder's config.yaml: the run's resolved config
-stop-lightning export {source['checkpoint']} {name}
+{train_cmd}   # this folder's config.yaml: the run's resolved config
+stop-lightning export {source["checkpoint"]} {name}
 ```
 
-git revision `{git.get('revision', 'unknown')}`{' (uncommitted changes)' if git.get('dirty') else ''}; {versions}.
+git revision `{revision}`{dirty}; {versions}.
 
 ## How to use it
 
@@ -210,17 +233,25 @@ def is_export(path: str | Path) -> bool:
 def read_export_meta(folder: Path) -> dict[str, Any]:
     for name in (WEIGHTS_FILE, CONFIG_FILE, META_FILE):
         if not (folder / name).is_file():
-            raise ExportError(f"{folder} is not a stop-lightning export: {name} is missing (write one with `stop-lightning export CKPT DIR`)")
+            raise ExportError(
+                f"{folder} is not a stop-lightning export: {name} is missing "
+                "(write one with `stop-lightning export CKPT DIR`)"
+            )
     try:
         meta = json.loads((folder / META_FILE).read_text())
     except json.JSONDecodeError as err:
         raise ExportError(f"{folder / META_FILE}: not valid JSON ({err.msg}, line {err.lineno})") from err
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ExportError(f"{folder / META_FILE}: format_version {meta.get('format_version')!r}, this stop_lightning reads {FORMAT_VERSION}")
+        raise ExportError(
+            f"{folder / META_FILE}: format_version {meta.get('format_version')!r}, "
+            f"this stop_lightning reads {FORMAT_VERSION}"
+        )
     return meta
 
 
-def from_pretrained(folder: str | Path, clip_source: str | None = None, device: str | torch.device = "auto") -> LoadedCheckpoint:
+def from_pretrained(
+    folder: str | Path, clip_source: str | None = None, device: str | torch.device = "auto"
+) -> LoadedCheckpoint:
     """Rebuild an exported model on its CLIP (or ``clip_source``), in eval mode on ``device``.
 
     The result is what :func:`stop_lightning.inference.load_checkpoint` returns for the checkpoint
@@ -231,7 +262,10 @@ def from_pretrained(folder: str | Path, clip_source: str | None = None, device: 
         cfg = OmegaConf.load(folder / CONFIG_FILE)
         state = load_file(str(folder / WEIGHTS_FILE))
     except Exception as err:
-        raise ExportError(f"cannot read the export {folder}: {type(err).__name__}: {str(err).splitlines()[0]} (export it again)") from err
+        raise ExportError(
+            f"cannot read the export {folder}: {type(err).__name__}: {str(err).splitlines()[0]} "
+            "(export it again)"
+        ) from err
     if clip_source is not None:
         cfg.model.clip.source = str(clip_source)
     OmegaConf.set_readonly(cfg, True)
@@ -247,7 +281,9 @@ def from_pretrained(folder: str | Path, clip_source: str | None = None, device: 
     return LoadedCheckpoint(module=module, cfg=cfg, bundle=bundle, path=folder, device=device)
 
 
-def load_model(path: str | Path, clip_source: str | None = None, device: str | torch.device = "auto") -> LoadedCheckpoint:
+def load_model(
+    path: str | Path, clip_source: str | None = None, device: str | torch.device = "auto"
+) -> LoadedCheckpoint:
     """A ``.ckpt`` file or an export folder, whichever ``path`` is (what ``--ckpt`` accepts)."""
     if Path(path).is_dir():
         return from_pretrained(path, clip_source, device)

@@ -48,7 +48,8 @@ METRIC = "test/top1"
 
 
 def _dotlist(prefix: str, value: Any) -> list[str]:
-    """``{"a": {"b": 1}}`` under ``prefix`` -> ``["prefix.a.b=1"]`` (values JSON-quoted: YAML reads them back)."""
+    """``{"a": {"b": 1}}`` under ``prefix`` -> ``["prefix.a.b=1"]`` (values JSON-quoted: YAML reads
+    them back)."""
     if isinstance(value, dict):
         return [item for k, v in value.items() for item in _dotlist(f"{prefix}.{k}", v)]
     return [f"{prefix}={json.dumps(value)}"]
@@ -61,11 +62,13 @@ def checkpoint_overrides(ckpt: str | Path) -> list[str]:
     hparams = read_checkpoint(ckpt).get("hyper_parameters", {})
     cfg = hparams.get("cfg")
     if not isinstance(cfg, dict) or "model" not in cfg:
-        raise ConfigError(f"checkpoint {ckpt} holds no config (hyper_parameters.cfg); is it a stop_lightning .ckpt?")
+        raise ConfigError(
+            f"checkpoint {ckpt} holds no config (hyper_parameters.cfg); is it a stop_lightning .ckpt?"
+        )
     if cfg.get("task", {}).get("head") == "linear":
         raise ConfigError(
-            f"checkpoint {ckpt} classifies with a linear head (task.head=linear), which knows only its training "
-            "classes; zero-shot transfer needs task.head=text"
+            f"checkpoint {ckpt} classifies with a linear head (task.head=linear), "
+            "which knows only its training classes; zero-shot transfer needs task.head=text"
         )
     return _dotlist("model", cfg["model"]) + [f"data.num_frames={int(cfg['data']['num_frames'])}"]
 
@@ -90,7 +93,9 @@ def target_overrides(overrides: list[str], dataset: str, names: list[str]) -> li
         prefix, sep, rest = item.partition(":")
         if sep and "=" not in prefix:
             if prefix not in names:
-                raise ConfigError(f"override {item!r}: {prefix!r} is not a target; prefix with one of {','.join(names)}")
+                raise ConfigError(
+                    f"override {item!r}: {prefix!r} is not a target; prefix with one of {','.join(names)}"
+                )
             if prefix == dataset:
                 out.append(rest)
         else:
@@ -135,7 +140,9 @@ def zero_shot(
     table = summary_table(results, runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "zero_shot.md").write_text(f"Zero-shot from {ckpt}\n\n{table}\n")
-    (out_dir / "zero_shot.json").write_text(json.dumps({"ckpt": str(ckpt), "top1": results, "runs": runs}, indent=2))
+    (out_dir / "zero_shot.json").write_text(
+        json.dumps({"ckpt": str(ckpt), "top1": results, "runs": runs}, indent=2)
+    )
     print(f"\nzero-shot transfer of {ckpt} ({out_dir})\n{table}")
     return results
 
@@ -147,11 +154,17 @@ def protocol_main(argv: list[str]) -> int:
     """``stop-lightning protocol zero_shot --ckpt CKPT [--only hmdb51,k600] [[target:]key=value ...]``."""
     parser = argparse.ArgumentParser(prog="stop-lightning protocol", description=__doc__.splitlines()[0])
     parser.add_argument("protocol", choices=sorted(PROTOCOLS))
-    parser.add_argument("--ckpt", required=True, help="a checkpoint trained on Kinetics-400 (experiments/k400.yaml)")
-    names = [t.dataset for t in ZERO_SHOT_TARGETS]
-    parser.add_argument("--only", default="", help=f"comma-separated targets out of {','.join(names)} (default: all)")
     parser.add_argument(
-        "overrides", nargs="*", help="config overrides for every target, or for one: k600:data.subset_size=100"
+        "--ckpt", required=True, help="a checkpoint trained on Kinetics-400 (experiments/k400.yaml)"
+    )
+    names = [t.dataset for t in ZERO_SHOT_TARGETS]
+    parser.add_argument(
+        "--only", default="", help=f"comma-separated targets out of {','.join(names)} (default: all)"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="config overrides for every target, or for one: k600:data.subset_size=100",
     )
     # Overrides may follow options (`... --ckpt X k=v`): argparse stops filling a positional list there.
     args, extra = parser.parse_known_args(argv)
@@ -161,6 +174,10 @@ def protocol_main(argv: list[str]) -> int:
     wanted = [n for n in args.only.split(",") if n] or names
     unknown = sorted(set(wanted) - set(names))
     if unknown:
-        raise ConfigError(f"--only {','.join(unknown)}: not a zero-shot target; choose from {','.join(names)}")
-    PROTOCOLS[args.protocol](args.ckpt, args.overrides, tuple(t for t in ZERO_SHOT_TARGETS if t.dataset in wanted))
+        raise ConfigError(
+            f"--only {','.join(unknown)}: not a zero-shot target; choose from {','.join(names)}"
+        )
+    PROTOCOLS[args.protocol](
+        args.ckpt, args.overrides, tuple(t for t in ZERO_SHOT_TARGETS if t.dataset in wanted)
+    )
     return 0

@@ -117,11 +117,17 @@ def storage_error(err: OSError, path: Path | str) -> StorageError:
     """One line for a failed write: the path, and the free space (disk full) or the permission."""
     path = Path(getattr(err, "filename", None) or path)
     if err.errno == errno.ENOSPC or err.errno == getattr(errno, "EDQUOT", -1):
-        return StorageError(err.errno, f"disk full writing {path}: {free_space(path)} free; free space or set "
-                            "paths.output_dir to another disk, then resume with RESUME=auto")
+        return StorageError(
+            err.errno,
+            f"disk full writing {path}: {free_space(path)} free; free space or set "
+            "paths.output_dir to another disk, then resume with RESUME=auto",
+        )
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return StorageError(err.errno, f"cannot write {path}: permission denied ({err.strerror}); "
-                            "make it writable or set paths.output_dir to a folder you can write")
+        return StorageError(
+            err.errno,
+            f"cannot write {path}: permission denied ({err.strerror}); "
+            "make it writable or set paths.output_dir to a folder you can write",
+        )
     return StorageError(err.errno, f"cannot write {path}: {err.strerror or err}")
 
 
@@ -132,7 +138,9 @@ def free_space(path: Path) -> str:
     return "unknown"
 
 
-def check_resume_config(saved: DictConfig, cfg: DictConfig, allowed: list[str] | tuple[str, ...] = ()) -> list[str]:
+def check_resume_config(
+    saved: DictConfig, cfg: DictConfig, allowed: list[str] | tuple[str, ...] = ()
+) -> list[str]:
     """The keys where ``cfg`` differs from the run's ``saved`` config; a difference outside
     ``allowed`` (a key or a section prefix such as ``trainer``) stops the run naming each one."""
     a = _flat(OmegaConf.to_container(saved, resolve=True))

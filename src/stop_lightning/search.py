@@ -53,9 +53,15 @@ def load_collection(path: str | Path) -> Collection:
     """Read an ``embed`` output (.pt or .npz), checking its shape and fields."""
     path = Path(path)
     if not path.is_file():
-        raise SearchError(f"embeddings file {path} does not exist (write it with `stop-lightning embed --ckpt C --manifest M --out {path.name}`)")
+        raise SearchError(
+            f"embeddings file {path} does not exist "
+            f"(write it with `stop-lightning embed --ckpt C --manifest M --out {path.name}`)"
+        )
     if path.suffix not in EMBEDDING_SUFFIXES:
-        raise SearchError(f"embeddings file {path}: unknown format '{path.suffix}', expected {' or '.join(EMBEDDING_SUFFIXES)} from `stop-lightning embed`")
+        raise SearchError(
+            f"embeddings file {path}: unknown format '{path.suffix}', "
+            f"expected {' or '.join(EMBEDDING_SUFFIXES)} from `stop-lightning embed`"
+        )
     try:
         if path.suffix == ".pt":
             saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -63,20 +69,33 @@ def load_collection(path: str | Path) -> Collection:
             emb, ids, paths = saved["embeddings"], list(saved["ids"]), list(saved["paths"])
         else:
             with np.load(path, allow_pickle=False) as saved:
-                emb, ids, paths = torch.from_numpy(saved["embeddings"]), saved["ids"].tolist(), saved["paths"].tolist()
+                emb, ids, paths = (
+                    torch.from_numpy(saved["embeddings"]),
+                    saved["ids"].tolist(),
+                    saved["paths"].tolist(),
+                )
                 meta = json.loads(str(saved["meta"])) if "meta" in saved.files else {}
     except KeyError as err:
-        raise SearchError(f"embeddings file {path} has no field {err}; write it with `stop-lightning embed`") from err
+        raise SearchError(
+            f"embeddings file {path} has no field {err}; write it with `stop-lightning embed`"
+        ) from err
     except Exception as err:
-        raise SearchError(f"cannot read embeddings file {path}: {type(err).__name__}: {str(err).splitlines()[0]}") from err
+        raise SearchError(
+            f"cannot read embeddings file {path}: {type(err).__name__}: {str(err).splitlines()[0]}"
+        ) from err
     if emb.ndim != 2 or len(ids) != emb.shape[0] or len(paths) != emb.shape[0]:
-        raise SearchError(f"embeddings file {path}: embeddings {tuple(emb.shape)} do not match {len(ids)} ids and {len(paths)} paths")
+        raise SearchError(
+            f"embeddings file {path}: embeddings {tuple(emb.shape)} do not match "
+            f"{len(ids)} ids and {len(paths)} paths"
+        )
     return Collection(path, emb, [str(i) for i in ids], [str(p) for p in paths], meta)
 
 
-def top_k(queries: torch.Tensor, embeddings: torch.Tensor, k: int, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact inner-product search: ``queries [Q, E]`` x ``embeddings [N, E]`` -> (scores, indices) ``[Q, k']``,
-    best first, ``k' = min(k, N)``. Only ``Q x chunk_rows`` scores exist at a time."""
+def top_k(
+    queries: torch.Tensor, embeddings: torch.Tensor, k: int, chunk_rows: int = DEFAULT_CHUNK_ROWS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact inner-product search: ``queries [Q, E]`` x ``embeddings [N, E]`` -> (scores, indices)
+    ``[Q, k']``, best first, ``k' = min(k, N)``. Only ``Q x chunk_rows`` scores exist at a time."""
     q = queries.float()
     k = min(k, embeddings.shape[0])
     best_scores = torch.empty(q.shape[0], 0)
@@ -97,15 +116,22 @@ def faiss_top_k(queries: torch.Tensor, embeddings: torch.Tensor, k: int) -> tupl
     try:
         import faiss
     except ImportError as err:
-        raise SearchError("--faiss needs the faiss package (pip install faiss-cpu); without --faiss the search is exact in torch") from err
+        raise SearchError(
+            "--faiss needs the faiss package (pip install faiss-cpu); "
+            "without --faiss the search is exact in torch"
+        ) from err
     index = faiss.IndexFlatIP(embeddings.shape[1])
     index.add(np.ascontiguousarray(embeddings.float().numpy()))
     scores, ids = index.search(np.ascontiguousarray(queries.float().numpy()), min(k, embeddings.shape[0]))
     return torch.from_numpy(scores), torch.from_numpy(ids).long()
 
 
-def text_side(collection: Collection, ckpt: str | Path | None = None, clip_source: str | None = None,
-              device: str | torch.device = "auto") -> LoadedCheckpoint:
+def text_side(
+    collection: Collection,
+    ckpt: str | Path | None = None,
+    clip_source: str | None = None,
+    device: str | torch.device = "auto",
+) -> LoadedCheckpoint:
     """The model whose text side belongs with ``collection``: ``ckpt`` (a .ckpt or an export folder),
     else the checkpoint the collection names; refused unless its fingerprint is the collection's."""
     from stop_lightning.pretrained import load_model, model_fingerprint
@@ -113,40 +139,58 @@ def text_side(collection: Collection, ckpt: str | Path | None = None, clip_sourc
     made_by = collection.meta.get("fingerprint")
     if not made_by:
         raise SearchError(
-            f"{collection.path} does not say which model made it (no 'fingerprint'; an older `embed` or another tool); "
+            f"{collection.path} does not say which model made it "
+            "(no 'fingerprint'; an older `embed` or another tool); "
             "write it again with `stop-lightning embed --ckpt C ...`"
         )
     source = ckpt if ckpt is not None else collection.meta.get("checkpoint")
     if not source:
-        raise SearchError(f"{collection.path} names no checkpoint; pass --ckpt with the checkpoint or export folder that made it")
+        raise SearchError(
+            f"{collection.path} names no checkpoint; "
+            "pass --ckpt with the checkpoint or export folder that made it"
+        )
     loaded = load_model(source, clip_source, device)
     found = model_fingerprint(loaded.module)
     if found != made_by:
         raise SearchError(
-            f"{collection.path} was embedded by model {made_by[:12]} ({collection.meta.get('checkpoint', '?')}) but {source} "
-            f"is model {found[:12]}: its text side does not match these video features. Pass the --ckpt that made them, "
+            f"{collection.path} was embedded by model {made_by[:12]} "
+            f"({collection.meta.get('checkpoint', '?')}) but {source} "
+            f"is model {found[:12]}: its text side does not match these video features. "
+            "Pass the --ckpt that made them, "
             f"or embed again: stop-lightning embed --ckpt {source} --manifest M --out {collection.path}"
         )
     return loaded
 
 
 @torch.no_grad()
-def search(loaded: LoadedCheckpoint, collection: Collection, queries: list[str], top: int = 10,
-           use_faiss: bool = False, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> list[list[Hit]]:
+def search(
+    loaded: LoadedCheckpoint,
+    collection: Collection,
+    queries: list[str],
+    top: int = 10,
+    use_faiss: bool = False,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> list[list[Hit]]:
     """The ``top`` videos of ``collection`` for each query, best first."""
     if top < 1:
         raise SearchError(f"--top must be >= 1, got {top}")
     if not queries or any(not q.strip() for q in queries):
-        raise SearchError("every query must be non-empty text, e.g. \"a person riding a bike\"")
+        raise SearchError('every query must be non-empty text, e.g. "a person riding a bike"')
     text = loaded.module.encode_texts(list(queries)).float().cpu()  # [Q, E], L2-normalised
     if text.shape[1] != collection.embeddings.shape[1]:
-        raise SearchError(f"{collection.path} has {collection.embeddings.shape[1]}-d rows but the model's text features are {text.shape[1]}-d")
+        raise SearchError(
+            f"{collection.path} has {collection.embeddings.shape[1]}-d rows "
+            f"but the model's text features are {text.shape[1]}-d"
+        )
     if use_faiss:
         scores, index = faiss_top_k(text, collection.embeddings, top)
     else:
         scores, index = top_k(text, collection.embeddings, top, chunk_rows)
     return [
-        [Hit(r + 1, collection.ids[i], collection.paths[i], float(s)) for r, (s, i) in enumerate(zip(row_s.tolist(), row_i.tolist()))]
+        [
+            Hit(r + 1, collection.ids[i], collection.paths[i], float(s))
+            for r, (s, i) in enumerate(zip(row_s.tolist(), row_i.tolist()))
+        ]
         for row_s, row_i in zip(scores, index)
     ]
 
@@ -160,8 +204,14 @@ def format_hits(queries: list[str], results: list[list[Hit]]) -> str:
     return "\n".join(lines)
 
 
-def search_main(embeddings: str, queries: list[str], top: int = 10, ckpt: str | None = None,
-                clip_source: str | None = None, use_faiss: bool = False) -> int:
+def search_main(
+    embeddings: str,
+    queries: list[str],
+    top: int = 10,
+    ckpt: str | None = None,
+    clip_source: str | None = None,
+    use_faiss: bool = False,
+) -> int:
     """``stop-lightning search EMBEDDINGS QUERY [QUERY ...] [--top K] [--ckpt C]``."""
     try:
         collection = load_collection(embeddings)

@@ -94,7 +94,8 @@ def print_metrics_table(metrics: dict[str, float], title: str) -> str:
 
 
 def report_unreadable(module: VideoTaskModule, run_dir: Path, shown: int = 5) -> None:
-    """Under the metrics table and in ``run_info.json``: "unreadable: N of M test videos" and the first paths."""
+    """Under the metrics table and in ``run_info.json``: "unreadable: N of M test videos" and the first
+    paths."""
     found = getattr(module, "unreadable", {})
     if not found.get("count"):
         return
@@ -122,14 +123,21 @@ def setup_run(
     if resuming and (run_dir / "config.yaml").is_file():
         from omegaconf import OmegaConf
 
-        changed = check_resume_config(OmegaConf.load(run_dir / "config.yaml"), with_run_dir(cfg, run_dir), allow_change)
+        changed = check_resume_config(
+            OmegaConf.load(run_dir / "config.yaml"), with_run_dir(cfg, run_dir), allow_change
+        )
         if changed:
             log.info("resuming with allowed config changes: %s", ", ".join(changed))
     # Weights and data first: a run that cannot start leaves no empty run folder behind.
     bundle = bundle if bundle is not None else load_clip(cfg.model.clip, cfg.paths.cache_dir)
     datamodule = build_datamodule(
-        cfg.data, cfg.task.name, bundle.image_size, bundle.image_mean, bundle.image_std,
-        seed=cfg.seed, cache_dir=cfg.paths.cache_dir,
+        cfg.data,
+        cfg.task.name,
+        bundle.image_size,
+        bundle.image_mean,
+        bundle.image_std,
+        seed=cfg.seed,
+        cache_dir=cfg.paths.cache_dir,
     )
     datamodule.prepare_data()
     datamodule.setup("fit" if cfg.data.protocol != "zero_shot" else "test")
@@ -156,7 +164,9 @@ def train(cfg: DictConfig, resume: str | None = None, allow_change: tuple[str, .
     preemption signal ends the fit with a checkpoint and :class:`stop_lightning.preemption.Preempted`
     (no test)."""
     run_dir, resume_ckpt = run_folder(Path(cfg.paths.run_dir), resume)
-    cfg, bundle, datamodule = setup_run(cfg, run_dir, resuming=resume_ckpt is not None, allow_change=allow_change)
+    cfg, bundle, datamodule = setup_run(
+        cfg, run_dir, resuming=resume_ckpt is not None, allow_change=allow_change
+    )
     run_dir = Path(cfg.paths.run_dir)
     module = build_module(cfg, datamodule, bundle)
     trainer = build_trainer(cfg, run_dir, "fit")
@@ -189,8 +199,10 @@ def refuse_untrained(cfg: DictConfig, bundle: ClipBundle) -> None:
     if trainable or head:
         what = f"{trainable:,} trainable parameters" + (" and a linear head" if head else "")
         raise ConfigError(
-            f"eval without --ckpt runs only a preset that trains nothing, but model.preset={cfg.model.preset} has "
-            f"{what}, randomly initialised; pass --ckpt <a checkpoint or export folder>, or model.preset=zero_shot"
+            f"eval without --ckpt runs only a preset that trains nothing, "
+            f"but model.preset={cfg.model.preset} has "
+            f"{what}, randomly initialised; "
+            "pass --ckpt <a checkpoint or export folder>, or model.preset=zero_shot"
         )
 
 
@@ -215,7 +227,9 @@ def evaluate(cfg: DictConfig, ckpt: str | None = None, untrained: bool = False) 
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:
-        print_metrics_table(metrics, title=f"{cfg.name}: evaluation ({ckpt or ('untrained' if untrained else 'zero-shot')})")
+        print_metrics_table(
+            metrics, title=f"{cfg.name}: evaluation ({ckpt or ('untrained' if untrained else 'zero-shot')})"
+        )
         report_unreadable(module, run_dir)
     finish_wandb()
     return metrics

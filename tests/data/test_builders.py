@@ -116,7 +116,9 @@ def test_errors_name_what_is_wrong(tmp_path, capsys):
 def test_probe_reports_zero_byte_and_truncated_files_and_drops_them_on_request(tmp_path, capsys):
     from stop_lightning.data.decode import VideoDecodeError, probe_video
 
-    root = write_synthetic_dataset(tmp_path / "h", "hmdb51", num_classes=2, clips_per_class=3, num_frames=4, size=16)
+    root = write_synthetic_dataset(
+        tmp_path / "h", "hmdb51", num_classes=2, clips_per_class=3, num_frames=4, size=16
+    )
     videos = sorted(root.rglob("*.avi"))
     empty, cut = videos[0], videos[-1]
     empty.write_bytes(b"")
@@ -129,7 +131,10 @@ def test_probe_reports_zero_byte_and_truncated_files_and_drops_them_on_request(t
         except VideoDecodeError:
             continue
     assert probe_video(cut).num_frames == 4  # the header survives: only decoding finds the cut
-    bad = {empty.relative_to(root).as_posix(): ("empty",), cut.relative_to(root).as_posix(): ("decod", "truncated")}
+    bad = {
+        empty.relative_to(root).as_posix(): ("empty",),
+        cut.relative_to(root).as_posix(): ("decod", "truncated"),
+    }
     out = tmp_path / "out"
     assert main(["hmdb51", "--root", str(root), "--out", str(out), "--quiet", "--probe"]) == 1
     printed = capsys.readouterr().out
@@ -143,7 +148,12 @@ def test_probe_reports_zero_byte_and_truncated_files_and_drops_them_on_request(t
     assert set(bad) <= kept  # reported, not silently dropped
 
     dropped = tmp_path / "dropped"
-    assert main(["hmdb51", "--root", str(root), "--out", str(dropped), "--quiet", "--probe", "--drop-unreadable"]) == 0
+    assert (
+        main(
+            ["hmdb51", "--root", str(root), "--out", str(dropped), "--quiet", "--probe", "--drop-unreadable"]
+        )
+        == 0
+    )
     assert "unreadable video files: 2" in capsys.readouterr().out
     rows = [r for stage in ("train", "test") for r in read_manifest(dropped / "split1" / f"{stage}.jsonl")]
     assert not {r.path for r in rows} & set(bad) and all(r.num_frames == 4 for r in rows)

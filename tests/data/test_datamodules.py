@@ -350,7 +350,9 @@ def test_worker_decode_error_is_the_same_line_as_in_process(broken, data_cfg):
             next(iter(dm.val_dataloader()))
         messages.append((str(err.value), err.value.path, err.value.reason))
     assert messages[0] == messages[1], messages
-    assert "\n" not in messages[1][0] and messages[1][0].endswith("(set data.bad_video=skip to skip bad videos)")
+    assert "\n" not in messages[1][0] and messages[1][0].endswith(
+        "(set data.bad_video=skip to skip bad videos)"
+    )
 
 
 def test_manifest_with_non_utf8_bytes_names_file_and_line(tmp_path):

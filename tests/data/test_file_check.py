@@ -27,4 +27,9 @@ def test_missing_files_on_100k_rows_match_a_per_file_check(tmp_path):
     listed = paths + paths[:500]  # a path listed twice (train and test) is reported once
     expected = [p for p in paths if not os.path.isfile(p)]
     assert missing_files(listed) == expected
-    assert 98_000 < len(expected) < 100_000 and paths[0] in expected and paths[1] in expected and paths[2] not in expected
+    assert (
+        98_000 < len(expected) < 100_000
+        and paths[0] in expected
+        and paths[1] in expected
+        and paths[2] not in expected
+    )

@@ -90,7 +90,15 @@ def test_symlink_out_of_root_is_refused(tmp_path):
     assert resolve_video_path(root, "sub/v.avi") == (root / "sub" / "v.avi").resolve()
 
 
-@pytest.mark.parametrize("path", ["link/v.avi", "../videos_private/v.avi", "..\\videos_private\\v.avi", "sub\\..\\..\\videos_private\\v.avi"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "link/v.avi",
+        "../videos_private/v.avi",
+        "..\\videos_private\\v.avi",
+        "sub\\..\\..\\videos_private\\v.avi",
+    ],
+)
 def test_a_sibling_folder_sharing_the_roots_prefix_is_outside(tmp_path, path):
     """``videos_private`` starts with the text ``videos`` but is not inside it (a string-prefix
     check would accept it); backslash paths climb out like slash paths."""

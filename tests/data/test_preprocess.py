@@ -41,13 +41,20 @@ def source(tmp_path_factory):
 
 def _start(videos: Path, manifests: Path, out: Path) -> subprocess.Popen:
     code = (
-        "import sys; from stop_lightning.data.preprocess import preprocess; from stop_lightning.data.store import StoreSettings;"
-        f"preprocess({str(videos)!r}, {str(manifests)!r}, {str(out)!r}, StoreSettings(**{SETTINGS.__dict__!r}), workers=1,"
+        "import sys; from stop_lightning.data.preprocess import preprocess; "
+        "from stop_lightning.data.store import StoreSettings;"
+        f"preprocess({str(videos)!r}, {str(manifests)!r}, {str(out)!r}, "
+        f"StoreSettings(**{SETTINGS.__dict__!r}), workers=1,"
         " progress=False)"
     )
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    return subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _finished(out: Path) -> dict[str, int]:
@@ -57,7 +64,10 @@ def _finished(out: Path) -> dict[str, int]:
 def _check_decodes(path: Path) -> list[int]:
     """Frame codes of every frame of a copy (it must decode in full)."""
     with VideoFile(path) as video:
-        return [read_frame_code(f.to_ndarray(format="rgb24")) for _, f in video.iter_frames(range(video.info.num_frames))]
+        return [
+            read_frame_code(f.to_ndarray(format="rgb24"))
+            for _, f in video.iter_frames(range(video.info.num_frames))
+        ]
 
 
 def test_killed_then_rerun_redoes_nothing_and_leaves_no_partial_file(source, tmp_path):
@@ -65,7 +75,11 @@ def test_killed_then_rerun_redoes_nothing_and_leaves_no_partial_file(source, tmp
     out = tmp_path / "out"
     proc = _start(videos, manifests, out)
     deadline = time.time() + 120
-    while len(_finished(out) if (out / "videos").is_dir() else {}) < 3 and proc.poll() is None and time.time() < deadline:
+    while (
+        len(_finished(out) if (out / "videos").is_dir() else {}) < 3
+        and proc.poll() is None
+        and time.time() < deadline
+    ):
         time.sleep(0.005)
     os.killpg(proc.pid, signal.SIGKILL)  # the run and its worker, mid-way, no chance to clean up
     proc.wait()
@@ -82,7 +96,9 @@ def test_killed_then_rerun_redoes_nothing_and_leaves_no_partial_file(source, tmp
     after = _finished(out)
     assert {k: after[k] for k in before} == before, "finished copies were redone"
     assert (report["existing"], report["done"]) == (len(before), 24 - len(before))
-    assert [f["path"] for f in report["failed"]] == ["v/bad.avi"] and "cannot open" in report["failed"][0]["reason"]
+    assert [f["path"] for f in report["failed"]] == ["v/bad.avi"] and "cannot open" in report["failed"][0][
+        "reason"
+    ]
     assert json.loads((out / REPORT).read_text())["failed"] == report["failed"]
     assert not [p for p in out.rglob("*") if TMP_MARK in p.name or p.name.endswith(".tmp")]
     # every copy: 64 frames at 8 fps kept at 4 fps = source frames 0, 2, ..., 62, 48 px short side
@@ -94,6 +110,8 @@ def test_killed_then_rerun_redoes_nothing_and_leaves_no_partial_file(source, tmp
     for split in ("train", "test"):
         old = [r for r in read_manifest(manifests / "split1" / f"{split}.jsonl") if r.video_id != "bad"]
         new = read_manifest(out / "manifests" / "split1" / f"{split}.jsonl")
-        assert [(r.video_id, r.label, r.captions) for r in new] == [(r.video_id, r.label, r.captions) for r in old]
+        assert [(r.video_id, r.label, r.captions) for r in new] == [
+            (r.video_id, r.label, r.captions) for r in old
+        ]
         assert all(r.path.endswith(".mp4") and (r.num_frames, r.fps) == (32, 4.0) for r in new)
     assert (out / "manifests" / "classes.txt").read_text() == (manifests / "classes.txt").read_text()

@@ -29,7 +29,9 @@ CLIPS = 6  # per class: j % 3 == 0 val, 1 test, 2 train
 def layouts(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("recognition_layouts")
     return {
-        name: write_synthetic_dataset(base / name, name, num_classes=4, clips_per_class=CLIPS, num_frames=8, size=32)
+        name: write_synthetic_dataset(
+            base / name, name, num_classes=4, clips_per_class=CLIPS, num_frames=8, size=32
+        )
         for name in ("k400", "k600", "ssv2")
     }
 
@@ -73,7 +75,9 @@ def test_kinetics_counts_and_labels(layouts, tmp_path, name):
         assert (layouts[name] / "annotations" / "validate.csv").is_file()
         assert "label" not in (layouts[name] / "annotations" / "test.csv").read_text().splitlines()[0]
         assert read_manifest(out / "test.jsonl") == read_manifest(out / "val.jsonl")
-        assert {r.path.split("/")[1] for r in read_manifest(out / "train.jsonl")} == {n.replace(" ", "_") for n in NAMES}
+        assert {r.path.split("/")[1] for r in read_manifest(out / "train.jsonl")} == {
+            n.replace(" ", "_") for n in NAMES
+        }
     dashed = [r for r in read_manifest(out / "train.jsonl") if Path(r.path).name.startswith("-")]
     assert dashed, "the layout has youtube ids starting with '-'"
 
@@ -97,26 +101,34 @@ def test_kinetics_csv_variants(tmp_path):
     (root / "train.csv").write_text("")  # a stray empty file at the root: annotations/ wins
     ann = root / "annotations"
     (ann / "train.csv").write_text(
-        'youtube_id,is_cc,label,time_end,time_start,split\n'
+        "youtube_id,is_cc,label,time_end,time_start,split\n"
         '-abcdefghij,0,"tying knot (not on a tie)",20.0,10.0,train\n'
-        'bbbbbbbbbbb,1,abseiling,5,0,train\n'
+        "bbbbbbbbbbb,1,abseiling,5,0,train\n"
     )
-    (ann / "validate.csv").write_text("label,youtube_id,time_start,time_end,split\nabseiling,ccccccccccc,3,13,val\n")
-    for rel in ("train/-abcdefghij_000010_000020.mp4", "abseiling/bbbbbbbbbbb_000000_000005.mkv",
-                "val/ccccccccccc_000003_000013.mp4"):
+    (ann / "validate.csv").write_text(
+        "label,youtube_id,time_start,time_end,split\nabseiling,ccccccccccc,3,13,val\n"
+    )
+    for rel in (
+        "train/-abcdefghij_000010_000020.mp4",
+        "abseiling/bbbbbbbbbbb_000000_000005.mkv",
+        "val/ccccccccccc_000003_000013.mp4",
+    ):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(b"")
     report = build_manifests("k400", root, None, tmp_path / "out", progress=False)
     assert read_classes(tmp_path / "out" / "classes.txt") == ["abseiling", "tying knot (not on a tie)"]
     rows = read_manifest(tmp_path / "out" / "train.jsonl")
     assert [(r.path, r.label) for r in rows] == [
-        ("train/-abcdefghij_000010_000020.mp4", 1), ("abseiling/bbbbbbbbbbb_000000_000005.mkv", 0)
+        ("train/-abcdefghij_000010_000020.mp4", 1),
+        ("abseiling/bbbbbbbbbbb_000000_000005.mkv", 0),
     ]
     assert report.clips == {"train": 2, "val": 1, "test": 1}
     (ann / "validate.csv").write_text("label,youtube_id,time_start,time_end,split\n,ccccccccccc,3,13,val\n")
     with pytest.raises(BuildError, match=r"validate.csv:2: empty label"):
         build_manifests("k400", root, None, tmp_path / "out", progress=False)
-    (ann / "validate.csv").write_text("label,youtube_id,time_start,time_end,split\nflying,ccccccccccc,3,13,val\n")
+    (ann / "validate.csv").write_text(
+        "label,youtube_id,time_start,time_end,split\nflying,ccccccccccc,3,13,val\n"
+    )
     with pytest.raises(BuildError, match=r"validate.csv:2: label 'flying' is not a class of .*train.csv"):
         build_manifests("k400", root, None, tmp_path / "out", progress=False)
 
@@ -199,7 +211,11 @@ def test_ssv2_hflip_off_whatever_the_experiment_says(layouts, tmp_path):
     # A frame whose left half is bright: a flip is visible; full-frame crops leave nothing else random.
     frames = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
     frames[..., :16] = 255
-    paths = [f"data.video_root={layouts['ssv2']}", f"data.manifest_dir={out}", "data.train_crop_scale=[1.0,1.0]"]
+    paths = [
+        f"data.video_root={layouts['ssv2']}",
+        f"data.manifest_dir={out}",
+        "data.train_crop_scale=[1.0,1.0]",
+    ]
     cfg = load_config("ssv2", [*paths, "data.hflip=true"])
     dm = build_datamodule(cfg.data, "recognition", 32, MEAN, STD)
     assert dm.cfg.hflip is False and _flips(dm, frames) == 0

@@ -24,7 +24,9 @@ def built(tmp_path_factory):
     base = tmp_path_factory.mktemp("retrieval_sets")
     out = {}
     for name in ("activitynet", "didemo", "vatex", "msvd", "lsmdc"):
-        root = write_synthetic_dataset(base / name, name, num_classes=CLASSES, clips_per_class=CLIPS, num_frames=4, size=16)
+        root = write_synthetic_dataset(
+            base / name, name, num_classes=CLASSES, clips_per_class=CLIPS, num_frames=4, size=16
+        )
         report = build_manifests(name, root, None, base / f"{name}_m", progress=False)
         out[name] = (root, base / f"{name}_m", report)
     return out
@@ -53,7 +55,10 @@ def test_registry_properties():
 def test_activitynet_paragraphs_prefix_and_dropped_ids(built):
     root, _, report = built["activitynet"]
     ann = root / anet.ANNOTATION_DIR
-    for stage, ids_file, caps_file in (("train", "train_ids.json", "train.json"), ("val", "val_ids.json", "val_1.json")):
+    for stage, ids_file, caps_file in (
+        ("train", "train_ids.json", "train.json"),
+        ("val", "val_ids.json", "val_1.json"),
+    ):
         ids = json.loads((ann / ids_file).read_text())
         caps = json.loads((ann / caps_file).read_text(encoding="utf-8"))
         expected = {
@@ -66,7 +71,10 @@ def test_activitynet_paragraphs_prefix_and_dropped_ids(built):
     # 24 videos, j % 3 == 0 -> val: j = 0, 3 -> 8 val, 16 train.
     assert report.clips == {"train": 16, "val": 8, "test": 8}
     assert rows(built, "activitynet", "test") == rows(built, "activitynet", "val")  # both are val_1
-    assert report.dropped == {"listed without a caption": ["v_noCaption01"], "listed without a video file": ["v_noVideoFile"]}
+    assert report.dropped == {
+        "listed without a caption": ["v_noCaption01"],
+        "listed without a video file": ["v_noVideoFile"],
+    }
     assert report.missing == ["v_noVideoFile"]
     # The prefix is two characters: v_v_000000004 lives in v_000000004.mp4, v__v000000005 in _v000000005.mp4.
     train = by_id(rows(built, "activitynet", "train"))
@@ -75,7 +83,9 @@ def test_activitynet_paragraphs_prefix_and_dropped_ids(built):
     assert train["v_Ab000000011"].path == "videos/v_Ab000000011.avi"
     # Idx 7 (j=1, c=3) ends with the non-ASCII sentence, idx 6 (j=1, c=2) has a sentence twice: both kept.
     assert train["v_Ab000000007"].captions[0].endswith(anet.NON_ASCII.strip())
-    first = json.loads((ann / "train.json").read_text(encoding="utf-8"))["v_vv000000006"]["sentences"][0].strip()
+    first = json.loads((ann / "train.json").read_text(encoding="utf-8"))["v_vv000000006"]["sentences"][
+        0
+    ].strip()
     assert train["v_vv000000006"].captions[0].count(first) == 2
     assert report.duplicate_captions == sum(1 for idx in range(24) if idx % 5 == 1)
 
@@ -94,7 +104,10 @@ def test_activitynet_video_path_json_wins(built, tmp_path):
     (tmp_path / "ann").mkdir()
     for f in ann.iterdir():
         (tmp_path / "ann" / f.name).write_bytes(f.read_bytes())
-    mapping = {"v_000000004": "videos/Ab000000015.avi", "_v000000005": str(root / "videos" / "vv000000014.avi")}
+    mapping = {
+        "v_000000004": "videos/Ab000000015.avi",
+        "_v000000005": str(root / "videos" / "vv000000014.avi"),
+    }
     (tmp_path / "ann" / anet.VIDEO_PATH_FILE).write_text(json.dumps(mapping))
     build_manifests("activitynet", root, tmp_path / "ann", tmp_path / "out", progress=False)
     train = by_id(read_manifest(tmp_path / "out" / "train.jsonl"))
@@ -119,10 +132,16 @@ def test_didemo_paragraphs_forms_and_ambiguity(built):
     # j = 0, 3 test; 1, 4 train; 2, 5 val: 8 videos each.
     assert report.clips == {"train": 8, "val": 8, "test": 8}
     assert report.dropped == {
-        "listed without a caption": [didemo.UNDESCRIBED_ID], "listed without a video file": [didemo.FILELESS_ID]
+        "listed without a caption": [didemo.UNDESCRIBED_ID],
+        "listed without a video file": [didemo.FILELESS_ID],
     }
-    every = {**by_id(rows(built, "didemo", "train")), **by_id(rows(built, "didemo", "val")), **by_id(rows(built, "didemo", "test"))}
-    # idx 0: id + .mp4; idx 4: the id itself; idx 8: extension replaced; idx 12-14: two files, the first form taken.
+    every = {
+        **by_id(rows(built, "didemo", "train")),
+        **by_id(rows(built, "didemo", "val")),
+        **by_id(rows(built, "didemo", "test")),
+    }
+    # idx 0: id + .mp4; idx 4: the id itself; idx 8: extension replaced;
+    # idx 12-14: two files, the first form taken.
     assert every[didemo.video_id(0)].path == f"videos/{didemo.video_id(0)}.mp4"
     assert every[didemo.video_id(4)].path == f"videos/{didemo.video_id(4)}"
     assert every[didemo.video_id(8)].path == "videos/" + didemo.video_id(8).rsplit(".", 1)[0] + ".mp4"
@@ -130,7 +149,10 @@ def test_didemo_paragraphs_forms_and_ambiguity(built):
     ambiguous = [didemo.video_id(i) for i in (12, 13, 14)]
     notes = " ".join(report.notes)
     assert notes.startswith("3 ids match several files") and all(v in notes for v in ambiguous)
-    assert not (root / "videos" / didemo.video_id(1)).exists() and (root / "videos" / f"{didemo.video_id(1)}.mp4").is_file()
+    assert (
+        not (root / "videos" / didemo.video_id(1)).exists()
+        and (root / "videos" / f"{didemo.video_id(1)}.mp4").is_file()
+    )
 
 
 def test_didemo_never_takes_another_ids_file(tmp_path):
@@ -139,13 +161,19 @@ def test_didemo_never_takes_another_ids_file(tmp_path):
     # "a.mov" and "a.mp4" are two videos; only a.mp4 is on disk: a.mov must not take it.
     for stage in didemo.STAGES:
         (root / f"{stage}_list.txt").write_text("a.mov\na.mp4\n")
-        (root / f"{stage}_data.json").write_text(json.dumps([
-            {"video": "a.mov", "description": "one", "times": [[0, 0]]},
-            {"video": "a.mp4", "description": "two", "times": [[0, 0]]},
-        ]))
+        (root / f"{stage}_data.json").write_text(
+            json.dumps(
+                [
+                    {"video": "a.mov", "description": "one", "times": [[0, 0]]},
+                    {"video": "a.mp4", "description": "two", "times": [[0, 0]]},
+                ]
+            )
+        )
     (root / "videos" / "a.mp4").write_bytes(b"")
     report = build_manifests("didemo", root, None, tmp_path / "o", progress=False)
-    assert [(r.video_id, r.path) for r in read_manifest(tmp_path / "o" / "test.jsonl")] == [("a.mp4", "videos/a.mp4")]
+    assert [(r.video_id, r.path) for r in read_manifest(tmp_path / "o" / "test.jsonl")] == [
+        ("a.mp4", "videos/a.mp4")
+    ]
     assert report.dropped["listed without a video file"] == ["a.mov"] * 3
 
 
@@ -157,7 +185,9 @@ def test_vatex_ten_captions_ids_and_split(built):
     ref = json.loads((root / vatex.ANNOTATION_DIR / "ref_captions.json").read_text(encoding="utf-8"))
     for stage, list_file in (("train", "train_list.txt"), ("test", "test_list.txt")):
         listed = (root / vatex.ANNOTATION_DIR / list_file).read_text().split()
-        expected = {v: tuple(c.strip() for c in ref[v]) for v in listed if v in ref and v != vatex.FILELESS_ID}
+        expected = {
+            v: tuple(c.strip() for c in ref[v]) for v in listed if v in ref and v != vatex.FILELESS_ID
+        }
         got = by_id(rows(built, "vatex", stage))
         assert {v: r.captions for v, r in got.items()} == expected
         assert all(len(r.captions) == 10 for r in got.values())
@@ -165,7 +195,8 @@ def test_vatex_ten_captions_ids_and_split(built):
     assert report.clips == {"train": 16, "val": 8, "test": 8}
     assert rows(built, "vatex", "val") == rows(built, "vatex", "test")
     assert report.dropped == {
-        "listed without a caption": [vatex.UNCAPTIONED_ID], "listed without a video file": [vatex.FILELESS_ID]
+        "listed without a caption": [vatex.UNCAPTIONED_ID],
+        "listed without a video file": [vatex.FILELESS_ID],
     }
     # ids hold "_" and "-" in their YouTube part; all parse as <youtube>_<start:06d>_<end:06d>.
     assert vatex.VIDEO_ID.match(vatex.video_id(1))["youtube"] == "_Yt0001_-x1"
@@ -197,16 +228,23 @@ def test_msvd_token_captions_and_lists(built):
     tokens = pickle.loads((root / msvd.CAPTION_FILE).read_bytes())  # the test's own file: trusted here
     for stage in msvd.STAGES:
         listed = (root / f"{stage}_list.txt").read_text().split()
-        expected = {v: tuple(" ".join(t) for t in tokens[v]) for v in listed if v in tokens and v != msvd.FILELESS_ID}
+        expected = {
+            v: tuple(" ".join(t) for t in tokens[v]) for v in listed if v in tokens and v != msvd.FILELESS_ID
+        }
         got = by_id(rows(built, "msvd", stage))
         assert {v: r.captions for v, r in got.items()} == expected
         assert all(r.path == f"YouTubeClips/{r.video_id}.avi" for r in got.values())
     assert report.clips == {"train": 8, "val": 8, "test": 8}
-    assert report.num_captions["train"] == sum(len(tokens[msvd.video_id(j * 4 + c)]) for j in (1, 4) for c in range(4))
+    assert report.num_captions["train"] == sum(
+        len(tokens[msvd.video_id(j * 4 + c)]) for j in (1, 4) for c in range(4)
+    )
     assert report.dropped == {
-        "listed without a caption": [msvd.UNCAPTIONED_ID], "listed without a video file": [msvd.FILELESS_ID]
+        "listed without a caption": [msvd.UNCAPTIONED_ID],
+        "listed without a video file": [msvd.FILELESS_ID],
     }
-    assert by_id(rows(built, "msvd", "test"))[msvd.video_id(2)].captions[-1] == "un carré rouge glisse — ça va"
+    assert (
+        by_id(rows(built, "msvd", "test"))[msvd.video_id(2)].captions[-1] == "un carré rouge glisse — ça va"
+    )
 
 
 class Shell:
@@ -226,7 +264,9 @@ class Shell:
     ],
 )
 def test_msvd_pickle_refuses_anything_but_plain_data(tmp_path, payload, says, capsys):
-    root = write_synthetic_dataset(tmp_path / "m", "msvd", num_classes=1, clips_per_class=3, num_frames=2, size=16)
+    root = write_synthetic_dataset(
+        tmp_path / "m", "msvd", num_classes=1, clips_per_class=3, num_frames=2, size=16
+    )
     (root / msvd.CAPTION_FILE).write_bytes(pickle.dumps(payload, protocol=2))
     with pytest.raises(BuildError, match=f"raw-captions.pkl: refused.*{says}"):
         build_manifests("msvd", root, None, tmp_path / "o", progress=False)
@@ -254,7 +294,9 @@ def test_lsmdc_tsv_repeats_folders_and_publictect(built):
     assert report.dropped == {"listed without a video file": [lsmdc.FILELESS_CLIP]}
     # Per split: 8 clips, idx % 4 != 0 gives a second row: 6 repeated rows.
     assert [n.split(":")[1].strip().split()[0] for n in report.notes] == ["6", "6", "6"]
-    clip = by_id(rows(built, "lsmdc", "train"))[lsmdc.clip_id(5)]  # idx 5: j=1, c=1, a tab in its second sentence
+    clip = by_id(rows(built, "lsmdc", "train"))[
+        lsmdc.clip_id(5)
+    ]  # idx 5: j=1, c=1, a tab in its second sentence
     assert len(clip.captions) == 2 and "\t" in clip.captions[1]
     assert lsmdc.movie_of("3001_21_JUMP_STREET_00.01.02.003-00.01.04.005") == "3001_21_JUMP_STREET"
 

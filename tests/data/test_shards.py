@@ -58,11 +58,22 @@ def test_shards_sample_the_same_frames_as_the_videos(coded, data_cfg, sampling, 
     videos, manifests, shards = coded
     seen = {}
     for fmt in ("video", "shards"):
-        cfg = data_cfg(videos, manifests, format=fmt, shard_dir=str(shards[store_fps]), sampling=sampling, fps=4.0,
-                       num_frames=5, train_crop_scale=[1.0, 1.0], test_clips=3)
+        cfg = data_cfg(
+            videos,
+            manifests,
+            format=fmt,
+            shard_dir=str(shards[store_fps]),
+            sampling=sampling,
+            fps=4.0,
+            num_frames=5,
+            train_crop_scale=[1.0, 1.0],
+            test_clips=3,
+        )
         dm = RecognitionDataModule(cfg, 32, *FLAT)
         dm.setup()
-        seen[fmt] = {(stage, e): _epoch_codes(dm, stage, e) for stage in ("train", "val", "test") for e in (0, 1)}
+        seen[fmt] = {
+            (stage, e): _epoch_codes(dm, stage, e) for stage in ("train", "val", "test") for e in (0, 1)
+        }
     assert seen["shards"] == seen["video"]
     # and the codes are the ones the sampling rules name (independent check on the 16-frame video, eval)
     if sampling == "segment":
@@ -82,17 +93,23 @@ def test_shard_items_hold_the_stored_timeline(coded):
     assert (meta["num_frames"], meta["fps"], meta["source_frames"]) == (15, 3.0, 40)
     from torchvision.io import decode_jpeg
 
-    frames = [decode_jpeg(torch.frombuffer(bytearray(item["jpegs"][a:b]), dtype=torch.uint8))
-              for a, b in zip(item["offsets"][:-1], item["offsets"][1:])]
+    frames = [
+        decode_jpeg(torch.frombuffer(bytearray(item["jpegs"][a:b]), dtype=torch.uint8))
+        for a, b in zip(item["offsets"][:-1], item["offsets"][1:])
+    ]
     assert frames[0].shape == (3, 16, 16)
 
 
 def test_retrieval_from_shards_matches_videos(msrvtt, data_cfg, tmp_path):
     root, manifests = msrvtt
-    write_shards(root, manifests, tmp_path / "s", StoreSettings(short_side=64, fps=0), workers=2, progress=False)
+    write_shards(
+        root, manifests, tmp_path / "s", StoreSettings(short_side=64, fps=0), workers=2, progress=False
+    )
     batches = {}
     for fmt in ("video", "shards"):
-        cfg = data_cfg(root, manifests, format=fmt, shard_dir=str(tmp_path / "s"), sampling="fps", fps=3.0, num_frames=8)
+        cfg = data_cfg(
+            root, manifests, format=fmt, shard_dir=str(tmp_path / "s"), sampling="fps", fps=3.0, num_frames=8
+        )
         dm = RetrievalDataModule(cfg, 24, *FLAT)
         dm.setup()
         torch.manual_seed(0)
@@ -140,7 +157,9 @@ def broken_shards(tmp_path):
 )
 def test_bad_shard_item_raise_names_the_item(broken_shards, data_cfg, index, reason):
     root, manifests, shards = broken_shards
-    cfg = data_cfg(root, manifests, format="shards", shard_dir=str(shards), bad_video="raise", min_video_frames=4)
+    cfg = data_cfg(
+        root, manifests, format="shards", shard_dir=str(shards), bad_video="raise", min_video_frames=4
+    )
     dm = RecognitionDataModule(cfg, 32, *FLAT)
     dm.setup("validate")
     assert _codes(dm.datasets["val"][0]["video"]) == [2, 6, 10, 14]
@@ -151,8 +170,16 @@ def test_bad_shard_item_raise_names_the_item(broken_shards, data_cfg, index, rea
 
 def test_bad_shard_item_skip_is_counted(broken_shards, data_cfg):
     root, manifests, shards = broken_shards
-    cfg = data_cfg(root, manifests, format="shards", shard_dir=str(shards), bad_video="skip", min_video_frames=4,
-                   batch_size=4, num_workers=2)
+    cfg = data_cfg(
+        root,
+        manifests,
+        format="shards",
+        shard_dir=str(shards),
+        bad_video="skip",
+        min_video_frames=4,
+        batch_size=4,
+        num_workers=2,
+    )
     dm = RecognitionDataModule(cfg, 32, *FLAT)
     dm.setup("validate")
     val = list(dm.val_dataloader())[0]
@@ -176,8 +203,12 @@ def test_shards_from_another_manifest_are_refused(broken_shards, data_cfg, tmp_p
 
 def test_write_shards_skips_complete_folders(coded, tmp_path):
     videos, manifests, _ = coded
-    first = write_shards(videos, manifests, tmp_path / "s", StoreSettings(short_side=32, fps=0), progress=False)
-    again = write_shards(videos, manifests, tmp_path / "s", StoreSettings(short_side=32, fps=0), progress=False)
+    first = write_shards(
+        videos, manifests, tmp_path / "s", StoreSettings(short_side=32, fps=0), progress=False
+    )
+    again = write_shards(
+        videos, manifests, tmp_path / "s", StoreSettings(short_side=32, fps=0), progress=False
+    )
     assert sorted(first["written"]) == sorted(again["existing"]) and not again["written"]
     assert not list((tmp_path / "s").rglob("*.partial"))
     assert np.all([(tmp_path / "s" / rel / "index.json").is_file() for rel in first["written"]])
@@ -195,13 +226,26 @@ def test_demo_from_shards_reaches_the_same_accuracy(cache_dir, tmp_path):
     from stop_lightning.train import train
 
     def cfg(*extra: str):
-        return load_config("demo", [f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path}",
-                                    "data.synthetic_clips_per_class=8", "trainer.max_epochs=2",
-                                    "trainer.enable_progress_bar=false", *extra])
+        return load_config(
+            "demo",
+            [
+                f"paths.cache_dir={cache_dir}",
+                f"paths.output_dir={tmp_path}",
+                "data.synthetic_clips_per_class=8",
+                "trainer.max_epochs=2",
+                "trainer.enable_progress_bar=false",
+                *extra,
+            ],
+        )
 
     videos, manifests = data_paths(cfg())
-    write_shards(videos, manifests, tmp_path / "shards", StoreSettings(short_side=64, fps=0, jpeg_quality=95),
-                 progress=False)
+    write_shards(
+        videos,
+        manifests,
+        tmp_path / "shards",
+        StoreSettings(short_side=64, fps=0, jpeg_quality=95),
+        progress=False,
+    )
     from_videos = train(cfg("name=videos"))
     from_shards = train(cfg("name=shards", "data.format=shards", f"data.shard_dir={tmp_path / 'shards'}"))
     test_clips = len(read_manifest(manifests / "split1" / "test.jsonl"))

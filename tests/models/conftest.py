@@ -15,7 +15,8 @@ PRESETS = Path(__file__).resolve().parents[2] / "experiments" / "presets"
 
 
 def build_model_cfg(preset: str = "zero_shot", *overrides: str) -> DictConfig:
-    """The ``model`` section of a preset on the schema, plus dotlist overrides (``"temporal.insertion=hard"``)."""
+    """The ``model`` section of a preset on the schema, plus dotlist overrides
+    (``"temporal.insertion=hard"``)."""
     cfg = OmegaConf.structured(ModelConfig)
     cfg = OmegaConf.merge(cfg, OmegaConf.load(PRESETS / f"{preset}.yaml").model)
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))

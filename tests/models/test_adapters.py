@@ -30,7 +30,12 @@ def clip(clip_dir):
 @pytest.fixture
 def text_batch(clip_dir):
     tokenizer = CLIPTokenizer.from_pretrained(clip_dir)
-    return tokenizer(["a video of a person", "red square moves left"], padding="max_length", max_length=32, return_tensors="pt")
+    return tokenizer(
+        ["a video of a person", "red square moves left"],
+        padding="max_length",
+        max_length=32,
+        return_tensors="pt",
+    )
 
 
 @pytest.fixture
@@ -47,7 +52,9 @@ def text_only_cfg() -> ModelConfig:
 
 
 def features(clip, text_batch, pixels) -> tuple[torch.Tensor, torch.Tensor]:
-    text = clip.get_text_features(input_ids=text_batch.input_ids, attention_mask=text_batch.attention_mask).pooler_output
+    text = clip.get_text_features(
+        input_ids=text_batch.input_ids, attention_mask=text_batch.attention_mask
+    ).pooler_output
     image = clip.get_image_features(pixel_values=pixels).pooler_output
     return text, image
 
@@ -58,13 +65,19 @@ def test_fresh_adapters_are_stock_in_both_towers(clip, text_batch, pixels):
         hooks = HookSet()
         encoder = PromptedTextEncoder(clip, text_only_cfg(), hooks)
         vparts = vision_parts(clip)
-        vision_adapters = attach_adapters(vparts.layers, clip.config.vision_config.hidden_size, AdapterConfig(), hooks)
-        assert len(encoder.adapters) == len(text_parts(clip).layers) and len(vision_adapters) == len(vparts.layers)
+        vision_adapters = attach_adapters(
+            vparts.layers, clip.config.vision_config.hidden_size, AdapterConfig(), hooks
+        )
+        assert len(encoder.adapters) == len(text_parts(clip).layers) and len(vision_adapters) == len(
+            vparts.layers
+        )
         assert len(hooks) == len(encoder.adapters) + len(vision_adapters)
         text, image = features(clip, text_batch, pixels)
         torch.testing.assert_close(text, stock_text, rtol=0, atol=0)
         torch.testing.assert_close(image, stock_image, rtol=0, atol=0)
-        torch.testing.assert_close(encoder(text_batch.input_ids, text_batch.attention_mask), stock_text, rtol=0, atol=0)
+        torch.testing.assert_close(
+            encoder(text_batch.input_ids, text_batch.attention_mask), stock_text, rtol=0, atol=0
+        )
 
 
 def test_one_step_trains_adapters_only_and_removal_restores_stock(clip, text_batch, pixels):
@@ -73,7 +86,9 @@ def test_one_step_trains_adapters_only_and_removal_restores_stock(clip, text_bat
     clip_state = copy.deepcopy(clip.state_dict())
     hooks = HookSet()
     encoder = PromptedTextEncoder(clip, text_only_cfg(), hooks)
-    vision_adapters = attach_adapters(vision_parts(clip).layers, clip.config.vision_config.hidden_size, AdapterConfig(), hooks)
+    vision_adapters = attach_adapters(
+        vision_parts(clip).layers, clip.config.vision_config.hidden_size, AdapterConfig(), hooks
+    )
     trainable = torch.nn.ModuleList([encoder.adapters, vision_adapters])
     before = copy.deepcopy(trainable.state_dict())
     optimiser = torch.optim.AdamW(trainable.parameters(), lr=1e-2)
@@ -85,7 +100,9 @@ def test_one_step_trains_adapters_only_and_removal_restores_stock(clip, text_bat
     optimiser.step()
 
     after = trainable.state_dict()
-    assert all(not torch.equal(before[k], after[k]) for k in after if ".up." in k)  # zero-init branch learns first
+    assert all(
+        not torch.equal(before[k], after[k]) for k in after if ".up." in k
+    )  # zero-init branch learns first
     assert same_state(clip_state, clip.state_dict())  # CLIP bit-identical
     with torch.no_grad():
         text, image = features(clip, text_batch, pixels)

@@ -13,7 +13,11 @@ B, T, K, G, E = 2, 4, 3, 2, 16
 
 def inputs():
     g = torch.Generator().manual_seed(0)
-    return torch.randn(B, T, E, generator=g), torch.randn(B, T, K, E, generator=g), torch.randn(B, G, E, generator=g)
+    return (
+        torch.randn(B, T, E, generator=g),
+        torch.randn(B, T, K, E, generator=g),
+        torch.randn(B, G, E, generator=g),
+    )
 
 
 @pytest.mark.parametrize("output", ["global_prompt0", "global_mean", "mean_cls", "global_and_cls"])

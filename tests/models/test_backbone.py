@@ -17,7 +17,9 @@ from stop_lightning.models.backbone import (
 )
 from stop_lightning.models.hooks import text_parts, vision_parts
 
-SIZES = dict(width=64, layers=2, patch_size=16, image_size=32, heads=1, text_width=64, text_layers=2, projection_dim=24)
+SIZES = dict(
+    width=64, layers=2, patch_size=16, image_size=32, heads=1, text_width=64, text_layers=2, projection_dim=24
+)
 
 
 def openai_layout(hf) -> dict[str, torch.Tensor]:
@@ -27,12 +29,15 @@ def openai_layout(hf) -> dict[str, torch.Tensor]:
         "visual.conv1.weight": v.embeddings.patch_embedding.weight,
         "visual.class_embedding": v.embeddings.class_embedding,
         "visual.positional_embedding": v.embeddings.position_embedding.weight,
-        "visual.ln_pre.weight": v.pre_layernorm.weight, "visual.ln_pre.bias": v.pre_layernorm.bias,
-        "visual.ln_post.weight": v.post_layernorm.weight, "visual.ln_post.bias": v.post_layernorm.bias,
+        "visual.ln_pre.weight": v.pre_layernorm.weight,
+        "visual.ln_pre.bias": v.pre_layernorm.bias,
+        "visual.ln_post.weight": v.post_layernorm.weight,
+        "visual.ln_post.bias": v.post_layernorm.bias,
         "visual.proj": hf.visual_projection.weight.t(),
         "token_embedding.weight": t.embeddings.token_embedding.weight,
         "positional_embedding": t.embeddings.position_embedding.weight,
-        "ln_final.weight": t.final_layernorm.weight, "ln_final.bias": t.final_layernorm.bias,
+        "ln_final.weight": t.final_layernorm.weight,
+        "ln_final.bias": t.final_layernorm.bias,
         "text_projection": hf.text_projection.weight.t(),
         "logit_scale": hf.logit_scale,
     }
@@ -57,12 +62,16 @@ def hf_and_openai(tiny_clip):
 
 def features(model, pixels, ids):
     with torch.no_grad():
-        return model.get_image_features(pixel_values=pixels).pooler_output, model.get_text_features(input_ids=ids).pooler_output
+        return model.get_image_features(pixel_values=pixels).pooler_output, model.get_text_features(
+            input_ids=ids
+        ).pooler_output
 
 
 def test_openai_state_dict_converts_to_same_features(hf_and_openai):
     hf, sd = hf_and_openai
-    converted = clip_from_openai_state_dict(sd, vision_heads=1, text_heads=hf.config.text_config.num_attention_heads)
+    converted = clip_from_openai_state_dict(
+        sd, vision_heads=1, text_heads=hf.config.text_config.num_attention_heads
+    )
     vocab = hf.config.text_config.vocab_size
     assert converted.config.vision_config.image_size == 32 and converted.config.vision_config.patch_size == 16
     assert converted.config.projection_dim == 24 and converted.config.text_config.vocab_size == vocab
@@ -77,7 +86,9 @@ def test_load_clip_reads_an_openai_pt_file(hf_and_openai, tmp_path):
     hf, sd = hf_and_openai
     path = tmp_path / "ViT-tiny.pt"
     torch.save({k: v.half() for k, v in sd.items()}, path)  # OpenAI ships fp16 weights
-    bundle = load_clip(OmegaConf.structured(ClipSource(source=str(path), attn_implementation="eager")), tmp_path)
+    bundle = load_clip(
+        OmegaConf.structured(ClipSource(source=str(path), attn_implementation="eager")), tmp_path
+    )
     assert bundle.patch_size == 16 and bundle.image_size == 32 and bundle.tokenizer is None
     assert bundle.model.config.vision_config._attn_implementation == "eager"
     assert all(not p.requires_grad for p in bundle.model.parameters()) and not bundle.model.training

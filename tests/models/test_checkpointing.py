@@ -16,7 +16,9 @@ NO_TEXT = ("text_prompts.enabled=false", "adapter.text=false")
 def gradients(model_cfg, tiny_clip, make_video, preset: str, checkpointing: bool, *overrides: str):
     """Every trainable parameter's gradient after one backward of a loss on the video features."""
     torch.manual_seed(0)  # the same prompt initialisation and dropout draws in both runs
-    cfg = model_cfg(preset, *NO_TEXT, f"clip.activation_checkpointing={str(checkpointing).lower()}", *overrides)
+    cfg = model_cfg(
+        preset, *NO_TEXT, f"clip.activation_checkpointing={str(checkpointing).lower()}", *overrides
+    )
     model = STOPVideoModel(cfg, tiny_clip(width=32, layers=3), num_frames=T).train()
     calls = {"mlp": 0}
 
@@ -67,7 +69,9 @@ def test_same_gradients_with_and_without(model_cfg, tiny_clip, make_video, prese
 def test_no_recompute_without_gradients(model_cfg, tiny_clip, make_video):
     cfg = model_cfg("stop_fast", *NO_TEXT, "shared_latent=none", "clip.activation_checkpointing=true")
     model = STOPVideoModel(cfg, tiny_clip(width=32, layers=2), num_frames=T).eval()
-    reference = STOPVideoModel(model_cfg("stop_fast", *NO_TEXT, "shared_latent=none"), tiny_clip(width=32, layers=2), T)
+    reference = STOPVideoModel(
+        model_cfg("stop_fast", *NO_TEXT, "shared_latent=none"), tiny_clip(width=32, layers=2), T
+    )
     reference.load_state_dict(model.state_dict())
     video = make_video(batch=1, frames=T)
     with torch.no_grad():

@@ -32,7 +32,9 @@ def test_check_choice_names_the_key_and_the_choices():
         check_choice("model.temporal.insertion", "soft2")
 
 
-@pytest.mark.parametrize("width, heads", [(768, 12), (1024, 16), (512, 8), (64, 1), (32, 1), (200, 2), (96, 1)])
+@pytest.mark.parametrize(
+    "width, heads", [(768, 12), (1024, 16), (512, 8), (64, 1), (32, 1), (200, 2), (96, 1)]
+)
 def test_attention_heads_follow_clips_rule(width, heads):
     assert attention_heads(width) == heads
     assert width % attention_heads(width) == 0

@@ -76,7 +76,9 @@ def test_reference_variation_fft_equals_direct():
     fft = copy.deepcopy(direct)
     fft.conv_impl = "fft"
     tokens, mask = torch.randn(2, 6, 16, 32), (torch.rand(2, 6, 16) > 0.5).float()
-    torch.testing.assert_close(fft.raw(tokens, tokens, mask), direct.raw(tokens, tokens, mask), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        fft.raw(tokens, tokens, mask), direct.raw(tokens, tokens, mask), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_unknown_conv_impl_is_rejected():
@@ -97,10 +99,13 @@ def test_patch_projection_equals_the_patch_conv():
     torch.testing.assert_close(_grads(pixels)[0], expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("generator", [
-    ReferenceSpatialGenerator(SpatialPromptConfig(hidden_channels=4, conv_channels=3)),
-    FastSpatialGenerator(SpatialPromptConfig(hidden_channels=4, conv_channels=3), patch_size=8),
-])
+@pytest.mark.parametrize(
+    "generator",
+    [
+        ReferenceSpatialGenerator(SpatialPromptConfig(hidden_channels=4, conv_channels=3)),
+        FastSpatialGenerator(SpatialPromptConfig(hidden_channels=4, conv_channels=3), patch_size=8),
+    ],
+)
 def test_channels_last_generators_match_contiguous_convs(generator):
     generator.eval()
     video = torch.randn(1, 3, 3, 32, 32)
@@ -111,7 +116,9 @@ def test_channels_last_generators_match_contiguous_convs(generator):
             x = F.avg_pool3d(x, (1, generator.pool, generator.pool))
         p = generator.mlp(generator.convs(x))
         if isinstance(generator, FastSpatialGenerator):
-            p = F.interpolate(p.flatten(0, 1), size=(32, 32), mode="bilinear", align_corners=False).view_as(video)
+            p = F.interpolate(p.flatten(0, 1), size=(32, 32), mode="bilinear", align_corners=False).view_as(
+                video
+            )
     torch.testing.assert_close(got, p, rtol=1e-5, atol=1e-5)
 
 
@@ -121,7 +128,7 @@ def test_trimmed_padding_gives_the_same_text_features(tiny_clip, model_cfg):
     ids = torch.randint(1, eos - 1, (3, 16), generator=torch.Generator().manual_seed(0))
     mask = torch.zeros_like(ids)
     for row, n in enumerate((4, 7, 5)):
-        ids[row, n - 1:] = eos  # padded with the end-of-text id, as CLIP's tokenizer pads
+        ids[row, n - 1 :] = eos  # padded with the end-of-text id, as CLIP's tokenizer pads
         mask[row, :n] = 1
     cfg = model_cfg("dgl", "shared_latent=none", "adapter.enabled=false", "text_prompts.max_text_tokens=16")
     features = []
@@ -154,8 +161,14 @@ def test_stock_clip_calls_and_remove_hooks_are_unaffected(tiny_clip, model_cfg, 
     pixels = make_video(batch=1, frames=2).flatten(0, 1)
     with torch.no_grad():
         before = clip.get_image_features(pixel_values=pixels).pooler_output
-        model = STOPVideoModel(model_cfg("dgl", "text_prompts.enabled=false", "adapter.enabled=false", "shared_latent=none"), clip, num_frames=2)
-        during = clip.get_image_features(pixel_values=pixels).pooler_output  # no video model state: plain attention
+        model = STOPVideoModel(
+            model_cfg("dgl", "text_prompts.enabled=false", "adapter.enabled=false", "shared_latent=none"),
+            clip,
+            num_frames=2,
+        )
+        during = clip.get_image_features(
+            pixel_values=pixels
+        ).pooler_output  # no video model state: plain attention
         model.remove_hooks()
         after = clip.get_image_features(pixel_values=pixels).pooler_output
     torch.testing.assert_close(during, before)

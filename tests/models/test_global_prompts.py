@@ -55,8 +55,12 @@ def _cls_and_globals(model, video):
     return out.frame_embeds, seen["last"][:, :G].clone() if G else None
 
 
-@pytest.mark.parametrize("layers, global_on, frame1_changes", [(2, False, False), (1, True, False), (2, True, True)])
-def test_frames_see_each_other_only_through_global_tokens(tiny_clip, model_cfg, make_video, layers, global_on, frame1_changes):
+@pytest.mark.parametrize(
+    "layers, global_on, frame1_changes", [(2, False, False), (1, True, False), (2, True, True)]
+)
+def test_frames_see_each_other_only_through_global_tokens(
+    tiny_clip, model_cfg, make_video, layers, global_on, frame1_changes
+):
     """Perturb frame 2; frame 1's CLS changes only when global tokens carry it across a layer."""
     clip = tiny_clip(width=32, layers=layers)
     cfg = model_cfg("zero_shot", f"global_prompts.enabled={global_on}", "local_prompts.enabled=true")

@@ -79,9 +79,11 @@ def test_pooling_into_cells_matches_numpy(grid, patch):
     for i in range(grid):
         for j in range(grid):
             # lattice: the pixels with h mod g = i and w mod g = j
-            np.testing.assert_allclose(lattice[:, i, j], xn[:, i::grid, j::grid].mean((1, 2)), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                lattice[:, i, j], xn[:, i::grid, j::grid].mean((1, 2)), rtol=1e-5, atol=1e-6
+            )
             # patch: the P x P block of patch (i, j)
-            want = xn[:, i * patch:(i + 1) * patch, j * patch:(j + 1) * patch].mean((1, 2))
+            want = xn[:, i * patch : (i + 1) * patch, j * patch : (j + 1) * patch].mean((1, 2))
             np.testing.assert_allclose(block[:, i, j], want, rtol=1e-5, atol=1e-6)
 
 
@@ -104,7 +106,10 @@ def test_official_generator_kernels_and_no_first_activation():
     gen = ReferenceSpatialGenerator(SpatialPromptConfig(first_activation=False, output_dropouts=2))
     convs = [m for m in gen.convs if isinstance(m, torch.nn.Conv3d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
-        (3, 9, (3, 11, 11)), (9, 9, (3, 11, 11)), (9, 9, (3, 11, 11)), (9, 16, (3, 11, 11))
+        (3, 9, (3, 11, 11)),
+        (9, 9, (3, 11, 11)),
+        (9, 9, (3, 11, 11)),
+        (9, 16, (3, 11, 11)),
     ]
     kinds = [type(m).__name__ for m in gen.convs]
     assert kinds == ["Conv3d", "Identity", "Conv3d", "PReLU", "Conv3d", "PReLU", "Conv3d"]
@@ -114,7 +119,9 @@ def test_official_generator_kernels_and_no_first_activation():
 
 def zero_fraction(output_dropouts: int) -> float:
     torch.manual_seed(0)
-    gen = ReferenceSpatialGenerator(SpatialPromptConfig(output_dropouts=output_dropouts, hidden_channels=4, conv_channels=3))
+    gen = ReferenceSpatialGenerator(
+        SpatialPromptConfig(output_dropouts=output_dropouts, hidden_channels=4, conv_channels=3)
+    )
     p = gen.train()(torch.randn(1, 4, 3, 24, 24))  # 6912 prompt values
     return (p == 0).float().mean().item()
 
@@ -128,7 +135,9 @@ def test_training_zeroes_three_quarters_of_the_official_prompt():
 
 def test_official_survivors_are_scaled_by_four():
     torch.manual_seed(0)
-    gen = ReferenceSpatialGenerator(SpatialPromptConfig(output_dropouts=2, hidden_channels=4, conv_channels=3)).train()
+    gen = ReferenceSpatialGenerator(
+        SpatialPromptConfig(output_dropouts=2, hidden_channels=4, conv_channels=3)
+    ).train()
     inputs = []
     gen.dropout.register_forward_hook(lambda module, args, out: inputs.append(args[0]))
     p = gen(torch.randn(1, 2, 3, 16, 16))
@@ -142,7 +151,9 @@ def test_official_survivors_are_scaled_by_four():
 
 
 def official_temporal_cfg(**kw) -> TemporalPromptConfig:
-    base = dict(variation="reference", normalize="batch", out_conv="full", attention_residual=False, zero_init=False)
+    base = dict(
+        variation="reference", normalize="batch", out_conv="full", attention_residual=False, zero_init=False
+    )
     return TemporalPromptConfig(**{**base, **kw})
 
 
@@ -150,7 +161,10 @@ def test_official_temporal_kernels():
     gen = TemporalPromptGenerator(official_temporal_cfg(), width=64, num_patches=49)
     assert gen.conv_in.weight.shape == (9, 1, 3, 15, 25)
     assert gen.conv_out.weight.shape == (1, 9, 3, 15, 25)  # stop: (1, 9, 1, 1, 1)
-    assert [tuple(m.weight.shape) for m in gen.patch_mlp if isinstance(m, torch.nn.Linear)] == [(16, 49), (4, 16)]
+    assert [tuple(m.weight.shape) for m in gen.patch_mlp if isinstance(m, torch.nn.Linear)] == [
+        (16, 49),
+        (4, 16),
+    ]
     assert gen.attn.num_heads == 1 and gen.patch_mlp[-1].weight.abs().sum() > 0  # no zero-init
     assert FrameVariation(official_temporal_cfg()).conv.weight.shape == (1, 1, 5, 11, 11)
     stop = TemporalPromptGenerator(TemporalPromptConfig(), width=64, num_patches=49)
@@ -160,7 +174,9 @@ def test_official_temporal_kernels():
 @pytest.mark.parametrize("residual", [False, True])
 def test_attention_residual_switch(residual):
     torch.manual_seed(0)
-    gen = TemporalPromptGenerator(official_temporal_cfg(attention_residual=residual, conv_kernel=[3, 3, 3]), 32, 4)
+    gen = TemporalPromptGenerator(
+        official_temporal_cfg(attention_residual=residual, conv_kernel=[3, 3, 3]), 32, 4
+    )
     tokens = torch.randn(2, 3, 4, 32)
     _, attended = gen(tokens)
     x = tokens.reshape(2, 12, 32)
@@ -200,9 +216,15 @@ def authors_spatial(sd: dict, x: torch.Tensor, patch: int, grid: int, k: int = 6
     h = F.prelu(h, sd["Conv.4.weight"])
     h = F.conv3d(h, sd["Conv.5.weight"], sd["Conv.5.bias"], padding=pad)
     h = h.permute(0, 2, 3, 4, 1)
-    h = F.linear(F.prelu(F.linear(h, sd["MLP.0.weight"], sd["MLP.0.bias"]), sd["MLP.1.weight"]), sd["MLP.2.weight"], sd["MLP.2.bias"])
+    h = F.linear(
+        F.prelu(F.linear(h, sd["MLP.0.weight"], sd["MLP.0.bias"]), sd["MLP.1.weight"]),
+        sd["MLP.2.weight"],
+        sd["MLP.2.bias"],
+    )
     p = h.permute(0, 1, 4, 2, 3)
-    s = F.conv3d(x.permute(0, 2, 1, 3, 4), sd["Cal_Net.weight"], sd["Cal_Net.bias"], padding=(2, 5, 5)).squeeze(1)
+    s = F.conv3d(
+        x.permute(0, 2, 1, 3, 4), sd["Cal_Net.weight"], sd["Cal_Net.bias"], padding=(2, 5, 5)
+    ).squeeze(1)
     s = s.reshape(B, T, patch, grid, patch, grid).mean(dim=(2, 4))
     bar = s.reshape(B, T, -1).sort(dim=2, descending=True)[0][:, :, k]
     m = s > bar[:, :, None, None]
@@ -210,13 +232,28 @@ def authors_spatial(sd: dict, x: torch.Tensor, patch: int, grid: int, k: int = 6
     return p * alpha + p * pixels * alpha, m
 
 
-def authors_temporal(sd: dict, tokens: torch.Tensor, cell_mask: torch.Tensor, heads: int, alpha: float = 0.05):
+def authors_temporal(
+    sd: dict, tokens: torch.Tensor, cell_mask: torch.Tensor, heads: int, alpha: float = 0.05
+):
     """Eval mode. ``tokens [B, T, N, D]``, ``cell_mask [B, T, g, g]`` -> (prompts [B, T, 4, D], w [B, T])."""
     B, T, N, D = tokens.shape
     x = tokens.reshape(B, T * N, D).permute(1, 0, 2)
     x = F.multi_head_attention_forward(
-        x, x, x, D, heads, sd["Attention.in_proj_weight"], sd["Attention.in_proj_bias"], None, None, False, 0.0,
-        sd["Attention.out_proj.weight"], sd["Attention.out_proj.bias"], training=False, need_weights=False,
+        x,
+        x,
+        x,
+        D,
+        heads,
+        sd["Attention.in_proj_weight"],
+        sd["Attention.in_proj_bias"],
+        None,
+        None,
+        False,
+        0.0,
+        sd["Attention.out_proj.weight"],
+        sd["Attention.out_proj.bias"],
+        training=False,
+        need_weights=False,
     )[0]
     x = x.permute(1, 0, 2).reshape(B, T, N, D).unsqueeze(1)
     c = F.conv3d(x, sd["Cal_Net_Inter.weight"], sd["Cal_Net_Inter.bias"], padding=(2, 5, 5)).squeeze(1)
@@ -225,10 +262,15 @@ def authors_temporal(sd: dict, tokens: torch.Tensor, cell_mask: torch.Tensor, he
     w = (w - w.min()) / (w.max() - w.min())
     pad = (1, 7, 12)
     v = F.conv3d(x, sd["InterConv.0.weight"], sd["InterConv.0.bias"], padding=pad)
-    v = F.conv3d(F.prelu(v, sd["InterConv.1.weight"]), sd["InterConv.2.weight"], sd["InterConv.2.bias"], padding=pad)
+    v = F.conv3d(
+        F.prelu(v, sd["InterConv.1.weight"]), sd["InterConv.2.weight"], sd["InterConv.2.bias"], padding=pad
+    )
     v = v.squeeze(1).permute(0, 1, 3, 2)
-    v = F.linear(F.prelu(F.linear(v, sd["InterMLP.0.weight"], sd["InterMLP.0.bias"]), sd["InterMLP.1.weight"]),
-                 sd["InterMLP.2.weight"], sd["InterMLP.2.bias"])
+    v = F.linear(
+        F.prelu(F.linear(v, sd["InterMLP.0.weight"], sd["InterMLP.0.bias"]), sd["InterMLP.1.weight"]),
+        sd["InterMLP.2.weight"],
+        sd["InterMLP.2.bias"],
+    )
     v = v.permute(0, 1, 3, 2)
     return alpha * (v + v * w[:, :, None, None]), w
 
@@ -236,16 +278,45 @@ def authors_temporal(sd: dict, tokens: torch.Tensor, cell_mask: torch.Tensor, he
 def authors_state_dict(model: STOPVideoModel, seed: int, prefix: str = "") -> dict[str, torch.Tensor]:
     """Fresh random tensors under the authors' key names, with the shapes the model's CLIP implies."""
     g = torch.Generator().manual_seed(seed)
-    return {prefix + k: 0.1 * torch.randn(v.shape, generator=g) for k, v in official_state_dict(model).items()}
+    return {
+        prefix + k: 0.1 * torch.randn(v.shape, generator=g) for k, v in official_state_dict(model).items()
+    }
 
 
 AUTHORS_KEYS = {
-    "Conv.0.weight", "Conv.0.bias", "Conv.1.weight", "Conv.1.bias", "Conv.2.weight", "Conv.3.weight", "Conv.3.bias",
-    "Conv.4.weight", "Conv.5.weight", "Conv.5.bias", "MLP.0.weight", "MLP.0.bias", "MLP.1.weight", "MLP.2.weight",
-    "MLP.2.bias", "Cal_Net.weight", "Cal_Net.bias", "Attention.in_proj_weight", "Attention.in_proj_bias",
-    "Attention.out_proj.weight", "Attention.out_proj.bias", "InterConv.0.weight", "InterConv.0.bias",
-    "InterConv.1.weight", "InterConv.2.weight", "InterConv.2.bias", "InterMLP.0.weight", "InterMLP.0.bias",
-    "InterMLP.1.weight", "InterMLP.2.weight", "InterMLP.2.bias", "Cal_Net_Inter.weight", "Cal_Net_Inter.bias",
+    "Conv.0.weight",
+    "Conv.0.bias",
+    "Conv.1.weight",
+    "Conv.1.bias",
+    "Conv.2.weight",
+    "Conv.3.weight",
+    "Conv.3.bias",
+    "Conv.4.weight",
+    "Conv.5.weight",
+    "Conv.5.bias",
+    "MLP.0.weight",
+    "MLP.0.bias",
+    "MLP.1.weight",
+    "MLP.2.weight",
+    "MLP.2.bias",
+    "Cal_Net.weight",
+    "Cal_Net.bias",
+    "Attention.in_proj_weight",
+    "Attention.in_proj_bias",
+    "Attention.out_proj.weight",
+    "Attention.out_proj.bias",
+    "InterConv.0.weight",
+    "InterConv.0.bias",
+    "InterConv.1.weight",
+    "InterConv.2.weight",
+    "InterConv.2.bias",
+    "InterMLP.0.weight",
+    "InterMLP.0.bias",
+    "InterMLP.1.weight",
+    "InterMLP.2.weight",
+    "InterMLP.2.bias",
+    "Cal_Net_Inter.weight",
+    "Cal_Net_Inter.bias",
 }
 
 
@@ -259,7 +330,9 @@ def test_converter_round_trips_the_authors_key_names(tiny_clip, model_cfg):
     report = load_official_prompt_weights(model, theirs)
     assert len(report.loaded) == len(AUTHORS_KEYS) - 1
     assert set(report.unplaced) == {
-        "module.visual.prompt.Conv.0.weight_extra", "module.clip.visual.conv1.weight", "module.visual.prompt.Cal_Net.weight"
+        "module.visual.prompt.Conv.0.weight_extra",
+        "module.clip.visual.conv1.weight",
+        "module.visual.prompt.Cal_Net.weight",
     }
     assert "shape" in report.unplaced["module.visual.prompt.Cal_Net.weight"]
     assert report.missing == ["spatial.scorer.conv.weight"]
@@ -302,7 +375,9 @@ def test_loaded_model_computes_the_authors_module(tiny_clip, model_cfg, make_vid
         tokens = torch.randn(2, FRAMES, grid * grid, model.width)
         temporal: TemporalPrompter = model.temporal
         prompts, w = temporal(tokens, mask.flatten(2))
-        want_prompts, want_w = authors_temporal(sd, tokens, want_mask, heads=temporal.generator.attn.num_heads)
+        want_prompts, want_w = authors_temporal(
+            sd, tokens, want_mask, heads=temporal.generator.attn.num_heads
+        )
         torch.testing.assert_close(w, want_w, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(prompts, want_prompts, rtol=1e-4, atol=1e-5)
 
@@ -315,7 +390,9 @@ def test_outputs_are_a_deterministic_function_of_the_weights(tiny_clip, model_cf
     sd = authors_state_dict(a, seed=5)
     load_official_prompt_weights(a, sd)
     load_official_prompt_weights(b, sd)
-    b.load_state_dict({k: v for k, v in a.state_dict().items() if not k.startswith(("spatial.", "temporal."))}, strict=False)
+    b.load_state_dict(
+        {k: v for k, v in a.state_dict().items() if not k.startswith(("spatial.", "temporal."))}, strict=False
+    )
     video = make_video(batch=2, frames=FRAMES, seed=6)
     with torch.no_grad():
         first, again, other = a.eval()(video), a(video), b.eval()(video)
@@ -338,8 +415,18 @@ def test_every_difference_from_stop_is_a_named_key(model_cfg):
     stop, official_cfg = flat(model_cfg("stop")), flat(model_cfg("stop_official"))
     differ = {k for k in stop if stop[k] != official_cfg[k]}
     assert differ == {
-        "spatial.first_activation", "spatial.output_dropouts", "spatial.scorer", "spatial.score_pooling",
-        "spatial.threshold", "spatial.mask_layout", "temporal.attention_residual", "temporal.out_conv",
-        "temporal.variation", "temporal.normalize", "temporal.zero_init", "shared_latent",
-        "aggregation.output", "aggregation.msa",
+        "spatial.first_activation",
+        "spatial.output_dropouts",
+        "spatial.scorer",
+        "spatial.score_pooling",
+        "spatial.threshold",
+        "spatial.mask_layout",
+        "temporal.attention_residual",
+        "temporal.out_conv",
+        "temporal.variation",
+        "temporal.normalize",
+        "temporal.zero_init",
+        "shared_latent",
+        "aggregation.output",
+        "aggregation.msa",
     }

@@ -1,4 +1,5 @@
-"""The shared latent space: shapes at ViT-B/32 sizes, tying by gradients, counts, end to end on the text tower."""
+"""The shared latent space: shapes at ViT-B/32 sizes, tying by gradients, counts,
+end to end on the text tower."""
 
 from __future__ import annotations
 
@@ -39,7 +40,9 @@ def test_shapes_vit_b32(variant, frames):
 @pytest.mark.parametrize("variant", ["linear", "transformer"])
 @pytest.mark.parametrize("side", ["visual", "text"])
 def test_both_outputs_reach_the_shared_source(variant, side):
-    space = SharedPromptSpace(cfg_for(variant), vision_width=64, vision_layers=3, text_width=32, text_layers=3, num_frames=2)
+    space = SharedPromptSpace(
+        cfg_for(variant), vision_width=64, vision_layers=3, text_width=32, text_layers=3, num_frames=2
+    )
     visual, text = space()
     (visual if side == "visual" else text).square().sum().backward()
     source = space.source if variant == "linear" else space.embedding
@@ -47,12 +50,16 @@ def test_both_outputs_reach_the_shared_source(variant, side):
     if variant == "transformer" and side == "text":
         # the text gradient reaches the *visual* tokens' rows only through the shared transformer
         num_text = space.num_prefix + space.num_postfix
-        assert space.embedding.grad[num_text:].abs().sum() == 0  # zero-init residual branches: not yet at step 0
+        assert (
+            space.embedding.grad[num_text:].abs().sum() == 0
+        )  # zero-init residual branches: not yet at step 0
         assert space.transformer.self_attn.out_proj.weight.grad.abs().sum() > 0  # but the tie is learnable
 
 
 def test_transformer_ties_visual_and_text_tokens_after_training_starts():
-    space = SharedPromptSpace(cfg_for("transformer"), vision_width=64, vision_layers=2, text_width=32, text_layers=2, num_frames=2)
+    space = SharedPromptSpace(
+        cfg_for("transformer"), vision_width=64, vision_layers=2, text_width=32, text_layers=2, num_frames=2
+    )
     torch.nn.init.normal_(space.transformer.self_attn.out_proj.weight, std=0.02)  # as after a few steps
     _, text = space()
     text.square().sum().backward()
@@ -62,11 +69,15 @@ def test_transformer_ties_visual_and_text_tokens_after_training_starts():
 
 def test_fresh_spaces_start_small():
     for variant in ("linear", "transformer"):
-        space = SharedPromptSpace(cfg_for(variant), vision_width=64, vision_layers=2, text_width=32, text_layers=2, num_frames=3)
+        space = SharedPromptSpace(
+            cfg_for(variant), vision_width=64, vision_layers=2, text_width=32, text_layers=2, num_frames=3
+        )
         with torch.no_grad():
             visual, text = space()
         assert visual.std() < 0.05 and text.abs().max() < 0.5, variant
-    fresh = SharedPromptSpace(cfg_for("transformer"), vision_width=64, vision_layers=2, text_width=32, text_layers=2, num_frames=3)
+    fresh = SharedPromptSpace(
+        cfg_for("transformer"), vision_width=64, vision_layers=2, text_width=32, text_layers=2, num_frames=3
+    )
     with torch.no_grad():
         visual, _ = fresh()
         # zero-init residual branches: the transformer passes the embedding through at step 0
@@ -76,11 +87,25 @@ def test_fresh_spaces_start_small():
 
 def test_uneven_depths_and_counts():
     # ViT-L/14-like depths (24 vision, 12 text) and a prompt count different from K
-    space = SharedPromptSpace(cfg_for("linear", num_tokens=2, prefix=3, postfix=1), vision_width=32, vision_layers=24, text_width=16, text_layers=12, num_frames=4)
+    space = SharedPromptSpace(
+        cfg_for("linear", num_tokens=2, prefix=3, postfix=1),
+        vision_width=32,
+        vision_layers=24,
+        text_width=16,
+        text_layers=12,
+        num_frames=4,
+    )
     visual, text = space()
     assert visual.shape == (24, 1, 2, 32) and text.shape == (12, 4, 16)
     assert space.text_layer_index.tolist() == list(range(0, 24, 2))
-    space = SharedPromptSpace(cfg_for("transformer", num_tokens=2, prefix=3, postfix=1), vision_width=32, vision_layers=24, text_width=16, text_layers=12, num_frames=4)
+    space = SharedPromptSpace(
+        cfg_for("transformer", num_tokens=2, prefix=3, postfix=1),
+        vision_width=32,
+        vision_layers=24,
+        text_width=16,
+        text_layers=12,
+        num_frames=4,
+    )
     visual, text = space()
     assert visual.shape == (24, 4, 2, 32) and text.shape == (12, 4, 16)
 
@@ -103,14 +128,27 @@ def test_parameter_counts_vit_b32():
 
 @pytest.mark.parametrize("variant", ["linear", "transformer"])
 def test_text_tower_takes_the_shared_prompts(tmp_path, variant):
-    """End to end: the shared text prompts drive PromptedTextEncoder and its loss reaches the shared source."""
+    """End to end: the shared text prompts drive PromptedTextEncoder and its loss reaches
+    the shared source."""
     make_tiny_clip(tmp_path, seed=0)
     clip = freeze(CLIPModel.from_pretrained(tmp_path))
     tokenizer = CLIPTokenizer.from_pretrained(tmp_path)
-    batch = tokenizer(["a video of a person", "red square moves left"], padding="max_length", max_length=32, return_tensors="pt")
+    batch = tokenizer(
+        ["a video of a person", "red square moves left"],
+        padding="max_length",
+        max_length=32,
+        return_tensors="pt",
+    )
     cfg = cfg_for(variant)
     text_cfg, vision_cfg = clip.config.text_config, clip.config.vision_config
-    space = SharedPromptSpace(cfg, vision_cfg.hidden_size, vision_cfg.num_hidden_layers, text_cfg.hidden_size, text_cfg.num_hidden_layers, num_frames=2)
+    space = SharedPromptSpace(
+        cfg,
+        vision_cfg.hidden_size,
+        vision_cfg.num_hidden_layers,
+        text_cfg.hidden_size,
+        text_cfg.num_hidden_layers,
+        num_frames=2,
+    )
     encoder = PromptedTextEncoder(clip, cfg, HookSet())
     _, text_prompts = space()
     encoder(batch.input_ids, batch.attention_mask, text_prompts=text_prompts).square().sum().backward()

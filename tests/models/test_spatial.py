@@ -28,7 +28,7 @@ def moving_square(batch: int = 1) -> torch.Tensor:
     background = torch.randn(batch, 1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
     video = background.repeat(1, FRAMES, 1, 1, 1)
     for t in range(FRAMES):
-        video[:, t, :, ROW * P:(ROW + 1) * P, t * P:(t + 1) * P] = 3.0
+        video[:, t, :, ROW * P : (ROW + 1) * P, t * P : (t + 1) * P] = 3.0
     return video
 
 
@@ -59,7 +59,10 @@ def test_reference_generator_has_the_reference_layout():
     gen = ReferenceSpatialGenerator(SpatialPromptConfig())
     convs = [m for m in gen.modules() if isinstance(m, torch.nn.Conv3d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
-        (3, 9, (3, 11, 11)), (9, 9, (3, 11, 11)), (9, 9, (3, 11, 11)), (9, 16, (3, 11, 11))
+        (3, 9, (3, 11, 11)),
+        (9, 9, (3, 11, 11)),
+        (9, 9, (3, 11, 11)),
+        (9, 16, (3, 11, 11)),
     ]
     assert gen.dropout.p == 0.5
     assert (gen.mlp.fc1.in_features, gen.mlp.fc1.out_features, gen.mlp.fc2.out_features) == (16, 16, 3)

@@ -50,13 +50,17 @@ def model_cfg(prompts: bool = True, adapters: bool = False, shared: str = "none"
 
 
 def stock_features(clip, batch) -> torch.Tensor:
-    return clip.get_text_features(input_ids=batch.input_ids, attention_mask=batch.attention_mask).pooler_output
+    return clip.get_text_features(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask
+    ).pooler_output
 
 
 def test_disabled_equals_stock(clip, batch):
     encoder = PromptedTextEncoder(clip, model_cfg(prompts=False), HookSet())
     with torch.no_grad():
-        torch.testing.assert_close(encoder(batch.input_ids, batch.attention_mask), stock_features(clip, batch), rtol=0, atol=0)
+        torch.testing.assert_close(
+            encoder(batch.input_ids, batch.attention_mask), stock_features(clip, batch), rtol=0, atol=0
+        )
     assert sum(p.numel() for p in encoder.parameters()) == 0
 
 
@@ -114,8 +118,12 @@ def test_token_count_and_replacement_at_every_layer(clip, batch):
     for layer, hidden in enumerate(seen_in):
         for n, e in enumerate(eot.tolist()):
             # replaced, not accumulated: exactly this layer's tokens, prefix after SOT, postfix before EOT
-            torch.testing.assert_close(hidden[n, 1 : 1 + P], encoder.prompts[layer, :P].detach(), rtol=0, atol=0)
-            torch.testing.assert_close(hidden[n, P + e : P + e + Q], encoder.prompts[layer, P:].detach(), rtol=0, atol=0)
+            torch.testing.assert_close(
+                hidden[n, 1 : 1 + P], encoder.prompts[layer, :P].detach(), rtol=0, atol=0
+            )
+            torch.testing.assert_close(
+                hidden[n, P + e : P + e + Q], encoder.prompts[layer, P:].detach(), rtol=0, atol=0
+            )
     hooks.remove()
 
 
@@ -124,7 +132,9 @@ def manual_feature(clip, ids: torch.Tensor, prompts: torch.Tensor, P: int) -> to
     parts = text_parts(clip)
     S, Q = ids.shape[0], prompts.shape[1] - P
     emb = parts.embeddings(input_ids=ids[None])[0]  # [S, D]
-    hidden = torch.cat([emb[:1], torch.zeros(P, emb.shape[1]), emb[1:-1], torch.zeros(Q, emb.shape[1]), emb[-1:]])
+    hidden = torch.cat(
+        [emb[:1], torch.zeros(P, emb.shape[1]), emb[1:-1], torch.zeros(Q, emb.shape[1]), emb[-1:]]
+    )
     length = S + P + Q
     causal = torch.full((length, length), torch.finfo(emb.dtype).min).triu(1)[None, None]  # [1, 1, S', S']
     for layer_index, layer in enumerate(parts.layers):
@@ -164,10 +174,14 @@ def test_layout_positions():
 def test_caption_cap(clip, tokenizer):
     encoder = PromptedTextEncoder(clip, model_cfg(), HookSet())
     long_caption = " ".join(["the red square moves left"] * 10)
-    ids = tokenizer([long_caption], padding="max_length", max_length=CAP + 8, truncation=True, return_tensors="pt")
+    ids = tokenizer(
+        [long_caption], padding="max_length", max_length=CAP + 8, truncation=True, return_tensors="pt"
+    )
     with pytest.raises(ValueError, match=r"cap is 32.*max_length=32"):
         encoder(ids.input_ids, ids.attention_mask)
-    capped = tokenizer([long_caption], padding="max_length", max_length=CAP, truncation=True, return_tensors="pt")
+    capped = tokenizer(
+        [long_caption], padding="max_length", max_length=CAP, truncation=True, return_tensors="pt"
+    )
     assert capped.input_ids.shape == (1, CAP) and capped.input_ids[0, -1] == tokenizer.eos_token_id
     assert encoder(capped.input_ids, capped.attention_mask).shape == (1, clip.config.projection_dim)
     short = tokenizer(["a video"], return_tensors="pt")  # S < cap works too

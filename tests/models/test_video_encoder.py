@@ -1,4 +1,5 @@
-"""STOPVideoModel: stock equality with prompts off, training touches only prompts, order, layout, precision."""
+"""STOPVideoModel: stock equality with prompts off, training touches only prompts,
+order, layout, precision."""
 
 from __future__ import annotations
 
@@ -19,11 +20,15 @@ def stock_image_features(clip, video):
 
 
 def record_layer_inputs(model):
-    """Hidden states entering every vision layer, after the model's own pre-hooks. Returns (store, handles)."""
+    """Hidden states entering every vision layer, after the model's own pre-hooks.
+
+    Returns (store, handles)."""
     store, handles = {}, []
     for i, layer in enumerate(model.parts.layers):
+
         def hook(module, args, kwargs, i=i):
             store[i] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
+
         handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
     return store, handles
 
@@ -40,7 +45,9 @@ def test_prompts_off_equal_stock_clip(tiny_clip, model_cfg, make_video, patch, s
     torch.testing.assert_close(out.embeds, out.frame_embeds.mean(1))
     ids = torch.tensor([[3, 5, 7, 9], [3, 4, 9, 9]])
     with torch.no_grad():
-        torch.testing.assert_close(model.encode_text(ids, torch.ones_like(ids)), clip.get_text_features(input_ids=ids).pooler_output)
+        torch.testing.assert_close(
+            model.encode_text(ids, torch.ones_like(ids)), clip.get_text_features(input_ids=ids).pooler_output
+        )
     assert model.trainable_parameter_count()[0] == 0 and not model.text_side_trains
 
 
@@ -60,14 +67,23 @@ def test_one_optimiser_step_changes_only_prompt_parameters(tiny_clip, model_cfg,
     for key, value in clip.state_dict().items():
         assert torch.equal(value, before[key]), f"CLIP weight {key} changed"
     changed = {n for n, p in model.named_parameters() if n in trainable and not torch.equal(p, trainable[n])}
-    for component in ("spatial.generator", "temporal.generator", "local_prompts", "global_prompts", "aggregator", "text_encoder.prompts"):
+    for component in (
+        "spatial.generator",
+        "temporal.generator",
+        "local_prompts",
+        "global_prompts",
+        "aggregator",
+        "text_encoder.prompts",
+    ):
         assert any(n.startswith(component) for n in changed), f"no parameter of {component} trained"
     assert not clip.training and not any(m.training for m in clip.modules())
 
 
 def test_trainable_count_matches_hand_count(tiny_clip, model_cfg):
     clip = tiny_clip(width=32, layers=2, projection_dim=24)
-    cfg = model_cfg("zero_shot", "local_prompts.enabled=true", "global_prompts.enabled=true", "aggregation.head=true")
+    cfg = model_cfg(
+        "zero_shot", "local_prompts.enabled=true", "global_prompts.enabled=true", "aggregation.head=true"
+    )
     model = STOPVideoModel(cfg, clip, num_frames=T)
     L, K, G, D, E = 2, 4, 4, 32, 24
     trainable, frozen = model.trainable_parameter_count()
@@ -108,8 +124,10 @@ def test_token_layout_and_replacement_at_every_layer(tiny_clip, model_cfg, make_
     for layer in range(2):
         hidden = store[layer]
         assert hidden.shape == (2, G + T * S, D)  # [B, G + T*(CLS + K + N), D]
-        slots = hidden[:, G:].reshape(2, T, S, D)[:, :, 1:1 + K]  # [B, T, K, D]
-        torch.testing.assert_close(slots, model.local_prompts.tokens[layer].expand(2, T, K, D), rtol=0, atol=0)
+        slots = hidden[:, G:].reshape(2, T, S, D)[:, :, 1 : 1 + K]  # [B, T, K, D]
+        torch.testing.assert_close(
+            slots, model.local_prompts.tokens[layer].expand(2, T, K, D), rtol=0, atol=0
+        )
     for h in handles:
         h.remove()
     assert out.frame_embeds.shape == (2, T, clip.config.projection_dim)
@@ -117,7 +135,9 @@ def test_token_layout_and_replacement_at_every_layer(tiny_clip, model_cfg, make_
 
 def test_depth_limits_the_replaced_layers(tiny_clip, model_cfg, make_video):
     clip = tiny_clip(width=32, layers=2)
-    model = STOPVideoModel(model_cfg("zero_shot", "local_prompts.enabled=true", "local_prompts.depth=1"), clip, num_frames=T)
+    model = STOPVideoModel(
+        model_cfg("zero_shot", "local_prompts.enabled=true", "local_prompts.depth=1"), clip, num_frames=T
+    )
     assert model.local_prompts.tokens.shape[0] == 1
     store, handles = record_layer_inputs(model)
     with torch.no_grad():
@@ -127,12 +147,20 @@ def test_depth_limits_the_replaced_layers(tiny_clip, model_cfg, make_video):
     for h in handles:
         h.remove()
     with pytest.raises(ConfigError, match="local_prompts.depth"):
-        STOPVideoModel(model_cfg("zero_shot", "local_prompts.enabled=true", "local_prompts.depth=3"), clip, num_frames=T)
+        STOPVideoModel(
+            model_cfg("zero_shot", "local_prompts.enabled=true", "local_prompts.depth=3"), clip, num_frames=T
+        )
 
 
 def test_hard_insertion_fills_only_the_top_m_frames(tiny_clip, model_cfg, make_video):
     clip = tiny_clip(width=32, layers=2)
-    cfg = model_cfg("zero_shot", "temporal.enabled=true", "temporal.insertion=hard", "temporal.hard_top_m=1", "temporal.conv_kernel=[3,5,5]")
+    cfg = model_cfg(
+        "zero_shot",
+        "temporal.enabled=true",
+        "temporal.insertion=hard",
+        "temporal.hard_top_m=1",
+        "temporal.conv_kernel=[3,5,5]",
+    )
     model = STOPVideoModel(cfg, clip, num_frames=4)
     torch.nn.init.normal_(model.temporal.generator.patch_mlp[-1].weight)  # a trained, non-zero generator
     store, handles = record_layer_inputs(model)
@@ -148,7 +176,11 @@ def test_hard_insertion_fills_only_the_top_m_frames(tiny_clip, model_cfg, make_v
 def test_outputs_and_config_errors(tiny_clip, model_cfg, make_video):
     clip = tiny_clip(width=32, layers=2)
     for output in ("global_prompt0", "global_mean", "global_and_cls", "mean_cls"):
-        model = STOPVideoModel(model_cfg("dgl", *NO_TEXT, "shared_latent=none", f"aggregation.output={output}"), clip, num_frames=T)
+        model = STOPVideoModel(
+            model_cfg("dgl", *NO_TEXT, "shared_latent=none", f"aggregation.output={output}"),
+            clip,
+            num_frames=T,
+        )
         with torch.no_grad():
             assert model(make_video(frames=T)).embeds.shape == (2, clip.config.projection_dim)
         model.remove_hooks()
@@ -159,7 +191,9 @@ def test_outputs_and_config_errors(tiny_clip, model_cfg, make_video):
 
 
 def test_bf16_autocast_forward_backward(tiny_clip, model_cfg, make_video):
-    model = STOPVideoModel(model_cfg("stop", *NO_TEXT, "shared_latent=none"), tiny_clip(), num_frames=T).train()
+    model = STOPVideoModel(
+        model_cfg("stop", *NO_TEXT, "shared_latent=none"), tiny_clip(), num_frames=T
+    ).train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(make_video(frames=T))
         loss = out.embeds.float().square().mean()

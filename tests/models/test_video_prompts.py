@@ -93,7 +93,9 @@ def test_context_prompts_in_the_model_follow_the_clip(tiny_clip, model_cfg, make
         def record(module, args, kwargs, seen=seen):
             seen["slots"] = (args[0] if args else kwargs["hidden_states"])[:, 1:3].detach().clone()
 
-        model.parts.layers[1].register_forward_pre_hook(record, with_kwargs=True)  # runs after the model's own
+        model.parts.layers[1].register_forward_pre_hook(
+            record, with_kwargs=True
+        )  # runs after the model's own
         with torch.no_grad():
             model(video)
         slots[preset] = seen["slots"].view(3, T, 2, -1)
@@ -115,7 +117,9 @@ def np_mixer(mixer, x: np.ndarray) -> np.ndarray:
     k = w.shape[-1]
     pad = np.pad(h, ((0, 0), (k // 2, k // 2), (0, 0), (0, 0)))
     frames = h.shape[1]
-    conv = np.stack([np.einsum("bjkr,ojr->bko", pad[:, t:t + k], w.transpose(0, 2, 1)) for t in range(frames)], 1)
+    conv = np.stack(
+        [np.einsum("bjkr,ojr->bko", pad[:, t : t + k], w.transpose(0, 2, 1)) for t in range(frames)], 1
+    )
     return np_linear(np_gelu(conv + bias), mixer.up)
 
 
@@ -123,7 +127,9 @@ def np_mixer(mixer, x: np.ndarray) -> np.ndarray:
 def test_function_prompts_match_numpy(seed, kernel):
     g = torch.Generator().manual_seed(seed)
     B, frames, K, D, layers = 2, 1 + 2 * seed, 1 + seed % 3, 8, 4
-    module = FunctionPrompts(FunctionPromptConfig(enabled=True, bottleneck=5, kernel=kernel), layers, D).double()
+    module = FunctionPrompts(
+        FunctionPromptConfig(enabled=True, bottleneck=5, kernel=kernel), layers, D
+    ).double()
     assert len(module.mixers) == layers - 1
     x = torch.randn(B, frames, K, D, generator=g, dtype=torch.float64)
     with torch.no_grad():
@@ -132,7 +138,9 @@ def test_function_prompts_match_numpy(seed, kernel):
         for layer in range(1, layers):
             out = module.at_layer(layer, x)
             assert out.shape == (B, frames, K, D)
-            np.testing.assert_allclose(out.numpy(), np_mixer(module.mixers[layer - 1], x.numpy()), rtol=1e-9, atol=1e-9)
+            np.testing.assert_allclose(
+                out.numpy(), np_mixer(module.mixers[layer - 1], x.numpy()), rtol=1e-9, atol=1e-9
+            )
     with pytest.raises(ValueError, match="layers 1..3"):
         module.at_layer(0, x)
 
@@ -148,7 +156,9 @@ def test_function_prompts_differ_between_layers_and_mix_neighbouring_frames():
         moved[:, 0] += 1.0  # change frame 0 only
         changed = module.at_layer(1, moved) - per_layer[0]
     for a, b in ((0, 1), (0, 2), (1, 2)):
-        assert (per_layer[a] - per_layer[b]).abs().max() > 1e-3, f"layers {a + 1} and {b + 1} give the same prompts"
+        assert (per_layer[a] - per_layer[b]).abs().max() > 1e-3, (
+            f"layers {a + 1} and {b + 1} give the same prompts"
+        )
     assert changed[:, 1].abs().max() > 1e-4  # frame 1 hears about frame 0 (kernel 3)...
     assert changed[:, 2:].abs().max() == 0  # ...frames 2.. do not
 
@@ -159,15 +169,19 @@ def test_function_prompts_in_the_model_take_the_previous_layers_slots(tiny_clip,
     randomise(model.function_prompts, 4)
     entering = {}
     for i, layer in enumerate(model.parts.layers):
+
         def record(module, args, kwargs, i=i):
             entering[i] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
+
         layer.register_forward_pre_hook(record, with_kwargs=True)
     leaving = {}
     model.parts.layers[0].register_forward_hook(lambda m, a, out: leaving.setdefault(0, out.detach().clone()))
     with torch.no_grad():
         model(make_video(batch=2, frames=T, size=32))
         previous = leaving[0][:, 1:3].reshape(2, T, 2, -1)
-        expected = model.local_prompts.tokens[1] + model.function_prompts.at_layer(1, previous)  # [B, T, K, D]
+        expected = model.local_prompts.tokens[1] + model.function_prompts.at_layer(
+            1, previous
+        )  # [B, T, K, D]
     torch.testing.assert_close(entering[1][:, 1:3], expected.reshape(2 * T, 2, -1))
     torch.testing.assert_close(entering[0][:, 1:3], model.local_prompts.tokens[0].expand(2 * T, 2, -1))
 
@@ -176,7 +190,8 @@ def test_function_prompts_in_the_model_take_the_previous_layers_slots(tiny_clip,
 
 
 def test_fresh_vop_variants_compute_vop(tiny_clip, model_cfg, make_video):
-    """The generated terms start at zero: with VoP's prompts copied in, VoP-C, VoP-F and VoP-F+C give VoP's features."""
+    """The generated terms start at zero: with VoP's prompts copied in, VoP-C, VoP-F and VoP-F+C
+    give VoP's features."""
     video = make_video(batch=2, frames=T, size=32)
     ids = torch.tensor([[3, 5, 7, 63], [3, 4, 63, 0]])
     outputs = {}
@@ -211,12 +226,20 @@ def test_position_specific_prompts_tell_frame_positions_apart(tiny_clip, model_c
         model(make_video(batch=1, frames=T + 1, size=32))
 
 
-@pytest.mark.parametrize("overrides, match", [
-    (("shared_latent=linear",), "per_frame needs the model's own local prompts"),
-    (("local_prompts.enabled=false", "local_prompts.per_frame=false", "context_prompts.enabled=true"), "model.context_prompts adds to the local prompt slots"),
-    (("local_prompts.enabled=false", "local_prompts.per_frame=false", "function_prompts.enabled=true"),
-     "model.function_prompts adds to the local prompt slots"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (("shared_latent=linear",), "per_frame needs the model's own local prompts"),
+        (
+            ("local_prompts.enabled=false", "local_prompts.per_frame=false", "context_prompts.enabled=true"),
+            "model.context_prompts adds to the local prompt slots",
+        ),
+        (
+            ("local_prompts.enabled=false", "local_prompts.per_frame=false", "function_prompts.enabled=true"),
+            "model.function_prompts adds to the local prompt slots",
+        ),
+    ],
+)
 def test_vop_parts_without_their_slots_fail_with_the_key(tiny_clip, model_cfg, overrides, match):
     cfg = model_cfg("vop_p", *overrides)
     with pytest.raises(ConfigError, match=match):

@@ -88,8 +88,14 @@ def run_eval(module: RecognitionModule, scores: np.ndarray, labels: np.ndarray, 
     step = module.validation_step if stage == "val" else module.test_step
     for i, start in enumerate(range(0, len(labels), batch)):
         sl = slice(start, start + batch)
-        step({"video": torch.from_numpy(scores[sl]), "label": torch.from_numpy(labels[sl]),
-              "index": torch.arange(len(labels))[sl]}, i)
+        step(
+            {
+                "video": torch.from_numpy(scores[sl]),
+                "label": torch.from_numpy(labels[sl]),
+                "index": torch.arange(len(labels))[sl],
+            },
+            i,
+        )
     values, _, _ = module._eval_metrics(stage)
     return values
 
@@ -112,8 +118,12 @@ def test_the_issue_reproduction_gives_the_standalone_top5():
     assert collection._enable_compute_groups is False
     assert standalone.compute().item() == pytest.approx(expected)
     # The case does trigger the merging this guards against: a collection with compute groups on.
-    grouped = MetricCollection({"top5": MulticlassAccuracy(51, top_k=5, average="micro"),
-                                "mean_class": MulticlassAccuracy(51, top_k=1, average="macro")})
+    grouped = MetricCollection(
+        {
+            "top5": MulticlassAccuracy(51, top_k=5, average="micro"),
+            "mean_class": MulticlassAccuracy(51, top_k=1, average="macro"),
+        }
+    )
     for start in (0, 8):
         sl = slice(start, 8 if start == 0 else None)
         grouped.update(torch.from_numpy(scores[sl]), torch.from_numpy(labels[sl]))
@@ -131,13 +141,19 @@ def test_top1_top5_mean_class_against_numpy(bundle_and_cfg, classes):
                 got = run_eval(module, scores, labels, batch, stage)
                 where = f"{case} n={n} batch={batch} {stage}"
                 assert got[f"{stage}/top1"] == pytest.approx(np_topk(scores, labels, 1), abs=1e-6), where
-                assert got[f"{stage}/top5"] == pytest.approx(np_topk(scores, labels, min(5, classes)), abs=1e-6), where
-                assert got[f"{stage}/mean_class"] == pytest.approx(np_mean_class(scores, labels), abs=1e-6), where
+                assert got[f"{stage}/top5"] == pytest.approx(
+                    np_topk(scores, labels, min(5, classes)), abs=1e-6
+                ), where
+                assert got[f"{stage}/mean_class"] == pytest.approx(np_mean_class(scores, labels), abs=1e-6), (
+                    where
+                )
 
 
 def test_mean_class_ignores_a_predicted_class_without_clips(bundle_and_cfg):
     module = score_module(bundle_and_cfg, 3)
-    scores = np.array([[1.0, 0.0, 2.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=np.float32)  # class 2 predicted, absent
+    scores = np.array(
+        [[1.0, 0.0, 2.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=np.float32
+    )  # class 2 predicted, absent
     labels = np.array([0, 0, 1])
     got = run_eval(module, scores, labels, 2, "test")
     assert got["test/mean_class"] == pytest.approx((0.5 + 1.0) / 2)
@@ -151,9 +167,15 @@ def test_sampler_padding_repeats_count_once(bundle_and_cfg):
         scores, labels = generate("random", 11, 5, 4, rng)
         padded = np.concatenate([np.arange(11), [0, 1, 2]])  # 14 = 2 ranks x 7: 3 repeats
         for i, start in enumerate(range(0, 14, 4)):
-            idx = padded[start:start + 4]
-            module.test_step({"video": torch.from_numpy(scores[idx]), "label": torch.from_numpy(labels[idx]),
-                              "index": torch.from_numpy(idx)}, i)
+            idx = padded[start : start + 4]
+            module.test_step(
+                {
+                    "video": torch.from_numpy(scores[idx]),
+                    "label": torch.from_numpy(labels[idx]),
+                    "index": torch.from_numpy(idx),
+                },
+                i,
+            )
         got, _, _ = module._eval_metrics("test")
         assert got["test/top1"] == pytest.approx(np_topk(scores, labels, 1), abs=1e-6)
         assert got["test/mean_class"] == pytest.approx(np_mean_class(scores, labels), abs=1e-6)
@@ -191,7 +213,9 @@ def test_multiview_scores_average_view_probabilities_against_numpy():
 
 
 # ------------------------------------------------------------------------------ retrieval
-def brute_force_ranks(sim: np.ndarray, owners: list[int], tie_rank: str, v2t: str) -> tuple[list[int], list[int]]:
+def brute_force_ranks(
+    sim: np.ndarray, owners: list[int], tie_rank: str, v2t: str
+) -> tuple[list[int], list[int]]:
     """Ranks by sorting each query's candidates, one loop per query, no vectorised counting."""
 
     def rank_of(scored: list[tuple[float, bool]]) -> list[int]:
@@ -254,7 +278,9 @@ def test_retrieval_metrics_against_brute_force_ranks(tie_rank, v2t):
     for case in ("one_caption", "multi_caption", "ties", "constant"):
         for trial in range(12):
             sim, owners = retrieval_case(rng, case)
-            got = retrieval_metrics(torch.from_numpy(sim), torch.tensor(owners), tie_rank=tie_rank, v2t_captions=v2t)
+            got = retrieval_metrics(
+                torch.from_numpy(sim), torch.tensor(owners), tie_rank=tie_rank, v2t_captions=v2t
+            )
             t2v, v2t_ranks = brute_force_ranks(sim, owners, tie_rank, v2t)
             for name, ranks in (("t2v", t2v), ("v2t", v2t_ranks)):
                 for key, value in summary(ranks).items():
@@ -328,20 +354,35 @@ def test_recognition_counts_unreadable_clips_as_misses(bundle_and_cfg):
             scores[bad, labels[bad]] = 10.0  # a stand-in that would be right if it were scored
             for i, start in enumerate(range(0, n, batch)):
                 sl = slice(start, start + batch)
-                module.test_step({"video": torch.from_numpy(scores[sl]), "label": torch.from_numpy(labels[sl]),
-                                  "index": torch.arange(n)[sl], "unreadable": torch.from_numpy(bad[sl])}, i)
+                module.test_step(
+                    {
+                        "video": torch.from_numpy(scores[sl]),
+                        "label": torch.from_numpy(labels[sl]),
+                        "index": torch.arange(n)[sl],
+                        "unreadable": torch.from_numpy(bad[sl]),
+                    },
+                    i,
+                )
             got, _, _ = module._eval_metrics("test")
             where = f"{case} n={n} bad={bad.sum()}"
-            assert got["test/top1"] == pytest.approx(np_top_k_with_misses(scores, labels, bad, 1), abs=1e-6), where
-            assert got["test/top5"] == pytest.approx(np_top_k_with_misses(scores, labels, bad, 5), abs=1e-6), where
-            assert got["test/mean_class"] == pytest.approx(np_mean_class_with_misses(scores, labels, bad), abs=1e-6), where
+            assert got["test/top1"] == pytest.approx(
+                np_top_k_with_misses(scores, labels, bad, 1), abs=1e-6
+            ), where
+            assert got["test/top5"] == pytest.approx(
+                np_top_k_with_misses(scores, labels, bad, 5), abs=1e-6
+            ), where
+            assert got["test/mean_class"] == pytest.approx(
+                np_mean_class_with_misses(scores, labels, bad), abs=1e-6
+            ), where
             assert got["test/unreadable"] == bad.sum() and module.unreadable["count"] == bad.sum(), where
             base_rows = np.isin(labels, [0, 1, 2])
             if base_rows.any():
                 pred = np.array([0, 1, 2])[scores[base_rows][:, :3].argmax(1)]
                 want = np.mean((pred == labels[base_rows]) & ~bad[base_rows])
                 assert got["test/base_top1"] == pytest.approx(want, abs=1e-6), where
-            table = confusion_counts(torch.from_numpy(scores), torch.from_numpy(labels), torch.from_numpy(bad)).numpy()
+            table = confusion_counts(
+                torch.from_numpy(scores), torch.from_numpy(labels), torch.from_numpy(bad)
+            ).numpy()
             assert table.shape == (classes, classes + 1)
             assert (table[:, -1] == np.bincount(labels[bad], minlength=classes)).all(), where
             assert table[:, :-1].sum() == (~bad).sum(), where
@@ -378,13 +419,23 @@ def test_retrieval_ranks_unreadable_videos_last():
     for trial in range(30):
         n_vid = int(rng.integers(2, 12))
         owner = np.concatenate([np.arange(n_vid), rng.integers(0, n_vid, int(rng.integers(0, 6)))])
-        sim = rng.integers(0, 4, size=(len(owner), n_vid)).astype(np.float64) if trial % 2 else rng.normal(size=(len(owner), n_vid))
+        sim = (
+            rng.integers(0, 4, size=(len(owner), n_vid)).astype(np.float64)
+            if trial % 2
+            else rng.normal(size=(len(owner), n_vid))
+        )
         bad = rng.random(n_vid) < 0.3
         sim[:, bad] = 100.0  # a blank embedding that every caption would prefer
-        got = retrieval_metrics(torch.from_numpy(sim), torch.from_numpy(owner), unreadable=torch.from_numpy(bad))
+        got = retrieval_metrics(
+            torch.from_numpy(sim), torch.from_numpy(owner), unreadable=torch.from_numpy(bad)
+        )
         for direction in ("t2v", "v2t"):
             ranks = np_retrieval_ranks(sim, owner, bad, direction)
             for k in (1, 5, 10):
-                assert got[f"{direction}_R{k}"] == pytest.approx(100 * np.mean(ranks <= k)), (trial, direction, k)
+                assert got[f"{direction}_R{k}"] == pytest.approx(100 * np.mean(ranks <= k)), (
+                    trial,
+                    direction,
+                    k,
+                )
             assert got[f"{direction}_MdR"] == pytest.approx(np.median(ranks)), (trial, direction)
             assert got[f"{direction}_MnR"] == pytest.approx(ranks.mean()), (trial, direction)

@@ -40,7 +40,18 @@ def test_warmup_then_cosine_hand_computed():
 
 def test_build_optimizer_steps_schedule_and_nothing_to_train():
     m = Toy()
-    cfg = type("C", (), dict(lr=1e-2, weight_decay=0.1, betas=[0.9, 0.98], warmup_ratio=0.5, min_lr_ratio=0.0, scheduler="cosine"))
+    cfg = type(
+        "C",
+        (),
+        dict(
+            lr=1e-2,
+            weight_decay=0.1,
+            betas=[0.9, 0.98],
+            warmup_ratio=0.5,
+            min_lr_ratio=0.0,
+            scheduler="cosine",
+        ),
+    )
     opt = build_optimizer(m, cfg, total_steps=4)
     sched = opt["lr_scheduler"]["scheduler"]
     lrs = []

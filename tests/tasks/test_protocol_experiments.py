@@ -27,8 +27,15 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 DATASETS = ("hmdb51", "ucf101", "k400", "k600", "ssv2")
 NOVEL = ["move up", "move left", "move down"]  # the "novel" classes of the synthetic K600 copy
 TRAINED = [
-    "k400", "ssv2", "hmdb51_few_shot", "ucf101_few_shot", "ssv2_few_shot",
-    "k400_base_to_novel", "hmdb51_base_to_novel", "ucf101_base_to_novel", "ssv2_base_to_novel",
+    "k400",
+    "ssv2",
+    "hmdb51_few_shot",
+    "ucf101_few_shot",
+    "ssv2_few_shot",
+    "k400_base_to_novel",
+    "hmdb51_base_to_novel",
+    "ucf101_base_to_novel",
+    "ssv2_base_to_novel",
 ]
 ZERO_SHOT = ["hmdb51_zero_shot", "ucf101_zero_shot", "k600_zero_shot"]
 
@@ -51,7 +58,10 @@ def test_class_list_formats_and_matching(tmp_path):
     assert seeded[0] == sorted(random.Random(5).sample(range(4), 2))
     wrong = tmp_path / "wrong.csv"
     wrong.write_text("id,name\n0,dying hair\n1,ride bike\n")
-    with pytest.raises(ManifestError, match=r"wrong.csv: 1 listed class\(es\) .*'dying hair' \(did you mean 'dyeing hair'\?\)"):
+    with pytest.raises(
+        ManifestError,
+        match=r"wrong.csv: 1 listed class\(es\) .*'dying hair' \(did you mean 'dyeing hair'\?\)",
+    ):
         class_ids(read_class_list(wrong), classes, wrong)
     twice = tmp_path / "twice.txt"
     twice.write_text("ride_bike\nride_bike\n")
@@ -80,8 +90,9 @@ def data(tmp_path_factory) -> dict[str, Path]:
     experiments' default data.video_root / data.manifest_dir expect them."""
     base = tmp_path_factory.mktemp("protocol_data")
     for name in DATASETS:
-        root = write_synthetic_dataset(base / "data" / name / "videos", name, num_classes=4, clips_per_class=6,
-                                       num_frames=8, size=32)
+        root = write_synthetic_dataset(
+            base / "data" / name / "videos", name, num_classes=4, clips_per_class=6, num_frames=8, size=32
+        )
         build_manifests(name, root, None, base / "manifests" / name, progress=False)
     (base / "manifests" / "k600" / "novel_classes.csv").write_text(
         "id,name\n" + "".join(f"{i},{n}\n" for i, n in enumerate(NOVEL))
@@ -91,19 +102,38 @@ def data(tmp_path_factory) -> dict[str, Path]:
 
 def tiny(data, cache_dir, out: Path) -> list[str]:
     return [
-        f"paths.data_root={data['data_root']}", f"paths.manifest_root={data['manifest_root']}",
-        f"paths.cache_dir={cache_dir}", f"paths.output_dir={out}", "model.clip.source=tiny",
-        "data.num_frames=4", "data.batch_size=4", "data.num_workers=0", "data.persistent_workers=false",
-        "trainer.max_epochs=1", "trainer.max_steps=1", "trainer.accelerator=cpu", "trainer.devices=1",
-        "trainer.precision=32-true", "trainer.enable_progress_bar=false", "logger.wandb=false",
-        "trainer.limit_val_batches=1", "data.test_clips=1", "data.test_crops=1",
+        f"paths.data_root={data['data_root']}",
+        f"paths.manifest_root={data['manifest_root']}",
+        f"paths.cache_dir={cache_dir}",
+        f"paths.output_dir={out}",
+        "model.clip.source=tiny",
+        "data.num_frames=4",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "data.persistent_workers=false",
+        "trainer.max_epochs=1",
+        "trainer.max_steps=1",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        "trainer.precision=32-true",
+        "trainer.enable_progress_bar=false",
+        "logger.wandb=false",
+        "trainer.limit_val_batches=1",
+        "data.test_clips=1",
+        "data.test_crops=1",
     ]
 
 
 def test_class_subset_restricts_and_renumbers(data, tmp_path):
-    cfg = load_config("k600_zero_shot", [f"paths.manifest_root={data['manifest_root']}",
-                                         f"paths.data_root={data['data_root']}", "data.subset_size=2",
-                                         "data.protocol_seed=1"])
+    cfg = load_config(
+        "k600_zero_shot",
+        [
+            f"paths.manifest_root={data['manifest_root']}",
+            f"paths.data_root={data['data_root']}",
+            "data.subset_size=2",
+            "data.protocol_seed=1",
+        ],
+    )
     dm = RecognitionDataModule(cfg.data, 32, MEAN, STD)
     dm.setup("test")
     all_classes = ["move down", "move left", "move right", "move up"]  # classes.txt, by hand
@@ -116,9 +146,19 @@ def test_class_subset_restricts_and_renumbers(data, tmp_path):
     assert read_class_list_text(dm.protocol_files["class_subset.csv"]) == dm.raw_class_names
     bad = data["base"] / "bad_novel.csv"
     bad.write_text("id,name\n0,move sideways\n")
-    broken = RecognitionDataModule(load_config("k600_zero_shot", [
-        f"paths.manifest_root={data['manifest_root']}", f"paths.data_root={data['data_root']}",
-        f"data.class_subset={bad}"]).data, 32, MEAN, STD)
+    broken = RecognitionDataModule(
+        load_config(
+            "k600_zero_shot",
+            [
+                f"paths.manifest_root={data['manifest_root']}",
+                f"paths.data_root={data['data_root']}",
+                f"data.class_subset={bad}",
+            ],
+        ).data,
+        32,
+        MEAN,
+        STD,
+    )
     with pytest.raises(ManifestError, match="bad_novel.csv: 1 listed class.*'move sideways'"):
         broken.setup("test")
 
@@ -143,7 +183,11 @@ def test_experiment_views_and_templates_follow_the_dataset_modules():
 @pytest.mark.parametrize("experiment", TRAINED)
 def test_experiment_trains_one_step(experiment, data, cache_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("STOP_RUN_STAMP", "run")
-    args = [*tiny(data, cache_dir, tmp_path), "data.shots=2"] if "_" in experiment else tiny(data, cache_dir, tmp_path)
+    args = (
+        [*tiny(data, cache_dir, tmp_path), "data.shots=2"]
+        if "_" in experiment
+        else tiny(data, cache_dir, tmp_path)
+    )
     assert main(["train", experiment, *args]) == 0
     run = tmp_path / experiment / "run"
     assert (run / "checkpoints" / "last.ckpt").is_file()
@@ -153,17 +197,32 @@ def test_experiment_trains_one_step(experiment, data, cache_dir, tmp_path, monke
         assert len(read_manifest(run / "protocol" / "train_fewshot_k2_seed0.jsonl")) == 4 * 2
     if experiment.endswith("base_to_novel"):
         # Named after the split rule: a list cached next to the manifests under another rule is not reused.
-        assert protocol == {"base_classes.csv", "novel_classes.csv", "train_base_seeded_fewshot_k2_seed0.jsonl"}
+        assert protocol == {
+            "base_classes.csv",
+            "novel_classes.csv",
+            "train_base_seeded_fewshot_k2_seed0.jsonl",
+        }
         base = read_class_list(run / "protocol" / "base_classes.csv")
         assert len(base) == 2 and not set(base) & set(read_class_list(run / "protocol" / "novel_classes.csv"))
 
 
 @pytest.mark.parametrize("experiment", ZERO_SHOT)
-def test_zero_shot_experiment_evaluates_stock_clip(experiment, data, cache_dir, tmp_path, monkeypatch, capsys):
+def test_zero_shot_experiment_evaluates_stock_clip(
+    experiment, data, cache_dir, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setenv("STOP_RUN_STAMP", "run")
     args = [a for a in tiny(data, cache_dir, tmp_path) if not a.startswith("trainer.max")]
-    assert main(["eval", experiment, *args, "data.subset_size=2"
-                 if experiment.startswith("k600") else "data.split=2"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                experiment,
+                *args,
+                "data.subset_size=2" if experiment.startswith("k600") else "data.split=2",
+            ]
+        )
+        == 0
+    )
     assert "test/top1" in capsys.readouterr().out
 
 
@@ -177,14 +236,20 @@ def test_zero_shot_protocol_end_to_end(data, cache_dir, tmp_path, monkeypatch, c
     assert main(["train", "k400", *tiny(data, cache_dir, tmp_path)]) == 0
     ckpt = tmp_path / "k400" / "run" / "checkpoints" / "last.ckpt"
     capsys.readouterr()
-    shared = [a for a in tiny(data, cache_dir, tmp_path) if not a.startswith(("trainer.max", "data.num_frames",
-                                                                              "model.clip"))]
+    shared = [
+        a
+        for a in tiny(data, cache_dir, tmp_path)
+        if not a.startswith(("trainer.max", "data.num_frames", "model.clip"))
+    ]
     assert main(["protocol", "zero_shot", "--ckpt", str(ckpt), *shared, "k600:data.subset_size=2"]) == 0
     out = capsys.readouterr().out
     folder = tmp_path / "zero_shot" / "run"
     result = json.loads((folder / "zero_shot.json").read_text())
-    assert result["runs"] == {"hmdb51": ["split1", "split2", "split3"], "ucf101": ["split1", "split2", "split3"],
-                              "k600": ["protocol_seed0", "protocol_seed1", "protocol_seed2"]}
+    assert result["runs"] == {
+        "hmdb51": ["split1", "split2", "split3"],
+        "ucf101": ["split1", "split2", "split3"],
+        "k600": ["protocol_seed0", "protocol_seed1", "protocol_seed2"],
+    }
     # Each evaluation prints its own metrics table: the protocol's numbers are those, in run order.
     printed = [float(v) for v in re.findall(r"test/top1\s+([0-9.]+)", out)]
     assert printed == pytest.approx([v for values in result["top1"].values() for v in values], abs=1e-4)
@@ -198,7 +263,9 @@ def test_zero_shot_protocol_end_to_end(data, cache_dir, tmp_path, monkeypatch, c
         drawn = read_class_list(run / "protocol" / "class_subset.csv")
         all_classes = ["move down", "move left", "move right", "move up"]
         assert drawn == [all_classes[i] for i in sorted(random.Random(seed).sample(sorted(listed), 2))]
-        assert "num_frames: 4" in (run / "config.yaml").read_text()  # the checkpoint's, not the experiment's 32
+        assert (
+            "num_frames: 4" in (run / "config.yaml").read_text()
+        )  # the checkpoint's, not the experiment's 32
     assert (folder / "hmdb51" / "split3" / "run" / "confusion_matrix.csv").is_file()
 
 

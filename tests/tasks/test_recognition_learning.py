@@ -21,7 +21,9 @@ LEFT_RIGHT = [
 
 def run(cache_dir, tmp_path, monkeypatch, *extra):
     monkeypatch.setenv("STOP_RUN_STAMP", "run")
-    cfg = load_config("demo", [f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path}", *LEFT_RIGHT, *extra])
+    cfg = load_config(
+        "demo", [f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path}", *LEFT_RIGHT, *extra]
+    )
     return train(cfg)
 
 

@@ -7,12 +7,14 @@ from stop_lightning.tasks.recognition import RecognitionModule, _metrics, harmon
 
 
 def test_top1_top5_and_mean_class_on_hand_made_scores():
-    scores = torch.tensor([
-        [0.9, 0.1, 0.0, 0.0, 0.0, 0.0],  # label 0: top-1 right
-        [0.5, 0.4, 0.3, 0.2, 0.1, 0.0],  # label 4: 5th best -> top-5 only
-        [0.0, 0.1, 0.2, 0.3, 0.5, 0.4],  # label 0: last -> wrong at top-5 too
-        [0.1, 0.8, 0.0, 0.0, 0.0, 0.0],  # label 1: top-1 right
-    ])
+    scores = torch.tensor(
+        [
+            [0.9, 0.1, 0.0, 0.0, 0.0, 0.0],  # label 0: top-1 right
+            [0.5, 0.4, 0.3, 0.2, 0.1, 0.0],  # label 4: 5th best -> top-5 only
+            [0.0, 0.1, 0.2, 0.3, 0.5, 0.4],  # label 0: last -> wrong at top-5 too
+            [0.1, 0.8, 0.0, 0.0, 0.0, 0.0],  # label 1: top-1 right
+        ]
+    )
     labels = torch.tensor([0, 4, 0, 1])
     m = _metrics(6, "test/")
     m.update(scores, labels)
@@ -26,8 +28,16 @@ def test_top1_top5_and_mean_class_on_hand_made_scores():
 
 def test_multiview_scores_average_probabilities_over_views():
     # Two clips, three views each; the module's forward sees [B*V, ...] and returns these logits.
-    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [0.0, 2.0],   # clip 0: views disagree, 2 of 3 say class 1
-                           [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])  # clip 1: all say class 0
+    logits = torch.tensor(
+        [
+            [2.0, 0.0],
+            [0.0, 2.0],
+            [0.0, 2.0],  # clip 0: views disagree, 2 of 3 say class 1
+            [1.0, 0.0],
+            [1.0, 0.0],
+            [1.0, 0.0],
+        ]
+    )  # clip 1: all say class 0
     seen = {}
 
     class Fake:
@@ -44,7 +54,9 @@ def test_multiview_scores_average_probabilities_over_views():
 
 
 def test_base_novel_subset_accuracy_and_harmonic_mean():
-    scores = torch.tensor([[0.1, 0.9, 0.0, 0.0], [0.6, 0.4, 0.0, 0.0], [0.0, 0.0, 0.2, 0.8], [0.9, 0.0, 0.05, 0.1]])
+    scores = torch.tensor(
+        [[0.1, 0.9, 0.0, 0.0], [0.6, 0.4, 0.0, 0.0], [0.0, 0.0, 0.2, 0.8], [0.9, 0.0, 0.05, 0.1]]
+    )
     labels = torch.tensor([1, 1, 2, 3])
     # Base classes {0, 1}: clips 0 and 1 are judged among classes 0 and 1 -> 1 of 2 right.
     assert subset_accuracy(scores, labels, [0, 1]) == pytest.approx(0.5)

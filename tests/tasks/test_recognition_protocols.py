@@ -14,12 +14,18 @@ from stop_lightning.models.backbone import load_clip
 from stop_lightning.tasks.recognition import RecognitionModule, class_prompts, harmonic_mean
 from stop_lightning.train import train
 
-FOUR_CLASSES = ["data.synthetic_classes=4", "data.synthetic_clips_per_class=8", "trainer.enable_progress_bar=false"]
+FOUR_CLASSES = [
+    "data.synthetic_classes=4",
+    "data.synthetic_clips_per_class=8",
+    "trainer.enable_progress_bar=false",
+]
 
 
 def cfg_for(cache_dir, tmp_path, monkeypatch, *extra):
     monkeypatch.setenv("STOP_RUN_STAMP", "run")
-    return load_config("demo", [f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path}", *FOUR_CLASSES, *extra])
+    return load_config(
+        "demo", [f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path}", *FOUR_CLASSES, *extra]
+    )
 
 
 def hand_top1(ckpt) -> float:
@@ -45,9 +51,13 @@ def checkpoint_under_test(run_dir) -> Path:
 
 
 def test_few_shot_trains_on_exactly_k_clips_per_class(cache_dir, tmp_path, monkeypatch):
-    cfg = cfg_for(cache_dir, tmp_path, monkeypatch, "data.protocol=few_shot", "data.shots=2", "trainer.max_epochs=1")
+    cfg = cfg_for(
+        cache_dir, tmp_path, monkeypatch, "data.protocol=few_shot", "data.shots=2", "trainer.max_epochs=1"
+    )
     metrics = train(cfg)
-    assert metrics["test/top1"] == pytest.approx(hand_top1(checkpoint_under_test(tmp_path / "demo" / "run")), abs=1e-6)
+    assert metrics["test/top1"] == pytest.approx(
+        hand_top1(checkpoint_under_test(tmp_path / "demo" / "run")), abs=1e-6
+    )
     fewshot = list((cache_dir / "synthetic").rglob("train_fewshot_k2_seed0.jsonl"))
     assert len(fewshot) == 1
     rows = [json.loads(line) for line in fewshot[0].read_text().splitlines() if line.strip()]
@@ -84,12 +94,24 @@ def test_zero_shot_equals_stock_clip_mean_of_frames(cache_dir, tmp_path, monkeyp
     assert not (tmp_path / "demo" / "run" / "checkpoints").exists()  # nothing trained, nothing saved
     # The same evaluation by hand with the stock HF CLIP API.
     bundle = load_clip(cfg.model.clip, cfg.paths.cache_dir)
-    dm = build_datamodule(cfg.data, "recognition", bundle.image_size, bundle.image_mean, bundle.image_std,
-                          seed=0, cache_dir=cfg.paths.cache_dir)
+    dm = build_datamodule(
+        cfg.data,
+        "recognition",
+        bundle.image_size,
+        bundle.image_mean,
+        bundle.image_std,
+        seed=0,
+        cache_dir=cfg.paths.cache_dir,
+    )
     dm.setup("test")
     clip, tok = bundle.model, bundle.tokenizer
-    enc = tok(class_prompts(dm.class_names, list(cfg.task.templates)), padding="max_length", truncation=True,
-              max_length=cfg.data.max_text_tokens, return_tensors="pt")
+    enc = tok(
+        class_prompts(dm.class_names, list(cfg.task.templates)),
+        padding="max_length",
+        truncation=True,
+        max_length=cfg.data.max_text_tokens,
+        return_tensors="pt",
+    )
     correct = total = 0
     with torch.no_grad():
         text = F.normalize(clip.get_text_features(**enc).pooler_output, dim=-1)  # [C, E]
@@ -97,7 +119,7 @@ def test_zero_shot_equals_stock_clip_mean_of_frames(cache_dir, tmp_path, monkeyp
             b, t = batch["video"].shape[:2]
             frames = clip.get_image_features(pixel_values=batch["video"].flatten(0, 1)).pooler_output
             video = F.normalize(frames.view(b, t, -1).mean(1), dim=-1)
-            correct += (( video @ text.t()).argmax(-1) == batch["label"]).sum().item()
+            correct += ((video @ text.t()).argmax(-1) == batch["label"]).sum().item()
             total += b
     assert metrics["test/top1"] == pytest.approx(correct / total, abs=1e-6)
 

@@ -37,7 +37,12 @@ def tiny_cfg(cache_dir: Path, *extra: str):
     """demo_retrieval's tiny CLIP and model; no spatial dropout, so two runs draw the same numbers."""
     return load_config(
         "demo_retrieval",
-        [f"paths.cache_dir={cache_dir}", "model.spatial.dropout=0.0", "trainer.enable_progress_bar=false", *extra],
+        [
+            f"paths.cache_dir={cache_dir}",
+            "model.spatial.dropout=0.0",
+            "trainer.enable_progress_bar=false",
+            *extra,
+        ],
     )
 
 
@@ -108,8 +113,14 @@ def retrieval_data(num_train: int, num_val: int, captions_per_val: list[int]) ->
 
 def trainer(**kwargs) -> L.Trainer:
     return L.Trainer(
-        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False, **kwargs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        **kwargs,
     )
 
 
@@ -134,7 +145,9 @@ def test_symmetric_infonce_matches_hand_computation():
     t2v = -(logits.diag() - logits.logsumexp(1)).mean()
     v2t = -(logits.diag() - logits.logsumexp(0)).mean()
     assert symmetric_infonce(text, video, scale).item() == pytest.approx(0.5 * (t2v + v2t).item(), rel=1e-6)
-    assert symmetric_infonce(video, text, scale).item() == pytest.approx(symmetric_infonce(text, video, scale).item(), rel=1e-6)
+    assert symmetric_infonce(video, text, scale).item() == pytest.approx(
+        symmetric_infonce(text, video, scale).item(), rel=1e-6
+    )
     # The loss of a set of pairs does not depend on their order (ranks gather in rank order).
     perm = torch.randperm(5, generator=g)
     assert symmetric_infonce(text[perm], video[perm], scale).item() == pytest.approx(
@@ -210,8 +223,15 @@ class WithTrainingCaptions(TensorRetrievalData):
 def test_conventions_and_qb_norm_from_the_config(cache_dir):
     """task.tie_rank / task.v2t_captions reach the metrics; task.qb_norm logs test/qb_t2v_* computed
     with the training captions as the query bank (and no qb_v2t: the bank holds captions only)."""
-    cfg = tiny_cfg(cache_dir, "task.dual_softmax=false", "task.qb_norm=true", "task.qb_norm_beta=30", "task.qb_norm_k=2",
-                   "task.tie_rank=clip4clip", "task.v2t_captions=best_caption")
+    cfg = tiny_cfg(
+        cache_dir,
+        "task.dual_softmax=false",
+        "task.qb_norm=true",
+        "task.qb_norm_beta=30",
+        "task.qb_norm_k=2",
+        "task.tie_rank=clip4clip",
+        "task.v2t_captions=best_caption",
+    )
     module = make_module(cfg)
     data = retrieval_data(num_train=6, num_val=5, captions_per_val=[2, 1, 3, 1, 2])
     results = trainer().test(module, datamodule=WithTrainingCaptions(data, 2, 2), verbose=False)[0]
@@ -223,8 +243,15 @@ def test_conventions_and_qb_norm_from_the_config(cache_dir):
         bank = module.encode_texts(data["train_captions"]) @ video.t()
     conventions = {"tie_rank": "clip4clip", "v2t_captions": "best_caption"}
     expected = retrieval_metrics(sim, torch.as_tensor(owners), prefix="test/", **conventions)
-    expected.update(retrieval_metrics(querybank_normalise(sim, bank, beta=30.0, k=2), torch.as_tensor(owners),
-                                      prefix="test/qb_", directions=("t2v",), **conventions))
+    expected.update(
+        retrieval_metrics(
+            querybank_normalise(sim, bank, beta=30.0, k=2),
+            torch.as_tensor(owners),
+            prefix="test/qb_",
+            directions=("t2v",),
+            **conventions,
+        )
+    )
     expected["test/unreadable"] = 0.0  # every video was read
     assert set(expected) == set(results)
     for key, value in expected.items():
@@ -267,15 +294,21 @@ class RecordStep(L.Callback):
         self.loss = outputs["loss"].detach().clone()
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        self.grads = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None}
+        self.grads = {
+            n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None
+        }
 
 
 def ddp_worker(rank: int, port: int, out_dir: str, cache_dir: str) -> None:
     """One rank, started by ``torch.multiprocessing.spawn``: the environment makes Lightning join the
     other rank instead of launching processes (as under torchrun)."""
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD), RANK=str(rank),
-        LOCAL_RANK=str(rank), NODE_RANK="0",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(WORLD),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        NODE_RANK="0",
     )
     torch.set_num_threads(1)
     out = Path(out_dir)
@@ -286,8 +319,13 @@ def ddp_worker(rank: int, port: int, out_dir: str, cache_dir: str) -> None:
     metrics = trainer(devices=WORLD, strategy="ddp").validate(module, datamodule=data, verbose=False)[0]
     sizes = dict(module.last_eval_sizes)
     record = RecordStep()
-    trainer(devices=WORLD, strategy="ddp", max_steps=1, limit_val_batches=0, callbacks=[record]).fit(module, datamodule=data)
-    torch.save({"metrics": metrics, "sizes": sizes, "loss": record.loss, "grads": record.grads}, out / f"rank{rank}.pt")
+    trainer(devices=WORLD, strategy="ddp", max_steps=1, limit_val_batches=0, callbacks=[record]).fit(
+        module, datamodule=data
+    )
+    torch.save(
+        {"metrics": metrics, "sizes": sizes, "loss": record.loss, "grads": record.grads},
+        out / f"rank{rank}.pt",
+    )
 
 
 @pytest.mark.ddp
@@ -304,7 +342,9 @@ def test_two_ranks_see_the_global_batch_and_the_whole_split(cache_dir, tmp_path)
     data = retrieval_data(num_train=BATCH_PER_RANK * WORLD, num_val=5, captions_per_val=DDP_VAL_CAPTIONS)
     torch.save(data, tmp_path / "data.pt")
 
-    torch.multiprocessing.spawn(ddp_worker, args=(free_port(), str(tmp_path), str(cache_dir)), nprocs=WORLD, join=True)
+    torch.multiprocessing.spawn(
+        ddp_worker, args=(free_port(), str(tmp_path), str(cache_dir)), nprocs=WORLD, join=True
+    )
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
     # One process, the same 6 pairs in one batch, no gather.
@@ -327,7 +367,9 @@ def test_two_ranks_see_the_global_batch_and_the_whole_split(cache_dir, tmp_path)
         for name, grad in expected_grads.items():
             error = (got["grads"][name] - grad).norm()
             ratio = (got["grads"][name].norm() / grad.norm().clamp_min(1e-12)).item()
-            assert error <= 1e-4 * grad.norm() + 1e-6 * flat_expected.norm(), f"rank {r} {name}: norm ratio {ratio:.3f}"
+            assert error <= 1e-4 * grad.norm() + 1e-6 * flat_expected.norm(), (
+                f"rank {r} {name}: norm ratio {ratio:.3f}"
+            )
         assert got["sizes"] == {"videos": 5, "captions": sum(DDP_VAL_CAPTIONS)}
         for key, value in expected_metrics.items():
             assert got["metrics"][key] == pytest.approx(value, abs=1e-4), f"rank {r} {key}"
@@ -349,8 +391,14 @@ def test_retrieval_learns_colour_words(cache_dir, tmp_path, monkeypatch):
 
     cfg = load_config(
         "demo_retrieval",
-        [f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path}", "seed=0", "trainer.enable_progress_bar=false",
-         "trainer.limit_val_batches=0", "checkpoint.monitor=''"],
+        [
+            f"paths.cache_dir={cache_dir}",
+            f"paths.output_dir={tmp_path}",
+            "seed=0",
+            "trainer.enable_progress_bar=false",
+            "trainer.limit_val_batches=0",
+            "checkpoint.monitor=''",
+        ],
     )
     monkeypatch.setenv("STOP_RUN_STAMP", "untrained")
     before = evaluate(cfg, untrained=True)["test/t2v_R1"]
@@ -367,8 +415,14 @@ def test_retrieval_learns_colour_words(cache_dir, tmp_path, monkeypatch):
 def msrvtt_cfg(tmp_path: Path, cache_dir: Path):
     return load_config(
         "msrvtt",
-        [f"paths.data_root={tmp_path}/data", f"paths.manifest_root={tmp_path}/manifests", "model.clip.source=tiny",
-         f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path}/runs", "logger.wandb=false"],
+        [
+            f"paths.data_root={tmp_path}/data",
+            f"paths.manifest_root={tmp_path}/manifests",
+            "model.clip.source=tiny",
+            f"paths.cache_dir={cache_dir}",
+            f"paths.output_dir={tmp_path}/runs",
+            "logger.wandb=false",
+        ],
     )
 
 
@@ -390,9 +444,21 @@ def test_msrvtt_without_data_names_the_manifest_command(tmp_path, cache_dir, mon
 def test_msrvtt_reference_settings(tmp_path, cache_dir):
     cfg = msrvtt_cfg(tmp_path, cache_dir)
     d, o = cfg.data, cfg.optim
-    assert (cfg.task.name, d.dataset, d.sampling, d.fps, d.num_frames) == ("retrieval", "msrvtt", "fps", 3.0, 12)
+    assert (cfg.task.name, d.dataset, d.sampling, d.fps, d.num_frames) == (
+        "retrieval",
+        "msrvtt",
+        "fps",
+        3.0,
+        12,
+    )
     assert (d.batch_size, d.max_text_tokens, cfg.model.text_prompts.max_text_tokens) == (32, 32, 32)
-    assert (o.lr, o.weight_decay, o.scheduler, o.warmup_ratio, cfg.trainer.max_epochs) == (1e-3, 0.2, "cosine", 0.1, 5)
+    assert (o.lr, o.weight_decay, o.scheduler, o.warmup_ratio, cfg.trainer.max_epochs) == (
+        1e-3,
+        0.2,
+        "cosine",
+        0.1,
+        5,
+    )
     assert cfg.trainer.precision == "auto"  # bf16-mixed on GPUs with bf16, fp32 on CPU
     assert (cfg.checkpoint.monitor, cfg.checkpoint.mode) == ("val/t2v_R1", "max")
     assert cfg.model.preset == "stop"

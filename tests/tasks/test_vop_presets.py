@@ -28,22 +28,37 @@ EXPECTED = {
 }
 DEMOS = {
     "retrieval": ("demo_retrieval", ["data.synthetic_clips_per_class=8", "data.batch_size=4"]),
-    "recognition": ("demo", ["data.synthetic_clips_per_class=8", "data.synthetic_classes=4", "data.synthetic_looks=0",
-                             "data.batch_size=4"]),
+    "recognition": (
+        "demo",
+        [
+            "data.synthetic_clips_per_class=8",
+            "data.synthetic_classes=4",
+            "data.synthetic_looks=0",
+            "data.batch_size=4",
+        ],
+    ),
 }
 
 
 class _Record(L.Callback):
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        self.grads = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None}
+        self.grads = {
+            n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None
+        }
 
 
 def _one_step(cache_dir, tmp_path, task: str, preset: str):
     experiment, data = DEMOS[task]
     cfg = load_config(
         experiment,
-        [f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path}", f"model.preset={preset}",
-         "model.text_prompts.enabled=true", "trainer.enable_progress_bar=false", *data],
+        [
+            f"paths.cache_dir={cache_dir}",
+            f"paths.output_dir={tmp_path}",
+            f"model.preset={preset}",
+            "model.text_prompts.enabled=true",
+            "trainer.enable_progress_bar=false",
+            *data,
+        ],
     )
     cfg, bundle, datamodule = setup_run(cfg, tmp_path / "run")
     torch.manual_seed(0)
@@ -51,8 +66,15 @@ def _one_step(cache_dir, tmp_path, task: str, preset: str):
     before = {n: p.detach().clone() for n, p in module.named_parameters()}
     record = _Record()
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, callbacks=[record],
+        accelerator="cpu",
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[record],
     )
     trainer.fit(module, datamodule=datamodule)
     return module, before, record.grads
@@ -70,10 +92,16 @@ def test_vop_preset_trains_only_its_prompts(cache_dir, tmp_path, task, preset):
         assert any(n.startswith(prefix) for n in trainable), f"{preset}: nothing trainable under {prefix}"
     assert not any(".clip." in f".{n}." or n.startswith("clip.") for n in trainable)
     after = dict(module.named_parameters())
-    frozen_moved = [n for n, p in after.items() if not p.requires_grad and not torch.equal(p.detach(), before[n])]
+    frozen_moved = [
+        n for n, p in after.items() if not p.requires_grad and not torch.equal(p.detach(), before[n])
+    ]
     assert not frozen_moved, frozen_moved
     # The step reached the prompts: every prompt group got a gradient and at least one tensor in it moved.
     for prefix in prefixes:
         names = [n for n in trainable if n.startswith(prefix)]
-        assert any(n in grads and grads[n].abs().sum() > 0 for n in names), f"{preset}/{task}: no gradient under {prefix}"
-        assert any(not torch.equal(after[n].detach(), before[n]) for n in names), f"{preset}/{task}: {prefix} did not move"
+        assert any(n in grads and grads[n].abs().sum() > 0 for n in names), (
+            f"{preset}/{task}: no gradient under {prefix}"
+        )
+        assert any(not torch.equal(after[n].detach(), before[n]) for n in names), (
+            f"{preset}/{task}: {prefix} did not move"
+        )

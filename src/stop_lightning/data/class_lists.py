@@ -32,12 +32,16 @@ def read_class_list(path: str | Path) -> list[str]:
     lines = [line.strip() for line in text.splitlines()]
     lines = [line for line in lines if line and not line.startswith("#")]
     if lines and lines[0].replace(" ", "").lower() == CSV_HEADER:
-        names = [row[1].strip() if len(row) > 1 else "" for row in csv.reader(io.StringIO("\n".join(lines[1:])))]
+        names = [
+            row[1].strip() if len(row) > 1 else "" for row in csv.reader(io.StringIO("\n".join(lines[1:])))
+        ]
     else:
         names = lines
     for i, name in enumerate(names, start=1):
         if not name:
-            raise ManifestError(f"{path}: entry {i} has no class name (expected '{CSV_HEADER}' rows or one name per line)")
+            raise ManifestError(
+                f"{path}: entry {i} has no class name (expected '{CSV_HEADER}' rows or one name per line)"
+            )
     seen: set[str] = set()
     for name in names:
         if name in seen:
@@ -78,7 +82,8 @@ def seeded_subset(ids: list[int], size: int, seed: int, source: str | Path) -> l
     """``size`` of ``ids`` drawn with ``seed`` (sorted); the whole list when ``size`` equals its length."""
     if not 0 < size <= len(ids):
         raise ManifestError(
-            f"data.subset_size={size} but {source} lists {len(ids)} classes; set 0 < data.subset_size <= {len(ids)}"
+            f"data.subset_size={size} but {source} lists {len(ids)} classes; "
+            f"set 0 < data.subset_size <= {len(ids)}"
         )
     return sorted(random.Random(seed).sample(sorted(ids), size))
 

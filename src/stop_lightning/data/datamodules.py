@@ -2,14 +2,16 @@
 
 Recognition batches::
 
-    train/val: {"video": float32 [B, T, 3, H, W], "label": int64 [B], "index": int64 [B], "unreadable": bool [B]}
+    train/val: {"video": float32 [B, T, 3, H, W], "label": int64 [B], "index": int64 [B],
+                "unreadable": bool [B]}
     test:      "video" is [B, V, T, 3, H, W] when V = test_clips * test_crops > 1
 
 Retrieval batches::
 
     train:    {"video": [B, T, 3, H, W], "frame_mask": bool [B, T], "caption": list[str], "index": int64 [B],
                "unreadable": bool [B]}
-    val/test: {"video", "frame_mask", "index", "unreadable"}, one item per video; captions via eval_captions(stage)
+    val/test: {"video", "frame_mask", "index", "unreadable"}, one item per video;
+              captions via eval_captions(stage)
 
 ``unreadable`` marks an evaluation item whose video could not be read (``data.bad_video=skip``): a
 blank stand-in that the tasks score as a miss.
@@ -61,7 +63,6 @@ log = logging.getLogger(__name__)
 
 # Which manifest splits each Lightning stage reads.
 SPLITS_FOR_STAGE = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-
 
 
 def as_data_config(cfg: Any) -> DataConfig:
@@ -125,21 +126,27 @@ class VideoDataModule(L.LightningDataModule):
         return read_manifest(path)
 
     def _missing_message(self, path: Path) -> str:
-        msg = f"manifest file {path} does not exist (data.manifest_dir={self.manifest_dir}, data.dataset={self.cfg.dataset})."
+        msg = (
+            f"manifest file {path} does not exist "
+            f"(data.manifest_dir={self.manifest_dir}, data.dataset={self.cfg.dataset})."
+        )
         if self.spec.buildable:
             ann = f" [--annotations {self.spec.annotations_hint}]"
             return (
-                f"{msg} Build it with:\n  stop-lightning manifest {self.cfg.dataset} --root {self.video_root}{ann} "
-                f"--out {self.manifest_dir}"
+                f"{msg} Build it with:\n  stop-lightning manifest {self.cfg.dataset} "
+                f"--root {self.video_root}{ann} --out {self.manifest_dir}"
             )
         return f"{msg} Write the manifests in the format described in data_manifests/README.md."
 
     def _check_video_root(self) -> None:
         if self.cfg.format == "video" and not self.video_root.is_dir():
             msg = (
-                f"data.video_root={self.video_root} is not a directory: the {self.cfg.dataset} videos are not there. "
-                f"Unpack the dataset there (or set paths.data_root=... / data.video_root=...): it is the folder the "
-                f"manifest paths in {self.manifest_dir} are relative to (the --root given to 'stop-lightning manifest')."
+                f"data.video_root={self.video_root} is not a directory: "
+                f"the {self.cfg.dataset} videos are not there. "
+                "Unpack the dataset there (or set paths.data_root=... / data.video_root=...): "
+                "it is the folder the "
+                f"manifest paths in {self.manifest_dir} are relative to "
+                "(the --root given to 'stop-lightning manifest')."
             )
             if self.spec.buildable and not any(self.manifest_dir.rglob("*.jsonl")):
                 msg += (
@@ -149,8 +156,11 @@ class VideoDataModule(L.LightningDataModule):
                 )
             raise ManifestError(msg)
 
-    def _dataset(self, cls: type, records: list[ClipRecord], stage: str, manifest: Path, **kwargs: Any) -> Dataset:
-        """``cls`` over the video files, or its frame-shard twin when ``data.format=shards`` (data/shards.py)."""
+    def _dataset(
+        self, cls: type, records: list[ClipRecord], stage: str, manifest: Path, **kwargs: Any
+    ) -> Dataset:
+        """``cls`` over the video files, or its frame-shard twin when ``data.format=shards``
+        (data/shards.py)."""
         args = (stage, self._sampling(), self._transform(stage, crops=kwargs.get("num_crops", 1)))
         kwargs.update(bad_video=self.cfg.bad_video, health=self.health[stage])
         if self.cfg.format == "shards":
@@ -320,7 +330,9 @@ class RecognitionDataModule(VideoDataModule):
                     f"{'base' if not self.base_class_ids else 'novel'} class of {self.num_classes}"
                 )
             for half, ids in (("base", self.base_class_ids), ("novel", self.novel_class_ids)):
-                self.protocol_files[f"{half}_classes.csv"] = class_list_text([self.raw_class_names[i] for i in ids])
+                self.protocol_files[f"{half}_classes.csv"] = class_list_text(
+                    [self.raw_class_names[i] for i in ids]
+                )
         for name in self._splits_to_build(stage):
             if name == "train" and self.cfg.protocol == "zero_shot":
                 self.datasets["train"] = None
@@ -348,7 +360,9 @@ class RecognitionDataModule(VideoDataModule):
         c = self.cfg
         if not c.class_subset:
             if c.subset_size > 0:
-                raise ConfigError("data.subset_size > 0 needs data.class_subset (the class-list file to draw from)")
+                raise ConfigError(
+                    "data.subset_size > 0 needs data.class_subset (the class-list file to draw from)"
+                )
             return None
         ids = class_ids(read_class_list(c.class_subset), classes, c.class_subset)
         if c.subset_size > 0:
@@ -380,7 +394,9 @@ class RecognitionDataModule(VideoDataModule):
             if self._kept is not None:  # the list is of a class subset: named after the subset drawn
                 tag += f"_subset{len(self._kept)}_seed{c.protocol_seed}"
             records = few_shot_records(records, c.shots, c.protocol_seed, path, self.raw_class_names, tag=tag)
-            self.protocol_files[f"{tag}_fewshot_k{c.shots}_seed{c.protocol_seed}.jsonl"] = manifest_text(records)
+            self.protocol_files[f"{tag}_fewshot_k{c.shots}_seed{c.protocol_seed}.jsonl"] = manifest_text(
+                records
+            )
         return records
 
     def train_dataloader(self) -> DataLoader:
@@ -432,7 +448,8 @@ def base_novel_split(
         base = class_ids(read_class_list(rule), class_names, rule)
     else:
         raise ConfigError(
-            f"data.class_split={rule!r} is not alphabetical, seeded or a class-list file (.csv or .txt) of the base classes"
+            f"data.class_split={rule!r} is not alphabetical, seeded or a class-list file "
+            "(.csv or .txt) of the base classes"
         )
     return sorted(base), sorted(set(range(len(class_names))) - set(base))
 
@@ -459,7 +476,8 @@ def few_shot_records(
         pool = by_class[label]
         if len(pool) < shots:
             raise ConfigError(
-                f"data.shots={shots} but class {class_names[label]!r} has only {len(pool)} training clips in {train_path}"
+                f"data.shots={shots} but class {class_names[label]!r} has only {len(pool)} "
+                f"training clips in {train_path}"
             )
         chosen.extend(rng.sample(pool, shots))
     try:

@@ -138,7 +138,8 @@ class VideoDataset(Dataset):
         return idx, [True] * s.num_frames
 
     def decode(self, i: int, num_clips: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clip(s) of item ``i``: uint8 ``[num_clips, T, 3, H, W]`` and the bool frame mask ``[num_clips, T]``."""
+        """Clip(s) of item ``i``: uint8 ``[num_clips, T, 3, H, W]`` and the bool frame mask
+        ``[num_clips, T]``."""
         path = self.paths[i]
         with VideoFile(path, seek_threshold=self.sampling.seek_threshold) as video:
             n = video.info.num_frames

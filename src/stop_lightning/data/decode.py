@@ -50,7 +50,7 @@ class VideoDecodeError(RuntimeError):
 def _worker_message(text: str) -> str:
     """``path: reason`` from a worker traceback's last line (``...VideoDecodeError: path: reason``)."""
     marker = "VideoDecodeError: "
-    last = text[text.rfind(marker) + len(marker):] if marker in text else text
+    last = text[text.rfind(marker) + len(marker) :] if marker in text else text
     return last.strip()
 
 
@@ -217,7 +217,11 @@ class VideoFile:
                             if packet.pts is None or self.stream.time_base is None:
                                 keys = None
                                 break
-                            keys.append(int(round(float((packet.pts - start) * self.stream.time_base) * self.info.fps)))
+                            keys.append(
+                                int(
+                                    round(float((packet.pts - start) * self.stream.time_base) * self.info.fps)
+                                )
+                            )
                 self._absorb(logs)
             except av.error.FFmpegError:
                 keys = None

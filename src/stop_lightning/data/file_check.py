@@ -38,7 +38,7 @@ def missing_files_message(missing: list[tuple[str, Path]], total: int, video_roo
     ]
     lines += [f"  [{split}] {path}" for split, path in missing[:SHOWN]]
     lines.append(
-        "Restore the files, point data.video_root at the folder the manifest paths are relative to, or rebuild "
-        "the manifests (stop-lightning manifest ... leaves missing files out)."
+        "Restore the files, point data.video_root at the folder the manifest paths are relative to, "
+        "or rebuild the manifests (stop-lightning manifest ... leaves missing files out)."
     )
     return "\n".join(lines)

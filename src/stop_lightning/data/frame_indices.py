@@ -92,7 +92,9 @@ def resample_indices(num_frames: int, video_fps: float, target_fps: float) -> li
     A ``target_fps`` above ``video_fps`` repeats frames (the stored copies cap it at ``video_fps``).
     """
     if num_frames < 1 or video_fps <= 0 or target_fps <= 0:
-        raise ValueError(f"resample_indices needs positive inputs, got {num_frames}, {video_fps}, {target_fps}")
+        raise ValueError(
+            f"resample_indices needs positive inputs, got {num_frames}, {video_fps}, {target_fps}"
+        )
     step = video_fps / target_fps  # source frames per resampled frame
     count = max(1, int(math.floor((num_frames - 1) / step)) + 1)
     return [min(int(round(k * step)), num_frames - 1) for k in range(count)]

@@ -57,7 +57,11 @@ class EpochSampler(Sampler):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         rank, world = _rank_and_world()
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.num_items, generator=g).tolist() if self.shuffle else list(range(self.num_items))
+        order = (
+            torch.randperm(self.num_items, generator=g).tolist()
+            if self.shuffle
+            else list(range(self.num_items))
+        )
         total = self._per_rank() * world
         order = (order * math.ceil(total / max(1, len(order))))[:total] if order else []
         # One seed per position in the epoch: independent of rank count and worker count.

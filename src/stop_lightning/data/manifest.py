@@ -207,12 +207,13 @@ def check_labels(records: list[ClipRecord], class_names: list[str], source: str)
             )
         if rec.label >= len(class_names):
             raise ManifestError(
-                f"{source}: row {i + 1} ({rec.path}) field 'label' = {rec.label} but the class list has {len(class_names)} classes"
+                f"{source}: row {i + 1} ({rec.path}) field 'label' = {rec.label} "
+                f"but the class list has {len(class_names)} classes"
             )
         if rec.label_name is not None and rec.label_name != class_names[rec.label]:
             raise ManifestError(
-                f"{source}: row {i + 1} ({rec.path}) field 'label_name' = {rec.label_name!r} but class {rec.label} "
-                f"is {class_names[rec.label]!r} in {CLASSES_FILE}"
+                f"{source}: row {i + 1} ({rec.path}) field 'label_name' = {rec.label_name!r} "
+                f"but class {rec.label} is {class_names[rec.label]!r} in {CLASSES_FILE}"
             )
 
 

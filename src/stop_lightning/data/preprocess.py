@@ -57,8 +57,14 @@ def temp_path(final: Path) -> Path:
 
 def encoder_options(settings: StoreSettings) -> dict[str, str]:
     if settings.codec == "h264":
-        return {"crf": str(settings.crf), "preset": "veryfast", "tune": "fastdecode", "g": str(settings.gop),
-                "keyint_min": str(settings.gop), "bf": "0"}
+        return {
+            "crf": str(settings.crf),
+            "preset": "veryfast",
+            "tune": "fastdecode",
+            "g": str(settings.gop),
+            "keyint_min": str(settings.gop),
+            "bf": "0",
+        }
     return {"qscale": "3", "g": str(settings.gop)}
 
 
@@ -149,7 +155,12 @@ def preprocess(
     videos = unique_paths(r for recs in rows.values() for r in recs)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        outcomes = {o.path: o for o in ordered_map(_Job(video_root, out_videos, settings), videos, workers, "preprocess", progress)}
+        outcomes = {
+            o.path: o
+            for o in ordered_map(
+                _Job(video_root, out_videos, settings), videos, workers, "preprocess", progress
+            )
+        }
     finally:
         signal.signal(signal.SIGTERM, previous)
     for f, recs in rows.items():

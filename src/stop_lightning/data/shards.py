@@ -57,7 +57,8 @@ def is_remote(location: str) -> bool:
 
 
 def shard_location(shard_dir: str, manifest_dir: Path, manifest: Path) -> str:
-    """Where the shards of ``manifest`` live: ``<shard_dir>/<manifest path relative to manifest_dir, no .jsonl>``."""
+    """Where the shards of ``manifest`` live:
+    ``<shard_dir>/<manifest path relative to manifest_dir, no .jsonl>``."""
     rel = Path(manifest).relative_to(manifest_dir).with_suffix("").as_posix()
     return f"{str(shard_dir).rstrip('/')}/{rel}"
 
@@ -75,15 +76,26 @@ def encode_item(video_path: Path, rel: str, settings: StoreSettings) -> dict[str
         with VideoFile(video_path) as video:
             plan = timeline(video, settings)
             blobs = [
-                encode_jpeg(torch.from_numpy(f.to_ndarray()).permute(2, 0, 1).contiguous(), quality=settings.jpeg_quality)
+                encode_jpeg(
+                    torch.from_numpy(f.to_ndarray()).permute(2, 0, 1).contiguous(),
+                    quality=settings.jpeg_quality,
+                )
                 .numpy()
                 .tobytes()
                 for f in stored_frames(video, plan, "rgb24")
             ]
-        meta = {"path": rel, "num_frames": len(blobs), "fps": plan.fps, "source_frames": plan.source_frames,
-                "source_fps": plan.source_fps}
+        meta = {
+            "path": rel,
+            "num_frames": len(blobs),
+            "fps": plan.fps,
+            "source_frames": plan.source_frames,
+            "source_fps": plan.source_fps,
+        }
     except (VideoDecodeError, ManifestError, av.error.FFmpegError, OSError) as err:
-        blobs, meta = [], {"path": rel, "num_frames": 0, "fps": 0.0, "error": str(getattr(err, "reason", err))}
+        blobs, meta = (
+            [],
+            {"path": rel, "num_frames": 0, "fps": 0.0, "error": str(getattr(err, "reason", err))},
+        )
     offsets = np.zeros(len(blobs) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([len(b) for b in blobs])
     return {"meta": json.dumps(meta), "offsets": offsets, "jpegs": b"".join(blobs)}
@@ -196,19 +208,23 @@ class ShardSource:
         order = unique_paths(manifest_records)
         if len(reader) != len(order):
             raise ManifestError(
-                f"the shards at {reader.location} hold {len(reader)} videos but {manifest} lists {len(order)}: "
+                f"the shards at {reader.location} hold {len(reader)} videos "
+                f"but {manifest} lists {len(order)}: "
                 "they were written from another manifest; write them again (stop-lightning shard)"
             )
         number = {p: k for k, p in enumerate(order)}
         missing = [r.path for r in self.records if r.path not in number]
         if missing:
-            raise ManifestError(f"{missing[0]} is not in {manifest}, which the shards at {reader.location} hold")
+            raise ManifestError(
+                f"{missing[0]} is not in {manifest}, which the shards at {reader.location} hold"
+            )
         self.reader = reader
         self.items = [number[r.path] for r in self.records]
         self.paths = [f"{reader.location} item {k} ({r.path})" for k, r in zip(self.items, self.records)]
 
     def decode(self, i: int, num_clips: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """As ``VideoDataset.decode``, over the stored frames: uint8 ``[num_clips, T, 3, H, W]``, mask ``[num_clips, T]``."""
+        """As ``VideoDataset.decode``, over the stored frames: uint8 ``[num_clips, T, 3, H, W]``,
+        mask ``[num_clips, T]``."""
         from torchvision.io import decode_jpeg
 
         where = self.paths[i]
@@ -219,7 +235,9 @@ class ShardSource:
         except (KeyError, ValueError, TypeError, OSError) as err:
             raise VideoDecodeError(where, f"unreadable shard item ({type(err).__name__}: {err})") from err
         if meta.get("path") != self.records[i].path:
-            raise VideoDecodeError(where, f"holds {meta.get('path')!r}; the shards do not match the manifest, write them again")
+            raise VideoDecodeError(
+                where, f"holds {meta.get('path')!r}; the shards do not match the manifest, write them again"
+            )
         if "error" in meta:
             raise VideoDecodeError(where, f"bad when sharded: {meta['error']}")
         n = int(meta["num_frames"])
@@ -227,7 +245,9 @@ class ShardSource:
             raise VideoDecodeError(where, f"no frames stored ({n} frames, {len(offsets)} offsets)")
         if int(meta.get("source_frames", n)) < self.sampling.min_video_frames:
             raise VideoDecodeError(
-                where, f"too short: {meta.get('source_frames', n)} frames < data.min_video_frames={self.sampling.min_video_frames}"
+                where,
+                f"too short: {meta.get('source_frames', n)} frames "
+                f"< data.min_video_frames={self.sampling.min_video_frames}",
             )
         plans = [self.frame_indices(n, float(meta["fps"]), c, num_clips) for c in range(num_clips)]
         blob = torch.frombuffer(bytearray(item["jpegs"]), dtype=torch.uint8)  # one copy, writable
@@ -237,7 +257,9 @@ class ShardSource:
                 # [3, H, W] as a view of an [H, W, 3] buffer: kept as [H, W, 3], so stacking is a plain copy
                 decoded[j] = decode_jpeg(blob[offsets[j] : offsets[j + 1]]).permute(1, 2, 0)
             except RuntimeError as err:
-                raise VideoDecodeError(where, f"stored frame {j} is not a valid JPEG ({str(err).splitlines()[0]})") from err
+                raise VideoDecodeError(
+                    where, f"stored frame {j} is not a valid JPEG ({str(err).splitlines()[0]})"
+                ) from err
         frames = torch.stack([decoded[j] for idx, _ in plans for j in idx])  # [num_clips*T, H, W, 3]
         # [num_clips, T, 3, H, W], channels-last in memory like the video path's PyAV frames
         clips = frames.permute(0, 3, 1, 2).reshape(num_clips, self.sampling.num_frames, 3, *frames.shape[1:3])
@@ -256,7 +278,9 @@ class ShardCaptionDataset(ShardSource, VideoCaptionDataset):
 SHARD_CLASSES = {VideoClipDataset: ShardClipDataset, VideoCaptionDataset: ShardCaptionDataset}
 
 
-def shard_dataset(cls: type, records: list[ClipRecord], location: str, manifest: Path, *args: Any, **kwargs: Any):
+def shard_dataset(
+    cls: type, records: list[ClipRecord], location: str, manifest: Path, *args: Any, **kwargs: Any
+):
     """The shard twin of dataset class ``cls`` over ``records``, reading ``location``."""
     dataset = SHARD_CLASSES[cls](records, Path("."), *args, **kwargs)
     dataset.attach(ShardReader(location), read_manifest(manifest), str(manifest))

@@ -39,7 +39,8 @@ class StoreSettings:
 
 
 def settings_from_config(data_cfg: Any, **flags: Any) -> StoreSettings:
-    """``data.store_*`` (``store_fps=-1``: the experiment's ``data.fps``), overridden by non-None ``flags``."""
+    """``data.store_*`` (``store_fps=-1``: the experiment's ``data.fps``), overridden by non-None
+    ``flags``."""
     fps = float(data_cfg.store_fps)
     settings = StoreSettings(
         short_side=int(data_cfg.store_short_side),
@@ -56,7 +57,9 @@ def manifest_files(manifest_dir: Path) -> list[Path]:
     """Every ``*.jsonl`` under ``manifest_dir`` except derived subsets (few-shot lists), sorted."""
     files = sorted(p for p in Path(manifest_dir).rglob("*.jsonl") if DERIVED_MANIFEST_MARK not in p.name)
     if not files:
-        raise FileNotFoundError(f"no *.jsonl manifests under {manifest_dir}: build them first (stop-lightning manifest)")
+        raise FileNotFoundError(
+            f"no *.jsonl manifests under {manifest_dir}: build them first (stop-lightning manifest)"
+        )
     return files
 
 
@@ -89,7 +92,9 @@ def timeline(video: VideoFile, settings: StoreSettings) -> StoredTimeline:
     info = video.info
     fps = info.fps if settings.fps <= 0 else min(settings.fps, info.fps)
     width, height = stored_size(info.width, info.height, settings.short_side)
-    return StoredTimeline(info.num_frames, info.fps, fps, resample_indices(info.num_frames, info.fps, fps), width, height)
+    return StoredTimeline(
+        info.num_frames, info.fps, fps, resample_indices(info.num_frames, info.fps, fps), width, height
+    )
 
 
 def stored_frames(video: VideoFile, plan: StoredTimeline, fmt: str) -> Iterator[av.VideoFrame]:
@@ -101,7 +106,8 @@ def stored_frames(video: VideoFile, plan: StoredTimeline, fmt: str) -> Iterator[
         yield frame.reformat(width=plan.width, height=plan.height, format=fmt, interpolation="AREA")
     if got * 2 < len(plan.indices):
         raise VideoDecodeError(
-            video.path, f"truncated or corrupt: decoded {got} of {len(plan.indices)} frames to store; {video._why()}"
+            video.path,
+            f"truncated or corrupt: decoded {got} of {len(plan.indices)} frames to store; {video._why()}",
         )
 
 
@@ -112,7 +118,9 @@ def _init_worker() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def ordered_map(fn: Callable[[Any], Any], jobs: list[Any], workers: int, desc: str, progress: bool = True) -> Iterator[Any]:
+def ordered_map(
+    fn: Callable[[Any], Any], jobs: list[Any], workers: int, desc: str, progress: bool = True
+) -> Iterator[Any]:
     """``fn(job)`` for every job, results in job order, ``workers`` processes (0: in this process),
     at most a few jobs ahead of the consumer (bounded memory), with a progress bar."""
     from tqdm import tqdm

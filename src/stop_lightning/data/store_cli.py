@@ -21,11 +21,16 @@ def store_main(command: str, cfg: Any, args: argparse.Namespace) -> int:
         from .preprocess import REPORT, preprocess
 
         report = preprocess(video_root, manifest_dir, out, settings, workers=args.workers)
-        print(f"{report['done']} videos written, {report['existing']} already there, {len(report['failed'])} failed "
-              f"(report: {out / REPORT})")
+        print(
+            f"{report['done']} videos written, {report['existing']} already there, "
+            f"{len(report['failed'])} failed (report: {out / REPORT})"
+        )
         for bad in report["failed"][:10]:
             print(f"  failed: {bad['path']}: {bad['reason']}")
-        print(f"use them with: data.video_root={report['video_root']} data.manifest_dir={report['manifest_dir']}")
+        print(
+            f"use them with: data.video_root={report['video_root']} "
+            f"data.manifest_dir={report['manifest_dir']}"
+        )
         return 1 if report["failed"] else 0
     from .shards import write_shards
 

@@ -177,9 +177,14 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 8.0, gop: int
     elif path.suffix == ".avi":
         codec, options = "mpeg4", {"qscale": "2", "g": str(gop)}
     elif path.suffix == ".webm":  # Something-Something v2's container and codec
-        codec, options = "libvpx-vp9", {"lossless": "1", "deadline": "realtime", "cpu-used": "8", "g": str(gop)}
+        codec, options = (
+            "libvpx-vp9",
+            {"lossless": "1", "deadline": "realtime", "cpu-used": "8", "g": str(gop)},
+        )
     else:
-        raise ValueError(f"write_video: unsupported extension {path.suffix!r} for {path} (use .mp4, .avi or .webm)")
+        raise ValueError(
+            f"write_video: unsupported extension {path.suffix!r} for {path} (use .mp4, .avi or .webm)"
+        )
     frames = np.ascontiguousarray(frames)
     _, h, w, _ = frames.shape
     with av.open(str(path), mode="w") as container:
@@ -277,9 +282,7 @@ def write_synthetic_dataset(
 _DONE = ".complete"
 
 
-def ensure_synthetic(
-    cfg_data: Any, cache_dir: str | Path, layout: str, seed: int = 0
-) -> tuple[Path, Path]:
+def ensure_synthetic(cfg_data: Any, cache_dir: str | Path, layout: str, seed: int = 0) -> tuple[Path, Path]:
     """Generate the synthetic dataset in ``layout`` (a registered dataset) and its manifests under
     ``cache_dir`` if missing.
 
@@ -341,8 +344,12 @@ class Encoding:
 
 
 ENCODINGS: dict[str, Encoding] = {
-    "ucf101": Encoding("UCF101/HMDB51-like: 320x240 MPEG-4 part 2 AVI, 30 fps, 8 s", 320, 240, 30.0, 8.0, ".avi", 12),
-    "msrvtt": Encoding("MSRVTT-like: 320x240 H.264 MP4, 30 fps, 15 s, GOP 250", 320, 240, 30.0, 15.0, ".mp4", 250),
+    "ucf101": Encoding(
+        "UCF101/HMDB51-like: 320x240 MPEG-4 part 2 AVI, 30 fps, 8 s", 320, 240, 30.0, 8.0, ".avi", 12
+    ),
+    "msrvtt": Encoding(
+        "MSRVTT-like: 320x240 H.264 MP4, 30 fps, 15 s, GOP 250", 320, 240, 30.0, 15.0, ".mp4", 250
+    ),
     "kinetics": Encoding("Kinetics-like: 454x340 H.264 MP4, 30 fps, 10 s", 454, 340, 30.0, 10.0, ".mp4", 250),
 }
 
@@ -371,7 +378,9 @@ def textured_frames(width: int, height: int, num_frames: int, seed: int = 0):
         yield np.clip(frame.astype(np.int16) + grain, 0, 255).astype(np.uint8)
 
 
-def write_realistic_video(path: str | Path, encoding: Encoding, seconds: float | None = None, seed: int = 0) -> Path:
+def write_realistic_video(
+    path: str | Path, encoding: Encoding, seconds: float | None = None, seed: int = 0
+) -> Path:
     """A textured video encoded like ``encoding`` (H.264 at x264's defaults, B-frames included, or
     MPEG-4 part 2 at a web-typical quantiser); ``seconds`` shortens it (benchmarks' quick mode)."""
     path = Path(path).with_suffix(encoding.suffix)

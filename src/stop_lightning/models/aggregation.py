@@ -19,7 +19,8 @@ NEEDS_GLOBAL = ("global_prompt0", "global_mean", "global_and_cls")
 
 
 def masked_frame_mean(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``frames [B, T, E]``, ``mask`` bool ``[B, T]`` (True: a real frame) -> mean of the real frames ``[B, E]``."""
+    """``frames [B, T, E]``, ``mask`` bool ``[B, T]`` (True: a real frame) -> mean of the real frames
+    ``[B, E]``."""
     weights = mask.to(frames.dtype).unsqueeze(-1)  # [B, T, 1]
     return (frames * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
@@ -37,7 +38,9 @@ class MSABlock(nn.Module):
         self.attn = nn.MultiheadAttention(width, attention_heads(width), batch_first=True)
         self.norm2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
-        self.frame_position = nn.Parameter(torch.randn(max_frames + 1, width) * width**-0.5)  # row 0: no frame (globals)
+        self.frame_position = nn.Parameter(
+            torch.randn(max_frames + 1, width) * width**-0.5
+        )  # row 0: no frame (globals)
         for layer in (self.attn.out_proj, self.mlp[-1]):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -57,14 +60,21 @@ class VideoAggregator(nn.Module):
         super().__init__()
         self.output = str(cfg.output)
         if self.output not in OUTPUTS:
-            raise ConfigError(f"model.aggregation.output = {self.output!r} is not one of: {', '.join(OUTPUTS)}")
+            raise ConfigError(
+                f"model.aggregation.output = {self.output!r} is not one of: {', '.join(OUTPUTS)}"
+            )
         if self.output in NEEDS_GLOBAL and not has_global:
             raise ConfigError(
                 f"model.aggregation.output = {self.output!r} reads the global prompt tokens, but "
-                f"model.global_prompts.enabled is false. Enable them or use model.aggregation.output=mean_cls."
+                f"model.global_prompts.enabled is false. "
+                f"Enable them or use model.aggregation.output=mean_cls."
             )
         self.max_frames = max_frames
-        self.blocks = nn.ModuleList(MSABlock(width, max_frames) for _ in range(int(cfg.msa_layers))) if cfg.msa else nn.ModuleList()
+        self.blocks = (
+            nn.ModuleList(MSABlock(width, max_frames) for _ in range(int(cfg.msa_layers)))
+            if cfg.msa
+            else nn.ModuleList()
+        )
         self.head: nn.Linear | None = None
         if cfg.head:
             self.head = nn.Linear(width, width)
@@ -79,7 +89,8 @@ class VideoAggregator(nn.Module):
         globals_: torch.Tensor | None = None,
         frame_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``frames [B, T, E]`` (projected frame CLS), ``prompts [B, T, K, E]``, ``globals_ [B, G, E]`` -> ``[B, E]``.
+        """``frames [B, T, E]`` (projected frame CLS), ``prompts [B, T, K, E]``, ``globals_ [B, G, E]``
+        -> ``[B, E]``.
 
         ``frame_mask [B, T]`` (True: a real frame, False: padding repeated by fps sampling) makes
         the plain mean over frames (meanP) skip the padding.
@@ -87,7 +98,9 @@ class VideoAggregator(nn.Module):
         B, T, E = frames.shape
         if len(self.blocks):
             if T > self.max_frames:
-                raise ValueError(f"aggregation block built for at most {self.max_frames} frames, got a clip of {T}")
+                raise ValueError(
+                    f"aggregation block built for at most {self.max_frames} frames, got a clip of {T}"
+                )
             frame_index = torch.arange(1, T + 1, device=frames.device)
             parts, ids = [frames], [frame_index]
             if prompts is not None:
@@ -101,11 +114,15 @@ class VideoAggregator(nn.Module):
             for block in self.blocks:
                 tokens = block(tokens, frame_ids)
             frames = tokens[:, :T]
-            globals_ = tokens[:, tokens.shape[1] - globals_.shape[1]:] if globals_ is not None else None
+            globals_ = tokens[:, tokens.shape[1] - globals_.shape[1] :] if globals_ is not None else None
 
         pools_plain_frames = not len(self.blocks)  # after the MSA block every token has seen the padding
         if self.output == "mean_cls":
-            video = masked_frame_mean(frames, frame_mask) if frame_mask is not None and pools_plain_frames else frames.mean(1)
+            video = (
+                masked_frame_mean(frames, frame_mask)
+                if frame_mask is not None and pools_plain_frames
+                else frames.mean(1)
+            )
         elif self.output == "global_prompt0":
             video = globals_[:, 0]
         elif self.output == "global_mean":

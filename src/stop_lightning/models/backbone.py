@@ -29,13 +29,20 @@ from stop_lightning.models.layers import attention_heads
 from stop_lightning.models.tiny_clip import CLIP_MEAN, CLIP_STD, make_tiny_clip
 
 # Config keys that change with the transformers release or the runtime, not with the weights.
-_VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "_attn_implementation_autoset", "dtype", "torch_dtype")
+_VOLATILE_CONFIG_KEYS = (
+    "transformers_version",
+    "_name_or_path",
+    "_attn_implementation_autoset",
+    "dtype",
+    "torch_dtype",
+)
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
 class ClipLoadError(RuntimeError):
-    """The CLIP weights named by ``model.clip.source`` cannot be loaded; the message says why and what to do."""
+    """The CLIP weights named by ``model.clip.source`` cannot be loaded; the message says why and what
+    to do."""
 
 
 @dataclass
@@ -52,14 +59,19 @@ class ClipBundle:
 
 def config_hash(config: CLIPConfig) -> str:
     def clean(d: dict) -> dict:
-        return {k: clean(v) if isinstance(v, dict) else v for k, v in d.items() if k not in _VOLATILE_CONFIG_KEYS and not str(k).startswith("_attn")}
+        return {
+            k: clean(v) if isinstance(v, dict) else v
+            for k, v in d.items()
+            if k not in _VOLATILE_CONFIG_KEYS and not str(k).startswith("_attn")
+        }
 
     text = json.dumps(clean(config.to_dict()), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def load_clip(clip_cfg: ClipSource, cache_dir: str | Path) -> ClipBundle:
-    """Turn ``clip_cfg.source`` (hub id | local dir | OpenAI ``.pt`` | ``tiny``) into a frozen :class:`ClipBundle`."""
+    """Turn ``clip_cfg.source`` (hub id | local dir | OpenAI ``.pt`` | ``tiny``) into a frozen
+    :class:`ClipBundle`."""
     source = str(clip_cfg.source)
     attn = check_choice("model.clip.attn_implementation", str(clip_cfg.attn_implementation))
     path = Path(source).expanduser()
@@ -74,10 +86,14 @@ def load_clip(clip_cfg: ClipSource, cache_dir: str | Path) -> ClipBundle:
     elif path.is_file():
         model = clip_from_openai_state_dict(read_openai_checkpoint(path), attn_implementation=attn)
         model_dir_for_extras = None
-    elif path.suffix in _CHECKPOINT_SUFFIXES or source.startswith((".", "/", "~")) or not _HUB_ID.match(source):
+    elif (
+        path.suffix in _CHECKPOINT_SUFFIXES or source.startswith((".", "/", "~")) or not _HUB_ID.match(source)
+    ):
         raise ClipLoadError(
-            f"model.clip.source = '{source}': no such file or directory ({path.resolve()}). Expected a HuggingFace hub id "
-            f"(e.g. openai/clip-vit-base-patch32), a directory written by save_pretrained, an OpenAI .pt checkpoint or 'tiny'."
+            f"model.clip.source = '{source}': no such file or directory ({path.resolve()}). "
+            f"Expected a HuggingFace hub id "
+            f"(e.g. openai/clip-vit-base-patch32), a directory written by save_pretrained, "
+            f"an OpenAI .pt checkpoint or 'tiny'."
         )
     else:
         model = _from_pretrained(source, attn)
@@ -103,16 +119,27 @@ def _from_pretrained(name_or_dir: str, attn: str) -> CLIPModel:
         return CLIPModel.from_pretrained(name_or_dir, attn_implementation=attn)
     except OSError as err:
         if Path(name_or_dir).is_dir():
-            raise ClipLoadError(f"{name_or_dir}: not a loadable CLIP directory (expected config.json and model weights written by save_pretrained): {err}") from err
+            raise ClipLoadError(
+                f"{name_or_dir}: not a loadable CLIP directory "
+                f"(expected config.json and model weights written by save_pretrained): {err}"
+            ) from err
         raise ClipLoadError(
-            f"cannot load CLIP '{name_or_dir}' from the HuggingFace hub (no network or not in the local cache): {err}\n"
-            f"Download it on a connected machine (huggingface-cli download {name_or_dir}) and copy the cache over, "
-            f"or point model.clip.source to a local directory (CLIPModel.save_pretrained) or an OpenAI .pt file."
+            f"cannot load CLIP '{name_or_dir}' from the HuggingFace hub "
+            f"(no network or not in the local cache): {err}\n"
+            f"Download it on a connected machine (huggingface-cli download {name_or_dir}) "
+            f"and copy the cache over, "
+            f"or point model.clip.source to a local directory (CLIPModel.save_pretrained) "
+            f"or an OpenAI .pt file."
         ) from err
 
 
 def _tiny_clip_dir(clip_cfg: ClipSource, cache_dir: Path) -> Path:
-    sizes = dict(width=int(clip_cfg.tiny_width), layers=int(clip_cfg.tiny_layers), patch_size=int(clip_cfg.tiny_patch_size), image_size=int(clip_cfg.tiny_image_size))
+    sizes = dict(
+        width=int(clip_cfg.tiny_width),
+        layers=int(clip_cfg.tiny_layers),
+        patch_size=int(clip_cfg.tiny_patch_size),
+        image_size=int(clip_cfg.tiny_image_size),
+    )
     out = cache_dir / "tiny-clip-w{width}-l{layers}-p{patch_size}-i{image_size}".format(**sizes)
     if not (out / "config.json").is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -160,7 +187,10 @@ def _is_torchscript(path: Path) -> bool:
 def read_openai_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict of an OpenAI CLIP checkpoint: a TorchScript archive or a plain ``torch.save`` dict."""
     path = Path(path)
-    expected = "an OpenAI CLIP checkpoint (TorchScript archive from the clip package, or a torch.save'd state dict with visual.* keys)"
+    expected = (
+        "an OpenAI CLIP checkpoint (TorchScript archive from the clip package, "
+        "or a torch.save'd state dict with visual.* keys)"
+    )
     try:
         if _is_torchscript(path):
             state = torch.jit.load(str(path), map_location="cpu").state_dict()
@@ -172,7 +202,10 @@ def read_openai_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         state = state["state_dict"]
     if not isinstance(state, dict) or "visual.conv1.weight" not in state:
         keys = list(state)[:5] if isinstance(state, dict) else type(state).__name__
-        raise ClipLoadError(f"{path}: expected {expected}; found no 'visual.conv1.weight' (first keys: {keys}). Only ViT CLIP checkpoints are supported.")
+        raise ClipLoadError(
+            f"{path}: expected {expected}; found no 'visual.conv1.weight' (first keys: {keys}). "
+            f"Only ViT CLIP checkpoints are supported."
+        )
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
@@ -181,7 +214,9 @@ def _count_blocks(state: dict[str, torch.Tensor], prefix: str) -> int:
     return 1 + max(int(m.group(1)) for k in state if (m := pattern.match(k)))
 
 
-def openai_clip_config(state: dict[str, torch.Tensor], vision_heads: int | None = None, text_heads: int | None = None) -> CLIPConfig:
+def openai_clip_config(
+    state: dict[str, torch.Tensor], vision_heads: int | None = None, text_heads: int | None = None
+) -> CLIPConfig:
     """A ``CLIPConfig`` whose sizes are read off the OpenAI tensors (heads: :func:`attention_heads`)."""
     width, _, patch, _ = state["visual.conv1.weight"].shape
     grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
@@ -224,38 +259,62 @@ def _map_blocks(state: dict[str, torch.Tensor], src: str, dst: str, layers: int)
         s, d = f"{src}{i}.", f"{dst}{i}."
         q, k, v = state[s + "attn.in_proj_weight"].chunk(3, dim=0)
         qb, kb, vb = state[s + "attn.in_proj_bias"].chunk(3, dim=0)
-        out.update({
-            d + "self_attn.q_proj.weight": q, d + "self_attn.q_proj.bias": qb,
-            d + "self_attn.k_proj.weight": k, d + "self_attn.k_proj.bias": kb,
-            d + "self_attn.v_proj.weight": v, d + "self_attn.v_proj.bias": vb,
-            d + "self_attn.out_proj.weight": state[s + "attn.out_proj.weight"],
-            d + "self_attn.out_proj.bias": state[s + "attn.out_proj.bias"],
-            d + "layer_norm1.weight": state[s + "ln_1.weight"], d + "layer_norm1.bias": state[s + "ln_1.bias"],
-            d + "mlp.fc1.weight": state[s + "mlp.c_fc.weight"], d + "mlp.fc1.bias": state[s + "mlp.c_fc.bias"],
-            d + "mlp.fc2.weight": state[s + "mlp.c_proj.weight"], d + "mlp.fc2.bias": state[s + "mlp.c_proj.bias"],
-            d + "layer_norm2.weight": state[s + "ln_2.weight"], d + "layer_norm2.bias": state[s + "ln_2.bias"],
-        })
+        out.update(
+            {
+                d + "self_attn.q_proj.weight": q,
+                d + "self_attn.q_proj.bias": qb,
+                d + "self_attn.k_proj.weight": k,
+                d + "self_attn.k_proj.bias": kb,
+                d + "self_attn.v_proj.weight": v,
+                d + "self_attn.v_proj.bias": vb,
+                d + "self_attn.out_proj.weight": state[s + "attn.out_proj.weight"],
+                d + "self_attn.out_proj.bias": state[s + "attn.out_proj.bias"],
+                d + "layer_norm1.weight": state[s + "ln_1.weight"],
+                d + "layer_norm1.bias": state[s + "ln_1.bias"],
+                d + "mlp.fc1.weight": state[s + "mlp.c_fc.weight"],
+                d + "mlp.fc1.bias": state[s + "mlp.c_fc.bias"],
+                d + "mlp.fc2.weight": state[s + "mlp.c_proj.weight"],
+                d + "mlp.fc2.bias": state[s + "mlp.c_proj.bias"],
+                d + "layer_norm2.weight": state[s + "ln_2.weight"],
+                d + "layer_norm2.bias": state[s + "ln_2.bias"],
+            }
+        )
     return out
 
 
 def openai_to_hf_state_dict(state: dict[str, torch.Tensor], config: CLIPConfig) -> dict[str, torch.Tensor]:
-    """Rename OpenAI keys to ``CLIPModel`` keys; projections are stored transposed (``x @ proj``) by OpenAI."""
+    """Rename OpenAI keys to ``CLIPModel`` keys; projections are stored transposed (``x @ proj``) by
+    OpenAI."""
     v, t = "vision_model.", "text_model."
     out = {
         v + "embeddings.patch_embedding.weight": state["visual.conv1.weight"],
         v + "embeddings.class_embedding": state["visual.class_embedding"],
         v + "embeddings.position_embedding.weight": state["visual.positional_embedding"],
-        v + "pre_layrnorm.weight": state["visual.ln_pre.weight"], v + "pre_layrnorm.bias": state["visual.ln_pre.bias"],
-        v + "post_layernorm.weight": state["visual.ln_post.weight"], v + "post_layernorm.bias": state["visual.ln_post.bias"],
+        v + "pre_layrnorm.weight": state["visual.ln_pre.weight"],
+        v + "pre_layrnorm.bias": state["visual.ln_pre.bias"],
+        v + "post_layernorm.weight": state["visual.ln_post.weight"],
+        v + "post_layernorm.bias": state["visual.ln_post.bias"],
         "visual_projection.weight": state["visual.proj"].t(),
         t + "embeddings.token_embedding.weight": state["token_embedding.weight"],
         t + "embeddings.position_embedding.weight": state["positional_embedding"],
-        t + "final_layer_norm.weight": state["ln_final.weight"], t + "final_layer_norm.bias": state["ln_final.bias"],
+        t + "final_layer_norm.weight": state["ln_final.weight"],
+        t + "final_layer_norm.bias": state["ln_final.bias"],
         "text_projection.weight": state["text_projection"].t(),
         "logit_scale": state["logit_scale"].reshape(()),
     }
-    out.update(_map_blocks(state, "visual.transformer.resblocks.", v + "encoder.layers.", config.vision_config.num_hidden_layers))
-    out.update(_map_blocks(state, "transformer.resblocks.", t + "encoder.layers.", config.text_config.num_hidden_layers))
+    out.update(
+        _map_blocks(
+            state,
+            "visual.transformer.resblocks.",
+            v + "encoder.layers.",
+            config.vision_config.num_hidden_layers,
+        )
+    )
+    out.update(
+        _map_blocks(
+            state, "transformer.resblocks.", t + "encoder.layers.", config.text_config.num_hidden_layers
+        )
+    )
     return {k: t_.float().contiguous() for k, t_ in out.items()}
 
 
@@ -271,6 +330,9 @@ def clip_from_openai_state_dict(
     missing, unexpected = model.load_state_dict(openai_to_hf_state_dict(state, config), strict=False)
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
-        raise ClipLoadError(f"OpenAI checkpoint conversion left weights unmapped: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ClipLoadError(
+            f"OpenAI checkpoint conversion left weights unmapped: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
     model.set_attn_implementation(attn_implementation)
     return model.eval()

@@ -36,7 +36,8 @@ def _checkpointed_forward(layer: nn.Module, *args, **kwargs):
 
 
 class CheckpointedLayers:
-    """Wraps each layer's ``forward`` in :func:`torch.utils.checkpoint.checkpoint`; :meth:`restore` undoes it."""
+    """Wraps each layer's ``forward`` in :func:`torch.utils.checkpoint.checkpoint`; :meth:`restore`
+    undoes it."""
 
     def __init__(self, layers: Iterable[nn.Module]):
         self._layers = list(layers)

@@ -35,9 +35,17 @@ def _previous(config: Any) -> str | None:
     return entry[1] if entry is not None and entry[0]() is config else None
 
 
-def video_block_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                          attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                          video_blocks: tuple[int, int, int] | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+def video_block_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    video_blocks: tuple[int, int, int] | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
     """HF attention function: ``query/key/value [B, H, G + T*S, d] -> ([B, G + T*S, H, d], None)``.
 
     ``video_blocks = (G, T, S)`` (passed by the video model's layer hooks) says the sequence is
@@ -49,6 +57,7 @@ def video_block_attention(module: nn.Module, query: torch.Tensor, key: torch.Ten
             from transformers.models.clip.modeling_clip import eager_attention_forward as fallback
         else:
             from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
             fallback = ALL_ATTENTION_FUNCTIONS[previous]
         return fallback(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     G, T, S = video_blocks
@@ -59,21 +68,28 @@ def video_block_attention(module: nn.Module, query: torch.Tensor, key: torch.Ten
     def frames(x: torch.Tensor) -> torch.Tensor:  # [B, H, G + T*S, d] -> [B*T, H, S, d]
         return x[:, :, G:].reshape(B, H, T, S, d).transpose(1, 2).reshape(B * T, H, S, d)
 
-    def with_globals(x: torch.Tensor) -> torch.Tensor:  # -> [B*T, H, G + S, d]: each frame's keys/values plus the globals'
+    def with_globals(
+        x: torch.Tensor,
+    ) -> torch.Tensor:  # -> [B*T, H, G + S, d]: each frame's keys/values plus the globals'
         g = x[:, :, :G].unsqueeze(1).expand(B, T, H, G, d).reshape(B * T, H, G, d)
         return torch.cat([g, frames(x)], dim=2)
 
-    per_frame = F.scaled_dot_product_attention(frames(query), with_globals(key), with_globals(value), dropout_p=dropout, scale=scaling)
+    per_frame = F.scaled_dot_product_attention(
+        frames(query), with_globals(key), with_globals(value), dropout_p=dropout, scale=scaling
+    )
     per_frame = per_frame.reshape(B, T, H, S, d).transpose(1, 2).reshape(B, H, T * S, d)
     if G:
-        globals_ = F.scaled_dot_product_attention(query[:, :, :G], key, value, dropout_p=dropout, scale=scaling)  # [B, H, G, d]
+        globals_ = F.scaled_dot_product_attention(
+            query[:, :, :G], key, value, dropout_p=dropout, scale=scaling
+        )  # [B, H, G, d]
         per_frame = torch.cat([globals_, per_frame], dim=2)
     return per_frame.transpose(1, 2).contiguous(), None
 
 
 def use_video_block_attention(vision_config: Any) -> bool:
-    """Route the vision tower's attention through :func:`video_block_attention`; False if this transformers
-    release has no ``AttentionInterface`` (the block mask is used then). Undo with :func:`restore_attention`."""
+    """Route the vision tower's attention through :func:`video_block_attention`; False if this
+    transformers release has no ``AttentionInterface`` (the block mask is used then). Undo with
+    :func:`restore_attention`."""
     try:
         from transformers import AttentionInterface
     except ImportError:
@@ -87,7 +103,8 @@ def use_video_block_attention(vision_config: Any) -> bool:
 
 
 def base_attention_implementation(vision_config: Any) -> str:
-    """CLIP's own attention implementation (``sdpa``/``eager``/...), also while video block attention is on."""
+    """CLIP's own attention implementation (``sdpa``/``eager``/...), also while video block attention
+    is on."""
     current = getattr(vision_config, "_attn_implementation", None) or "eager"
     return (_previous(vision_config) or "sdpa") if current == VIDEO_BLOCK_ATTENTION else current
 
@@ -102,8 +119,13 @@ def video_block_attention_active(vision_config: Any) -> bool:
     return getattr(vision_config, "_attn_implementation", None) == VIDEO_BLOCK_ATTENTION
 
 
-def block_attention_mask(num_global: int, num_frames: int, frame_len: int, attn_implementation: str,
-                         device: torch.device | None = None) -> torch.Tensor:
+def block_attention_mask(
+    num_global: int,
+    num_frames: int,
+    frame_len: int,
+    attn_implementation: str,
+    device: torch.device | None = None,
+) -> torch.Tensor:
     """Mask ``[1, 1, G + T*S, G + T*S]`` for one video sequence.
 
     ``sdpa``: boolean, True where attention is allowed. ``eager``: additive float (0 / dtype min),

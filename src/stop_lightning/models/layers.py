@@ -10,7 +10,9 @@ def same_padding(kernel: tuple[int, ...], key: str) -> tuple[int, ...]:
     """
     even = [k for k in kernel if k % 2 == 0]
     if even:
-        raise ValueError(f"{key} = {list(kernel)}: every kernel size must be odd (same padding); change {even}")
+        raise ValueError(
+            f"{key} = {list(kernel)}: every kernel size must be odd (same padding); change {even}"
+        )
     return tuple(k // 2 for k in kernel)
 
 

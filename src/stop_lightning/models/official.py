@@ -60,9 +60,9 @@ def official_target(key: str) -> str | None:
         name = parts[i]
         if name in _SEQUENTIAL and i + 2 < len(parts):
             module = f"{name}.{parts[i + 1]}"
-            rest = parts[i + 2:]
+            rest = parts[i + 2 :]
         elif name in _SINGLE and i + 1 < len(parts):
-            module, rest = name, parts[i + 1:]
+            module, rest = name, parts[i + 1 :]
         else:
             continue
         return f"{OFFICIAL_MODULES[module]}.{'.'.join(rest)}" if module in OFFICIAL_MODULES else None
@@ -123,12 +123,14 @@ def official_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     for theirs, ours in OFFICIAL_MODULES.items():
         for name, tensor in own.items():
             if name.startswith(ours + "."):
-                out[f"{theirs}.{name[len(ours) + 1:]}"] = tensor.detach().clone()
+                out[f"{theirs}.{name[len(ours) + 1 :]}"] = tensor.detach().clone()
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="List which keys of an authors' checkpoint map to stop_official.")
+    parser = argparse.ArgumentParser(
+        description="List which keys of an authors' checkpoint map to stop_official."
+    )
     parser.add_argument("checkpoint", type=Path)
     args = parser.parse_args(argv)
     if not args.checkpoint.is_file():

@@ -17,10 +17,10 @@ gradient from either tower reaches the same parameters.
     tokens, K local tokens for each of T frames). The ``L_v * D_v`` vector of a token is read as
     one D_v-wide token per layer, and the tokens of one layer form one sequence: a batch of L_v
     sequences of ``P + Q + K*T`` tokens passes one pre-LN transformer layer of width D_v (heads
-    ``D_v / 64``, MLP ``4 D_v`` with QuickGELU as in CLIP), shared by the layers. So within a layer text and visual tokens
-    attend to each other, with no parameters spent on reshaping ``L_v * D_v`` down to ``D_v``.
-    The visual part is the per-frame local prompts ``[L_v, T, K, D_v]``; the text part goes
-    through an MLP ``D_v -> 2 D_v -> QuickGELU -> D_t``.
+    ``D_v / 64``, MLP ``4 D_v`` with QuickGELU as in CLIP), shared by the layers. So within a layer
+    text and visual tokens attend to each other, with no parameters spent on reshaping
+    ``L_v * D_v`` down to ``D_v``. The visual part is the per-frame local prompts
+    ``[L_v, T, K, D_v]``; the text part goes through an MLP ``D_v -> 2 D_v -> QuickGELU -> D_t``.
 
 When the towers have different depths (ViT-L/14: 24 vision, 12 text layers), text layer ``j``
 takes the tokens of vision layer ``floor(j * L_v / L_t)``; with equal depths that is layer ``j``.
@@ -91,7 +91,9 @@ class SharedPromptSpace(nn.Module):
         self.text_width, self.text_layers = text_width, text_layers
         self.num_frames = num_frames
         std = model_cfg.local_prompts.init_std
-        self.register_buffer("text_layer_index", _text_layer_index(vision_layers, text_layers), persistent=False)
+        self.register_buffer(
+            "text_layer_index", _text_layer_index(vision_layers, text_layers), persistent=False
+        )
 
         if self.variant == "linear":
             self.source = nn.Parameter(torch.randn(self.num_tokens, vision_layers * vision_width) * std)
@@ -100,17 +102,26 @@ class SharedPromptSpace(nn.Module):
         else:
             heads = attention_heads(vision_width)
             num_text = self.num_prefix + self.num_postfix
-            self.embedding = nn.Parameter(torch.randn(num_text + self.num_tokens * num_frames, vision_layers * vision_width) * std)
+            self.embedding = nn.Parameter(
+                torch.randn(num_text + self.num_tokens * num_frames, vision_layers * vision_width) * std
+            )
             self.transformer = nn.TransformerEncoderLayer(
-                d_model=vision_width, nhead=heads, dim_feedforward=4 * vision_width, dropout=0.0,
-                activation=QuickGELUActivation(), batch_first=True, norm_first=True,
+                d_model=vision_width,
+                nhead=heads,
+                dim_feedforward=4 * vision_width,
+                dropout=0.0,
+                activation=QuickGELUActivation(),
+                batch_first=True,
+                norm_first=True,
             )
             nn.init.zeros_(self.transformer.self_attn.out_proj.weight)
             nn.init.zeros_(self.transformer.self_attn.out_proj.bias)
             nn.init.zeros_(self.transformer.linear2.weight)
             nn.init.zeros_(self.transformer.linear2.bias)
             self.text_mlp = nn.Sequential(
-                nn.Linear(vision_width, 2 * vision_width), QuickGELUActivation(), nn.Linear(2 * vision_width, text_width)
+                nn.Linear(vision_width, 2 * vision_width),
+                QuickGELUActivation(),
+                nn.Linear(2 * vision_width, text_width),
             )
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -62,9 +62,12 @@ class ReferenceSpatialGenerator(nn.Module):
         super().__init__()
         C, pad = int(cfg.conv_channels), same_padding(self.kernel, "ReferenceSpatialGenerator.kernel")
         self.convs = nn.Sequential(
-            nn.Conv3d(3, C, self.kernel, padding=pad), nn.PReLU() if cfg.first_activation else nn.Identity(),
-            nn.Conv3d(C, C, self.kernel, padding=pad), nn.PReLU(),
-            nn.Conv3d(C, C, self.kernel, padding=pad), nn.PReLU(),
+            nn.Conv3d(3, C, self.kernel, padding=pad),
+            nn.PReLU() if cfg.first_activation else nn.Identity(),
+            nn.Conv3d(C, C, self.kernel, padding=pad),
+            nn.PReLU(),
+            nn.Conv3d(C, C, self.kernel, padding=pad),
+            nn.PReLU(),
             nn.Conv3d(C, int(cfg.hidden_channels), self.kernel, padding=pad),
         )  # [B, 3, T, H, W] -> [B, hidden, T, H, W]
         self.dropout = nn.Dropout(float(cfg.dropout))
@@ -94,8 +97,10 @@ class FastSpatialGenerator(nn.Module):
         spatial, temporal = (1, kernel, kernel), (3, 1, 1)
         pad = same_padding(spatial, "model.spatial.fast_kernel")
         self.convs = nn.Sequential(
-            nn.Conv3d(3, channels, spatial, padding=pad), nn.PReLU(),
-            nn.Conv3d(channels, channels, temporal, padding=same_padding(temporal, "temporal")), nn.PReLU(),
+            nn.Conv3d(3, channels, spatial, padding=pad),
+            nn.PReLU(),
+            nn.Conv3d(channels, channels, temporal, padding=same_padding(temporal, "temporal")),
+            nn.PReLU(),
             nn.Conv3d(channels, hidden, spatial, padding=pad),
         )
         self.dropout = nn.Dropout(float(cfg.dropout))
@@ -119,10 +124,18 @@ def patch_projection(pixels: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """
     M, C, H, W = pixels.shape
     D, _, P, Q = conv.weight.shape
-    if conv.bias is not None or tuple(conv.stride) != (P, Q) or H % P or W % Q or conv.padding not in ("valid", (0, 0), 0):
+    if (
+        conv.bias is not None
+        or tuple(conv.stride) != (P, Q)
+        or H % P
+        or W % Q
+        or conv.padding not in ("valid", (0, 0), 0)
+    ):
         return conv._conv_forward(pixels, conv.weight, conv.bias)  # not a patchify conv: the generic path
     gh, gw = H // P, W // Q
-    patches = pixels.view(M, C, gh, P, gw, Q).permute(0, 2, 4, 1, 3, 5).reshape(M, gh * gw, C * P * Q)  # [M, N, 3*P*P]
+    patches = (
+        pixels.view(M, C, gh, P, gw, Q).permute(0, 2, 4, 1, 3, 5).reshape(M, gh * gw, C * P * Q)
+    )  # [M, N, 3*P*P]
     out = patches @ conv.weight.view(D, -1).t()  # [M, N, D]
     return out.transpose(1, 2).reshape(M, D, gh, gw)
 
@@ -154,7 +167,8 @@ class AttentionScorer(nn.Module):
 
     @torch.no_grad()
     def cls_attention(self, patch_embeds: torch.Tensor) -> torch.Tensor:
-        """``[M, N, D]`` patch embeddings (no position) -> ``[M, N]`` head-averaged CLS attention of layer 0."""
+        """``[M, N, D]`` patch embeddings (no position) -> ``[M, N]`` head-averaged CLS attention of
+        layer 0."""
         parts = self._frozen[0]
         emb, attn = parts.embeddings, parts.layers[0].self_attn
         M, N, D = patch_embeds.shape
@@ -164,8 +178,12 @@ class AttentionScorer(nn.Module):
         # Functional calls: the modules themselves carry the video model's hooks.
         h = _layer_norm(parts.layers[0].layer_norm1, _layer_norm(parts.pre_layernorm, tokens))
         heads = attn.num_heads
-        q = F.linear(h[:, :1], attn.q_proj.weight, attn.q_proj.bias).view(M, 1, heads, -1).transpose(1, 2)  # [M, heads, 1, D/heads]
-        k = F.linear(h[:, 1:], attn.k_proj.weight, attn.k_proj.bias).view(M, N, heads, -1).transpose(1, 2)  # [M, heads, N, D/heads]
+        q = (
+            F.linear(h[:, :1], attn.q_proj.weight, attn.q_proj.bias).view(M, 1, heads, -1).transpose(1, 2)
+        )  # [M, heads, 1, D/heads]
+        k = (
+            F.linear(h[:, 1:], attn.k_proj.weight, attn.k_proj.bias).view(M, N, heads, -1).transpose(1, 2)
+        )  # [M, heads, N, D/heads]
         weights = (q.float() @ k.float().transpose(-1, -2) * attn.scale).softmax(-1)  # [M, heads, 1, N]
         return weights.mean(1).squeeze(1)  # [M, N]
 
@@ -234,7 +252,7 @@ def strict_threshold_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     ``[B, T, N] -> [B, T, N]``."""
     if k >= scores.shape[-1]:
         return torch.ones_like(scores, dtype=torch.float32)
-    bar = scores.detach().sort(dim=-1, descending=True).values[..., k:k + 1]  # [B, T, 1]
+    bar = scores.detach().sort(dim=-1, descending=True).values[..., k : k + 1]  # [B, T, 1]
     return (scores.detach() > bar).float()
 
 
@@ -270,7 +288,8 @@ class SpatialPrompter(nn.Module):
         self.last_mask: torch.Tensor | None = None  # [B, T, g, g], for visualisation
 
     def forward(self, video: torch.Tensor, patch_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``video [B, T, 3, H, W]``, clean ``patch_embeds [B, T, N, D]`` -> (pixel delta ``[B, T, 3, H, W]``, mask ``[B, T, g, g]``)."""
+        """``video [B, T, 3, H, W]``, clean ``patch_embeds [B, T, N, D]`` -> (pixel delta
+        ``[B, T, 3, H, W]``, mask ``[B, T, g, g]``)."""
         B, T = video.shape[:2]
         g, P = self.grid, self.patch_size
         scores = self.scorer(video, patch_embeds)  # [B, T, N]

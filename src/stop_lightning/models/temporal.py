@@ -45,14 +45,15 @@ def fft_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
     dims = (-3, -2, -1)
     sizes = x.shape[-3:]
     pads = [k // 2 for k in weight.shape[-3:]]
-    # Circular convolution of length >= L + k//2 leaves the "same" window [k//2, k//2 + L) free of wrap-around.
+    # Circular convolution of length >= L + k//2 leaves the "same" window [k//2, k//2 + L) free of
+    # wrap-around.
     fft_sizes = [_fft_size(n + p) for n, p in zip(sizes, pads)]
     xf = torch.fft.rfftn(x.float(), s=fft_sizes, dim=dims)  # [B, C_in, *F]
     # Cross-correlation = convolution with the flipped kernel.
     wf = torch.fft.rfftn(weight.float().flip(dims), s=fft_sizes, dim=dims)  # [C_out, C_in, *F]
     yf = (xf.unsqueeze(1) * wf.unsqueeze(0)).sum(2)  # [B, C_out, C_in, *F] -> [B, C_out, *F]
     y = torch.fft.irfftn(yf, s=fft_sizes, dim=dims)
-    y = y[..., pads[0]:pads[0] + sizes[0], pads[1]:pads[1] + sizes[1], pads[2]:pads[2] + sizes[2]]
+    y = y[..., pads[0] : pads[0] + sizes[0], pads[1] : pads[1] + sizes[1], pads[2] : pads[2] + sizes[2]]
     if bias is not None:
         y = y + bias.float().view(1, -1, 1, 1, 1)
     return y.to(x.dtype)
@@ -66,13 +67,16 @@ def volume_conv(conv: nn.Conv3d, x: torch.Tensor, impl: str) -> torch.Tensor:
 
 
 def minmax_normalize(w: torch.Tensor, per: str) -> torch.Tensor:
-    """Min-max to [0, 1] per video (``per='video'``) or over the whole batch (``per='batch'``). ``[B, T] -> [B, T]``."""
+    """Min-max to [0, 1] per video (``per='video'``) or over the whole batch (``per='batch'``).
+    ``[B, T] -> [B, T]``."""
     if check_choice("model.temporal.normalize", per) == "video":
         lo, hi = w.amin(1, keepdim=True), w.amax(1, keepdim=True)
     else:
         lo, hi = w.amin(), w.amax()
     spread = hi - lo
-    return torch.where(spread > _STATIC_RANGE, (w - lo) / spread.clamp_min(_STATIC_RANGE), torch.zeros_like(w))
+    return torch.where(
+        spread > _STATIC_RANGE, (w - lo) / spread.clamp_min(_STATIC_RANGE), torch.zeros_like(w)
+    )
 
 
 class FrameVariation(nn.Module):
@@ -93,7 +97,12 @@ class FrameVariation(nn.Module):
         pad = same_padding(self.reference_kernel, "FrameVariation.reference_kernel")
         self.conv = nn.Conv3d(1, 1, self.reference_kernel, padding=pad) if self.mode == "reference" else None
 
-    def raw(self, tokens: torch.Tensor, attended: torch.Tensor | None = None, spatial_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def raw(
+        self,
+        tokens: torch.Tensor,
+        attended: torch.Tensor | None = None,
+        spatial_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         B, T = tokens.shape[:2]
         if self.conv is None:
             if T == 1:
@@ -102,13 +111,21 @@ class FrameVariation(nn.Module):
             change = 1 - F.cosine_similarity(f[:, 1:], f[:, :-1], dim=-1)  # [B, T-1]
             return torch.cat([change[:, :1], change], dim=1)  # [B, T]
         x = attended if attended is not None else tokens
-        c = volume_conv(self.conv, x.unsqueeze(1).to(self.conv.weight.dtype), self.conv_impl).squeeze(1)  # [B, 1, T, N, D] -> [B, T, N, D]
+        c = volume_conv(self.conv, x.unsqueeze(1).to(self.conv.weight.dtype), self.conv_impl).squeeze(
+            1
+        )  # [B, 1, T, N, D] -> [B, T, N, D]
         if spatial_mask is not None:
             c = c + c * spatial_mask.unsqueeze(-1).to(c.dtype)  # mask [B, T, N]
         return c.float().mean((2, 3))  # [B, T]
 
-    def forward(self, tokens: torch.Tensor, attended: torch.Tensor | None = None, spatial_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``tokens [B, T, N, D]`` (patch tokens), optional ``attended [B, T, N, D]``, ``spatial_mask [B, T, N]`` -> ``[B, T]``."""
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        attended: torch.Tensor | None = None,
+        spatial_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``tokens [B, T, N, D]`` (patch tokens), optional ``attended [B, T, N, D]``,
+        ``spatial_mask [B, T, N]`` -> ``[B, T]``."""
         return minmax_normalize(self.raw(tokens, attended, spatial_mask), self.normalize)
 
 
@@ -160,7 +177,9 @@ class TemporalPromptGenerator(nn.Module):
         """``tokens [B, T, N, D]`` -> (prompts ``q [B, T, K, D]``, attended tokens ``[B, T, N, D]``)."""
         B, T, N, D = tokens.shape
         if N != self.num_patches:
-            raise ValueError(f"temporal prompt generator built for {self.num_patches} patches per frame, got {N}")
+            raise ValueError(
+                f"temporal prompt generator built for {self.num_patches} patches per frame, got {N}"
+            )
         x = tokens.reshape(B, T * N, D)  # [B, T, N, D] -> [B, T*N, D]
         mixed, _ = self.attn(x, x, x, need_weights=False)
         # Residual (default): at initialisation the attention is near uniform and its output is almost
@@ -180,7 +199,9 @@ class TemporalPromptGenerator(nn.Module):
         return torch.einsum("bctnd,c->btnd", v, w) + self.conv_out.bias.to(v.dtype)
 
 
-def weight_temporal_prompts(q: torch.Tensor, w: torch.Tensor, insertion: str = "soft", top_m: int = 4) -> torch.Tensor:
+def weight_temporal_prompts(
+    q: torch.Tensor, w: torch.Tensor, insertion: str = "soft", top_m: int = 4
+) -> torch.Tensor:
     """Dynamic insertion. ``q [B, T, K, D]``, ``w [B, T]`` -> ``[B, T, K, D]``.
 
     ``soft``: ``q_t * (1 + w_t)``. ``hard``: ``q_t`` in the ``top_m`` most varying frames, zero elsewhere.
@@ -195,7 +216,8 @@ def weight_temporal_prompts(q: torch.Tensor, w: torch.Tensor, insertion: str = "
 
 
 class TemporalPrompter(nn.Module):
-    """Frame variation + generator + insertion: patch tokens ``[B, T, N, D]`` -> ``alpha * weighted q [B, T, K, D]``."""
+    """Frame variation + generator + insertion: patch tokens ``[B, T, N, D]`` ->
+    ``alpha * weighted q [B, T, K, D]``."""
 
     def __init__(self, cfg: TemporalPromptConfig, width: int, num_patches: int):
         super().__init__()
@@ -206,7 +228,9 @@ class TemporalPrompter(nn.Module):
         self.generator = TemporalPromptGenerator(cfg, width, num_patches)
         self.last_weights: torch.Tensor | None = None  # [B, T]
 
-    def forward(self, tokens: torch.Tensor, spatial_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, tokens: torch.Tensor, spatial_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (prompts ``[B, T, K, D]`` already scaled by alpha, frame weights ``w [B, T]``)."""
         q, attended = self.generator(tokens)
         w = self.variation(tokens, attended, spatial_mask)

@@ -54,7 +54,9 @@ def eot_positions(input_ids: torch.Tensor, eos_token_id: int | None) -> torch.Te
             )
         eot = is_eos.int().argmax(dim=-1)
     if (eot < 1).any():
-        raise ValueError("a caption has its end-of-text token at position 0; captions must start with start-of-text")
+        raise ValueError(
+            "a caption has its end-of-text token at position 0; captions must start with start-of-text"
+        )
     return eot
 
 
@@ -77,7 +79,9 @@ class PromptLayout:
         is_prompt = is_prefix | is_postfix
         token_index = torch.where(j == 0, 0, torch.where(j < P + e, j - P, j - P - Q))
         token_index = token_index.masked_fill(is_prompt, 0)
-        prompt_index = torch.where(is_prefix, j - 1, j - e).masked_fill(~is_prompt, 0)  # postfix: P + (j - P - e)
+        prompt_index = torch.where(is_prefix, j - 1, j - e).masked_fill(
+            ~is_prompt, 0
+        )  # postfix: P + (j - P - e)
         return cls(token_index, is_prompt, prompt_index, eot + P + Q)
 
     def fill(self, hidden: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
@@ -130,7 +134,9 @@ class PromptedTextEncoder(nn.Module):
                 f"max_position_embeddings = {config.max_position_embeddings}"
             )
         if self.num_prefix < 0 or self.num_postfix < 0:
-            raise ValueError(f"text prompt counts must be >= 0, got prefix={self.num_prefix}, postfix={self.num_postfix}")
+            raise ValueError(
+                f"text prompt counts must be >= 0, got prefix={self.num_prefix}, postfix={self.num_postfix}"
+            )
 
         own = self.prompts_enabled and model_cfg.shared_latent == "none"
         if own:
@@ -194,7 +200,10 @@ class PromptedTextEncoder(nn.Module):
 
         prompts = text_prompts if text_prompts is not None else self.prompts
         if text_prompts is not None and not self.prompts_enabled:
-            raise ValueError("text prompts were passed but model.text_prompts.enabled is false, so no prompt hooks are attached")
+            raise ValueError(
+                "text prompts were passed but model.text_prompts.enabled is false, "
+                "so no prompt hooks are attached"
+            )
         if prompts is None:
             if self.prompts_enabled:
                 raise ValueError(
@@ -206,7 +215,10 @@ class PromptedTextEncoder(nn.Module):
 
         expected = (self.num_layers, self.num_prefix + self.num_postfix, self.width)
         if tuple(prompts.shape) != expected:
-            raise ValueError(f"text prompts have shape {tuple(prompts.shape)}, expected [L_t, prefix+postfix, D_t] = {list(expected)}")
+            raise ValueError(
+                f"text prompts have shape {tuple(prompts.shape)}, "
+                f"expected [L_t, prefix+postfix, D_t] = {list(expected)}"
+            )
 
         eot = eot_positions(input_ids, self.eos_token_id)
         if self.trim_padding:  # see the class docstring: same features, fewer columns
@@ -216,7 +228,9 @@ class PromptedTextEncoder(nn.Module):
         wide_mask = attention_mask.gather(1, layout.token_index).masked_fill(layout.is_prompt, 1)  # [N, S']
         self._active = (layout, prompts)
         try:
-            hidden = tower(input_ids=input_ids, attention_mask=wide_mask).last_hidden_state  # [N, S', D], final LN applied
+            hidden = tower(
+                input_ids=input_ids, attention_mask=wide_mask
+            ).last_hidden_state  # [N, S', D], final LN applied
         finally:
             self._active = None
         pooled = hidden[torch.arange(N, device=hidden.device), layout.pool_index]  # [N, D]

@@ -21,7 +21,11 @@ SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 
 def byte_alphabet() -> list[str]:
     """The 256 printable stand-ins byte-level BPE uses for raw bytes (printable bytes map to themselves)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars, extra = [], 0
     for b in range(256):
         if b in printable:
@@ -62,8 +66,24 @@ def write_tiny_tokenizer(out_dir: str | Path, words: tuple[str, ...] = ()) -> CL
     return tokenizer
 
 
-DEFAULT_WORDS = ("a", "video", "of", "person", "square", "moves", "move", "left", "right", "up", "down",
-                 "red", "green", "blue", "yellow", "the")
+DEFAULT_WORDS = (
+    "a",
+    "video",
+    "of",
+    "person",
+    "square",
+    "moves",
+    "move",
+    "left",
+    "right",
+    "up",
+    "down",
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "the",
+)
 
 
 def tiny_clip_config(
@@ -83,14 +103,25 @@ def tiny_clip_config(
     text_heads = max(1, text_width // 16)
     config = CLIPConfig(
         vision_config=dict(
-            hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
-            num_attention_heads=heads, image_size=image_size, patch_size=patch_size,
+            hidden_size=width,
+            intermediate_size=4 * width,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            image_size=image_size,
+            patch_size=patch_size,
             hidden_act="quick_gelu",
         ),
         text_config=dict(
-            hidden_size=text_width, intermediate_size=4 * text_width, num_hidden_layers=text_layers,
-            num_attention_heads=text_heads, vocab_size=vocab_size, max_position_embeddings=max_text_positions,
-            hidden_act="quick_gelu", bos_token_id=None, eos_token_id=None, pad_token_id=None,
+            hidden_size=text_width,
+            intermediate_size=4 * text_width,
+            num_hidden_layers=text_layers,
+            num_attention_heads=text_heads,
+            vocab_size=vocab_size,
+            max_position_embeddings=max_text_positions,
+            hidden_act="quick_gelu",
+            bos_token_id=None,
+            eos_token_id=None,
+            pad_token_id=None,
         ),
         projection_dim=projection_dim,
     )
@@ -114,7 +145,9 @@ def make_tiny_clip(out_dir: str | Path | None = None, seed: int = 0, **sizes) ->
         model.save_pretrained(out_dir)
         image_size = config.vision_config.image_size
         CLIPImageProcessor(
-            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
-            image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD),
+            size={"shortest_edge": image_size},
+            crop_size={"height": image_size, "width": image_size},
+            image_mean=list(CLIP_MEAN),
+            image_std=list(CLIP_STD),
         ).save_pretrained(out_dir)
     return model

@@ -88,7 +88,9 @@ def _depth(value: int, layers: int, key: str) -> int:
     return value
 
 
-def _replace_layer_inputs(args: tuple, kwargs: dict, hidden: torch.Tensor, mask: torch.Tensor | None) -> tuple[tuple, dict]:
+def _replace_layer_inputs(
+    args: tuple, kwargs: dict, hidden: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[tuple, dict]:
     """New (args, kwargs) for ``layer(hidden_states, attention_mask, **kw)`` however it was called."""
     args, kwargs = list(args), dict(kwargs)
     if args:
@@ -109,7 +111,8 @@ class STOPVideoModel(nn.Module):
     Args:
         model_cfg: the ``model`` section of the config (``ModelConfig`` fields; DictConfig or dataclass).
         clip: a HuggingFace ``CLIPModel``; frozen here and kept in eval mode.
-        num_frames: T of training clips (sizes the T-dependent parts: shared ``transformer`` prompts, MSA positions).
+        num_frames: T of training clips (sizes the T-dependent parts: shared ``transformer`` prompts,
+            MSA positions).
     """
 
     def __init__(self, model_cfg: ModelConfig, clip: nn.Module, num_frames: int):
@@ -132,33 +135,60 @@ class STOPVideoModel(nn.Module):
         if local_on and temporal_on and cfg.local_prompts.num_tokens != cfg.temporal.num_tokens:
             raise ConfigError(
                 f"temporal prompts are added to the local prompts, so their counts must match: "
-                f"model.local_prompts.num_tokens = {cfg.local_prompts.num_tokens}, model.temporal.num_tokens = {cfg.temporal.num_tokens}"
+                f"model.local_prompts.num_tokens = {cfg.local_prompts.num_tokens}, "
+                f"model.temporal.num_tokens = {cfg.temporal.num_tokens}"
             )
-        self.num_slots = int(cfg.local_prompts.num_tokens if local_on else cfg.temporal.num_tokens) if (local_on or temporal_on) else 0
-        self.local_depth = _depth(int(cfg.local_prompts.depth), self.layers, "model.local_prompts.depth") if local_on else 0
-        self.temporal_depth = _depth(int(cfg.temporal.depth), self.layers, "model.temporal.depth") if temporal_on else 0
+        self.num_slots = (
+            int(cfg.local_prompts.num_tokens if local_on else cfg.temporal.num_tokens)
+            if (local_on or temporal_on)
+            else 0
+        )
+        self.local_depth = (
+            _depth(int(cfg.local_prompts.depth), self.layers, "model.local_prompts.depth") if local_on else 0
+        )
+        self.temporal_depth = (
+            _depth(int(cfg.temporal.depth), self.layers, "model.temporal.depth") if temporal_on else 0
+        )
         self.slot_depth = max(self.local_depth, self.temporal_depth)
 
         # Local prompts come from the shared latent space when there is one, else are our own.
         self.shared_space: nn.Module | None = None
         self.local_prompts: LocalPrompts | None = None
         if cfg.shared_latent != "none" and (local_on or cfg.text_prompts.enabled):
-            self.shared_space = SharedPromptSpace(cfg, self.width, self.layers, int(text.hidden_size), int(text.num_hidden_layers), self.num_frames)
+            self.shared_space = SharedPromptSpace(
+                cfg,
+                self.width,
+                self.layers,
+                int(text.hidden_size),
+                int(text.num_hidden_layers),
+                self.num_frames,
+            )
         elif local_on:
             frames = self.num_frames if cfg.local_prompts.per_frame else 1
-            self.local_prompts = LocalPrompts(self.local_depth, self.num_slots, self.width, float(cfg.local_prompts.init_std), frames)
+            self.local_prompts = LocalPrompts(
+                self.local_depth, self.num_slots, self.width, float(cfg.local_prompts.init_std), frames
+            )
         if cfg.local_prompts.per_frame and self.local_prompts is None:
             raise ConfigError(
-                "model.local_prompts.per_frame needs the model's own local prompts: set model.local_prompts.enabled=true "
+                "model.local_prompts.per_frame needs the model's own local prompts: "
+                "set model.local_prompts.enabled=true "
                 "and model.shared_latent=none (the shared space makes its own)"
             )
         # VoP's context- and function-specific terms go into the local prompt slots.
         for key in ("context_prompts", "function_prompts"):
             if getattr(cfg, key).enabled and not local_on:
-                raise ConfigError(f"model.{key} adds to the local prompt slots: set model.local_prompts.enabled=true")
-        self.context_prompts = ContextPrompts(cfg.context_prompts, self.num_slots, self.width) if cfg.context_prompts.enabled else None
+                raise ConfigError(
+                    f"model.{key} adds to the local prompt slots: set model.local_prompts.enabled=true"
+                )
+        self.context_prompts = (
+            ContextPrompts(cfg.context_prompts, self.num_slots, self.width)
+            if cfg.context_prompts.enabled
+            else None
+        )
         self.function_prompts = (
-            FunctionPrompts(cfg.function_prompts, self.local_depth, self.width) if cfg.function_prompts.enabled else None
+            FunctionPrompts(cfg.function_prompts, self.local_depth, self.width)
+            if cfg.function_prompts.enabled
+            else None
         )
 
         self.spatial = SpatialPrompter(cfg.spatial, self.parts) if cfg.spatial.enabled else None
@@ -168,7 +198,9 @@ class STOPVideoModel(nn.Module):
         )
         self.num_global = self.global_prompts.num_tokens if self.global_prompts is not None else 0
         if self.global_prompts is not None:
-            block_attention_mask(1, 1, 1, self.attn_implementation)  # fail now on an attention backend without masks
+            block_attention_mask(
+                1, 1, 1, self.attn_implementation
+            )  # fail now on an attention backend without masks
             # Per-frame + global attention instead of one masked attention over the whole video (same math).
             use_video_block_attention(self._attn_config)
 
@@ -180,9 +212,13 @@ class STOPVideoModel(nn.Module):
         if self.text_side_trains:
             self.text_encoder = PromptedTextEncoder(clip, cfg, self.hooks, trim_padding=True)
 
-        self.aggregator = VideoAggregator(cfg.aggregation, int(clip.config.projection_dim), self.num_frames, self.global_prompts is not None)
+        self.aggregator = VideoAggregator(
+            cfg.aggregation, int(clip.config.projection_dim), self.num_frames, self.global_prompts is not None
+        )
         self._attach_hooks()
-        self._checkpointed = CheckpointedLayers(self.parts.layers if cfg.clip.activation_checkpointing else ())
+        self._checkpointed = CheckpointedLayers(
+            self.parts.layers if cfg.clip.activation_checkpointing else ()
+        )
 
     # -- properties ------------------------------------------------------------------------------
 
@@ -207,7 +243,9 @@ class STOPVideoModel(nn.Module):
 
     def _attach_hooks(self) -> None:
         if self.spatial is not None:
-            self.spatial.attach(self.parts, self.hooks, lambda: self._state.frames if self._state is not None else None)
+            self.spatial.attach(
+                self.parts, self.hooks, lambda: self._state.frames if self._state is not None else None
+            )
         if not (self.num_slots or self.num_global):
             return
         self.hooks.forward(self.parts.pre_layernorm, self._insert_slots)
@@ -238,8 +276,12 @@ class STOPVideoModel(nn.Module):
             if video_block_attention_active(self._attn_config):
                 st.video_blocks = (G, T, S)
             else:  # CLIP's attention was switched after this model was built: the mask still works
-                st.attention_mask = block_attention_mask(G, T, S, base_attention_implementation(self._attn_config), output.device)
-            output = torch.cat([output.new_zeros(B, G, D), output.reshape(B, T * S, D)], dim=1)  # [B, G + T*S, D]
+                st.attention_mask = block_attention_mask(
+                    G, T, S, base_attention_implementation(self._attn_config), output.device
+                )
+            output = torch.cat(
+                [output.new_zeros(B, G, D), output.reshape(B, T * S, D)], dim=1
+            )  # [B, G + T*S, D]
         return output
 
     def _slot_tokens(self, layer: int, like: torch.Tensor) -> torch.Tensor:
@@ -252,9 +294,11 @@ class STOPVideoModel(nn.Module):
             tokens = tokens + st.local[layer].to(like.dtype).expand(T, K, D)  # [T or 1, K, D] -> [B, T, K, D]
             if self.context_prompts is not None:
                 cls = like[:, 0].reshape(B, T, D)  # the frames' CLS tokens entering this layer
-                tokens = tokens + self.context_prompts(cls, st.frame_mask).to(like.dtype).unsqueeze(1)  # [B, 1, K, D]
+                tokens = tokens + self.context_prompts(cls, st.frame_mask).to(like.dtype).unsqueeze(
+                    1
+                )  # [B, 1, K, D]
             if self.function_prompts is not None and layer > 0:
-                previous = like[:, 1:1 + K].reshape(B, T, K, D)  # the slots leaving layer - 1
+                previous = like[:, 1 : 1 + K].reshape(B, T, K, D)  # the slots leaving layer - 1
                 tokens = tokens + self.function_prompts.at_layer(layer, previous).to(like.dtype)
         if layer < self.temporal_depth:
             tokens = tokens + st.temporal.to(like.dtype)
@@ -269,17 +313,26 @@ class STOPVideoModel(nn.Module):
             B, T, K, G = st.batch, st.frames, self.num_slots, self.num_global
             frames = hidden
             if G:
-                carried, frames = hidden[:, :G], hidden[:, G:].reshape(B * T, -1, hidden.shape[-1])  # -> [B*T, S, D]
+                carried, frames = (
+                    hidden[:, :G],
+                    hidden[:, G:].reshape(B * T, -1, hidden.shape[-1]),
+                )  # -> [B*T, S, D]
             if K and index < self.slot_depth:
-                frames = torch.cat([frames[:, :1], self._slot_tokens(index, frames), frames[:, 1 + K:]], dim=1)
+                frames = torch.cat(
+                    [frames[:, :1], self._slot_tokens(index, frames), frames[:, 1 + K :]], dim=1
+                )
             if G:
                 globals_ = self.global_prompts.at_layer(index, carried if index else None, B).to(frames.dtype)
-                hidden = torch.cat([globals_, frames.reshape(B, -1, frames.shape[-1])], dim=1)  # [B, G + T*S, D]
+                hidden = torch.cat(
+                    [globals_, frames.reshape(B, -1, frames.shape[-1])], dim=1
+                )  # [B, G + T*S, D]
             else:
                 hidden = frames
             args, kwargs = _replace_layer_inputs(args, kwargs, hidden, st.attention_mask)
             if st.video_blocks is not None:
-                kwargs["video_blocks"] = st.video_blocks  # reaches the attention function through the layer's **kwargs
+                kwargs["video_blocks"] = (
+                    st.video_blocks
+                )  # reaches the attention function through the layer's **kwargs
             return args, kwargs
 
         return hook
@@ -293,7 +346,7 @@ class STOPVideoModel(nn.Module):
             st.global_out = output[:, :G]
             output = output[:, G:].reshape(B * T, -1, output.shape[-1])  # [B, G + T*S, D] -> [B*T, S, D]
         if K:
-            st.slot_out = output[:, 1:1 + K]
+            st.slot_out = output[:, 1 : 1 + K]
         return output
 
     # -- forward ---------------------------------------------------------------------------------
@@ -303,7 +356,8 @@ class STOPVideoModel(nn.Module):
         return self.parts.projection(self.parts.post_layernorm(hidden))
 
     def forward(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None) -> VideoOutput:
-        """``video [B, T, 3, H, W]`` (CLIP-normalised frames), optional ``frame_mask [B, T]`` -> :class:`VideoOutput`."""
+        """``video [B, T, 3, H, W]`` (CLIP-normalised frames), optional ``frame_mask [B, T]`` ->
+        :class:`VideoOutput`."""
         if video.dim() != 5:
             raise ValueError(f"expected a video batch [B, T, 3, H, W], got shape {tuple(video.shape)}")
         B, T = video.shape[:2]
@@ -318,7 +372,9 @@ class STOPVideoModel(nn.Module):
                 st.local = self.local_prompts()
             if st.local is not None and st.local.shape[1] not in (1, T):
                 raise ValueError(f"local prompts are made for {st.local.shape[1]} frames, the clip has {T}")
-            image = self.clip.get_image_features(pixel_values=video.flatten(0, 1))  # [B*T, 3, H, W] -> [B*T, E]
+            image = self.clip.get_image_features(
+                pixel_values=video.flatten(0, 1)
+            )  # [B*T, 3, H, W] -> [B*T, E]
             frame_embeds = image.pooler_output.view(B, T, -1)  # [B, T, E]
             prompts = None
             if self.temporal is not None:
@@ -335,10 +391,15 @@ class STOPVideoModel(nn.Module):
         finally:
             self._state = None
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``input_ids [N, S]``, ``attention_mask [N, S]`` -> projected text features ``[N, E]`` (not normalised)."""
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``input_ids [N, S]``, ``attention_mask [N, S]`` -> projected text features ``[N, E]``
+        (not normalised)."""
         if self.text_encoder is None:
-            return self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+            return self.clip.get_text_features(
+                input_ids=input_ids, attention_mask=attention_mask
+            ).pooler_output
         text_prompts = None
         if self.shared_space is not None and self.cfg.text_prompts.enabled:
             _, text_prompts = self.shared_space()
@@ -346,4 +407,7 @@ class STOPVideoModel(nn.Module):
 
     def extra_repr(self) -> str:
         trainable, frozen = self.trainable_parameter_count()
-        return f"frames={self.num_frames}, prompt_slots={self.num_slots}, global={self.num_global}, trainable={trainable:,}, frozen={frozen:,}"
+        return (
+            f"frames={self.num_frames}, prompt_slots={self.num_slots}, global={self.num_global}, "
+            f"trainable={trainable:,}, frozen={frozen:,}"
+        )

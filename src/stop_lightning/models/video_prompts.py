@@ -57,12 +57,15 @@ class ContextPrompts(nn.Module):
 
 
 class _TemporalMixer(nn.Module):
-    """One layer's mixer: prompt outputs ``[B, T, K, D]`` -> ``[B, T, K, D]``, frames mixed by a conv over T."""
+    """One layer's mixer: prompt outputs ``[B, T, K, D]`` -> ``[B, T, K, D]``, frames mixed by a conv
+    over T."""
 
     def __init__(self, width: int, bottleneck: int, kernel: int):
         super().__init__()
         self.down = nn.Linear(width, bottleneck)
-        self.conv = nn.Conv1d(bottleneck, bottleneck, kernel, padding=same_padding((kernel,), "model.function_prompts.kernel"))
+        self.conv = nn.Conv1d(
+            bottleneck, bottleneck, kernel, padding=same_padding((kernel,), "model.function_prompts.kernel")
+        )
         self.act = nn.GELU()
         self.up = nn.Linear(bottleneck, width)
         nn.init.zeros_(self.up.weight)
@@ -71,13 +74,16 @@ class _TemporalMixer(nn.Module):
     def forward(self, prompts: torch.Tensor) -> torch.Tensor:
         B, T, K, _ = prompts.shape
         h = self.down(prompts)  # [B, T, K, r]
-        h = h.permute(0, 2, 3, 1).reshape(B * K, -1, T)  # -> [B*K, r, T]: each slot's sequence over the frames
+        h = h.permute(0, 2, 3, 1).reshape(
+            B * K, -1, T
+        )  # -> [B*K, r, T]: each slot's sequence over the frames
         h = self.act(self.conv(h)).reshape(B, K, -1, T).permute(0, 3, 1, 2)  # -> [B, T, K, r]
         return self.up(h)  # [B, T, K, D]
 
 
 class FunctionPrompts(nn.Module):
-    """Function-specific prompts: one temporal mixer per layer after the first (layer 0 has no earlier prompts)."""
+    """Function-specific prompts: one temporal mixer per layer after the first (layer 0 has no earlier
+    prompts)."""
 
     def __init__(self, cfg: FunctionPromptConfig, layers: int, width: int):
         super().__init__()
@@ -86,7 +92,10 @@ class FunctionPrompts(nn.Module):
         )
 
     def at_layer(self, layer: int, previous: torch.Tensor) -> torch.Tensor:
-        """Term for the slots entering ``layer`` (>= 1) from the slots leaving ``layer - 1``: ``[B, T, K, D]``."""
+        """Term for the slots entering ``layer`` (>= 1) from the slots leaving ``layer - 1``:
+        ``[B, T, K, D]``."""
         if not 1 <= layer <= len(self.mixers):
-            raise ValueError(f"function prompts exist for layers 1..{len(self.mixers)}, asked for layer {layer}")
+            raise ValueError(
+                f"function prompts exist for layers 1..{len(self.mixers)}, asked for layer {layer}"
+            )
         return self.mixers[layer - 1](previous)

@@ -73,7 +73,12 @@ class VideoTaskModule(L.LightningModule):
         self.model = STOPVideoModel(self.cfg.model, bundle.model, self.cfg.data.num_frames)
         trainable, frozen = self.model.trainable_parameter_count()
         self.num_trainable, self.num_frozen = trainable, frozen
-        log.info("parameters: %s trainable, %s frozen (%.3f%%)", f"{trainable:,}", f"{frozen:,}", 100 * trainable / max(1, trainable + frozen))
+        log.info(
+            "parameters: %s trainable, %s frozen (%.3f%%)",
+            f"{trainable:,}",
+            f"{frozen:,}",
+            100 * trainable / max(1, trainable + frozen),
+        )
 
     # ---------------------------------------------------------------- text
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,8 +89,11 @@ class VideoTaskModule(L.LightningModule):
                 "(save a CLIPTokenizer next to the weights)"
             )
         enc = self.tokenizer(
-            list(texts), padding="max_length", truncation=True,
-            max_length=self.cfg.data.max_text_tokens, return_tensors="pt",
+            list(texts),
+            padding="max_length",
+            truncation=True,
+            max_length=self.cfg.data.max_text_tokens,
+            return_tensors="pt",
         )
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
@@ -98,7 +106,8 @@ class VideoTaskModule(L.LightningModule):
         return torch.nn.functional.normalize(torch.cat(feats).float(), dim=-1)
 
     def encode_videos(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None):
-        """``[B, T, 3, H, W]`` (and ``frame_mask [B, T]``) -> (L2-normalised ``[B, E]``, the model's full output)."""
+        """``[B, T, 3, H, W]`` (and ``frame_mask [B, T]``) -> (L2-normalised ``[B, E]``, the model's
+        full output)."""
         out = self.model(video, frame_mask)
         return torch.nn.functional.normalize(out.embeds.float(), dim=-1), out
 
@@ -145,8 +154,10 @@ class VideoTaskModule(L.LightningModule):
         if meta and meta.get("config_hash") != self.clip_source["config_hash"]:
             raise CheckpointMismatchError(
                 f"this checkpoint was trained on the CLIP '{meta.get('source')}' (config hash "
-                f"{str(meta.get('config_hash'))[:12]}) but the model being built uses '{self.clip_source['source']}' "
-                f"(hash {self.clip_source['config_hash'][:12]}); set model.clip.source to the checkpoint's CLIP"
+                f"{str(meta.get('config_hash'))[:12]}) "
+                f"but the model being built uses '{self.clip_source['source']}' "
+                f"(hash {self.clip_source['config_hash'][:12]}); "
+                "set model.clip.source to the checkpoint's CLIP"
             )
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):

@@ -30,7 +30,9 @@ def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     return groups
 
 
-def warmup_cosine(step: int, total_steps: int, warmup_ratio: float, min_ratio: float = 0.0, cosine: bool = True) -> float:
+def warmup_cosine(
+    step: int, total_steps: int, warmup_ratio: float, min_ratio: float = 0.0, cosine: bool = True
+) -> float:
     """Multiplier of the base learning rate at ``step``: linear warm-up, then cosine to ``min_ratio``."""
     total_steps = max(1, total_steps)
     warmup = int(round(warmup_ratio * total_steps))

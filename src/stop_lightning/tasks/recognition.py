@@ -44,7 +44,8 @@ class MeanClassAccuracy(Metric):
         self.add_state("total", default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, scores: torch.Tensor, labels: torch.Tensor, miss: torch.Tensor | None = None) -> None:
-        """``scores [N, C]``, ``labels [N]``; ``miss [N]`` (bool): clips counted as wrong whatever their scores."""
+        """``scores [N, C]``, ``labels [N]``; ``miss [N]`` (bool): clips counted as wrong whatever their
+        scores."""
         hit = scores.argmax(-1) == labels
         hit = (hit & ~miss if miss is not None else hit).long()
         self.total += torch.bincount(labels, minlength=self.num_classes)
@@ -66,7 +67,9 @@ def _metrics(num_classes: int, prefix: str) -> MetricCollection:
     return MetricCollection(
         {
             "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro", sync_on_compute=False),
-            "top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro", sync_on_compute=False),
+            "top5": MulticlassAccuracy(
+                num_classes, top_k=min(5, num_classes), average="micro", sync_on_compute=False
+            ),
             "mean_class": MeanClassAccuracy(num_classes, sync_on_compute=False),
         },
         prefix=prefix,
@@ -105,7 +108,8 @@ class RecognitionModule(VideoTaskModule):
         self._eval_labels: list[torch.Tensor] = []
         self._eval_index: list[torch.Tensor] = []
         self._eval_unreadable: list[torch.Tensor] = []
-        # The test's unreadable videos (data.bad_video=skip): {"count", "total", "paths"}; see unreadable_summary.
+        # The test's unreadable videos (data.bad_video=skip): {"count", "total", "paths"};
+        # see unreadable_summary.
         self.unreadable: dict = {}
 
     @classmethod
@@ -155,7 +159,8 @@ class RecognitionModule(VideoTaskModule):
         return self.logit_scale * video_feats @ text_feats.t()
 
     def multiview_scores(self, video: torch.Tensor) -> torch.Tensor:
-        """``[B, V, T, 3, H, W]`` (or ``[B, T, 3, H, W]``) -> class probabilities ``[B, C]`` averaged over views."""
+        """``[B, V, T, 3, H, W]`` (or ``[B, T, 3, H, W]``) -> class probabilities ``[B, C]`` averaged
+        over views."""
         if video.ndim == 5:
             return self(video).softmax(-1)
         b, v = video.shape[:2]
@@ -183,7 +188,9 @@ class RecognitionModule(VideoTaskModule):
         self._eval_labels.append(batch["label"].detach())
         self._eval_index.append(torch.as_tensor(batch["index"], device=scores.device))
         unreadable = batch.get("unreadable")  # True for a video that could not be read (a blank stand-in)
-        unreadable = torch.zeros(len(scores), dtype=torch.bool) if unreadable is None else torch.as_tensor(unreadable)
+        unreadable = (
+            torch.zeros(len(scores), dtype=torch.bool) if unreadable is None else torch.as_tensor(unreadable)
+        )
         self._eval_unreadable.append(unreadable.to(scores.device, torch.bool))
 
     def _collect_eval(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -194,7 +201,11 @@ class RecognitionModule(VideoTaskModule):
         are dropped by clip index, so a padded clip is counted once, as on one process.
         """
         empty = torch.zeros(0, dtype=torch.long, device=self.device)
-        scores = torch.cat(self._eval_scores) if self._eval_scores else torch.zeros(0, self.num_classes, device=self.device)
+        scores = (
+            torch.cat(self._eval_scores)
+            if self._eval_scores
+            else torch.zeros(0, self.num_classes, device=self.device)
+        )
         labels = torch.cat(self._eval_labels) if self._eval_labels else empty
         index = torch.cat(self._eval_index) if self._eval_index else empty
         unreadable = torch.cat(self._eval_unreadable) if self._eval_unreadable else empty.bool()
@@ -238,7 +249,9 @@ class RecognitionModule(VideoTaskModule):
         if stage == "test" and split is not None:
             base = subset_accuracy(scores.cpu(), labels.cpu(), split[0], unreadable.cpu())
             novel = subset_accuracy(scores.cpu(), labels.cpu(), split[1], unreadable.cpu())
-            values.update({"test/base_top1": base, "test/novel_top1": novel, "test/hm_top1": harmonic_mean(base, novel)})
+            values.update(
+                {"test/base_top1": base, "test/novel_top1": novel, "test/hm_top1": harmonic_mean(base, novel)}
+            )
         return values, scores, labels
 
     def _note_unreadable(self, stage: str, index: torch.Tensor, unreadable: torch.Tensor) -> None:
@@ -266,8 +279,11 @@ class RecognitionModule(VideoTaskModule):
         self.log_dict(values, sync_dist=True)
         if self._trainer is not None and self._trainer.is_global_zero:
             run_dir = Path(self.cfg.paths.run_dir)
-            save_confusion(confusion_counts(scores, labels, self._last_unreadable), self.class_names,
-                           run_dir / "confusion_matrix.csv")
+            save_confusion(
+                confusion_counts(scores, labels, self._last_unreadable),
+                self.class_names,
+                run_dir / "confusion_matrix.csv",
+            )
 
 
 def subset_accuracy(

@@ -49,8 +49,11 @@ def symmetric_infonce(text: torch.Tensor, video: torch.Tensor, scale: torch.Tens
 
 
 def logged_metric_names(stage: str, dual: bool) -> list[str]:
-    """The names an evaluation of ``stage`` logs, e.g. ``val/t2v_R1`` (and ``val/dsl_t2v_R1`` with ``dual``)."""
-    names = list(retrieval_metrics(torch.ones(1, 1), torch.zeros(1, dtype=torch.long)))  # the one source of the names
+    """The names an evaluation of ``stage`` logs, e.g. ``val/t2v_R1`` (and ``val/dsl_t2v_R1`` with
+    ``dual``)."""
+    names = list(
+        retrieval_metrics(torch.ones(1, 1), torch.zeros(1, dtype=torch.long))
+    )  # the one source of the names
     prefixes = [f"{stage}/"] + ([f"{stage}/dsl_"] if dual else [])
     return [p + n for p in prefixes for n in names]
 
@@ -107,15 +110,25 @@ class RetrievalModule(VideoTaskModule):
         self._eval_feats.append(feats.detach())
         self._eval_index.append(batch["index"].detach().to(feats.device))
         unreadable = batch.get("unreadable")  # True for a video that could not be read (a blank stand-in)
-        unreadable = torch.zeros(len(feats), dtype=torch.bool) if unreadable is None else torch.as_tensor(unreadable)
+        unreadable = (
+            torch.zeros(len(feats), dtype=torch.bool) if unreadable is None else torch.as_tensor(unreadable)
+        )
         self._eval_unreadable.append(unreadable.to(feats.device, torch.bool))
 
     def _collect_eval_videos(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(video index ``[V]``, features ``[V, E]``, unreadable ``[V]`` bool) of every video this
         evaluation saw, on every rank."""
         feats = torch.cat(self._eval_feats) if self._eval_feats else torch.zeros(0, 1, device=self.device)
-        index = torch.cat(self._eval_index) if self._eval_index else torch.zeros(0, dtype=torch.long, device=self.device)
-        bad = torch.cat(self._eval_unreadable) if self._eval_unreadable else torch.zeros(0, dtype=torch.bool, device=self.device)
+        index = (
+            torch.cat(self._eval_index)
+            if self._eval_index
+            else torch.zeros(0, dtype=torch.long, device=self.device)
+        )
+        bad = (
+            torch.cat(self._eval_unreadable)
+            if self._eval_unreadable
+            else torch.zeros(0, dtype=torch.bool, device=self.device)
+        )
         for kept in (self._eval_feats, self._eval_index, self._eval_unreadable):
             kept.clear()
         if self._world_size() > 1:
@@ -131,7 +144,9 @@ class RetrievalModule(VideoTaskModule):
         captions, owners = self.trainer.datamodule.eval_captions(stage)
         owners = torch.as_tensor(owners, dtype=torch.long, device=feats.device)
         # Videos are numbered 0..V-1 in the split; map each caption's video to its row of `feats`.
-        size = max(int(owners.max()) + 1 if owners.numel() else 0, int(index.max()) + 1 if index.numel() else 0)
+        size = max(
+            int(owners.max()) + 1 if owners.numel() else 0, int(index.max()) + 1 if index.numel() else 0
+        )
         column = torch.full((size,), -1, dtype=torch.long, device=feats.device)
         column[index] = torch.arange(index.numel(), device=feats.device)
         targets = column[owners]
@@ -139,12 +154,18 @@ class RetrievalModule(VideoTaskModule):
         if not bool(seen.all()):  # limit_{val,test}_batches < 1: score the videos that were embedded
             log.warning(
                 "%s retrieval: %d of %d videos embedded; scoring their %d of %d captions only",
-                stage, index.numel(), size, int(seen.sum()), len(captions),
+                stage,
+                index.numel(),
+                size,
+                int(seen.sum()),
+                len(captions),
             )
             captions = [c for c, s in zip(captions, seen.tolist()) if s]
             targets = targets[seen]
         if not captions:
-            raise RuntimeError(f"{stage} retrieval: no video with a caption was embedded (is the {stage} split empty?)")
+            raise RuntimeError(
+                f"{stage} retrieval: no video with a caption was embedded (is the {stage} split empty?)"
+            )
         with torch.no_grad():
             text = self.encode_texts(captions)  # [C, E]
         self.last_eval_sizes = {"videos": int(index.numel()), "captions": len(captions)}
@@ -153,7 +174,9 @@ class RetrievalModule(VideoTaskModule):
         if stage == "test":
             dataset = getattr(self.trainer.datamodule, "datasets", {}).get("test")
             rows = index[bad].tolist()
-            paths = [dataset.records[i].path for i in rows] if dataset is not None else [f"row {i}" for i in rows]
+            paths = (
+                [dataset.records[i].path for i in rows] if dataset is not None else [f"row {i}" for i in rows]
+            )
             self.unreadable = {"count": int(bad.sum()), "total": int(index.numel()), "paths": paths}
         return text @ feats.t(), targets  # [C, V], [C]
 
@@ -161,15 +184,20 @@ class RetrievalModule(VideoTaskModule):
         """QB-Norm's query bank: the training split's captions, L2-normalised ``[B, E]``."""
         captions, _ = self.trainer.datamodule.eval_captions("train")
         if not captions:
-            raise RuntimeError("task.qb_norm=true needs training captions for its query bank; the train split has none")
+            raise RuntimeError(
+                "task.qb_norm=true needs training captions for its query bank; the train split has none"
+            )
         with torch.no_grad():
             return self.encode_texts(captions)
 
     def _eval_epoch_end(self, stage: str) -> dict[str, float]:
         sim, targets = self.similarity(stage)
         task = self.cfg.task
-        conventions = {"tie_rank": str(task.tie_rank), "v2t_captions": str(task.v2t_captions),
-                       "unreadable": self._unreadable_videos}
+        conventions = {
+            "tie_rank": str(task.tie_rank),
+            "v2t_captions": str(task.v2t_captions),
+            "unreadable": self._unreadable_videos,
+        }
         metrics = retrieval_metrics(sim, targets, prefix=f"{stage}/", **conventions)
         if task.dual_softmax:
             reranked = dual_softmax(sim, temperature=float(self.logit_scale))
@@ -178,7 +206,11 @@ class RetrievalModule(VideoTaskModule):
             # Text-to-video only: the bank holds captions, so it normalises caption queries.
             bank_sim = self.query_bank() @ self._eval_video_feats.t()  # [B, V]
             normalised = querybank_normalise(sim, bank_sim, float(task.qb_norm_beta), int(task.qb_norm_k))
-            metrics.update(retrieval_metrics(normalised, targets, prefix=f"{stage}/qb_", directions=("t2v",), **conventions))
+            metrics.update(
+                retrieval_metrics(
+                    normalised, targets, prefix=f"{stage}/qb_", directions=("t2v",), **conventions
+                )
+            )
         metrics[f"{stage}/unreadable"] = float(self._unreadable_videos.sum())
         return metrics
 

@@ -73,7 +73,8 @@ def retrieval_metrics(
     directions: tuple[str, ...] = ("t2v", "v2t"),
     unreadable: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """``sim``: ``[num_captions, num_videos]`` text-video similarities; ``caption_to_video``: ``[num_captions]``.
+    """``sim``: ``[num_captions, num_videos]`` text-video similarities;
+    ``caption_to_video``: ``[num_captions]``.
 
     Text-to-video: each caption's rank of its video among all videos. Video-to-text, for every
     video with at least one caption: ``all_captions``: the rank of its best-ranked caption among
@@ -93,12 +94,18 @@ def retrieval_metrics(
     positives = torch.zeros(n_cap, n_vid, dtype=torch.bool, device=sim.device)
     positives[torch.arange(n_cap, device=sim.device), caption_to_video] = True
     captioned = positives.any(dim=0)  # [V]: videos that have a caption to retrieve
-    bad = torch.zeros(n_vid, dtype=torch.bool, device=sim.device) if unreadable is None else unreadable.to(sim.device)
+    bad = (
+        torch.zeros(n_vid, dtype=torch.bool, device=sim.device)
+        if unreadable is None
+        else unreadable.to(sim.device)
+    )
     if bool(bad.any()):
         sim = sim.masked_fill(bad[None, :], float("-inf"))  # below every readable video, for every caption
     out: dict[str, float] = {}
     if "t2v" in directions:
-        out.update(_summary(_rank_entries(sim, positives, tie_rank, miss=bad[caption_to_video]), "t2v", prefix))
+        out.update(
+            _summary(_rank_entries(sim, positives, tie_rank, miss=bad[caption_to_video]), "t2v", prefix)
+        )
     if "v2t" in directions:
         if v2t_captions == "all_captions":
             ranks = _rank_entries(sim.t()[captioned], positives.t()[captioned], tie_rank, miss=bad[captioned])
@@ -107,7 +114,9 @@ def retrieval_metrics(
             own = torch.eye(per_video.shape[0], dtype=torch.bool, device=sim.device)
             ranks = _rank_entries(per_video, own, tie_rank, miss=bad[captioned])
         else:
-            raise ValueError(f"task.v2t_captions = {v2t_captions!r}; expected one of {', '.join(V2T_CONVENTIONS)}")
+            raise ValueError(
+                f"task.v2t_captions = {v2t_captions!r}; expected one of {', '.join(V2T_CONVENTIONS)}"
+            )
         out.update(_summary(ranks, "v2t", prefix))
     return out
 
@@ -117,7 +126,9 @@ def dual_softmax(sim: torch.Tensor, temperature: float = 100.0) -> torch.Tensor:
     return sim * torch.softmax(sim * temperature, dim=0)
 
 
-def querybank_normalise(sim: torch.Tensor, bank_sim: torch.Tensor, beta: float = 20.0, k: int = 1) -> torch.Tensor:
+def querybank_normalise(
+    sim: torch.Tensor, bank_sim: torch.Tensor, beta: float = 20.0, k: int = 1
+) -> torch.Tensor:
     """QB-Norm with the dynamic inverted softmax (Bogolin et al., "Cross Modal Retrieval with
     Querybank Normalisation", CVPR 2022). ``sim``: ``[Q, G]`` query-gallery similarities;
     ``bank_sim``: ``[B, G]`` similarities of a bank of training queries to the same gallery.

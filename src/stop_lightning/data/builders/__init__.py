@@ -157,7 +157,9 @@ class ProbeReport:
         if self.dropped_list is not None:
             lines.append(f"  dropped {self.dropped_rows} rows naming them; the list: {self.dropped_list}")
         else:
-            lines.append("  the manifests still list them: fix or remove the files, or rerun with --drop-unreadable")
+            lines.append(
+                "  the manifests still list them: fix or remove the files, or rerun with --drop-unreadable"
+            )
         return "\n".join(lines)
 
 
@@ -263,12 +265,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--probe",
         action="store_true",
-        help="open every video (header and last frame) to record num_frames and fps; exits 1 if any is unreadable",
+        help=(
+            "open every video (header and last frame) to record num_frames and fps; "
+            "exits 1 if any is unreadable"
+        ),
     )
     parser.add_argument(
         "--drop-unreadable",
         action="store_true",
-        help="with --probe: leave unreadable videos out of the manifests and list them in <out>/dropped_unreadable.txt",
+        help=(
+            "with --probe: leave unreadable videos out of the manifests and list them in "
+            "<out>/dropped_unreadable.txt"
+        ),
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -276,7 +284,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--drop-unreadable needs --probe (the files are read to find the unreadable ones)")
     try:
         report = build_manifests(
-            args.dataset, args.root, args.annotations, args.out, probe=args.probe, progress=not args.quiet,
+            args.dataset,
+            args.root,
+            args.annotations,
+            args.out,
+            probe=args.probe,
+            progress=not args.quiet,
             drop_unreadable=args.drop_unreadable,
         )
     except ManifestError as err:

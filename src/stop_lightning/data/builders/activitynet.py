@@ -44,12 +44,15 @@ TEST_ID_FILE = "test_ids.json"  # no public captions (unused)
 VIDEO_PATH_FILE = "video_path.json"  # optional: {"<id without v_>": path}
 ANNOTATION_DIR = "captions"  # where the synthetic layout keeps the annotation files
 VIDEO_DIR = "videos"
-HINT = "pass the folder with the ActivityNet Captions files (train.json, val_1.json, *_ids.json) with --annotations"
+HINT = (
+    "pass the folder with the ActivityNet Captions files (train.json, val_1.json, *_ids.json) "
+    "with --annotations"
+)
 
 
 def without_prefix(video_id: str) -> str:
     """``v_<id>`` -> ``<id>``: exactly two characters, and only when they are ``v_``."""
-    return video_id[len(PREFIX):] if video_id.startswith(PREFIX) else video_id
+    return video_id[len(PREFIX) :] if video_id.startswith(PREFIX) else video_id
 
 
 def _read_captions(report: CaptionReport, path: Path) -> dict[str, list[str]]:
@@ -149,7 +152,9 @@ def write_synthetic(root: Path, clips: SyntheticClips) -> None:
             third = 8.0 / 3
             captions[stage][vid] = {
                 "duration": 8.0,
-                "timestamps": [[round(k * third, 2), round((k + 1) * third, 2)] for k in range(len(sentences))],
+                "timestamps": [
+                    [round(k * third, 2), round((k + 1) * third, 2)] for k in range(len(sentences))
+                ],
                 "sentences": sentences,
             }
             if stage == "val":
@@ -170,7 +175,9 @@ register_dataset(
     DatasetSpec(
         name=NAME,
         task="retrieval",
-        description="ActivityNet Captions: paragraph-to-video, val_1 evaluated (train.json, val_1.json, *_ids.json)",
+        description=(
+            "ActivityNet Captions: paragraph-to-video, val_1 evaluated (train.json, val_1.json, *_ids.json)"
+        ),
         build=build,
         write_synthetic=write_synthetic,
         annotations_hint="<folder with train.json, val_1.json, train_ids.json and val_ids.json>",

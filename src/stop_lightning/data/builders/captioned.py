@@ -85,7 +85,8 @@ def read_json(path: Path, expected: type, what: str) -> Any:
 
 
 def require(name: str, root: Path, annotations: Path | None, hint: str) -> Path:
-    """``name`` in ``--annotations`` (or anywhere under ``--root``), or a BuildError that says what to pass."""
+    """``name`` in ``--annotations`` (or anywhere under ``--root``), or a BuildError that says what
+    to pass."""
     found = find_file(name, [annotations] if annotations is not None else [root])
     if found is None:
         raise BuildError(f"{name} not found under {annotations or root}; {hint}")
@@ -121,7 +122,8 @@ def caption_rows(
     captions: dict[str, list[str]],
     locate,
 ) -> list[ClipRecord]:
-    """One row per listed id that has captions and a file (``locate(id) -> path | None``); the rest dropped."""
+    """One row per listed id that has captions and a file (``locate(id) -> path | None``); the rest
+    dropped."""
     rows = []
     for vid in ids:
         caps = captions.get(vid)
@@ -137,9 +139,15 @@ def caption_rows(
 
 
 def finish(
-    report: CaptionReport, root: Path, out_dir: Path, stages: dict[str, list[ClipRecord]], probe: bool, progress: bool
+    report: CaptionReport,
+    root: Path,
+    out_dir: Path,
+    stages: dict[str, list[ClipRecord]],
+    probe: bool,
+    progress: bool,
 ) -> CaptionReport:
-    """Probe (optional) and write ``train/val/test.jsonl``; a split left empty is an error naming the dataset."""
+    """Probe (optional) and write ``train/val/test.jsonl``; a split left empty is an error naming the
+    dataset."""
     for stage, rows in stages.items():
         if not rows:
             raise BuildError(

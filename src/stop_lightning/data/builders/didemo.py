@@ -44,14 +44,22 @@ HINT = "pass the folder with {train,val,test}_data.json and {train,val,test}_lis
 def candidates(video_id: str) -> list[str]:
     """File names that may hold ``video_id``, in the order of :data:`FORMS`."""
     stem = os.path.splitext(video_id)[0]
-    return [video_id, *(video_id + s for s in VIDEO_SUFFIXES), *(stem + s for s in VIDEO_SUFFIXES if stem + s != video_id)]
+    return [
+        video_id,
+        *(video_id + s for s in VIDEO_SUFFIXES),
+        *(stem + s for s in VIDEO_SUFFIXES if stem + s != video_id),
+    ]
 
 
 def _descriptions(report: CaptionReport, path: Path) -> dict[str, list[str]]:
     items = read_json(path, list, 'a list of {"video", "description", "times", ...}')
     texts: dict[str, list[str]] = {}
     for i, item in enumerate(items):
-        if not isinstance(item, dict) or not isinstance(item.get("video"), str) or not isinstance(item.get("description"), str):
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("video"), str)
+            or not isinstance(item.get("description"), str)
+        ):
             raise BuildError(f"{path}: item {i} lacks a 'video' or 'description' string")
         texts.setdefault(item["video"], []).append(item["description"])
     out = {}
@@ -66,7 +74,8 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
     report = CaptionReport(NAME, root, out_dir)
     files = VideoFiles(root)
     split_ids = {
-        stage: read_text_lines(require(LIST_FILE.format(stage=stage), root, annotations, HINT)) for stage in STAGES
+        stage: read_text_lines(require(LIST_FILE.format(stage=stage), root, annotations, HINT))
+        for stage in STAGES
     }
     every_id = {vid for ids in split_ids.values() for vid in ids}
     ambiguous = []
@@ -140,17 +149,26 @@ def write_synthetic(root: Path, clips: SyntheticClips) -> None:
             if idx % 4 == 2:
                 descriptions.append(NON_ASCII)
             for k, text in enumerate(descriptions):
-                data[stage].append({
-                    "annotation_id": len(data[stage]), "video": vid, "description": text,
-                    "times": [[k % 6, k % 6], [k % 6, min(5, k % 6 + 1)]], "dl_link": f"https://example.org/{vid}",
-                })
+                data[stage].append(
+                    {
+                        "annotation_id": len(data[stage]),
+                        "video": vid,
+                        "description": text,
+                        "times": [[k % 6, k % 6], [k % 6, min(5, k % 6 + 1)]],
+                        "dl_link": f"https://example.org/{vid}",
+                    }
+                )
             lists[stage].append(vid)
     lists["train"].append(UNDESCRIBED_ID)
     lists["test"].append(FILELESS_ID)
-    data["test"].append({"annotation_id": -1, "video": FILELESS_ID, "description": "a square.", "times": [[0, 0]]})
+    data["test"].append(
+        {"annotation_id": -1, "video": FILELESS_ID, "description": "a square.", "times": [[0, 0]]}
+    )
     for stage in STAGES:
         write_json(root / DATA_FILE.format(stage=stage), data[stage])
-        (root / LIST_FILE.format(stage=stage)).write_text("".join(f"{v}\n" for v in lists[stage]), encoding="utf-8")
+        (root / LIST_FILE.format(stage=stage)).write_text(
+            "".join(f"{v}\n" for v in lists[stage]), encoding="utf-8"
+        )
 
 
 register_dataset(

@@ -81,7 +81,8 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
     report.missing = sorted(missing)
     if not any(report.clips.values()):
         raise BuildError(
-            f"none of the videos listed in {split_dir} exist under {root}; is --root the folder holding <class>/<video>.avi?"
+            f"none of the videos listed in {split_dir} exist under {root}; "
+            "is --root the folder holding <class>/<video>.avi?"
         )
     return report
 

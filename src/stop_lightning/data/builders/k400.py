@@ -42,8 +42,8 @@ LABEL_COLUMN = "label"
 ANNOTATIONS_HINT = "<the folder with train.csv, val.csv (or validate.csv), test.csv>"
 # Kinetics class names are verb phrases ("playing guitar", "air drumming").
 TEMPLATES = ("a video of a person {name}.",)
-# Multi-view testing: 4 temporal clips x 3 spatial crops, as X-CLIP (Ni et al., ECCV 2022, its K400 results table)
-# reports Kinetics-400; the experiments set data.test_clips / data.test_crops from these.
+# Multi-view testing: 4 temporal clips x 3 spatial crops, as X-CLIP (Ni et al., ECCV 2022, its K400
+# results table) reports Kinetics-400; the experiments set data.test_clips / data.test_crops from these.
 TEST_VIEWS = (4, 3)
 
 
@@ -81,7 +81,8 @@ def read_split_csv(path: Path) -> list[tuple[str | None, str, int]]:
             start, end = int(float(row["time_start"])), int(float(row["time_end"]))
         except ValueError as err:
             raise BuildError(
-                f"{path}:{lineno}: time_start/time_end must be numbers, got {row['time_start']!r}, {row['time_end']!r}"
+                f"{path}:{lineno}: time_start/time_end must be numbers, "
+                f"got {row['time_start']!r}, {row['time_end']!r}"
             ) from err
         label = row.get(LABEL_COLUMN) or None
         rows.append((label, clip_name(row["youtube_id"], start, end), lineno))
@@ -197,7 +198,9 @@ def write_kinetics_synthetic(
     for stage, table in tables.items():
         cols = header if stage != "test" or test_labels else header[1:]
         out = io.StringIO()
-        writer = csv.writer(out, quoting=csv.QUOTE_NONNUMERIC if quoted else csv.QUOTE_MINIMAL, lineterminator="\n")
+        writer = csv.writer(
+            out, quoting=csv.QUOTE_NONNUMERIC if quoted else csv.QUOTE_MINIMAL, lineterminator="\n"
+        )
         writer.writerow(cols)
         for row in table:
             writer.writerow(row[len(header) - len(cols) :])

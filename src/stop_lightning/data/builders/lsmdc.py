@@ -51,7 +51,8 @@ def read_annotations(path: Path) -> tuple[list[str], dict[str, list[str]], int]:
         parts = line.split("\t", len(COLUMNS) - 1)
         if len(parts) != len(COLUMNS):
             raise BuildError(
-                f"{path}:{lineno}: expected {len(COLUMNS)} tab-separated columns ({', '.join(COLUMNS)}), got {len(parts)}"
+                f"{path}:{lineno}: expected {len(COLUMNS)} tab-separated columns "
+                f"({', '.join(COLUMNS)}), got {len(parts)}"
             )
         clip = parts[0].strip()
         if clip in sentences:
@@ -78,11 +79,16 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
         if path is None and stage == "test":
             path = optional(TEST_FILE_CORRECTED, root, annotations)
         if path is None:
-            raise BuildError(f"{name} not found under {annotations or root}; pass the folder holding the LSMDC16 "
-                             "annotation files with --annotations")
+            raise BuildError(
+                f"{name} not found under {annotations or root}; pass the folder holding the LSMDC16 "
+                "annotation files with --annotations"
+            )
         order, sentences, repeats = read_annotations(path)
         if repeats:
-            report.notes.append(f"{path.name}: {repeats} rows repeat an earlier clip id (their sentences joined that clip's captions)")
+            report.notes.append(
+                f"{path.name}: {repeats} rows repeat an earlier clip id "
+                "(their sentences joined that clip's captions)"
+            )
         captions = {clip: clean_captions(report, texts) for clip, texts in sentences.items()}
         stages[stage] = caption_rows(report, order, captions, locate)
     return finish(report, root, out_dir, stages, probe, progress)
@@ -142,10 +148,15 @@ register_dataset(
     DatasetSpec(
         name=NAME,
         task="retrieval",
-        description="LSMDC: movie clips, headerless TSVs (LSMDC16_annos_*.csv, ..._publictect.csv), per-movie folders",
+        description=(
+            "LSMDC: movie clips, headerless TSVs (LSMDC16_annos_*.csv, ..._publictect.csv), per-movie folders"
+        ),
         build=build,
         write_synthetic=write_synthetic,
-        annotations_hint="<folder with LSMDC16_annos_training.csv, LSMDC16_annos_val.csv and LSMDC16_challenge_1000_publictect.csv>",
+        annotations_hint=(
+            "<folder with LSMDC16_annos_training.csv, LSMDC16_annos_val.csv and "
+            "LSMDC16_challenge_1000_publictect.csv>"
+        ),
         multi_caption=True,
     )
 )

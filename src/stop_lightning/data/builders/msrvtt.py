@@ -47,10 +47,7 @@ def _video_files(root: Path) -> dict[str, str]:
 
 def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, progress: bool) -> BuildReport:
     places = [annotations] if annotations is not None else [root]
-    found = {
-        name: find_file(name, places)
-        for name in (DATA_FILE, TRAIN_FILE, TEST_FILE)
-    }
+    found = {name: find_file(name, places) for name in (DATA_FILE, TRAIN_FILE, TEST_FILE)}
     for name, path in found.items():
         if path is None:
             raise BuildError(
@@ -65,9 +62,7 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
         try:
             captions.setdefault(str(sent["video_id"]), []).append(str(sent["caption"]).strip())
         except (KeyError, TypeError) as err:
-            raise BuildError(
-                f"{found[DATA_FILE]}: sentences[{i}] lacks 'video_id' or 'caption'"
-            ) from err
+            raise BuildError(f"{found[DATA_FILE]}: sentences[{i}] lacks 'video_id' or 'caption'") from err
 
     train_ids = [r["video_id"].strip() for r in _read_csv(found[TRAIN_FILE], ("video_id",))]
     test_rows = _read_csv(found[TEST_FILE], ("video_id", "sentence"))

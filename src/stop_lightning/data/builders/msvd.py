@@ -49,10 +49,14 @@ def _check_plain(value, where: str) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise pickle.UnpicklingError(f"key {key!r} in {where} is a {type(key).__name__}, not a string")
+                raise pickle.UnpicklingError(
+                    f"key {key!r} in {where} is a {type(key).__name__}, not a string"
+                )
             _check_plain(item, f"{where}[{key!r}]")
         return
-    raise pickle.UnpicklingError(f"{where} is a {type(value).__name__}; only dicts, lists and strings are accepted")
+    raise pickle.UnpicklingError(
+        f"{where} is a {type(value).__name__}; only dicts, lists and strings are accepted"
+    )
 
 
 def read_captions(path: Path) -> dict[str, list[list[str]]]:
@@ -61,9 +65,13 @@ def read_captions(path: Path) -> dict[str, list[list[str]]]:
         data = PlainDataUnpickler(io.BytesIO(path.read_bytes())).load()
         _check_plain(data, "the pickle")
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, AttributeError) as err:
-        raise BuildError(f"{path}: refused ({err}); expected {{video_id: [[token, ...], ...]}} as CLIP4Clip ships it") from err
+        raise BuildError(
+            f"{path}: refused ({err}); expected {{video_id: [[token, ...], ...]}} as CLIP4Clip ships it"
+        ) from err
     if not isinstance(data, dict):
-        raise BuildError(f"{path}: refused: holds a {type(data).__name__}, expected {{video_id: [[token, ...], ...]}}")
+        raise BuildError(
+            f"{path}: refused: holds a {type(data).__name__}, expected {{video_id: [[token, ...], ...]}}"
+        )
     for vid, caps in data.items():
         if not isinstance(caps, list) or not all(isinstance(c, list) for c in caps):
             raise BuildError(f"{path}: refused: {vid!r} is not a list of token lists")
@@ -82,7 +90,10 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
 
     stages = {
         stage: caption_rows(
-            report, read_text_lines(require(LIST_FILE.format(stage=stage), root, annotations, HINT)), captions, locate
+            report,
+            read_text_lines(require(LIST_FILE.format(stage=stage), root, annotations, HINT)),
+            captions,
+            locate,
         )
         for stage in STAGES
     }
@@ -136,7 +147,9 @@ register_dataset(
     DatasetSpec(
         name=NAME,
         task="retrieval",
-        description="MSVD: ~40 captions per video, CLIP4Clip layout (YouTubeClips/, raw-captions.pkl, *_list.txt)",
+        description=(
+            "MSVD: ~40 captions per video, CLIP4Clip layout (YouTubeClips/, raw-captions.pkl, *_list.txt)"
+        ),
         build=build,
         write_synthetic=write_synthetic,
         annotations_hint="<folder with raw-captions.pkl and {train,val,test}_list.txt>",

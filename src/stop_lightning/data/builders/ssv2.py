@@ -40,7 +40,8 @@ _BRACKETS = re.compile(r"\[([^\]]*)\]")
 
 
 def template_class(template: str) -> str:
-    """``"Putting [something] into [part] of [something]"`` -> ``"Putting something into part of something"``."""
+    """``"Putting [something] into [part] of [something]"``
+    -> ``"Putting something into part of something"``."""
     return " ".join(_BRACKETS.sub(r"\1", template).split())
 
 
@@ -50,7 +51,9 @@ def _load_json(path: Path):
     except OSError as err:
         raise BuildError(f"cannot read {path}: {err}") from err
     except json.JSONDecodeError as err:
-        raise BuildError(f"{path}: not valid JSON ({err}); expected the file of the official release") from err
+        raise BuildError(
+            f"{path}: not valid JSON ({err}); expected the file of the official release"
+        ) from err
 
 
 def read_labels(path: Path) -> list[str]:
@@ -61,7 +64,7 @@ def read_labels(path: Path) -> list[str]:
     by_index: dict[int, str] = {}
     for name, index in data.items():
         if not str(index).strip().isdigit():
-            raise BuildError(f"{path}: index of {name!r} is {index!r}, expected a number (e.g. \"93\")")
+            raise BuildError(f'{path}: index of {name!r} is {index!r}, expected a number (e.g. "93")')
         if int(index) in by_index:
             raise BuildError(f"{path}: index {index} is given to {by_index[int(index)]!r} and {name!r}")
         by_index[int(index)] = template_class(name)
@@ -102,7 +105,9 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
                 raise BuildError(f"{path}: entry {i} has no 'id' or 'template': {entry!r:.120}")
             cls = template_class(str(entry["template"]))
             if cls not in index_of:
-                raise BuildError(f"{path}: entry {i} (id {entry['id']}): template {cls!r} is not in {LABELS_FILE}")
+                raise BuildError(
+                    f"{path}: entry {i} (id {entry['id']}): template {cls!r} is not in {LABELS_FILE}"
+                )
             rel = f"{prefix}{entry['id']}{VIDEO_SUFFIX}"
             if not (root / rel).is_file():
                 missing.append(f"{stage}: {rel}")

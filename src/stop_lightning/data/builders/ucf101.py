@@ -33,9 +33,7 @@ SPLITS = (1, 2, 3)
 
 
 def _list_dir(root: Path, annotations: Path | None) -> Path:
-    places = (
-        [annotations] if annotations is not None else [root / LIST_DIR, root.parent / LIST_DIR, root]
-    )
+    places = [annotations] if annotations is not None else [root / LIST_DIR, root.parent / LIST_DIR, root]
     hit = find_file(CLASS_FILE, places)
     if hit is None:
         where = annotations if annotations is not None else root
@@ -80,7 +78,8 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
             )
         if label is not None and label != from_folder:
             raise BuildError(
-                f"{list_file}:{lineno}: label {label + 1} ({classes[label]}) disagrees with the folder {folder!r}"
+                f"{list_file}:{lineno}: label {label + 1} ({classes[label]}) "
+                f"disagrees with the folder {folder!r}"
             )
         found = files.find(prefix + rel)
         if found is None:
@@ -120,7 +119,8 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
     report.missing = sorted(missing)
     if not any(report.clips.values()):
         raise BuildError(
-            f"none of the videos listed in {list_dir} exist under {root}; is --root the folder holding UCF-101/?"
+            f"none of the videos listed in {list_dir} exist under {root}; "
+            "is --root the folder holding UCF-101/?"
         )
     return report
 

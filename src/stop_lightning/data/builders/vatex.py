@@ -45,7 +45,11 @@ VIDEO_DIR = "videos"
 def _official(report: CaptionReport, path: Path) -> dict[str, list[str]]:
     out = {}
     for i, item in enumerate(read_json(path, list, 'a list of {"videoID", "enCap", ...}')):
-        if not isinstance(item, dict) or not isinstance(item.get("videoID"), str) or not isinstance(item.get("enCap"), list):
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("videoID"), str)
+            or not isinstance(item.get("enCap"), list)
+        ):
             raise BuildError(f"{path}: item {i} lacks a 'videoID' string or an 'enCap' list")
         out[item["videoID"]] = [str(c) for c in item["enCap"]]
     return out
@@ -60,7 +64,9 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
     if ref is not None:
         for vid, caps in read_json(ref, dict, '{"<video_id>": ["caption", ...]}').items():
             if not isinstance(caps, list):
-                raise BuildError(f"{ref}: {vid!r} maps to a {type(caps).__name__}, expected a list of captions")
+                raise BuildError(
+                    f"{ref}: {vid!r} maps to a {type(caps).__name__}, expected a list of captions"
+                )
             raw[vid] = [str(c) for c in caps]
     else:
         for path in official.values():
@@ -73,7 +79,9 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
         )
     odd_counts = sum(len(c) != CAPTIONS_PER_VIDEO for c in raw.values())
     if odd_counts:
-        report.notes.append(f"{odd_counts} videos have other than {CAPTIONS_PER_VIDEO} English captions (kept)")
+        report.notes.append(
+            f"{odd_counts} videos have other than {CAPTIONS_PER_VIDEO} English captions (kept)"
+        )
     captions = {vid: clean_captions(report, caps) for vid, caps in raw.items()}
 
     split_ids: dict[str, list[str]] = {}
@@ -83,20 +91,32 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
             split_ids[stage] = read_text_lines(listed)
         elif official[stage] is not None:
             split_ids[stage] = list(_official(CaptionReport(NAME, root, out_dir), official[stage]))
-            report.notes.append(f"no {name}: {stage} is every video of {OFFICIAL_FILES[stage]} (not the papers' split)")
+            report.notes.append(
+                f"no {name}: {stage} is every video of {OFFICIAL_FILES[stage]} (not the papers' split)"
+            )
         else:
-            raise BuildError(f"{name} not found under {annotations or root}; pass the folder holding it with --annotations")
+            raise BuildError(
+                f"{name} not found under {annotations or root}; pass the folder holding it with --annotations"
+            )
     odd_ids = [v for ids in split_ids.values() for v in ids if not VIDEO_ID.match(v)]
     if odd_ids:
-        report.notes.append(f"{len(odd_ids)} ids are not <youtube_id>_<start:06d>_<end:06d> (kept), e.g. {odd_ids[0]}")
+        report.notes.append(
+            f"{len(odd_ids)} ids are not <youtube_id>_<start:06d>_<end:06d> (kept), e.g. {odd_ids[0]}"
+        )
 
     def locate(video_id: str) -> str | None:
         hits = files.stem(video_id, VIDEO_SUFFIXES)
         return hits[0] if hits else None
 
     stages = {stage: caption_rows(report, ids, captions, locate) for stage, ids in split_ids.items()}
-    return finish(report, root, out_dir, {"train": stages["train"], "val": stages["test"], "test": stages["test"]},
-                  probe, progress)
+    return finish(
+        report,
+        root,
+        out_dir,
+        {"train": stages["train"], "val": stages["test"], "test": stages["test"]},
+        probe,
+        progress,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,7 +179,10 @@ register_dataset(
     DatasetSpec(
         name=NAME,
         task="retrieval",
-        description="VATEX: 10 captions per video, the retrieval split (train_list.txt, test_list.txt, ref_captions.json)",
+        description=(
+            "VATEX: 10 captions per video, the retrieval split "
+            "(train_list.txt, test_list.txt, ref_captions.json)"
+        ),
         build=build,
         write_synthetic=write_synthetic,
         annotations_hint=f"<folder with {LIST_FILES['train']}, {LIST_FILES['test']} and {CAPTION_FILE}>",
