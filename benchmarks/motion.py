@@ -49,12 +49,17 @@ CLASSES = (
 )
 # STOP runs with its fast spatial prompt generator by default: the reference generator (preset stop)
 # costs tens of seconds per step on a shared CPU; `--methods stop,...` runs it too.
-METHODS = ("stop_fast", "stop_official", "dgl", "clip4clip_meanp")
+METHODS = ("stop_fast", "stop_official", "dgl", "vop", "vop_p", "vop_c", "vop_f", "vop_fc", "clip4clip_meanp")
 LABELS = {
     "stop": "STOP",
     "stop_fast": "STOP (fast spatial generator)",
     "stop_official": "STOP (official)",
     "dgl": "DGL",
+    "vop": "VoP",
+    "vop_p": "VoP-P (position-specific)",
+    "vop_c": "VoP-C (context-specific)",
+    "vop_f": "VoP-F (function-specific)",
+    "vop_fc": "VoP-F+C",
     "clip4clip_meanp": "meanP",
 }
 
