@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from stop_lightning.checkpoint_io import CheckpointReadError, load_trained_weights, read_checkpoint
-from stop_lightning.data.datamodules import VideoDataModule, build_datamodule
+from stop_lightning.data.datamodules import VideoDataModule, eval_batch_size
 from stop_lightning.data.datasets import SamplingConfig, VideoClipDataset, seed_worker
 from stop_lightning.data.decode import VideoDecodeError
 from stop_lightning.data.manifest import ClipRecord, ManifestError, read_manifest
@@ -32,7 +32,7 @@ from stop_lightning.models.backbone import ClipBundle, ClipLoadError, load_clip
 from stop_lightning.provenance import collect_run_info
 from stop_lightning.tasks.base import CheckpointMismatchError, VideoTaskModule
 from stop_lightning.tasks.recognition import RecognitionModule
-from stop_lightning.tasks.registry import get_task
+from stop_lightning.tasks.registry import get_task, run_datamodule
 
 log = logging.getLogger(__name__)
 
@@ -160,23 +160,14 @@ def video_files_dataset(
 def checkpoint_datamodule(loaded: LoadedCheckpoint, stage: str | None = None) -> VideoDataModule:
     """The DataModule of the checkpoint's data config (synthetic data is generated if missing);
     set up for ``stage`` ("test", "fit", ...) unless ``stage`` is None."""
-    b, cfg = loaded.bundle, loaded.cfg
-    dm = build_datamodule(
-        cfg.data,
-        cfg.task.name,
-        b.image_size,
-        b.image_mean,
-        b.image_std,
-        seed=cfg.seed,
-        cache_dir=cfg.paths.cache_dir,
-    )
+    dm = run_datamodule(loaded.cfg, loaded.bundle)
     if stage is not None:
         dm.setup(stage)
     return dm
 
 
 def _loader(loaded: LoadedCheckpoint, dataset: VideoClipDataset) -> DataLoader:
-    batch = _batch_size(loaded)
+    batch = eval_batch_size(loaded.cfg.data)
     workers = (
         int(loaded.cfg.data.num_workers) if len(dataset) > batch else 0
     )  # a worker pool costs more than a batch or two
@@ -202,11 +193,6 @@ def _check_recognition(loaded: LoadedCheckpoint) -> None:
         )
 
 
-def _batch_size(loaded: LoadedCheckpoint) -> int:
-    d = loaded.cfg.data
-    return int(d.eval_batch_size) if int(d.eval_batch_size) > 0 else int(d.batch_size)
-
-
 @torch.no_grad()
 def predict_each(
     loaded: LoadedCheckpoint, videos: list[str | Path], top: int = 5
@@ -222,6 +208,7 @@ def predict_each(
     present = [i for i, r in enumerate(results) if r is None]
     dataset = video_files_dataset(loaded, [videos[i] for i in present]) if present else None
     names, k = loaded.class_names, min(top, len(loaded.class_names))
+    batch_size = eval_batch_size(loaded.cfg.data)
     batch: list[tuple[int, torch.Tensor]] = []
 
     def score(batch: list[tuple[int, torch.Tensor]]) -> None:
@@ -237,7 +224,7 @@ def predict_each(
             batch.append((i, dataset.load(j)["video"]))  # the dataset's decode, without its skip/raise policy
         except VideoDecodeError as err:
             results[i] = FailedVideo(str(videos[i]), err.reason)
-        if len(batch) == _batch_size(loaded):
+        if len(batch) == batch_size:
             score(batch)
             batch = []
     if batch:

@@ -18,7 +18,6 @@ from stop_lightning.callbacks import build_callbacks
 from stop_lightning.checkpoint_io import AtomicCheckpointIO
 from stop_lightning.config import ConfigError, save_config
 from stop_lightning.data.class_lists import write_protocol_files
-from stop_lightning.data.datamodules import build_datamodule
 from stop_lightning.fileio import atomic_write
 from stop_lightning.loggers import build_loggers, finish_wandb
 from stop_lightning.models.backbone import ClipBundle, load_clip
@@ -26,7 +25,7 @@ from stop_lightning.preemption import EXIT_PREEMPTED, Preempted
 from stop_lightning.provenance import RUN_INFO_FILE, collect_run_info, write_run_info
 from stop_lightning.run import check_resume_config, check_writable, claim_run_dir, run_folder, with_run_dir
 from stop_lightning.tasks.base import VideoTaskModule
-from stop_lightning.tasks.registry import get_task
+from stop_lightning.tasks.registry import get_task, run_datamodule
 
 log = logging.getLogger(__name__)
 
@@ -130,15 +129,7 @@ def setup_run(
             log.info("resuming with allowed config changes: %s", ", ".join(changed))
     # Weights and data first: a run that cannot start leaves no empty run folder behind.
     bundle = bundle if bundle is not None else load_clip(cfg.model.clip, cfg.paths.cache_dir)
-    datamodule = build_datamodule(
-        cfg.data,
-        cfg.task.name,
-        bundle.image_size,
-        bundle.image_mean,
-        bundle.image_std,
-        seed=cfg.seed,
-        cache_dir=cfg.paths.cache_dir,
-    )
+    datamodule = run_datamodule(cfg, bundle)
     datamodule.prepare_data()
     datamodule.setup("fit" if cfg.data.protocol != "zero_shot" else "test")
     datamodule.setup("test")  # every run ends with a test: its files are checked now, with the rest

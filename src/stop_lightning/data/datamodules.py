@@ -80,6 +80,11 @@ def as_data_config(cfg: Any) -> DataConfig:
     return DataConfig(**dict(cfg))
 
 
+def eval_batch_size(cfg: Any) -> int:
+    """Clips per evaluation batch: ``data.eval_batch_size``, or ``data.batch_size`` when it is -1."""
+    return int(cfg.eval_batch_size) if int(cfg.eval_batch_size) > 0 else int(cfg.batch_size)
+
+
 class VideoDataModule(L.LightningDataModule):
     """What recognition and retrieval share: config, transforms, loaders, data-health counters."""
 
@@ -202,7 +207,7 @@ class VideoDataModule(L.LightningDataModule):
             )
         c = self.cfg
         train = stage == "train"
-        batch = c.batch_size if train or c.eval_batch_size <= 0 else c.eval_batch_size
+        batch = c.batch_size if train else eval_batch_size(c)
         generator = torch.Generator().manual_seed(self.seed + STAGES.index(stage))
         sampler = EpochSampler(len(dataset), seed=self.seed + STAGES.index(stage), shuffle=train)
         if train and self.resume_at is not None:  # a mid-epoch checkpoint: continue at its next batch

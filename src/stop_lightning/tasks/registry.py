@@ -13,7 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from stop_lightning.config import ConfigError
-from stop_lightning.data.datamodules import RecognitionDataModule, RetrievalDataModule, VideoDataModule
+from stop_lightning.data.datamodules import (
+    RecognitionDataModule,
+    RetrievalDataModule,
+    VideoDataModule,
+    build_datamodule,
+)
 from stop_lightning.models.backbone import ClipBundle
 from stop_lightning.tasks.base import VideoTaskModule
 from stop_lightning.tasks.recognition import RecognitionModule
@@ -52,3 +57,17 @@ def get_task(name: str) -> TaskSpec:
     if name not in TASKS:
         raise UnknownTaskError(f"task.name = {name!r} is not one of: {', '.join(TASKS)}")
     return TASKS[name]
+
+
+def run_datamodule(cfg: Any, bundle: ClipBundle) -> VideoDataModule:
+    """The DataModule of a run's config, sized and normalised for ``bundle``'s CLIP (not set up):
+    what training, evaluation and a loaded checkpoint all read their videos through."""
+    return build_datamodule(
+        cfg.data,
+        cfg.task.name,
+        bundle.image_size,
+        bundle.image_mean,
+        bundle.image_std,
+        seed=cfg.seed,
+        cache_dir=cfg.paths.cache_dir,
+    )
