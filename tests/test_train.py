@@ -245,3 +245,24 @@ def test_unreadable_test_videos_are_misses_and_counted(cache_dir, tmp_path, caps
     table = (run / "confusion_matrix.csv").read_text().strip().splitlines()
     assert table[0].endswith(",unreadable")
     assert [int(v) for v in table[2].split(",")[1:]] == [0, 0, 3]  # class 1: all three in their own column
+
+
+@pytest.mark.parametrize("which", ["best", "last"])
+def test_checkpoint_test_picks_the_weights_that_are_tested(cache_dir, tmp_path, monkeypatch, which):
+    import lightning as L
+
+    tested = []
+    original = L.Trainer.test
+
+    def spy(self, *args, ckpt_path=None, **kwargs):
+        tested.append(ckpt_path)
+        return original(self, *args, ckpt_path=ckpt_path, **kwargs)
+
+    monkeypatch.setattr(L.Trainer, "test", spy)
+    monkeypatch.setenv("STOP_RUN_STAMP", "run")
+    train(demo_cfg(cache_dir, tmp_path, f"checkpoint.test={which}"))
+    if which == "last":
+        assert tested == [None]  # the module in memory: the weights the fit ended with
+    else:
+        best = Path(tested[0])
+        assert best.is_file() and best.parent.name == "checkpoints" and best.name != "last.ckpt"

@@ -246,6 +246,9 @@ class DataConfig:
     synthetic_frames: int = 16
     synthetic_size: int = 64
     synthetic_looks: int = 0  # >0: cycle that many colour/background looks (0: one per clip)
+    # Recognition layouts: the clips data.split evaluates on get colours and a background that no
+    # training clip has (data/synthetic.py), so their accuracy measures generalisation.
+    synthetic_heldout_looks: bool = False
     # Storage (data/preprocess.py, data/shards.py): read the videos as they are, or frames from JPEG
     # shards written by `stop-lightning shard` (a local folder or an s3:// / gs:// URL, LitData).
     format: str = "video"  # video | shards
@@ -335,6 +338,9 @@ class LoggerConfig:
 class CheckpointConfig:
     monitor: str = "val/top1"
     mode: str = "max"
+    # Which weights `train` tests after fitting: best (by monitor; the last epoch when nothing was
+    # monitored) | last (the weights the fit ended with)
+    test: str = "best"
     save_last: bool = True
     save_top_k: int = 1
     every_n_epochs: int = 1
@@ -401,6 +407,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "task.v2t_captions": ("all_captions", "best_caption"),
     "logger.mode": ("auto", "online", "offline", "disabled"),
     "checkpoint.mode": ("min", "max"),
+    "checkpoint.test": ("best", "last"),
 }
 
 

@@ -149,7 +149,8 @@ def setup_run(
 
 
 def train(cfg: DictConfig, resume: str | None = None, allow_change: tuple[str, ...] = ()) -> dict[str, float]:
-    """Fit (unless the protocol is zero-shot or max_epochs is 0), then test the best checkpoint.
+    """Fit (unless the protocol is zero-shot or max_epochs is 0), then test the best checkpoint (or,
+    with ``checkpoint.test=last``, the weights the fit ended with).
 
     ``resume``: ``last``, ``auto`` or a checkpoint path (:func:`stop_lightning.run.run_folder`). A
     preemption signal ends the fit with a checkpoint and :class:`stop_lightning.preemption.Preempted`
@@ -169,8 +170,9 @@ def train(cfg: DictConfig, resume: str | None = None, allow_change: tuple[str, .
         except Preempted:
             finish_wandb(exit_code=EXIT_PREEMPTED)
             raise
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        ckpt_for_test = best or None
+        if cfg.checkpoint.test == "best":
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            ckpt_for_test = best or None
     results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_for_test, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:

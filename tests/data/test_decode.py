@@ -94,11 +94,11 @@ def test_bad_files_raise_with_path_and_reason(tmp_path, code_videos):
     (tmp_path / "garbage.avi").write_bytes(np.random.default_rng(0).bytes(5000))
     with pytest.raises(VideoDecodeError, match=r"garbage\.avi: cannot open"):
         VideoFile(tmp_path / "garbage.avi")
-    # Truncated .avi: the header still promises 200 frames, the data stops half-way.
+    # Truncated .avi: the header still promises 200 frames, the data stops a third of the way in.
     long_avi = write_video(tmp_path / "long.avi", frame_code_frames(200, 32), fps=25, gop=10)
     data = long_avi.read_bytes()
     cut = tmp_path / "cut.avi"
-    cut.write_bytes(data[: len(data) // 2])
+    cut.write_bytes(data[: len(data) // 3])
     with pytest.raises(VideoDecodeError, match=r"cut\.avi: truncated or corrupt"):
         with VideoFile(cut) as video:
             video.get_frames(list(range(0, 200, 10)))
@@ -113,8 +113,8 @@ def test_ffmpeg_messages_are_counted_not_printed(tmp_path, capfd):
     path = write_video(tmp_path / "v.avi", frame_code_frames(40, 32), fps=25, gop=10)
     data = bytearray(path.read_bytes())
     rng = np.random.default_rng(0)
-    mid = len(data) // 2
-    data[mid : mid + 300] = rng.integers(0, 256, 300, dtype=np.uint8).tobytes()
+    for at in range(len(data) // 10, len(data) - 300, len(data) // 10):  # damage all along the file
+        data[at : at + 300] = rng.integers(0, 256, 300, dtype=np.uint8).tobytes()
     damaged = tmp_path / "damaged.avi"
     damaged.write_bytes(bytes(data))
     with VideoFile(damaged) as video:

@@ -3,7 +3,13 @@
 ``kind="motion"``: every class is a direction of motion of a coloured square on a plain
 background. Clip ``j`` of every class uses the same colours and the same off-axis position, so
 "move left" clip ``j`` is exactly "move right" clip ``j`` played backwards: the class lives only in
-the temporal order, which is what a video model (and not a single-frame model) must learn.
+the temporal order, which is what a video model (and not a single-frame model) must learn. Every
+frame is encoded as a key frame at a fixed quantiser (or losslessly), so a frame decodes to the
+same picture whatever precedes it and a clip and its reversed twin decode to the same frames.
+
+With ``heldout_looks`` the clips a split evaluates on are drawn in colours and on a background that
+no training clip uses (:data:`HELDOUT_COLOURS`, :data:`HELDOUT_BACKGROUNDS`), so accuracy on them
+is generalisation, not memory of the training clips.
 
 Each registered dataset module lays these clips out with its own split and annotation files
 (``DatasetSpec.write_synthetic``), so the manifest builders are exercised against the real formats.
@@ -12,11 +18,12 @@ Each registered dataset module lays these clips out with its own split and annot
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -40,6 +47,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "cyan": (40, 210, 220),
 }
 BACKGROUNDS = ((20, 20, 20), (110, 110, 110), (60, 60, 90))
+# What evaluation clips look like under ``heldout_looks``; training clips then use the rest.
+HELDOUT_COLOURS = ("orange", "white", "cyan")
+HELDOUT_BACKGROUNDS = ((60, 60, 90),)
 
 # (name, dx, dy); opposite directions sit next to each other.
 _DIRECTIONS = (
@@ -84,12 +94,21 @@ class ClipLook:
     cross: float  # position along the axis that does not move, in [0, 1]
 
 
-def clip_look(j: int, seed: int) -> ClipLook:
+def clip_look(j: int, seed: int, palette: str = "all") -> ClipLook:
+    """The look of clip ``j``; ``palette``: ``all`` (every colour and background), ``train`` (all but
+    the held-out ones) or ``heldout`` (only :data:`HELDOUT_COLOURS` and :data:`HELDOUT_BACKGROUNDS`)."""
+    colours, backgrounds = list(COLOURS), list(BACKGROUNDS)
+    if palette == "train":
+        colours = [c for c in colours if c not in HELDOUT_COLOURS]
+        backgrounds = [b for b in backgrounds if b not in HELDOUT_BACKGROUNDS]
+    elif palette == "heldout":
+        colours, backgrounds = list(HELDOUT_COLOURS), list(HELDOUT_BACKGROUNDS)
+    elif palette != "all":
+        raise ValueError(f"clip_look: palette must be all, train or heldout, got {palette!r}")
     rng = np.random.default_rng([seed, j])
-    names = list(COLOURS)
     return ClipLook(
-        colour=names[int(rng.integers(len(names)))],
-        background=BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))],
+        colour=colours[int(rng.integers(len(colours)))],
+        background=backgrounds[int(rng.integers(len(backgrounds)))],
         cross=float(rng.uniform(0.15, 0.85)),
     )
 
@@ -164,18 +183,27 @@ def read_frame_code(frame: np.ndarray) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: float = 8.0, gop: int = 8) -> Path:
-    """Encode RGB uint8 frames ``(T, H, W, 3)``: libx264 for ``.mp4``, MPEG-4 part 2 for ``.avi``,
-    VP9 (libvpx, lossless) for ``.webm``.
+# FFmpeg's lambda per quantiser step: a fixed MPEG-4 quantiser q is global_quality = q * this.
+_QP2LAMBDA = 118
 
-    All at high quality so a decoded frame is within a few grey levels of what was written.
+
+def write_video(path: str | Path, frames: np.ndarray, fps: float = 8.0, gop: int = 8) -> Path:
+    """Encode RGB uint8 frames ``(T, H, W, 3)``: libx264 lossless (qp 0) for ``.mp4``, MPEG-4 part 2
+    at the fixed quantiser 2 for ``.avi``, VP9 (libvpx, lossless) for ``.webm``; ``gop``: frames per
+    key frame (1: every frame a key frame).
+
+    Only the RGB -> YUV 4:2:0 conversion and, for ``.avi``, the quantiser lose detail, the same way
+    in every frame: no rate control, so a frame's quality never depends on the frames around it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".mp4":
-        codec, options = "libx264", {"crf": "8", "preset": "ultrafast", "g": str(gop), "bf": "0"}
+        codec, options = "libx264", {"qp": "0", "preset": "ultrafast", "g": str(gop), "bf": "0"}
     elif path.suffix == ".avi":
-        codec, options = "mpeg4", {"qscale": "2", "g": str(gop)}
+        # FFmpeg's mpeg4 encoder ignores a "qscale" option: a fixed quantiser is a flag plus
+        # global_quality, otherwise its rate control (200 kbit/s) sets each frame's quality.
+        codec = "mpeg4"
+        options = {"flags": "+qscale", "global_quality": str(2 * _QP2LAMBDA), "g": str(gop)}
     elif path.suffix == ".webm":  # Something-Something v2's container and codec
         codec, options = (
             "libvpx-vp9",
@@ -225,6 +253,7 @@ class MotionClips:
     num_frames: int
     size: int
     fps: float
+    written: dict[Path, tuple[int, int]] = field(default_factory=dict)  # path -> (c, j)
 
     @property
     def class_names(self) -> list[str]:
@@ -234,15 +263,17 @@ class MotionClips:
     def clips_per_class(self) -> int:
         return len(self.looks)
 
-    def write(self, path: Path, c: int, j: int) -> Path:
-        frames = motion_frames(self.classes[c], self.looks[j], self.num_frames, self.size)
-        return write_video(path, frames, self.fps)
+    def write(self, path: Path, c: int, j: int, look: ClipLook | None = None) -> Path:
+        """Clip ``j`` of class ``c``, every frame a key frame (twins decode to the same frames)."""
+        frames = motion_frames(self.classes[c], look or self.looks[j], self.num_frames, self.size)
+        self.written[Path(path)] = (c, j)
+        return write_video(path, frames, self.fps, gop=1)
 
     def captions(self, c: int, j: int) -> list[str]:
         return motion_captions(self.classes[c], self.looks[j])
 
 
-def write_synthetic_dataset(
+def write_motion_dataset(
     root: str | Path,
     layout: str,
     num_classes: int = 4,
@@ -253,12 +284,14 @@ def write_synthetic_dataset(
     kind: str = "motion",
     fps: float = 8.0,
     looks: int = 0,
-) -> Path:
-    """Write a tiny dataset in the official ``layout`` (a registered dataset's name) under ``root``.
+    heldout_looks: bool = False,
+) -> MotionClips:
+    """:func:`write_synthetic_dataset`, returning the clips written (``.written`` maps each file to
+    its class and clip).
 
-    Returns ``root``, the folder to pass as ``--root`` to the manifest builder; annotation files sit
-    where the builder looks by default. ``looks`` > 0 cycles through that many
-    colour/background/position variations instead of one per clip (fewer nuisances, an easier problem).
+    ``looks`` > 0 cycles through that many colour/background/position variations instead of one per
+    clip (fewer nuisances, an easier problem). ``heldout_looks``: draw them from the training palette
+    only, leaving the held-out colours and background to :func:`hold_out_eval_looks`.
     """
     spec = get_dataset(layout)
     if spec.write_synthetic is None:
@@ -270,9 +303,60 @@ def write_synthetic_dataset(
         raise ValueError(f"unknown synthetic kind {kind!r}; only 'motion' is implemented")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    clip_looks = [clip_look(j % looks if looks > 0 else j, seed) for j in range(clips_per_class)]
-    spec.write_synthetic(root, MotionClips(motion_classes(num_classes), clip_looks, num_frames, size, fps))
-    return root
+    palette = "train" if heldout_looks else "all"
+    clip_looks = [clip_look(j % looks if looks > 0 else j, seed, palette) for j in range(clips_per_class)]
+    clips = MotionClips(motion_classes(num_classes), clip_looks, num_frames, size, fps)
+    spec.write_synthetic(root, clips)
+    return clips
+
+
+def write_synthetic_dataset(root: str | Path, layout: str, **options: Any) -> Path:
+    """Write a tiny dataset in the official ``layout`` (a registered dataset's name) under ``root``.
+
+    Returns ``root``, the folder to pass as ``--root`` to the manifest builder; annotation files sit
+    where the builder looks by default. ``options``: those of :func:`write_motion_dataset`.
+    """
+    write_motion_dataset(root, layout, **options)
+    return Path(root)
+
+
+def _manifest_paths(path: Path) -> set[str]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if any("captions" in row for row in rows):
+        raise ValueError(
+            f"data.synthetic_heldout_looks is for recognition layouts: the captions in {path} "
+            "name each clip's colour, and re-encoding the clips in other colours would contradict them"
+        )
+    return {row["path"] for row in rows}
+
+
+def hold_out_eval_looks(
+    clips: MotionClips, video_root: Path, manifest_dir: Path, split: int, seed: int
+) -> int:
+    """Re-encode the clips that ``split``'s val and test lists name (and its train list does not) in
+    held-out looks: clip ``j`` of every class gets ``clip_look(j, seed, "heldout")``, so twins stay
+    twins. Returns how many files were re-encoded. Raises when the layout trains on its eval clips."""
+    folder = manifest_dir / f"split{split}"
+    folder = folder if folder.is_dir() else manifest_dir
+    train = _manifest_paths(folder / "train.jsonl")
+    evaluated = set().union(
+        *(
+            _manifest_paths(folder / f"{s}.jsonl")
+            for s in ("val", "test")
+            if (folder / f"{s}.jsonl").is_file()
+        )
+    )
+    shared = evaluated & train
+    if shared:
+        raise ValueError(
+            f"data.synthetic_heldout_looks: {folder} trains on {len(shared)} of its eval clips "
+            f"(e.g. {sorted(shared)[0]}), so their looks cannot be held out"
+        )
+    for rel in sorted(evaluated):
+        path = video_root / rel
+        c, j = clips.written[path]
+        clips.write(path, c, j, look=clip_look(j, seed, "heldout"))
+    return len(evaluated)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,6 +364,7 @@ def write_synthetic_dataset(
 # ---------------------------------------------------------------------------------------------
 
 _DONE = ".complete"
+_FORMAT = 2  # bump when the clips written for the same settings change (2: key frames, fixed quantiser)
 
 
 def ensure_synthetic(cfg_data: Any, cache_dir: str | Path, layout: str, seed: int = 0) -> tuple[Path, Path]:
@@ -291,16 +376,18 @@ def ensure_synthetic(cfg_data: Any, cache_dir: str | Path, layout: str, seed: in
     into place; the first rename wins and the others discard their copy.
     """
     key = (
-        f"{layout}_c{cfg_data.synthetic_classes}_n{cfg_data.synthetic_clips_per_class}"
+        f"v{_FORMAT}_{layout}_c{cfg_data.synthetic_classes}_n{cfg_data.synthetic_clips_per_class}"
         f"_f{cfg_data.synthetic_frames}_s{cfg_data.synthetic_size}_seed{seed}"
     )
     looks = int(getattr(cfg_data, "synthetic_looks", 0))
     key += f"_l{looks}" if looks > 0 else ""
+    heldout = bool(getattr(cfg_data, "synthetic_heldout_looks", False))
+    key += f"_heldout{cfg_data.split}" if heldout else ""
     final = Path(cache_dir) / "synthetic" / key
     if not (final / _DONE).is_file():
         tmp = final.with_name(f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
         try:
-            write_synthetic_dataset(
+            clips = write_motion_dataset(
                 tmp / "videos",
                 layout,
                 num_classes=cfg_data.synthetic_classes,
@@ -309,8 +396,11 @@ def ensure_synthetic(cfg_data: Any, cache_dir: str | Path, layout: str, seed: in
                 size=cfg_data.synthetic_size,
                 seed=seed,
                 looks=looks,
+                heldout_looks=heldout,
             )
             build_manifests(layout, tmp / "videos", None, tmp / "manifests", progress=False)
+            if heldout:
+                hold_out_eval_looks(clips, tmp / "videos", tmp / "manifests", cfg_data.split, seed)
             (tmp / _DONE).write_text("ok\n")
             final.parent.mkdir(parents=True, exist_ok=True)
             try:
