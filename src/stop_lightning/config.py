@@ -117,6 +117,9 @@ class LocalPromptConfig:
     # Position-specific (VoP-P, docs/fidelity.md "VoP"): each frame index gets its own tokens,
     # ``[L, T, K, D]`` instead of ``[L, 1, K, D]``; clips must then have data.num_frames frames.
     per_frame: bool = False
+    # With per_frame: how many of the num_tokens are position-specific (the last ones), the others
+    # shared by every frame; -1: all. VoP-P makes 4 of its 8 position-specific (VoP paper, Sec. 4.1).
+    per_frame_tokens: int = -1
 
 
 @dataclass
@@ -432,6 +435,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "model.spatial.output_dropouts": (0, 8),
     "model.temporal.alpha": (0.0, 10.0),
     "model.temporal.num_tokens": (1, 64),
+    "model.local_prompts.per_frame_tokens": (-1, 1024),
     "model.context_prompts.bottleneck": (1, 4096),
     "model.function_prompts.bottleneck": (1, 4096),
     "model.function_prompts.kernel": (1, 31),

@@ -219,19 +219,49 @@ def test_position_specific_prompts_tell_frame_positions_apart(tiny_clip, model_c
         model = STOPVideoModel(model_cfg(preset), clip, num_frames=T)
         with torch.no_grad():
             features[preset] = model(still).frame_embeds[0]  # [T, E]
-    assert model.local_prompts.tokens.shape[:3] == (2, T, 8)
+    assert model.local_prompts().shape[:3] == (2, T, 8)
     torch.testing.assert_close(features["vop"][0], features["vop"][-1])
     assert (features["vop_p"][0] - features["vop_p"][-1]).abs().max() > 1e-4
     with pytest.raises(ValueError, match=f"made for {T} frames, the clip has {T + 1}"):
         model(make_video(batch=1, frames=T + 1, size=32))
 
 
+@pytest.mark.parametrize("specific", [-1, 1, 3, 4, 8])
+def test_position_specific_tokens_split_into_shared_and_per_frame(tiny_clip, model_cfg, specific):
+    """VoP-P (paper Sec. 3.3 and 4.1): the last ``specific`` of the 8 tokens are per frame position, the
+    others the same for every frame; the count is L*(8-P)*D + L*T*P*D (the text prompts aside)."""
+    clip = tiny_clip(width=32, layers=2, patch_size=16, image_size=32)
+    model = STOPVideoModel(
+        model_cfg("vop_p", f"local_prompts.per_frame_tokens={specific}"), clip, num_frames=T
+    )
+    P = 8 if specific == -1 else specific
+    tokens = model.local_prompts().detach().numpy()  # [L, T, 8, D]
+    assert tokens.shape == (2, T, 8, 32)
+    shared, per_frame = tokens[:, :, : 8 - P], tokens[:, :, 8 - P :]
+    np.testing.assert_array_equal(shared, np.broadcast_to(shared[:, :1], shared.shape))
+    for a in range(T):
+        for b in range(a + 1, T):
+            assert np.abs(per_frame[:, a] - per_frame[:, b]).min() > 0
+    visual = sum(p.numel() for p in model.local_prompts.parameters())
+    assert visual == 2 * (8 - P) * 32 + 2 * T * P * 32
+    with torch.no_grad():
+        model(torch.zeros(1, T, 3, 32, 32))
+
+
 @pytest.mark.parametrize(
     "overrides, match",
     [
+        (("local_prompts.per_frame_tokens=0",), "per_frame_tokens = 0: expected -1 .all. or 1..8"),
+        (("local_prompts.per_frame_tokens=9",), "per_frame_tokens = 9: expected -1 .all. or 1..8"),
+        (("local_prompts.per_frame=false",), "set model.local_prompts.per_frame=true or per_frame_tokens=-1"),
         (("shared_latent=linear",), "per_frame needs the model's own local prompts"),
         (
-            ("local_prompts.enabled=false", "local_prompts.per_frame=false", "context_prompts.enabled=true"),
+            (
+                "local_prompts.enabled=false",
+                "local_prompts.per_frame=false",
+                "local_prompts.per_frame_tokens=-1",
+                "context_prompts.enabled=true",
+            ),
             "model.context_prompts adds to the local prompt slots",
         ),
         (

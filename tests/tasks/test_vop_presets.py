@@ -17,11 +17,12 @@ from stop_lightning.train import build_module, setup_run
 # Trainable parameters each preset must have, by name prefix inside the task module, and nothing else.
 TEXT = ("model.text_encoder.prompts",)
 LOCAL = ("model.local_prompts.tokens",)
+PER_FRAME = ("model.local_prompts.frame_tokens",)  # VoP-P: 4 of the 8 tokens per frame position
 CONTEXT = ("model.context_prompts.",)
 FUNCTION = ("model.function_prompts.",)
 EXPECTED = {
     "vop": LOCAL + TEXT,
-    "vop_p": LOCAL + TEXT,
+    "vop_p": LOCAL + PER_FRAME + TEXT,
     "vop_c": LOCAL + TEXT + CONTEXT,
     "vop_f": LOCAL + TEXT + FUNCTION,
     "vop_fc": LOCAL + TEXT + CONTEXT + FUNCTION,

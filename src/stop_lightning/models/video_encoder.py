@@ -70,14 +70,34 @@ class _ForwardState:
 
 class LocalPrompts(nn.Module):
     """Deep local visual prompts: K learnable tokens per layer. ``[L, frames, K, D]``: ``frames = 1``, the
-    same for every frame; ``frames = T``, each frame position its own (VoP-P, ``local_prompts.per_frame``)."""
+    same for every frame; ``frames = T``, each frame position its own (VoP-P, ``local_prompts.per_frame``).
+    ``specific`` (< K) of the K tokens position-specific, the first ``K - specific`` shared by every frame
+    (VoP-P: 4 of 8)."""
 
-    def __init__(self, layers: int, num_tokens: int, width: int, init_std: float, frames: int = 1):
+    def __init__(
+        self,
+        layers: int,
+        num_tokens: int,
+        width: int,
+        init_std: float,
+        frames: int = 1,
+        specific: int | None = None,
+    ):
         super().__init__()
-        self.tokens = nn.Parameter(torch.randn(layers, frames, num_tokens, width) * init_std)
+        specific = num_tokens if specific is None or frames == 1 else specific
+        self.frame_tokens: nn.Parameter | None = None
+        if specific == num_tokens:  # all shared (frames = 1) or all position-specific
+            self.tokens = nn.Parameter(torch.randn(layers, frames, num_tokens, width) * init_std)
+        else:
+            self.tokens = nn.Parameter(torch.randn(layers, 1, num_tokens - specific, width) * init_std)
+            self.frame_tokens = nn.Parameter(torch.randn(layers, frames, specific, width) * init_std)
 
     def forward(self) -> torch.Tensor:
-        return self.tokens
+        if self.frame_tokens is None:
+            return self.tokens
+        frames = self.frame_tokens.shape[1]
+        # [L, 1, K - P, D] + [L, T, P, D] -> [L, T, K, D]
+        return torch.cat([self.tokens.expand(-1, frames, -1, -1), self.frame_tokens], dim=2)
 
 
 def _depth(value: int, layers: int, key: str) -> int:
@@ -165,8 +185,26 @@ class STOPVideoModel(nn.Module):
             )
         elif local_on:
             frames = self.num_frames if cfg.local_prompts.per_frame else 1
+            specific = int(cfg.local_prompts.per_frame_tokens)
+            if specific != -1 and not cfg.local_prompts.per_frame:
+                raise ConfigError(
+                    "model.local_prompts.per_frame_tokens counts position-specific tokens: "
+                    "set model.local_prompts.per_frame=true or per_frame_tokens=-1"
+                )
+            if specific == -1:
+                specific = self.num_slots
+            if not 1 <= specific <= self.num_slots:
+                raise ConfigError(
+                    f"model.local_prompts.per_frame_tokens = {specific}: expected -1 (all) or "
+                    f"1..{self.num_slots} (the local prompt tokens per layer)"
+                )
             self.local_prompts = LocalPrompts(
-                self.local_depth, self.num_slots, self.width, float(cfg.local_prompts.init_std), frames
+                self.local_depth,
+                self.num_slots,
+                self.width,
+                float(cfg.local_prompts.init_std),
+                frames,
+                specific,
             )
         if cfg.local_prompts.per_frame and self.local_prompts is None:
             raise ConfigError(

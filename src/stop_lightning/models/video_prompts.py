@@ -3,8 +3,11 @@
 VoP (Huang et al., "VoP: Text-Video Co-operative Prompt Tuning for Cross-Modal Retrieval", CVPR
 2023, arXiv 2211.12764) adds three kinds of video prompts to deep text and visual prompts. The
 position-specific ones (VoP-P) are the framework's local prompts with a frame axis
-(``model.local_prompts.per_frame``); the other two are generated here and added by the video model
-to the prompt slots of every prompted layer, on top of the local prompts:
+(``model.local_prompts.per_frame``, 4 of the 8 tokens: ``per_frame_tokens``), as the paper has
+them. The other two are our own designs of the paper's ideas, not its forms (the paper's: a BiLSTM
+over the frames' CLS tokens for VoP-C, attention across frames in the last 4 vision layers for
+VoP-F; docs/fidelity.md rows V6-V7). They are generated here and added by the video model to the
+prompt slots of every prompted layer, on top of the local prompts:
 
 - :class:`ContextPrompts` (VoP-C, ``model.context_prompts``): from the video's own frames. The
   CLS tokens of all frames entering a layer, layer-normalised and averaged over the frames, pass a
