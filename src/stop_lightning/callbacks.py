@@ -97,8 +97,8 @@ class SamplerPositionInCheckpoint(Callback):
 
 # ------------------------------------------------------------------------------ logged in training
 class DataHealthCallback(L.Callback):
-    """Logs the DataModule's per-epoch counts (bad videos skipped, FFmpeg warnings/errors) as
-    ``data/<stage>_<count>`` and resets them."""
+    """Logs the DataModule's per-epoch counts (bad videos skipped, FFmpeg warnings/errors, frames
+    repeated past a video's real end) as ``data/<stage>_<count>`` and resets them."""
 
     def _report(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         from stop_lightning.data.datamodules import VideoDataModule
@@ -107,7 +107,7 @@ class DataHealthCallback(L.Callback):
         if not isinstance(dm, VideoDataModule):
             return
         counts = dm.epoch_summary(stage)
-        for key in ("skipped", "decode_warnings", "decode_errors"):
+        for key in ("skipped", "decode_warnings", "decode_errors", "missing_frames"):
             pl_module.log(f"data/{stage}_{key}", float(counts[key]), sync_dist=True, reduce_fx="sum")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

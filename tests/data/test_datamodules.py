@@ -360,3 +360,31 @@ def test_manifest_with_non_utf8_bytes_names_file_and_line(tmp_path):
     path.write_bytes(b'{"path": "a.avi", "label": 0}\n{"path": "caf\xe9.avi", "label": 0}\n')
     with pytest.raises(ManifestError, match=r"train\.jsonl:2: not UTF-8 text \(byte 0xe9 at column 14\)"):
         read_manifest(path)
+
+
+def test_frames_past_a_cut_videos_end_are_counted_and_reported(tmp_path, data_cfg, caplog):
+    """A file cut short by less than half still decodes (its wanted frames past the cut repeat the
+    last decoded one): never silently, the count reaches the epoch summary and its warning."""
+    root = tmp_path / "videos"
+    whole = write_video(root / "whole.avi", frame_code_frames(40, 32), fps=25, gop=10)
+    data = whole.read_bytes()
+    (root / "cut.avi").write_bytes(data[: int(len(data) * 0.8)])
+    rows = [ClipRecord("whole.avi", label=0), ClipRecord("cut.avi", label=0)]
+    manifests = tmp_path / "manifests"
+    for stage in ("train", "val", "test"):
+        write_manifest(manifests / "split1" / f"{stage}.jsonl", rows)
+    write_classes(manifests / "classes.txt", ["only"])
+    dm = RecognitionDataModule(data_cfg(root, manifests, num_frames=8), 32, MEAN, STD)
+    dm.setup("validate")
+    assert dm.datasets["val"][0]["video"].shape[0] == 8
+    assert dm.epoch_summary("val")["missing_frames"] == 0  # the whole file: nothing repeated
+    cut = dm.datasets["val"][1]["video"]  # [T, 3, H, W]
+    with caplog.at_level(logging.WARNING):
+        summary = dm.epoch_summary("val")
+    missing = summary["missing_frames"]
+    assert 1 <= missing <= 4 and summary["files_with_missing_frames"] == 1 and summary["skipped"] == 0
+    # The frames past the cut are copies of the last one decoded.
+    for t in range(8 - missing, 8):
+        assert torch.equal(cut[t], cut[7 - missing])
+    assert not torch.equal(cut[7 - missing], cut[6 - missing])
+    assert f"{missing} frames past a video's end repeated in 1 files" in caplog.text

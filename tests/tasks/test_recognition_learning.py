@@ -123,3 +123,22 @@ def test_meanp_is_at_chance_after_the_same_training(cache_dir, tmp_path, monkeyp
     # Each twin pair gets one prediction (test above), so exactly half of the clips are right.
     assert metrics["test/top1"] == 0.5, metrics
     assert metrics["test/mean_class"] == 0.5, metrics
+
+
+def test_held_out_looks_are_refused_where_captions_name_the_colours(tmp_path):
+    from types import SimpleNamespace
+
+    from stop_lightning.data.synthetic import ensure_synthetic
+
+    data = SimpleNamespace(
+        synthetic_classes=2,
+        synthetic_clips_per_class=4,
+        synthetic_frames=4,
+        synthetic_size=32,
+        synthetic_looks=0,
+        synthetic_heldout_looks=True,
+        split=1,
+    )
+    with pytest.raises(ValueError, match=r"captions .* set data.synthetic_heldout_looks=false"):
+        ensure_synthetic(data, tmp_path, layout="msrvtt")
+    assert not list((tmp_path / "synthetic").iterdir())  # no half-written dataset left behind

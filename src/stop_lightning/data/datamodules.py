@@ -250,15 +250,18 @@ class VideoDataModule(L.LightningDataModule):
         counts = self.health[stage].reset() if reset else self.health[stage].snapshot()
         for key, n in counts.items():
             self._totals[stage][key] += n if reset else 0
-        if counts["skipped"] or counts["decode_warnings"] or counts["decode_errors"]:
+        if _noteworthy(counts):
             log.warning(
-                "%s epoch: %d clips, %d bad videos skipped, %d FFmpeg warnings and %d errors in %d files",
+                "%s epoch: %d clips, %d bad videos skipped, %d FFmpeg warnings and %d errors in %d files, "
+                "%d frames past a video's end repeated in %d files",
                 stage,
                 counts["clips"],
                 counts["skipped"],
                 counts["decode_warnings"],
                 counts["decode_errors"],
                 counts["files_with_warnings"],
+                counts["missing_frames"],
+                counts["files_with_missing_frames"],
             )
         return counts
 
@@ -267,15 +270,22 @@ class VideoDataModule(L.LightningDataModule):
             left = self.health[name].reset()
             total = {k: self._totals[name][k] + left[k] for k in DataHealth.KEYS}
             self._totals[name] = dict.fromkeys(DataHealth.KEYS, 0)
-            if total["skipped"] or total["decode_errors"] or total["decode_warnings"]:
+            if _noteworthy(total):
                 log.warning(
-                    "data summary (%s): %d clips read, %d bad videos skipped, %d FFmpeg warnings, %d errors",
+                    "data summary (%s): %d clips read, %d bad videos skipped, %d FFmpeg warnings, %d errors, "
+                    "%d frames past a video's end repeated in %d files",
                     name,
                     total["clips"],
                     total["skipped"],
                     total["decode_warnings"],
                     total["decode_errors"],
+                    total["missing_frames"],
+                    total["files_with_missing_frames"],
                 )
+
+
+def _noteworthy(counts: dict[str, int]) -> bool:
+    return any(counts[k] for k in ("skipped", "decode_warnings", "decode_errors", "missing_frames"))
 
 
 class RecognitionDataModule(VideoDataModule):

@@ -39,7 +39,17 @@ class DataHealth:
     """Counters of one dataset (clips served, skipped, FFmpeg warnings/errors) shared by all
     DataLoader workers through shared memory, read and reset by the main process each epoch."""
 
-    KEYS = ("clips", "skipped", "decode_warnings", "decode_errors", "files_with_warnings")
+    # missing_frames: wanted frames past where a video really ends (a header that over-counts, or a
+    # file cut short by less than half), each served as the nearest earlier frame (VideoFile.get_frames)
+    KEYS = (
+        "clips",
+        "skipped",
+        "decode_warnings",
+        "decode_errors",
+        "files_with_warnings",
+        "missing_frames",
+        "files_with_missing_frames",
+    )
 
     def __init__(self, values: list[int] | None = None):
         # A spawn-context lock can be shared with both forked and spawned worker processes.
@@ -159,6 +169,9 @@ class VideoDataset(Dataset):
         return clips, mask
 
     def _record_stats(self, path: Path, stats: Any) -> None:
+        if stats.missing_frames:
+            self.health.add(missing_frames=stats.missing_frames, files_with_missing_frames=1)
+            log.debug("%s: %d wanted frames past its real end, repeated", path, stats.missing_frames)
         if stats.warnings or stats.errors:
             self.health.add(decode_warnings=stats.warnings, decode_errors=stats.errors, files_with_warnings=1)
             log.debug(

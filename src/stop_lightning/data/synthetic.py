@@ -325,7 +325,8 @@ def _manifest_paths(path: Path) -> set[str]:
     if any("captions" in row for row in rows):
         raise ValueError(
             f"data.synthetic_heldout_looks is for recognition layouts: the captions in {path} "
-            "name each clip's colour, and re-encoding the clips in other colours would contradict them"
+            "name each clip's colour, and re-encoding the clips in other colours would contradict them; "
+            "set data.synthetic_heldout_looks=false"
         )
     return {row["path"] for row in rows}
 
