@@ -257,7 +257,8 @@ class DataConfig:
     format: str = "video"  # video | shards
     shard_dir: str = "${paths.data_root}/${data.dataset}/shards"
     # What `stop-lightning preprocess` and `stop-lightning shard` store: short side in pixels, frame
-    # rate (-1: data.fps; 0: every source frame), video codec and key-frame interval, JPEG quality.
+    # rate (-1: data.fps under fps sampling, every source frame under segment sampling; 0: every
+    # source frame), video codec and key-frame interval, JPEG quality.
     store_short_side: int = 224
     store_fps: float = -1.0
     store_codec: str = "h264"

@@ -39,12 +39,16 @@ class StoreSettings:
 
 
 def settings_from_config(data_cfg: Any, **flags: Any) -> StoreSettings:
-    """``data.store_*`` (``store_fps=-1``: the experiment's ``data.fps``), overridden by non-None
-    ``flags``."""
+    """``data.store_*``, overridden by non-None ``flags``. ``store_fps=-1``: the experiment's
+    ``data.fps`` when it samples by frame rate (``data.sampling=fps``), else every source frame (0):
+    segment sampling spreads its picks over all of a video's frames, and a copy at a lower rate
+    would change which frames those are."""
     fps = float(data_cfg.store_fps)
+    if fps < 0:
+        fps = float(data_cfg.fps) if data_cfg.sampling == "fps" else 0.0
     settings = StoreSettings(
         short_side=int(data_cfg.store_short_side),
-        fps=float(data_cfg.fps) if fps < 0 else fps,
+        fps=fps,
         codec=str(data_cfg.store_codec),
         gop=int(data_cfg.store_gop),
         jpeg_quality=int(data_cfg.store_jpeg_quality),

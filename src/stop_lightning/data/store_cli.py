@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .registry import get_dataset
 from .store import data_paths, settings_from_config
 
 
@@ -27,8 +28,10 @@ def store_main(command: str, cfg: Any, args: argparse.Namespace) -> int:
         )
         for bad in report["failed"][:10]:
             print(f"  failed: {bad['path']}: {bad['reason']}")
+        # A generated (synthetic) dataset would be generated again in place of the copies.
+        dataset = "data.dataset=manifest " if get_dataset(cfg.data.dataset).generated else ""
         print(
-            f"use them with: data.video_root={report['video_root']} "
+            f"use them with: {dataset}data.video_root={report['video_root']} "
             f"data.manifest_dir={report['manifest_dir']}"
         )
         return 1 if report["failed"] else 0
