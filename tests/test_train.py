@@ -74,10 +74,26 @@ def crash_at_epoch(epoch: int):
     return Crash()
 
 
-def test_resume_continues_exactly(cache_dir, tmp_path, monkeypatch):
+def shard_overrides(cache_dir: Path, tmp_path: Path, *extra: str) -> list[str]:
+    """Write the demo's frame shards (``stop-lightning shard``) and return the overrides that read them."""
+    from stop_lightning.data.shards import write_shards
+    from stop_lightning.data.store import data_paths, settings_from_config
+
+    cfg = demo_cfg(cache_dir, tmp_path, *extra)
+    video_root, manifest_dir = data_paths(cfg)
+    write_shards(video_root, manifest_dir, tmp_path / "shards", settings_from_config(cfg.data), workers=1)
+    return ["data.format=shards", f"data.shard_dir={tmp_path / 'shards'}"]
+
+
+@pytest.mark.parametrize("storage", ["video", "shards"])
+def test_resume_continues_exactly(cache_dir, tmp_path, monkeypatch, storage):
     import stop_lightning.train as train_module
 
-    cfg = demo_cfg(cache_dir, tmp_path, "trainer.max_epochs=3", "data.batch_size=2")  # 3 steps per epoch
+    # 3 steps per epoch; 8 of 16 frames, so training draws frame positions that the resume must repeat.
+    extra = ["trainer.max_epochs=3", "data.batch_size=2", "data.synthetic_frames=16"]
+    if storage == "shards":
+        extra += shard_overrides(cache_dir, tmp_path, *extra)
+    cfg = demo_cfg(cache_dir, tmp_path, *extra)
     monkeypatch.setenv("STOP_RUN_STAMP", "straight")
     train(cfg)
     # The same run, killed mid-epoch (its steps since the last checkpoint are lost), then RESUME=last.
