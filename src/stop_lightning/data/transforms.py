@@ -1,5 +1,11 @@
 """Video transforms (torchvision v2) on uint8 ``[T, 3, H, W]`` clips; one set of random parameters per
 clip so every frame gets the same crop and flip. Conversion to float and CLIP normalisation come last.
+
+Cost (one loader worker, 12 frames of 224x298 to 224x224, docs/benchmarks.md "Data formats: the
+loader"): crops and resizes run on uint8, where torchvision's channels-last kernel is cheap (~1 ms a
+clip); the float step is one pass over a contiguous copy (~1.5 ms), not torchvision's
+``ToDtype`` + ``Normalize``, which on the channels-last frames the decoders give cost ~8 ms a clip and
+returned a strided tensor that made the batch collation slower too.
 """
 
 from __future__ import annotations
@@ -14,9 +20,18 @@ from torchvision.transforms.v2 import functional as F
 VideoTransform = Callable[[torch.Tensor], torch.Tensor]
 
 
-def normalize(mean: Sequence[float], std: Sequence[float]) -> v2.Transform:
-    """uint8 -> float32 in [0, 1] -> (x - mean) / std."""
-    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))])
+def normalize(mean: Sequence[float], std: Sequence[float]) -> VideoTransform:
+    """uint8 ``[..., 3, H, W]`` (any memory layout) -> contiguous float32 ``(x / 255 - mean) / std``,
+    computed as ``x * (1 / (255 std)) - mean / std`` in place on one contiguous float copy."""
+    scale = 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32).view(3, 1, 1))
+    shift = -torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) / torch.tensor(std).view(3, 1, 1)
+
+    def apply(video: torch.Tensor) -> torch.Tensor:
+        if video.dtype != torch.uint8:
+            raise TypeError(f"video transforms take uint8 clips (0-255), got {video.dtype}")
+        return video.contiguous().to(torch.float32).mul_(scale).add_(shift)
+
+    return apply
 
 
 def train_transform(
@@ -37,10 +52,10 @@ def train_transform(
     ]
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
-    pipeline = v2.Compose([*steps, normalize(mean, std)])
+    geometry, norm = v2.Compose(steps), normalize(mean, std)
 
     def apply(video: torch.Tensor) -> torch.Tensor:
-        return pipeline(tv_tensors.Video(video)).as_subclass(torch.Tensor)
+        return norm(geometry(tv_tensors.Video(video)).as_subclass(torch.Tensor))  # crop/flip on uint8
 
     return apply
 
