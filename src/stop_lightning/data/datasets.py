@@ -225,9 +225,12 @@ class VideoClipDataset(VideoDataset):
     def load(self, i: int) -> dict[str, Any]:
         clips, _ = self.decode(i, self.num_clips)  # [C, T, 3, H, W]
         views = [self.transform(c) for c in clips]  # each [T, 3, S, S] or [crops, T, 3, S, S]
-        video = torch.cat([v.reshape(-1, *v.shape[-4:]) for v in views])  # [C*crops, T, 3, S, S]
-        if video.shape[0] == 1:
-            video = video[0]
+        if len(views) == 1 and views[0].dim() == 4:  # one view (training): no copy of the clip
+            video = views[0]  # [T, 3, S, S]
+        else:
+            video = torch.cat([v.reshape(-1, *v.shape[-4:]) for v in views])  # [C*crops, T, 3, S, S]
+            if video.shape[0] == 1:
+                video = video[0]
         return {"video": video, "label": int(self.records[i].label), "index": i}  # type: ignore[arg-type]
 
     def placeholder(self, i: int) -> dict[str, Any]:
