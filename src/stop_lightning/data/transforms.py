@@ -36,8 +36,8 @@ def normalize(mean: Sequence[float], std: Sequence[float]) -> VideoTransform:
     return apply
 
 
-def _contiguous(video: torch.Tensor) -> torch.Tensor:
-    return video.contiguous()
+def _unnormalised(video: torch.Tensor) -> torch.Tensor:
+    return video  # uint8, any memory layout: the batch collation makes the one contiguous copy
 
 
 def train_transform(
@@ -49,7 +49,7 @@ def train_transform(
     normalise: bool = True,
 ) -> VideoTransform:
     """Random resized crop (+ optional horizontal flip): ``uint8 [T, 3, H, W] -> float32 [T, 3, S, S]``
-    (``normalise=False``: contiguous uint8 ``[T, 3, S, S]``, normalised later by :func:`normalize`).
+    (``normalise=False``: uint8 ``[T, 3, S, S]``, normalised later by :func:`normalize`).
 
     ``hflip`` defaults to off: on motion data a flip turns "move left" into "move right".
     """
@@ -60,7 +60,7 @@ def train_transform(
     ]
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
-    geometry, norm = v2.Compose(steps), normalize(mean, std) if normalise else _contiguous
+    geometry, norm = v2.Compose(steps), normalize(mean, std) if normalise else _unnormalised
 
     def apply(video: torch.Tensor) -> torch.Tensor:
         return norm(geometry(tv_tensors.Video(video)).as_subclass(torch.Tensor))  # crop/flip on uint8
@@ -83,11 +83,11 @@ def eval_transform(
 ) -> VideoTransform:
     """Resize the short side to ``image_size``, then a centre crop (``crops=1``: ``[T, 3, S, S]``)
     or three crops (``crops=3``: ``[3, T, 3, S, S]``), as normalised float32 (``normalise=False``:
-    contiguous uint8)."""
+    uint8)."""
     if crops not in (1, 3):
         raise ValueError(f"eval crops must be 1 (centre) or 3 (start/centre/end), got {crops}")
     resize = v2.Resize(image_size, antialias=True)
-    norm = normalize(mean, std) if normalise else _contiguous
+    norm = normalize(mean, std) if normalise else _unnormalised
 
     def apply(video: torch.Tensor) -> torch.Tensor:
         video = resize(tv_tensors.Video(video)).as_subclass(torch.Tensor)  # short side -> image_size
