@@ -49,6 +49,15 @@ def _write_video(job: tuple) -> Path:
     return write_realistic_video(path, ENCODINGS[name], seconds=seconds, seed=seed)
 
 
+def texture_key() -> str:
+    """Names the synthetic texture, so sets written with another one are not reused."""
+    import hashlib
+
+    from stop_lightning.data.synthetic import TEXTURE_DETAIL, TEXTURE_GRAIN
+
+    return hashlib.sha1(repr((TEXTURE_DETAIL, TEXTURE_GRAIN)).encode()).hexdigest()[:8]
+
+
 def make_sets(
     work: Path, quick: bool, videos: int, workers: int, encodings: tuple[str, ...] | None = None
 ) -> dict[str, dict[str, Path]]:
@@ -62,7 +71,7 @@ def make_sets(
     settings = StoreSettings(short_side=224, fps=3.0, codec="h264", gop=6, jpeg_quality=90)
     out = {}
     for name in encodings or tuple(ENCODINGS):
-        base = work / f"{name}_{'quick' if quick else 'full'}_{videos}"
+        base = work / f"{name}_{'quick' if quick else 'full'}_{videos}_{texture_key()}"
         raw, manifests = base / "raw", base / "manifests"
         if not (manifests / "split1" / "val.jsonl").is_file():
             jobs = [(raw / f"v{i}", name, 2.0 if quick else None, i) for i in range(videos)]
