@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import sys
 import time
@@ -48,6 +49,15 @@ def _write_video(job: tuple) -> Path:
     return write_realistic_video(path, ENCODINGS[name], seconds=seconds, seed=seed)
 
 
+def texture_key() -> str:
+    """Names the synthetic texture, so sets written with another one are not reused."""
+    import hashlib
+
+    from stop_lightning.data.synthetic import TEXTURE_DETAIL, TEXTURE_GRAIN
+
+    return hashlib.sha1(repr((TEXTURE_DETAIL, TEXTURE_GRAIN)).encode()).hexdigest()[:8]
+
+
 def make_sets(
     work: Path, quick: bool, videos: int, workers: int, encodings: tuple[str, ...] | None = None
 ) -> dict[str, dict[str, Path]]:
@@ -61,7 +71,7 @@ def make_sets(
     settings = StoreSettings(short_side=224, fps=3.0, codec="h264", gop=6, jpeg_quality=90)
     out = {}
     for name in encodings or tuple(ENCODINGS):
-        base = work / f"{name}_{'quick' if quick else 'full'}_{videos}"
+        base = work / f"{name}_{'quick' if quick else 'full'}_{videos}_{texture_key()}"
         raw, manifests = base / "raw", base / "manifests"
         if not (manifests / "split1" / "val.jsonl").is_file():
             jobs = [(raw / f"v{i}", name, 2.0 if quick else None, i) for i in range(videos)]
@@ -82,24 +92,8 @@ def make_sets(
 
 
 def clips_per_core(where: tuple, fmt: str, frames: int, min_s: float) -> float:
-    from stop_lightning.config import DataConfig
-    from stop_lightning.data.datamodules import RecognitionDataModule
-
-    video_root, manifests = where[0], where[1]
-    cfg = DataConfig(
-        dataset="manifest",
-        video_root=str(video_root),
-        manifest_dir=str(manifests),
-        num_frames=frames,
-        num_workers=0,
-        pin_memory=False,
-        persistent_workers=False,
-        format=fmt,
-        shard_dir=str(where[2]) if fmt == "shards" else "",
-    )
-    dm = RecognitionDataModule(cfg, 224, (0.5,) * 3, (0.5,) * 3)
-    dm.setup("fit")
-    ds = dm.datasets["train"]
+    """Clips through the dataset's decode step (sampling + decode to uint8) per CPU-second."""
+    ds = bench_datamodule(where, fmt, frames).datasets["train"]
     torch.manual_seed(0)
     ds.decode(0)  # warm: open files, LitData's reader
     clips, start = 0, time.process_time()
@@ -135,11 +129,21 @@ def measure(quick: bool, log=print) -> dict:
                     }
                 )
                 log(f"  {name} {fmt} T={t}: {rate:.1f} clips/s per core")
+    train_path = []
+    for name, where in sets.items():
+        item = train_items_per_core(where["shards"], 12, min_s=0.5 if quick else 2.0)
+        log(f"  {name} shards training item T=12: {item:.1f} clips/s per core")
+        loaders = {
+            dtype: loader_rate(where["shards"], 1, 4.0 if quick else 10.0, on_device=on, log=log)
+            for dtype, on in (("float32", False), ("uint8", True))
+        }
+        train_path.append({"encoding": name, "train_item_per_core_s": item, "loader_1_worker": loaders})
     gpu_clips = GPU_PEAK_TFLOPS * 1e12 * UTILISATION / (GFLOP_PER_CLIP * 1e9)
     return {
         "device_key": "cpu-data-formats",
         "mode": "quick" if quick else "full",
         "rows": rows,
+        "train_path": train_path,
         "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
         "gpu_clips_per_s": gpu_clips,
@@ -187,43 +191,149 @@ def render(r: dict) -> str:
         f"- Target: preprocessed MSRVTT-like files at least {TARGET_PREPROCESSED_RATIO}x raw at 12 frames: "
         f"{'**met**' if ratio >= TARGET_PREPROCESSED_RATIO else '**not met**'} ({ratio:.1f}x).\n",
     ]
+    if r.get("train_path"):
+        lines += [render_train_path(r, rate), ""]
     return "\n".join(lines)
 
 
-def loader_rate(
-    workers: int, seconds: float, batch: int = 32, frames: int = 12, quick: bool = False, log=print
-) -> dict:
-    """The full training loader on shards (JPEG decode, random resized crop to 224, normalise) with
-    ``workers`` processes: clips/s over ``seconds`` of wall time after the first batch."""
+def render_train_path(r: dict, rate: dict) -> str:
+    """The shard rows followed through training: the decode step, the whole item, the real loader."""
+    header = [
+        "video",
+        "decode only",
+        "training item",
+        "loader, float32 clips",
+        "loader, uint8 clips",
+        "wall clips/s (uint8)",
+        "start-up s",
+    ]
+    body = []
+    for x in r["train_path"]:
+        loaders = x["loader_1_worker"]
+        per_cpu = [loaders[d]["clips_per_cpu_s"] for d in ("float32", "uint8")]
+        body.append(
+            [
+                x["encoding"],
+                f"{rate[(x['encoding'], 'shards', 12)]:.1f}",
+                f"{x['train_item_per_core_s']:.1f}",
+                *("n/a" if v is None else f"{v:.1f}" for v in per_cpu),
+                f"{loaders['uint8']['clips_per_s']:.1f}",
+                f"{loaders['float32']['startup_s']:.1f}",
+            ]
+        )
+    return "\n".join(
+        [
+            "### Shards through the training path (T=12, B=32, 224 px)\n",
+            "Clips per CPU-second: the decode step (the table above); the training item (decode, random "
+            "resized crop to 224, normalisation to float32: what a loader worker does per clip before "
+            "collation) in one process; the DataModule's train loader with one worker process, per "
+            "CPU-second of the worker and the main process together (collation and the transfer through "
+            "shared memory included), yielding float32 clips (the default) or uint8 clips "
+            "(`data.normalize_on_device=true`: the normalisation then runs on the GPU, not counted here); "
+            "its wall rate; start-up is the time to the first batch, not in the rates.\n",
+            report._table(header, body, "lrrrrrr"),
+        ]
+    )
+
+
+def repeated_manifests(manifests: Path, out: Path, times: int) -> Path:
+    """A copy of ``manifests`` whose train and val lists name every video ``times`` times (the shards,
+    one item per distinct video, still match it), so an epoch is long enough to keep every loader
+    worker busy."""
+    from stop_lightning.data.manifest import read_manifest, write_classes, write_manifest
+
+    for split in ("train", "val"):
+        rows = read_manifest(manifests / "split1" / f"{split}.jsonl")
+        write_manifest(out / "split1" / f"{split}.jsonl", rows * times)
+    write_classes(out / "classes.txt", ["any"])
+    return out
+
+
+def bench_datamodule(
+    where: tuple,
+    fmt: str,
+    frames: int,
+    batch: int = 32,
+    workers: int = 0,
+    manifests: Path | None = None,
+    on_device: bool = False,
+):
+    """The recognition DataModule over ``where`` (``make_sets``: video root, manifests[, shards]) in
+    ``fmt`` (video | shards), set up for fitting with the real training transforms (random resized
+    crop to 224, normalisation; ``on_device``: ``data.normalize_on_device``, uint8 clips); memory
+    pinned when there is a GPU, as in training; ``manifests`` replaces the set's own lists."""
     from stop_lightning.config import DataConfig
     from stop_lightning.data.datamodules import RecognitionDataModule
 
-    sets = make_sets(
-        ROOT / ".cache" / "stop_lightning" / "bench_formats",
-        quick,
-        videos=4 if quick else 8 * workers,
-        workers=workers,
-        encodings=("kinetics",),
-    )
-    raw, manifests, shards = sets["kinetics"]["shards"]
-    # a small set read for several epochs (the sampler reshuffles each one)
     cfg = DataConfig(
         dataset="manifest",
-        video_root=str(raw),
-        manifest_dir=str(manifests),
+        video_root=str(where[0]),
+        manifest_dir=str(manifests or where[1]),
         num_frames=frames,
         batch_size=batch,
         num_workers=workers,
-        pin_memory=False,
-        persistent_workers=True,
-        format="shards",
-        shard_dir=str(shards),
+        pin_memory=True,  # the DataLoader pins only when CUDA is available
+        persistent_workers=workers > 0,
+        normalize_on_device=on_device,
+        format=fmt,
+        shard_dir=str(where[2]) if fmt == "shards" else "",
     )
     dm = RecognitionDataModule(cfg, 224, (0.5,) * 3, (0.5,) * 3)
     dm.setup("fit")
-    loader = dm.train_dataloader()
+    return dm
+
+
+def train_items_per_core(where: tuple, frames: int, min_s: float) -> float:
+    """Training items (decode + random resized crop + normalisation, what a loader worker does per
+    clip before collation) per CPU-second of this process."""
+    ds = bench_datamodule(where, "shards", frames).datasets["train"]
+    ds[(0, 0)]  # warm
+    clips, start = 0, time.process_time()
+    while time.process_time() - start < min_s or clips < 2 * len(ds):
+        ds[(clips % len(ds), clips)]
+        clips += 1
+    return clips / (time.process_time() - start)
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` (Linux ``/proc``; None elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def loader_rate(
+    where: tuple,
+    workers: int,
+    seconds: float,
+    batch: int = 32,
+    frames: int = 12,
+    on_device: bool = False,
+    log=print,
+) -> dict:
+    """The full training loader on the shards of ``where`` with ``workers`` processes: clips/s of
+    wall time and per CPU-second of all its processes, after start-up (timed apart). ``on_device``:
+    uint8 clips (``data.normalize_on_device``), normalised later on the GPU, not here.
+
+    The manifest is repeated so that an epoch holds at least 8 batches per worker: the DataLoader
+    hands each epoch's batches to workers 0, 1, 2, ... from the start, so an epoch of fewer batches
+    than workers leaves the rest idle, and each epoch's end drains the pipeline."""
+    from stop_lightning.data.manifest import read_manifest
+
+    rows = len(read_manifest(Path(where[1]) / "split1" / "train.jsonl"))
+    times = -(-8 * max(1, workers) * batch // rows)
+    listed = repeated_manifests(where[1], Path(where[2]).parent / f"manifests_x{times}", times)
+    loader = bench_datamodule(where, "shards", frames, batch, workers, listed, on_device).train_dataloader()
+    started = time.perf_counter()
     it = iter(loader)
-    next(it)
+    for _ in range(max(1, workers)):  # every worker's first batch: start-up and warm-up
+        next(it)
+    startup = time.perf_counter() - started
+    pids = [os.getpid()] + [w.pid for w in getattr(it, "_workers", [])]
+    cpu0 = [_cpu_seconds(p) for p in pids]
     clips, start, epoch = 0, time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
         try:
@@ -233,18 +343,26 @@ def loader_rate(
             loader.sampler.set_epoch(epoch)
             it = iter(loader)
     elapsed = time.perf_counter() - start
+    cpu1 = [_cpu_seconds(p) for p in pids]
+    cpu = None if None in cpu0 + cpu1 else sum(b - a for a, b in zip(cpu0, cpu1))  # type: ignore[operator]
     result = {
         "workers": workers,
+        "clips_dtype": "uint8" if on_device else "float32",
         "batch": batch,
         "frames": frames,
+        "batches_per_epoch": len(loader),
+        "startup_s": startup,
         "clips": clips,
         "seconds": elapsed,
         "clips_per_s": clips / elapsed,
         "per_worker": clips / elapsed / max(1, workers),
+        "clips_per_cpu_s": clips / cpu if cpu else None,
     }
     log(
-        f"[loader] shards, {workers} workers, B={batch}, T={frames}: {result['clips_per_s']:.0f} clips/s "
-        f"({result['per_worker']:.0f} per worker)"
+        f"[loader] shards, {workers} workers, {result['clips_dtype']}, B={batch}, T={frames}: "
+        f"{result['clips_per_s']:.0f} clips/s "
+        f"({result['per_worker']:.0f} per worker, "
+        f"{result['clips_per_cpu_s'] or float('nan'):.0f} per CPU-second), start-up {startup:.1f} s"
     )
     return result
 
@@ -268,7 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.loader_workers > 0:
         import json
 
-        result = loader_rate(args.loader_workers, args.seconds, quick=args.quick)
+        work = ROOT / ".cache" / "stop_lightning" / "bench_formats"
+        sets = make_sets(work, args.quick, videos=6, workers=args.loader_workers, encodings=("kinetics",))
+        result = {
+            dtype: loader_rate(sets["kinetics"]["shards"], args.loader_workers, args.seconds, on_device=on)
+            for dtype, on in (("float32", False), ("uint8", True))
+        }
         out_dir = args.out_dir or ROOT / "runs" / "bench"
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "shard_loader.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU check, about 4 minutes on a bare CUDA machine with torch, lightning, transformers and
+# One GPU check, about 4-5 minutes on a bare CUDA machine with torch, lightning, transformers and
 # torchmetrics installed (issue 16). Run from the repository root:
 #
 #   OUT=/some/folder bash scripts/gpu_check.sh          # on the GPU machine
@@ -8,9 +8,13 @@
 # 1. installs what the machine lacks from wheels downloaded beforehand into .whl/ (ignored by git:
 #    av, omegaconf + antlr4, litdata + boto3/botocore/s3transfer/jmespath/python-dateutil/six),
 # 2. benchmarks/run.py --device cuda --compact: batch 32 x 12 frames, bf16, MFU,
-# 3. the shard training loader with one worker per core: clips/s,
+# 3. the shard training loader with one worker per core, float32 clips and uint8 clips
+#    (data.normalize_on_device): clips/s, per worker, per CPU-second, start-up apart. The manifest is
+#    repeated so each epoch holds at least 8 batches per worker (the first version timed epochs of
+#    4 batches: the DataLoader gives an epoch's batches to workers 0, 1, 2, ... so 12 of 16 idled),
 # 4. a short bf16 training of the demo on the GPU (tiny CLIP, then a random CLIP of ViT-B/32 size,
-#    B=32 x 12 frames at 224 px: the stage's seconds over its epochs give the training clips/s).
+#    B=32 x 12 frames at 224 px, uint8 clips normalised on the GPU: the stage's seconds over its
+#    epochs give the training clips/s).
 # Each stage has its own timeout and the script goes on when one fails; results and logs go to $OUT.
 set -u
 OUT=${OUT:-runs/gpu_check}
@@ -60,7 +64,7 @@ stage bench 150 $PY benchmarks/run.py --device $DEV --compact --sections train,i
 [ -f "$OUT/bench/benchmarks-compact.md" ] && grep -E "^\| |MFU|mfu" "$OUT/bench/benchmarks-compact.md" | head -20 >> "$SUMMARY"
 
 # -- 2. shard loader, one worker per core -----------------------------------------------------------
-stage shard_loader 120 $PY benchmarks/data_formats.py $QUICK --loader-workers $LOADER_W --seconds $LOADER_S --out-dir "$OUT/loader"
+stage shard_loader 150 $PY benchmarks/data_formats.py $QUICK --loader-workers $LOADER_W --seconds $LOADER_S --out-dir "$OUT/loader"
 [ -f "$OUT/loader/shard_loader.json" ] && cat "$OUT/loader/shard_loader.json" >> "$SUMMARY"
 
 # -- 3. short bf16 training of the demo ------------------------------------------------------------
@@ -71,7 +75,7 @@ grep -E "test/top1|Trainable|train clips/s" "$OUT/train_tiny.log" | tail -5 >> "
 if [ $CPU -eq 1 ]; then B32="model.clip.tiny_width=64 model.clip.tiny_layers=2"; EP=1
 else B32="model.clip.tiny_width=768 model.clip.tiny_layers=12 model.clip.tiny_patch_size=32 model.clip.tiny_image_size=224"; EP=2; fi
 stage train_b32 150 $PY -m stop_lightning.cli train demo name=gpu_b32 $B32 data.num_frames=12 data.batch_size=32 \
-  data.synthetic_size=224 trainer.max_epochs=$EP $SMALL $COMMON
+  data.synthetic_size=224 data.normalize_on_device=true trainer.max_epochs=$EP $SMALL $COMMON
 grep -E "test/top1" "$OUT/train_b32.log" | tail -2 >> "$SUMMARY"
 
 say "done: $OUT/summary.txt, logs $OUT/*.log, JSON in $OUT/bench and $OUT/loader"

@@ -282,3 +282,16 @@ def test_checkpoint_test_picks_the_weights_that_are_tested(cache_dir, tmp_path, 
     else:
         best = Path(tested[0])
         assert best.is_file() and best.parent.name == "checkpoints" and best.name != "last.ckpt"
+
+
+def test_normalize_on_device_trains_the_same_weights(cache_dir, tmp_path):
+    """data.normalize_on_device=true: the Trainer calls the DataModule's after-transfer hook, so the
+    model sees the same normalised clips and one epoch ends at the same weights as the float loader."""
+    states = []
+    for on_device in ("false", "true"):
+        out = tmp_path / on_device
+        train(demo_cfg(cache_dir, out, "trainer.max_epochs=1", f"data.normalize_on_device={on_device}"))
+        states.append(trained_state(only_run(out)))
+    assert states[0].keys() == states[1].keys()
+    for key in states[0]:
+        torch.testing.assert_close(states[1][key], states[0][key], rtol=1e-4, atol=1e-5, msg=key)

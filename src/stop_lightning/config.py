@@ -225,6 +225,10 @@ class DataConfig:
     num_workers: int = 2
     pin_memory: bool = True
     persistent_workers: bool = True
+    # Loader workers yield uint8 clips and the DataModule normalises each batch on the model's device
+    # (after the transfer): a quarter of the bytes to collate, pin and copy, and no float pass per
+    # clip in the workers (docs/benchmarks.md "Data formats: the loader"). For GPU training.
+    normalize_on_device: bool = False
     bad_video: str = "raise"  # raise | skip
     min_video_frames: int = 1  # a video with fewer frames is bad (policy data.bad_video)
     # Training augmentation. Horizontal flip is off by default: on motion data (the synthetic set,

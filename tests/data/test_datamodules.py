@@ -388,3 +388,40 @@ def test_frames_past_a_cut_videos_end_are_counted_and_reported(tmp_path, data_cf
         assert torch.equal(cut[t], cut[7 - missing])
     assert not torch.equal(cut[7 - missing], cut[6 - missing])
     assert f"{missing} frames past a video's end repeated in 1 files" in caplog.text
+
+
+@pytest.mark.parametrize("module", ["recognition", "retrieval"])
+def test_normalize_on_device_gives_the_same_batches_after_the_transfer(hmdb, msrvtt, data_cfg, module):
+    """data.normalize_on_device: the loader yields uint8 clips (a quarter of the bytes), and the
+    DataModule's after-transfer hook turns them into exactly what the float loader gives, for the
+    same seed (same frames, same crops), in training, evaluation and multi-view testing."""
+    cls, (root, manifests) = (
+        (RecognitionDataModule, hmdb) if module == "recognition" else (RetrievalDataModule, msrvtt)
+    )
+    views = {"test_clips": 2, "test_crops": 3} if module == "recognition" else {}
+
+    def batches(on_device: bool):
+        torch.manual_seed(5)
+        dm = cls(data_cfg(root, manifests, normalize_on_device=on_device, **views), 24, MEAN, STD)
+        dm.setup()
+        return dm, [
+            next(iter(loader())) for loader in (dm.train_dataloader, dm.val_dataloader, dm.test_dataloader)
+        ]
+
+    (_, floats), (dm, raw) = batches(False), batches(True)
+    for f, r in zip(floats, raw):
+        assert r["video"].dtype == torch.uint8 and f["video"].dtype == torch.float32
+        assert torch.equal(f["index"], r["index"])
+        moved = dm.on_after_batch_transfer(r, 0)
+        assert moved["video"].dtype == torch.float32 and moved["video"].shape == f["video"].shape
+        torch.testing.assert_close(moved["video"], f["video"], rtol=0, atol=1e-5)
+    float_batch = floats[0]
+    assert dm.on_after_batch_transfer(float_batch, 0)["video"] is float_batch["video"]  # floats pass
+
+
+def test_normalize_on_device_placeholder_is_uint8(broken, data_cfg):
+    cfg = data_cfg(*broken, bad_video="skip", min_video_frames=4, batch_size=5, normalize_on_device=True)
+    dm = RecognitionDataModule(cfg, 32, MEAN, STD)
+    dm.setup("validate")
+    val = next(iter(dm.val_dataloader()))  # good clip + 4 blank ones collate together
+    assert val["video"].dtype == torch.uint8 and float(val["video"][1:].float().abs().sum()) == 0.0

@@ -44,3 +44,20 @@ def test_seeded_is_reproducible_and_restores_global_state():
         y = torch.rand(3), random.random()
     assert torch.equal(x[0], y[0]) and x[1] == y[1]
     assert torch.equal(torch.get_rng_state(), before[0]) and random.getstate() == before[1]
+
+
+def test_seeded_draws_what_torch_manual_seed_draws():
+    """Only the CPU generator is seeded now; the draws (hence the sampled frames and crops) are those
+    ``torch.manual_seed`` gave, for torch, numpy and python alike."""
+    import numpy as np
+
+    for seed in (0, 1, 7, 2**31 - 2, 123456789):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        expected = torch.rand(4), torch.randint(0, 1000, (3,)), random.random(), np.random.rand()
+        torch.manual_seed(99)  # some other global state, which seeded() must not use
+        with seeded(seed):
+            got = torch.rand(4), torch.randint(0, 1000, (3,)), random.random(), np.random.rand()
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+        assert got[2:] == expected[2:]

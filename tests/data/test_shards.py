@@ -127,13 +127,16 @@ def test_retrieval_from_shards_matches_videos(msrvtt, data_cfg, tmp_path):
 
 @pytest.fixture
 def broken_shards(tmp_path):
-    """Shards of one good video, one unreadable file, one too short, and an item with a corrupt JPEG."""
+    """Shards of one good video, one unreadable file, one too short, an item with a corrupt JPEG and
+    one whose stored frames are empty."""
     root = tmp_path / "videos"
     write_video(root / "good.avi", frame_code_frames(16, 32))
     (root / "garbage.avi").write_bytes(b"\x00\x01garbage" * 400)
     write_video(root / "short.avi", frame_code_frames(2, 32))
     write_video(root / "corrupt.avi", frame_code_frames(16, 32))
-    rows = [ClipRecord(n, label=0) for n in ("good.avi", "garbage.avi", "short.avi", "corrupt.avi")]
+    write_video(root / "hole.avi", frame_code_frames(16, 32))
+    names = ("good.avi", "garbage.avi", "short.avi", "corrupt.avi", "hole.avi")
+    rows = [ClipRecord(n, label=0) for n in names]
     manifests = tmp_path / "manifests"
     for stage in ("train", "val", "test"):
         write_manifest(manifests / "split1" / f"{stage}.jsonl", rows)
@@ -143,6 +146,7 @@ def broken_shards(tmp_path):
     assert [b["path"] for b in report["bad"]] == ["garbage.avi"] * 3  # one per split
     items = [encode_item(root / r.path, r.path, settings) for r in rows]
     items[3]["jpegs"] = b"\xff\xd8 not a jpeg" + bytes(items[3]["jpegs"])[12:]
+    items[4]["jpegs"], items[4]["offsets"] = b"", np.zeros_like(items[4]["offsets"])
     write_items(tmp_path / "shards" / "split1" / "val", items)
     return root, manifests, tmp_path / "shards"
 
@@ -153,6 +157,7 @@ def broken_shards(tmp_path):
         (1, r"item 1 \(garbage.avi\): bad when sharded: cannot open"),
         (2, r"item 2 \(short.avi\): too short: 2 frames"),
         (3, r"item 3 \(corrupt.avi\): stored frame \d+ is not a valid JPEG"),
+        (4, r"item 4 \(hole.avi\): stored frame \d+ is not a valid JPEG"),
     ],
 )
 def test_bad_shard_item_raise_names_the_item(broken_shards, data_cfg, index, reason):
@@ -177,14 +182,14 @@ def test_bad_shard_item_skip_is_counted(broken_shards, data_cfg):
         shard_dir=str(shards),
         bad_video="skip",
         min_video_frames=4,
-        batch_size=4,
+        batch_size=5,
         num_workers=2,
     )
     dm = RecognitionDataModule(cfg, 32, *FLAT)
     dm.setup("validate")
     val = list(dm.val_dataloader())[0]
-    assert val["index"].tolist() == [0, 1, 2, 3] and float(val["video"][1:].abs().sum()) == 0.0
-    assert dm.epoch_summary("val")["skipped"] == 3
+    assert val["index"].tolist() == [0, 1, 2, 3, 4] and float(val["video"][1:].abs().sum()) == 0.0
+    assert dm.epoch_summary("val")["skipped"] == 4
 
 
 def test_shards_from_another_manifest_are_refused(broken_shards, data_cfg, tmp_path):
@@ -194,7 +199,7 @@ def test_shards_from_another_manifest_are_refused(broken_shards, data_cfg, tmp_p
     write_manifest(other / "split1" / "val.jsonl", rows)
     write_classes(other / "classes.txt", ["only"])
     cfg = data_cfg(root, other, format="shards", shard_dir=str(shards))
-    with pytest.raises(Exception, match="hold 4 videos but .* lists 2"):
+    with pytest.raises(Exception, match="hold 5 videos but .* lists 2"):
         RecognitionDataModule(cfg, 32, *FLAT).setup("validate")
     cfg = replace(cfg, shard_dir=str(tmp_path / "nothing"))
     with pytest.raises(Exception, match="no shards at .*stop-lightning shard"):

@@ -57,7 +57,7 @@ from .manifest import (
     write_manifest,
 )
 from .registry import DatasetSpec, get_dataset, synthetic_layout
-from .transforms import eval_transform, train_transform
+from .transforms import eval_transform, normalize, train_transform
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,7 @@ class VideoDataModule(L.LightningDataModule):
         self.datasets: dict[str, Dataset | None] = dict.fromkeys(STAGES)
         # (epoch, training batches done) from a mid-epoch checkpoint (SamplerPositionInCheckpoint)
         self.resume_at: tuple[int, int] | None = None
+        self._device_norm = None  # data.normalize_on_device: built at the first batch
 
     # -- config helpers -----------------------------------------------------------------------
 
@@ -119,11 +120,26 @@ class VideoDataModule(L.LightningDataModule):
         )
 
     def _transform(self, stage: str, crops: int = 1):
+        normalise = not self.cfg.normalize_on_device  # else: uint8 clips, see on_after_batch_transfer
         if stage == "train":
             return train_transform(
-                self.image_size, self.mean, self.std, hflip=self.cfg.hflip, scale=self.cfg.train_crop_scale
+                self.image_size,
+                self.mean,
+                self.std,
+                hflip=self.cfg.hflip,
+                scale=self.cfg.train_crop_scale,
+                normalise=normalise,
             )
-        return eval_transform(self.image_size, self.mean, self.std, crops=crops)
+        return eval_transform(self.image_size, self.mean, self.std, crops=crops, normalise=normalise)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With ``data.normalize_on_device``: the batch's uint8 clips, now on the model's device, as
+        normalised float32 (the Trainer calls this before the model or any callback sees the batch)."""
+        if isinstance(batch, dict) and batch.get("video") is not None and batch["video"].dtype == torch.uint8:
+            if self._device_norm is None:
+                self._device_norm = normalize(self.mean, self.std)
+            batch = {**batch, "video": self._device_norm(batch["video"])}
+        return batch
 
     def _read(self, path: Path) -> list[ClipRecord]:
         if not path.is_file():

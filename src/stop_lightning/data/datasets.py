@@ -186,6 +186,11 @@ class VideoDataset(Dataset):
     def placeholder(self, i: int) -> dict[str, Any]:  # pragma: no cover - implemented by subclasses
         raise NotImplementedError
 
+    def _output_size(self) -> tuple[int, torch.dtype]:
+        """Side and dtype of the transform's clips (float32, or uint8 with data.normalize_on_device)."""
+        out = self.transform(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+        return int(out.shape[-1]), out.dtype
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         """``i`` or ``(i, item_seed)`` from :class:`~stop_lightning.data.item_order.EpochSampler`;
         with a seed, the item's random offsets, crops and caption choice depend on it alone."""
@@ -238,24 +243,23 @@ class VideoClipDataset(VideoDataset):
     def load(self, i: int) -> dict[str, Any]:
         clips, _ = self.decode(i, self.num_clips)  # [C, T, 3, H, W]
         views = [self.transform(c) for c in clips]  # each [T, 3, S, S] or [crops, T, 3, S, S]
-        video = torch.cat([v.reshape(-1, *v.shape[-4:]) for v in views])  # [C*crops, T, 3, S, S]
-        if video.shape[0] == 1:
-            video = video[0]
+        if len(views) == 1 and views[0].dim() == 4:  # one view (training): no copy of the clip
+            video = views[0]  # [T, 3, S, S]
+        else:
+            video = torch.cat([v.reshape(-1, *v.shape[-4:]) for v in views])  # [C*crops, T, 3, S, S]
+            if video.shape[0] == 1:
+                video = video[0]
         return {"video": video, "label": int(self.records[i].label), "index": i}  # type: ignore[arg-type]
 
     def placeholder(self, i: int) -> dict[str, Any]:
-        size = self._output_size()
+        size, dtype = self._output_size()
         views = self.num_clips * self.num_crops
         shape = (
             (self.sampling.num_frames, 3, size, size)
             if views == 1
             else (views, self.sampling.num_frames, 3, size, size)
         )
-        return {"video": torch.zeros(shape), "label": int(self.records[i].label), "index": i}  # type: ignore[arg-type]
-
-    def _output_size(self) -> int:
-        out = self.transform(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
-        return int(out.shape[-1])
+        return {"video": torch.zeros(shape, dtype=dtype), "label": int(self.records[i].label), "index": i}  # type: ignore[arg-type]
 
 
 class VideoCaptionDataset(VideoDataset):
@@ -288,7 +292,7 @@ class VideoCaptionDataset(VideoDataset):
 
     def placeholder(self, i: int) -> dict[str, Any]:
         t = self.sampling.num_frames
-        size = int(self.transform(torch.zeros(1, 3, 8, 8, dtype=torch.uint8)).shape[-1])
+        size, dtype = self._output_size()
         mask = torch.zeros(t, dtype=torch.bool)
         mask[0] = True  # one valid (blank) frame, so masked means stay defined
-        return {"video": torch.zeros(t, 3, size, size), "frame_mask": mask, "index": i}
+        return {"video": torch.zeros(t, 3, size, size, dtype=dtype), "frame_mask": mask, "index": i}

@@ -250,13 +250,15 @@ class ShardSource:
                 f"< data.min_video_frames={self.sampling.min_video_frames}",
             )
         plans = [self.frame_indices(n, float(meta["fps"]), c, num_clips) for c in range(num_clips)]
-        blob = torch.frombuffer(bytearray(item["jpegs"]), dtype=torch.uint8)  # one copy, writable
+        jpegs = memoryview(item["jpegs"])
         decoded: dict[int, torch.Tensor] = {}
         for j in sorted({j for idx, _ in plans for j in idx}):
             try:
+                # Only the wanted frames' bytes are copied (a writable buffer for torch), not the item's.
+                data = torch.frombuffer(bytearray(jpegs[offsets[j] : offsets[j + 1]]), dtype=torch.uint8)
                 # [3, H, W] as a view of an [H, W, 3] buffer: kept as [H, W, 3], so stacking is a plain copy
-                decoded[j] = decode_jpeg(blob[offsets[j] : offsets[j + 1]]).permute(1, 2, 0)
-            except RuntimeError as err:
+                decoded[j] = decode_jpeg(data).permute(1, 2, 0)
+            except (RuntimeError, ValueError) as err:  # ValueError: an empty frame
                 raise VideoDecodeError(
                     where, f"stored frame {j} is not a valid JPEG ({str(err).splitlines()[0]})"
                 ) from err
