@@ -235,7 +235,7 @@ def test_function_prompts_attend_across_frames_in_the_deep_layers_only(tiny_clip
     video = make_video(batch=1, frames=T, size=32)
     other = video.clone()
     other[:, 2] = torch.randn_like(other[:, 2])
-    for preset, crosses in (("vop_f", True), ("vop", False)):
+    for preset, crosses in (("vop", False), ("vop_f", True)):  # the padding check below runs on vop_f
         model = STOPVideoModel(
             model_cfg(preset, "function_prompts.split_layer=2"), tiny_clip(layers=3, **TINY), T
         )
