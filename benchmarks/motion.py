@@ -49,7 +49,18 @@ CLASSES = (
 )
 # STOP runs with its fast spatial prompt generator by default: the reference generator (preset stop)
 # costs tens of seconds per step on a shared CPU; `--methods stop,...` runs it too.
-METHODS = ("stop_fast", "stop_official", "dgl", "vop", "vop_p", "vop_c", "vop_f", "vop_fc", "clip4clip_meanp")
+METHODS = (
+    "stop_fast",
+    "stop_official",
+    "dgl",
+    "vop",
+    "vop_p",
+    "vop_c",
+    "vop_f",
+    "vop_fp",
+    "vop_fc",
+    "clip4clip_meanp",
+)
 LABELS = {
     "stop": "STOP",
     "stop_fast": "STOP (fast spatial generator)",
@@ -59,6 +70,7 @@ LABELS = {
     "vop_p": "VoP-P (position-specific)",
     "vop_c": "VoP-C (context-specific)",
     "vop_f": "VoP-F (function-specific)",
+    "vop_fp": "VoP-F+P",
     "vop_fc": "VoP-F+C",
     "clip4clip_meanp": "meanP",
 }
@@ -197,6 +209,7 @@ def run_method(preset: str, videos: Path, manifests: Path, args, out_dir: Path) 
         f"paths.cache_dir={args.cache_dir}",
         f"seed={args.seed}",
         f"name=motion_{preset}",
+        "model.function_prompts.split_layer=1",  # VoP-F on the tiny CLIP's 2 layers: 1 per frame, 1 across
     ]
     cfg = load_config("demo", overrides)
     start = time.perf_counter()
