@@ -437,7 +437,7 @@ class STOPVideoModel(nn.Module):
         prompt slots dropped); with padded frames, a key mask that keeps them out of the attention."""
         st, K = self._state, self.num_slots
         frames = torch.cat([hidden[:, :1], hidden[:, 1 + K :]], dim=1)  # [B*T, 1 + N, D]
-        if st.frame_mask is not None and not bool(st.frame_mask.all()):
+        if st.frame_mask is not None:
             allowed = self.function_prompts.key_mask(st.frame_mask, frames.shape[1])  # [B, 1, 1, K + T*(1+N)]
             st.attention_mask = attention_mask(
                 allowed,
@@ -473,8 +473,9 @@ class STOPVideoModel(nn.Module):
             raise ValueError(f"expected a video batch [B, T, 3, H, W], got shape {tuple(video.shape)}")
         B, T = video.shape[:2]
         st = self._state = _ForwardState(batch=B, frames=T)
-        if frame_mask is not None:
-            st.frame_mask = frame_mask.to(video.device).bool()
+        if frame_mask is not None and (self.context_prompts is not None or self.function_prompts is not None):
+            mask = frame_mask.to(video.device).bool()
+            st.frame_mask = None if bool(mask.all()) else mask  # checked once here, not at every layer
         try:
             if self.shared_space is not None:
                 visual, _ = self.shared_space()

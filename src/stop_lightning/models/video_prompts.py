@@ -50,7 +50,7 @@ class ContextPrompts(nn.Module):
         B, T, D = cls.shape
         if D != self.width:
             raise ValueError(f"context prompts built for width {self.width}, got frame tokens of width {D}")
-        if frame_mask is None or bool(frame_mask.all()):
+        if frame_mask is None:
             modulated, _ = self.context(cls)  # [B, T, 2H]
         else:
             # Real frames first, in their order: a stable sort of "is padded" (False before True).
