@@ -112,8 +112,12 @@ class LocalPromptConfig:
 
     enabled: bool = True
     num_tokens: int = 4
-    init_std: float = 0.02  # normal init of the prompt tokens (and of the shared latent source)
-    depth: int = -1  # number of layers (from the first) whose prompt slots get local prompts; -1: all
+    # normal init of the prompt tokens (and of the shared latent source; VoP-F's video-level prompts and
+    # frame position embedding)
+    init_std: float = 0.02
+    # number of layers (from the first) whose prompt slots get local prompts; -1: all (with VoP-F: all
+    # of the function_prompts.split_layer layers that attend within each frame)
+    depth: int = -1
     # Position-specific (VoP-P, docs/fidelity.md "VoP"): each frame index gets its own tokens,
     # ``[L, T, K, D]`` instead of ``[L, 1, K, D]``; clips must then have data.num_frames frames.
     per_frame: bool = False
