@@ -282,6 +282,21 @@ def test_function_prompts_are_per_video_and_shallow_layers_are_vop(tiny_clip, mo
     torch.testing.assert_close(deep[:, 8:], expected.reshape(2, T * S, 32))
 
 
+def test_function_prompts_differ_between_deep_layers(tiny_clip, model_cfg, make_video):
+    """Each deep layer gets its own video-level prompts (the "function" of that layer)."""
+    model = STOPVideoModel(
+        model_cfg("vop_f", "function_prompts.split_layer=1"), tiny_clip(layers=3, **TINY), T
+    )
+    entering = record_inputs(model)
+    with torch.no_grad():
+        model(make_video(batch=2, frames=T, size=32))
+    for layer in (1, 2):
+        torch.testing.assert_close(
+            entering[layer][:, :8], model.function_prompts.tokens[layer - 1].expand(2, 8, 32), rtol=0, atol=0
+        )
+    assert (entering[1][:, :8] - entering[2][:, :8]).abs().min() > 0
+
+
 def test_function_prompts_train_and_need_the_configured_frames(tiny_clip, model_cfg, make_video):
     model = STOPVideoModel(
         model_cfg("vop_f", "function_prompts.split_layer=1"), tiny_clip(layers=2, **TINY), T
