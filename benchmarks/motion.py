@@ -2,6 +2,7 @@
 
     make motion-table                       # -> docs/motion_benchmark.md (a few minutes on 2 CPU cores)
     python benchmarks/motion.py --epochs 4 --out runs/motion/quick.md
+    python benchmarks/motion.py --methods vop_c,vop_f --keep   # rerun two rows, keep the others
 
 A synthetic set shaped like Something-Something v2 (its json labels, ``<id>.webm`` VP9 videos, read by
 the real ``ssv2`` builder, so horizontal flips are off) with mirror-image classes: an object on a
@@ -49,7 +50,18 @@ CLASSES = (
 )
 # STOP runs with its fast spatial prompt generator by default: the reference generator (preset stop)
 # costs tens of seconds per step on a shared CPU; `--methods stop,...` runs it too.
-METHODS = ("stop_fast", "stop_official", "dgl", "vop", "vop_p", "vop_c", "vop_f", "vop_fc", "clip4clip_meanp")
+METHODS = (
+    "stop_fast",
+    "stop_official",
+    "dgl",
+    "vop",
+    "vop_p",
+    "vop_c",
+    "vop_f",
+    "vop_fp",
+    "vop_fc",
+    "clip4clip_meanp",
+)
 LABELS = {
     "stop": "STOP",
     "stop_fast": "STOP (fast spatial generator)",
@@ -59,6 +71,7 @@ LABELS = {
     "vop_p": "VoP-P (position-specific)",
     "vop_c": "VoP-C (context-specific)",
     "vop_f": "VoP-F (function-specific)",
+    "vop_fp": "VoP-F+P",
     "vop_fc": "VoP-F+C",
     "clip4clip_meanp": "meanP",
 }
@@ -197,6 +210,7 @@ def run_method(preset: str, videos: Path, manifests: Path, args, out_dir: Path) 
         f"paths.cache_dir={args.cache_dir}",
         f"seed={args.seed}",
         f"name=motion_{preset}",
+        "model.function_prompts.split_layer=1",  # VoP-F on the tiny CLIP's 2 layers: 1 per frame, 1 across
     ]
     cfg = load_config("demo", overrides)
     start = time.perf_counter()
@@ -224,14 +238,14 @@ def _ssv2_names() -> list[str]:
     return [template_class(synthetic_template(c, n)) for c, n in enumerate(CLASSES)]
 
 
-def markdown(results: dict[str, dict | None], args, command: str) -> str:
+def markdown(results: dict[str, dict | None], args, commands: list[str]) -> str:
     lines = [
         "# Motion benchmark: mirror-image classes (SSv2-like)",
         "",
         "Written by `make motion-table` (`benchmarks/motion.py`); do not edit by hand. What the set is and",
         "why meanP cannot separate a mirror pair: the docstring of `benchmarks/motion.py`.",
         "",
-        f"Command: `{command}`",
+        "Command: " + "; then ".join(f"`{c}`" for c in commands),
         "",
         f"Set: {len(CLASSES)} classes in 4 mirror pairs, {args.clips} clips per class "
         "(a third train, a third test),",
@@ -263,6 +277,24 @@ def markdown(results: dict[str, dict | None], args, command: str) -> str:
     return "\n".join(lines)
 
 
+SET_ARGS = ("clips", "frames", "size", "epochs", "seed")  # what makes two runs' rows comparable
+
+
+def _previous_rows(args, parser) -> tuple[list[str], dict[str, dict | None]]:
+    """``--keep``: the commands and rows of ``--out``'s .json, which must describe the same set and
+    training (SET_ARGS)."""
+    path = args.out.with_suffix(".json")
+    if not path.is_file():
+        parser.error(f"--keep: no earlier results at {path}; run without --keep first")
+    previous = json.loads(path.read_text())
+    differ = [k for k in SET_ARGS if previous["args"].get(k) != str(getattr(args, k))]
+    if differ:
+        parser.error(f"--keep: {path} was made with other {', '.join(differ)}; rerun every method instead")
+    # Files written before the commands were recorded came from the plain command (make motion-table).
+    commands = previous.get("commands", ["python benchmarks/motion.py"])
+    return list(commands), dict(previous["results"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "motion_benchmark.md")
@@ -274,21 +306,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--keep", action="store_true", help="rerun only --methods; keep the other rows of --out's .json"
+    )
     args = parser.parse_args(argv)
-    command = "python benchmarks/motion.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = ("python benchmarks/motion.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    commands, kept = [command], {}
+    if args.keep:
+        commands, kept = _previous_rows(args, parser)
+        commands.append(command)
     data_dir = args.work / f"data_c{args.clips}_f{args.frames}_s{args.size}_seed{args.seed}"
     videos, manifests = write_dataset(data_dir, args.clips, args.frames, args.size, args.seed)
-    results: dict[str, dict | None] = {}
+    results: dict[str, dict | None] = dict(kept)
     for preset in args.methods.split(","):
         if preset not in LABELS:
             parser.error(f"--methods: {preset!r} is not one of {','.join(LABELS)}")
         exists = preset in available_presets()
         results[preset] = run_method(preset, videos, manifests, args, args.work / "runs") if exists else None
-    text = markdown(results, args, command.strip())
+    results = {m: results[m] for m in sorted(results, key=lambda m: list(LABELS).index(m))}
+    text = markdown(results, args, commands)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     args.out.with_suffix(".json").write_text(
-        json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=2)
+        json.dumps(
+            {"args": {k: str(v) for k, v in vars(args).items()}, "commands": commands, "results": results},
+            indent=2,
+        )
     )
     print(text)
     return 0

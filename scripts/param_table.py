@@ -30,6 +30,7 @@ PRESETS = (
     "vop_c",
     "vop_f",
     "vop_fc",
+    "vop_fp",
 )
 
 

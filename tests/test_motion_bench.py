@@ -3,14 +3,17 @@ accuracy read from a confusion matrix, against hand-counted cases. No training h
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import motion  # noqa: E402
 from benchmarks.motion import CLASSES, frames_of, make_look, pair_accuracy  # noqa: E402
 
 
@@ -43,3 +46,31 @@ def test_pair_accuracy_by_hand():
     confusion[3, 2] = 4  # always the mirror image
     assert pair_accuracy(confusion) == (3 + 2) / (3 + 1 + 2 + 2 + 4)
     assert pair_accuracy(np.zeros((2, 2), dtype=int)) == 0.0
+
+
+def test_keep_reruns_some_rows_and_keeps_the_others(tmp_path, monkeypatch, capsys):
+    """``--keep``: the named methods are rerun (here a stand-in for training), the other rows and the
+    earlier commands come from the .json; a file made with another set or training is refused."""
+    out = tmp_path / "table.md"
+    row = {"top1": 0.25, "pair_acc": 0.5, "seconds": 1.0, "run_dir": "x"}
+    args = {"clips": "18", "frames": "8", "size": "32", "epochs": "8", "seed": "0"}
+    out.with_suffix(".json").write_text(
+        json.dumps({"args": args, "results": {"vop": row, "stop_fast": row, "dgl": None}})
+    )
+    monkeypatch.setattr(motion, "write_dataset", lambda *a: (tmp_path, tmp_path))
+    new = {"top1": 0.5, "pair_acc": 0.75, "seconds": 2.0, "run_dir": "y"}
+    monkeypatch.setattr(motion, "run_method", lambda preset, *a: dict(new, preset=preset))
+    motion.main(["--methods", "vop_c,vop", "--keep", "--out", str(out)])
+    written = json.loads(out.with_suffix(".json").read_text())
+    assert list(written["results"]) == ["stop_fast", "dgl", "vop", "vop_c"]  # the METHODS order
+    assert written["results"]["stop_fast"] == row and written["results"]["dgl"] is None
+    assert written["results"]["vop"]["preset"] == "vop" and written["results"]["vop_c"]["preset"] == "vop_c"
+    assert written["commands"] == [
+        "python benchmarks/motion.py",
+        f"python benchmarks/motion.py --methods vop_c,vop --keep --out {out}",
+    ]
+    text = out.read_text()
+    assert "| `stop_fast` | 25.0 | 50.0 |" in text and "| `vop` | 50.0 | 75.0 |" in text
+    with pytest.raises(SystemExit):
+        motion.main(["--methods", "vop", "--keep", "--out", str(out), "--epochs", "4"])
+    assert "made with other epochs; rerun every method instead" in capsys.readouterr().err

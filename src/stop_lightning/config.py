@@ -112,8 +112,12 @@ class LocalPromptConfig:
 
     enabled: bool = True
     num_tokens: int = 4
-    init_std: float = 0.02  # normal init of the prompt tokens (and of the shared latent source)
-    depth: int = -1  # number of layers (from the first) whose prompt slots get local prompts; -1: all
+    # normal init of the prompt tokens (and of the shared latent source; VoP-F's video-level prompts and
+    # frame position embedding)
+    init_std: float = 0.02
+    # number of layers (from the first) whose prompt slots get local prompts; -1: all (with VoP-F: all
+    # of the function_prompts.split_layer layers that attend within each frame)
+    depth: int = -1
     # Position-specific (VoP-P, docs/fidelity.md "VoP"): each frame index gets its own tokens,
     # ``[L, T, K, D]`` instead of ``[L, 1, K, D]``; clips must then have data.num_frames frames.
     per_frame: bool = False
@@ -124,21 +128,25 @@ class LocalPromptConfig:
 
 @dataclass
 class ContextPromptConfig:
-    """Context-specific video prompts (VoP-C, docs/fidelity.md "VoP"): each layer's prompt slots get
-    a term generated from the video's own frames (their CLS tokens entering that layer)."""
+    """Context-specific video prompts (VoP-C; VoP paper Sec. 3.3, Eqs. 6-8; docs/fidelity.md "VoP"): at
+    each prompted vision layer the CLS tokens of the clip's frames entering it pass a 1-layer BiLSTM
+    and a fully connected layer (both shared by all layers), which give each frame its own
+    ``num_tokens`` prompt tokens: the last ``num_tokens`` of ``model.local_prompts.num_tokens``."""
 
     enabled: bool = False
-    bottleneck: int = 16  # width of the generator's hidden layer (D -> bottleneck -> K*D)
+    num_tokens: int = 4  # context-specific tokens per frame and layer (the paper's video prompt length)
+    hidden: int = -1  # BiLSTM hidden size per direction; -1: the vision width D (not stated in the paper)
 
 
 @dataclass
 class FunctionPromptConfig:
-    """Function-specific video prompts (VoP-F, docs/fidelity.md "VoP"): each layer has its own temporal
-    mixer that turns the previous layer's prompt outputs of all frames into a term for its slots."""
+    """Function-specific video prompts (VoP-F; VoP paper Sec. 3.3, Eq. 9; docs/fidelity.md "VoP"): the
+    vision layers after ``split_layer`` attend across all frames of the clip (one sequence per video, a
+    trainable frame position embedding added before them), each with ``model.local_prompts.num_tokens``
+    video-level prompt tokens; the local prompts serve the first ``split_layer`` layers."""
 
     enabled: bool = False
-    bottleneck: int = 32  # width of each layer's mixer (D -> bottleneck -> conv over frames -> D)
-    kernel: int = 3  # frames the mixer's convolution spans (odd)
+    split_layer: int = 8  # K^s: layers 1..K^s attend within each frame, K^s+1..L across frames
 
 
 @dataclass
@@ -441,9 +449,9 @@ RANGES: dict[str, tuple[float, float]] = {
     "model.temporal.alpha": (0.0, 10.0),
     "model.temporal.num_tokens": (1, 64),
     "model.local_prompts.per_frame_tokens": (-1, 1024),
-    "model.context_prompts.bottleneck": (1, 4096),
-    "model.function_prompts.bottleneck": (1, 4096),
-    "model.function_prompts.kernel": (1, 31),
+    "model.context_prompts.num_tokens": (1, 1024),
+    "model.context_prompts.hidden": (-1, 1 << 16),
+    "model.function_prompts.split_layer": (1, 1024),
     "data.split": (1, 3),
     "data.num_frames": (1, 256),
     "data.test_crops": (1, 3),

@@ -2,7 +2,7 @@
 
 Each preset runs one optimiser step on the retrieval demo and on the recognition demo (tiny CLIP,
 synthetic clips). The demos switch the text prompts off for STOP's sake; VoP's are part of the
-method, so they are switched back on here.
+method, so they are switched back on here. VoP-F splits the demos' 2-layer CLIP after its first layer.
 """
 
 from __future__ import annotations
@@ -18,14 +18,15 @@ from stop_lightning.train import build_module, setup_run
 TEXT = ("model.text_encoder.prompts",)
 LOCAL = ("model.local_prompts.tokens",)
 PER_FRAME = ("model.local_prompts.frame_tokens",)  # VoP-P: 4 of the 8 tokens per frame position
-CONTEXT = ("model.context_prompts.",)
-FUNCTION = ("model.function_prompts.",)
+CONTEXT = ("model.context_prompts.context.", "model.context_prompts.fc.")  # VoP-C: BiLSTM, FC
+FUNCTION = ("model.function_prompts.tokens", "model.function_prompts.frame_position")  # VoP-F
 EXPECTED = {
     "vop": LOCAL + TEXT,
     "vop_p": LOCAL + PER_FRAME + TEXT,
     "vop_c": LOCAL + TEXT + CONTEXT,
     "vop_f": LOCAL + TEXT + FUNCTION,
     "vop_fc": LOCAL + TEXT + CONTEXT + FUNCTION,
+    "vop_fp": LOCAL + PER_FRAME + TEXT + FUNCTION,
 }
 DEMOS = {
     "retrieval": ("demo_retrieval", ["data.synthetic_clips_per_class=8", "data.batch_size=4"]),
@@ -57,6 +58,7 @@ def _one_step(cache_dir, tmp_path, task: str, preset: str):
             f"paths.output_dir={tmp_path}",
             f"model.preset={preset}",
             "model.text_prompts.enabled=true",
+            "model.function_prompts.split_layer=1",  # the demos' CLIP has 2 vision layers (VoP-F: 8 of 12)
             "trainer.enable_progress_bar=false",
             *data,
         ],

@@ -137,13 +137,23 @@ def block_attention_mask(
     is_global_query = (frame_of == -1)[:, None]
     is_global_key = (frame_of == -1)[None, :]
     allowed = is_global_query | is_global_key | (frame_of[:, None] == frame_of[None, :])  # [L, L]
-    allowed = allowed[None, None]
+    return attention_mask(allowed[None, None], attn_implementation, "global prompts")
+
+
+def attention_mask(allowed: torch.Tensor, attn_implementation: str, needed_by: str) -> torch.Tensor:
+    """A boolean mask (True: the query may attend to the key) in the form CLIP's attention takes.
+
+    ``sdpa``: the boolean mask itself. ``eager``: additive float (0 / dtype min), which HF's eager
+    attention adds to the scores. ``needed_by`` names the feature in the error for other backends.
+    """
     if attn_implementation == "sdpa":
         return allowed
     if attn_implementation == "eager":
-        return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, torch.finfo(torch.float32).min)
+        return torch.zeros(allowed.shape, device=allowed.device).masked_fill(
+            ~allowed, torch.finfo(torch.float32).min
+        )
     raise ValueError(
-        f"global prompts need an attention mask; model.clip.attn_implementation = {attn_implementation!r} "
+        f"{needed_by} need an attention mask; model.clip.attn_implementation = {attn_implementation!r} "
         f"does not take one here. Use 'sdpa' or 'eager'."
     )
 

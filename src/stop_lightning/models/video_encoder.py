@@ -7,12 +7,16 @@ The CLIP vision tower runs stock; hooks change what flows through it:
   K prompt slots are inserted per frame, ``[CLS, slots, patches]``; with global prompts the
   ``B*T`` frame sequences become one sequence per video ``[G, frame_1, ..., frame_T]``.
 - every encoder layer (forward pre-hook): the slots get that layer's local prompts plus the
-  temporal prompts (replaced, not accumulated), plus VoP's context- and function-specific terms
+  temporal prompts (replaced, not accumulated), VoP-C's context-specific tokens in the last slots
   when those are on (``video_prompts.py``), the global slots get that layer's global
   tokens, and the video's block layout is passed to the attention (per-frame + global
   attention, ``global_prompts.video_block_attention``; a block mask when that is switched off).
-- the last encoder layer (forward hook): the global tokens are put aside and the sequence goes
-  back to ``[B*T, S, D]``, so CLIP's own pooling still reads each frame's CLS at position 0.
+  With VoP-F (``model.function_prompts``) the pre-hook of layer K^s + 1 joins each clip's frames
+  into one sequence (slots dropped, frame position added, video-level prompts in front, padded
+  frames masked out as keys), and the deep layers' pre-hooks put in their video-level prompts.
+- the last encoder layer (forward hook): the global tokens (or VoP-F's video-level prompts) are put
+  aside and the sequence goes back to ``[B*T, S, D]``, so CLIP's own pooling still reads each
+  frame's CLS at position 0.
 
 :meth:`STOPVideoModel.remove_hooks` detaches all of them and CLIP is the stock model again.
 """
@@ -30,6 +34,7 @@ from stop_lightning.models.aggregation import VideoAggregator
 from stop_lightning.models.checkpointing import CheckpointedLayers
 from stop_lightning.models.global_prompts import (
     GlobalPrompts,
+    attention_mask,
     base_attention_implementation,
     block_attention_mask,
     restore_attention,
@@ -61,8 +66,9 @@ class _ForwardState:
     local: torch.Tensor | None = None  # [L, T or 1, K, D]
     temporal: torch.Tensor | None = None  # [B, T, K, D], alpha and (1 + w) applied
     weights: torch.Tensor | None = None  # [B, T]
-    frame_mask: torch.Tensor | None = None  # [B, T] True: a real frame (context prompts skip padded ones)
-    attention_mask: torch.Tensor | None = None  # [1, 1, G + T*S, G + T*S] (block-mask fallback)
+    frame_mask: torch.Tensor | None = None  # [B, T] True: a real frame (VoP-C and VoP-F skip padded ones)
+    # [1, 1, G + T*S, G + T*S] (block-mask fallback) or [B, 1, 1, K + T*S] (VoP-F with padded frames)
+    attention_mask: torch.Tensor | None = None
     video_blocks: tuple[int, int, int] | None = None  # (G, T, S) for video_block_attention
     global_out: torch.Tensor | None = None  # [B, G, D] last layer
     slot_out: torch.Tensor | None = None  # [B*T, K, D] last layer
@@ -163,8 +169,13 @@ class STOPVideoModel(nn.Module):
             if (local_on or temporal_on)
             else 0
         )
+        # VoP-F: the first split_layer layers attend within each frame (all of them without VoP-F).
+        split = self._check_vop(cfg)
+        self.split_layer = split if cfg.function_prompts.enabled else self.layers
         self.local_depth = (
-            _depth(int(cfg.local_prompts.depth), self.layers, "model.local_prompts.depth") if local_on else 0
+            _depth(int(cfg.local_prompts.depth), self.split_layer, "model.local_prompts.depth")
+            if local_on
+            else 0
         )
         self.temporal_depth = (
             _depth(int(cfg.temporal.depth), self.layers, "model.temporal.depth") if temporal_on else 0
@@ -198,9 +209,10 @@ class STOPVideoModel(nn.Module):
                     f"model.local_prompts.per_frame_tokens = {specific}: expected -1 (all) or "
                     f"1..{self.num_slots} (the local prompt tokens per layer)"
                 )
+            context_tokens = int(cfg.context_prompts.num_tokens) if cfg.context_prompts.enabled else 0
             self.local_prompts = LocalPrompts(
                 self.local_depth,
-                self.num_slots,
+                self.num_slots - context_tokens,  # VoP-C: the last slots are context-specific
                 self.width,
                 float(cfg.local_prompts.init_std),
                 frames,
@@ -212,19 +224,18 @@ class STOPVideoModel(nn.Module):
                 "set model.local_prompts.enabled=true "
                 "and model.shared_latent=none (the shared space makes its own)"
             )
-        # VoP's context- and function-specific terms go into the local prompt slots.
-        for key in ("context_prompts", "function_prompts"):
-            if getattr(cfg, key).enabled and not local_on:
-                raise ConfigError(
-                    f"model.{key} adds to the local prompt slots: set model.local_prompts.enabled=true"
-                )
         self.context_prompts = (
-            ContextPrompts(cfg.context_prompts, self.num_slots, self.width)
-            if cfg.context_prompts.enabled
-            else None
+            ContextPrompts(cfg.context_prompts, self.width) if cfg.context_prompts.enabled else None
         )
         self.function_prompts = (
-            FunctionPrompts(cfg.function_prompts, self.local_depth, self.width)
+            FunctionPrompts(
+                self.split_layer,
+                self.layers,
+                self.num_slots,
+                self.width,
+                self.num_frames,
+                float(cfg.local_prompts.init_std),
+            )
             if cfg.function_prompts.enabled
             else None
         )
@@ -257,6 +268,50 @@ class STOPVideoModel(nn.Module):
         self._checkpointed = CheckpointedLayers(
             self.parts.layers if cfg.clip.activation_checkpointing else ()
         )
+
+    def _check_vop(self, cfg: ModelConfig) -> int:
+        """VoP-C / VoP-F settings this model can build (one ConfigError naming the key otherwise); returns
+        VoP-F's split layer K^s."""
+        for key in ("context_prompts", "function_prompts"):
+            if not getattr(cfg, key).enabled:
+                continue
+            if not cfg.local_prompts.enabled or cfg.shared_latent != "none":
+                raise ConfigError(
+                    f"model.{key} works with the model's own local prompt slots: "
+                    f"set model.local_prompts.enabled=true and model.shared_latent=none"
+                )
+        if cfg.context_prompts.enabled:
+            P, K = int(cfg.context_prompts.num_tokens), int(cfg.local_prompts.num_tokens)
+            if not 1 <= P <= K:
+                raise ConfigError(
+                    f"model.context_prompts.num_tokens = {P}: expected 1..{K} "
+                    f"(of model.local_prompts.num_tokens, the prompt tokens per layer)"
+                )
+            if cfg.local_prompts.per_frame:
+                raise ConfigError(
+                    "model.context_prompts and model.local_prompts.per_frame both make prompts per frame; "
+                    "switch one off"
+                )
+        split = int(cfg.function_prompts.split_layer)
+        if cfg.function_prompts.enabled:
+            if not 1 <= split < self.layers:
+                raise ConfigError(
+                    f"model.function_prompts.split_layer = {split}: expected 1..{self.layers - 1} "
+                    f"(the vision tower has {self.layers} layers; the layers after it attend across frames)"
+                )
+            for key in ("temporal", "global_prompts"):
+                if getattr(cfg, key).enabled:
+                    raise ConfigError(
+                        f"model.function_prompts joins each clip's frames in the deep layers; "
+                        f"model.{key} is not built for that: set model.{key}.enabled=false"
+                    )
+            depth = int(cfg.local_prompts.depth)
+            if depth > split:
+                raise ConfigError(
+                    f"model.local_prompts.depth = {depth}: with model.function_prompts the local prompts "
+                    f"serve layers 1..{split} (split_layer); use -1 or 1..{split}"
+                )
+        return split
 
     # -- properties ------------------------------------------------------------------------------
 
@@ -329,15 +384,12 @@ class STOPVideoModel(nn.Module):
         B, T, K, D = st.batch, st.frames, self.num_slots, self.width
         tokens = like.new_zeros(B, T, K, D)
         if layer < self.local_depth:
-            tokens = tokens + st.local[layer].to(like.dtype).expand(T, K, D)  # [T or 1, K, D] -> [B, T, K, D]
+            local = st.local[layer].to(like.dtype)  # [T or 1, K, D]
             if self.context_prompts is not None:
                 cls = like[:, 0].reshape(B, T, D)  # the frames' CLS tokens entering this layer
-                tokens = tokens + self.context_prompts(cls, st.frame_mask).to(like.dtype).unsqueeze(
-                    1
-                )  # [B, 1, K, D]
-            if self.function_prompts is not None and layer > 0:
-                previous = like[:, 1 : 1 + K].reshape(B, T, K, D)  # the slots leaving layer - 1
-                tokens = tokens + self.function_prompts.at_layer(layer, previous).to(like.dtype)
+                context = self.context_prompts(cls, st.frame_mask).to(like.dtype)  # [B, T, P, D]
+                local = torch.cat([local.expand(B, T, -1, D), context], dim=2)  # [B, T, K - P + P, D]
+            tokens = tokens + local  # [T or 1, K, D] or [B, T, K, D] -> [B, T, K, D]
         if layer < self.temporal_depth:
             tokens = tokens + st.temporal.to(like.dtype)
         return tokens.reshape(B * T, K, D)
@@ -349,6 +401,11 @@ class STOPVideoModel(nn.Module):
                 return None
             hidden = args[0] if args else kwargs["hidden_states"]
             B, T, K, G = st.batch, st.frames, self.num_slots, self.num_global
+            if index >= self.split_layer:  # VoP-F's deep layers: one sequence per video
+                if index == self.split_layer:
+                    hidden = self._join_frames(hidden)
+                hidden = self.function_prompts.at_layer(index, hidden)
+                return _replace_layer_inputs(args, kwargs, hidden, st.attention_mask)
             frames = hidden
             if G:
                 carried, frames = (
@@ -375,11 +432,27 @@ class STOPVideoModel(nn.Module):
 
         return hook
 
+    def _join_frames(self, hidden: torch.Tensor) -> torch.Tensor:
+        """VoP-F, entering layer K^s + 1: ``[B*T, 1 + K + N, D]`` -> ``[B, K + T*(1 + N), D]`` (the frames'
+        prompt slots dropped); with padded frames, a key mask that keeps them out of the attention."""
+        st, K = self._state, self.num_slots
+        frames = torch.cat([hidden[:, :1], hidden[:, 1 + K :]], dim=1)  # [B*T, 1 + N, D]
+        if st.frame_mask is not None:
+            allowed = self.function_prompts.key_mask(st.frame_mask, frames.shape[1])  # [B, 1, 1, K + T*(1+N)]
+            st.attention_mask = attention_mask(
+                allowed,
+                base_attention_implementation(self._attn_config),
+                "function prompts with padded frames",
+            )
+        return self.function_prompts.join(frames, st.batch)
+
     def _leave_encoder(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         st = self._state
         if st is None:
             return output
         B, T, K, G = st.batch, st.frames, self.num_slots, self.num_global
+        if self.function_prompts is not None:
+            return self.function_prompts.split_frames(output, T)  # [B, K + T*S, D] -> [B*T, S, D]
         if G:
             st.global_out = output[:, :G]
             output = output[:, G:].reshape(B * T, -1, output.shape[-1])  # [B, G + T*S, D] -> [B*T, S, D]
@@ -400,8 +473,9 @@ class STOPVideoModel(nn.Module):
             raise ValueError(f"expected a video batch [B, T, 3, H, W], got shape {tuple(video.shape)}")
         B, T = video.shape[:2]
         st = self._state = _ForwardState(batch=B, frames=T)
-        if frame_mask is not None:
-            st.frame_mask = frame_mask.to(video.device).bool()
+        if frame_mask is not None and (self.context_prompts is not None or self.function_prompts is not None):
+            mask = frame_mask.to(video.device).bool()
+            st.frame_mask = None if bool(mask.all()) else mask  # checked once here, not at every layer
         try:
             if self.shared_space is not None:
                 visual, _ = self.shared_space()

@@ -1,104 +1,107 @@
-"""VoP's two video prompts that need their own generators (docs/fidelity.md, "VoP").
+"""VoP's context- and function-specific video prompts (docs/fidelity.md, "VoP", rows V6-V8).
 
 VoP (Huang et al., "VoP: Text-Video Co-operative Prompt Tuning for Cross-Modal Retrieval", CVPR
 2023, arXiv 2211.12764) adds three kinds of video prompts to deep text and visual prompts. The
 position-specific ones (VoP-P) are the framework's local prompts with a frame axis
-(``model.local_prompts.per_frame``, 4 of the 8 tokens: ``per_frame_tokens``), as the paper has
-them. The other two are our own designs of the paper's ideas, not its forms (the paper's: a BiLSTM
-over the frames' CLS tokens for VoP-C, attention across frames in the last 4 vision layers for
-VoP-F; docs/fidelity.md rows V6-V7). They are generated here and added by the video model to the
-prompt slots of every prompted layer, on top of the local prompts:
+(``model.local_prompts.per_frame``). The other two are built here, in the paper's form:
 
-- :class:`ContextPrompts` (VoP-C, ``model.context_prompts``): from the video's own frames. The
-  CLS tokens of all frames entering a layer, layer-normalised and averaged over the frames, pass a
-  bottleneck ``D -> r -> K*D``: K tokens that depend on the clip, the same for its every frame, so
-  each frame is prompted with what the whole video holds. One generator serves all layers (its
-  input differs per layer).
-- :class:`FunctionPrompts` (VoP-F, ``model.function_prompts``): each layer has its own temporal
-  mixer (``D -> r``, a convolution over the frame axis, ``r -> D``) that turns the K prompt outputs
-  of the previous layer, for all T frames, into that layer's prompt term. Frames exchange
-  information through the prompts, and each layer does it with its own weights (the "function" of
-  that layer), so the prompts differ from layer to layer even for the same input.
+- :class:`ContextPrompts` (VoP-C, Sec. 3.3, Eqs. 6-8; ``model.context_prompts``): at a vision layer,
+  the CLS tokens of a clip's frames entering it, ``C [B, T, D]``, pass a Context Modelling Module (a
+  1-layer bidirectional LSTM, Sec. 4.1) and one fully connected layer that stretches each frame's
+  modulated token into that frame's P prompt tokens. One module serves every layer; the modulated
+  tokens are not passed on (only the prompts they make are). Padded frames are left out of the
+  LSTM's sequence, so they change no real frame's prompts.
+- :class:`FunctionPrompts` (VoP-F, Sec. 3.3, Eq. 9; ``model.function_prompts``): the layers after
+  ``split_layer`` (K^s) attend across all frames of a clip. Before layer K^s + 1 a trainable frame
+  position embedding ``[T, D]`` is added to every token of each frame and the clip's frames are
+  joined into one sequence ``[K prompts, frame_1, ..., frame_T]`` (each frame ``[CLS, patches]``);
+  each deep layer gets its own K video-level prompts (one set per video), outputs discarded; after the
+  last layer the sequence is cut back into frames. Eq. 9 orders the tokens ``[all CLS, prompts, all
+  patches]``; the layers hold no position information of their own, so the order does not change
+  what they compute. No generator: only the prompts and the frame position embedding train.
 
-Both last layers start at zero: a fresh VoP-C / VoP-F model computes exactly what VoP does.
+The video model (``video_encoder.py``) calls these from its layer hooks.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from stop_lightning.config import ContextPromptConfig, FunctionPromptConfig
-from stop_lightning.models.layers import same_padding
+from stop_lightning.config import ContextPromptConfig
 
 
 class ContextPrompts(nn.Module):
-    """Context-specific prompts: frame CLS tokens ``[B, T, D]`` -> K tokens per video ``[B, K, D]``."""
+    """Context-specific prompts: frame CLS tokens ``[B, T, D]`` -> P tokens per frame ``[B, T, P, D]``."""
 
-    def __init__(self, cfg: ContextPromptConfig, num_tokens: int, width: int):
+    def __init__(self, cfg: ContextPromptConfig, width: int):
         super().__init__()
-        self.num_tokens, self.width = int(num_tokens), int(width)
-        self.down = nn.Linear(width, int(cfg.bottleneck))
-        self.act = nn.GELU()
-        self.up = nn.Linear(int(cfg.bottleneck), self.num_tokens * width)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
+        self.num_tokens, self.width = int(cfg.num_tokens), int(width)
+        hidden = self.width if int(cfg.hidden) == -1 else int(cfg.hidden)
+        self.context = nn.LSTM(self.width, hidden, num_layers=1, batch_first=True, bidirectional=True)  # CMM
+        self.fc = nn.Linear(2 * hidden, self.num_tokens * self.width)
 
     def forward(self, cls: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``cls [B, T, D]``, optional ``frame_mask [B, T]`` (True: a real frame) -> ``[B, K, D]``."""
+        """``cls [B, T, D]``, optional ``frame_mask [B, T]`` (True: a real frame) -> ``[B, T, P, D]``.
+
+        Real frames keep their order and form the LSTM's sequence; padded frames (anywhere in the clip)
+        are left out and get the prompts of a zero LSTM output."""
         B, T, D = cls.shape
         if D != self.width:
             raise ValueError(f"context prompts built for width {self.width}, got frame tokens of width {D}")
-        x = F.layer_norm(cls, (D,))  # the CLS norm grows with depth; the generator sees its direction
         if frame_mask is None:
-            context = x.mean(1)  # [B, T, D] -> [B, D]
+            modulated, _ = self.context(cls)  # [B, T, 2H]
         else:
-            weights = frame_mask.to(x.dtype).unsqueeze(-1)  # [B, T, 1]
-            context = (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-        return self.up(self.act(self.down(context))).view(B, self.num_tokens, D)
-
-
-class _TemporalMixer(nn.Module):
-    """One layer's mixer: prompt outputs ``[B, T, K, D]`` -> ``[B, T, K, D]``, frames mixed by a conv
-    over T."""
-
-    def __init__(self, width: int, bottleneck: int, kernel: int):
-        super().__init__()
-        self.down = nn.Linear(width, bottleneck)
-        self.conv = nn.Conv1d(
-            bottleneck, bottleneck, kernel, padding=same_padding((kernel,), "model.function_prompts.kernel")
-        )
-        self.act = nn.GELU()
-        self.up = nn.Linear(bottleneck, width)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-
-    def forward(self, prompts: torch.Tensor) -> torch.Tensor:
-        B, T, K, _ = prompts.shape
-        h = self.down(prompts)  # [B, T, K, r]
-        h = h.permute(0, 2, 3, 1).reshape(
-            B * K, -1, T
-        )  # -> [B*K, r, T]: each slot's sequence over the frames
-        h = self.act(self.conv(h)).reshape(B, K, -1, T).permute(0, 3, 1, 2)  # -> [B, T, K, r]
-        return self.up(h)  # [B, T, K, D]
+            # Real frames first, in their order: a stable sort of "is padded" (False before True).
+            order = torch.sort((~frame_mask).to(torch.uint8), dim=1, stable=True).indices  # [B, T]
+            lengths = frame_mask.sum(1).clamp_min(1).cpu()  # a clip with no real frame: 1 (discarded later)
+            gathered = cls.gather(1, order.unsqueeze(-1).expand(B, T, D))
+            packed = pack_padded_sequence(gathered, lengths, batch_first=True, enforce_sorted=False)
+            out, _ = self.context(packed)
+            out, _ = pad_packed_sequence(
+                out, batch_first=True, total_length=T
+            )  # [B, T, 2H], zeros past length
+            modulated = torch.empty_like(out).scatter_(1, order.unsqueeze(-1).expand_as(out), out)
+        return self.fc(modulated).view(B, T, self.num_tokens, D)  # [B, T, 2H] -> [B, T, P*D] -> [B, T, P, D]
 
 
 class FunctionPrompts(nn.Module):
-    """Function-specific prompts: one temporal mixer per layer after the first (layer 0 has no earlier
-    prompts)."""
+    """Video-level prompts of the deep layers, ``tokens [L - K^s, K, D]``, and the frame position
+    embedding ``[T, D]`` added when the clip's frames are joined before layer K^s + 1."""
 
-    def __init__(self, cfg: FunctionPromptConfig, layers: int, width: int):
+    def __init__(self, split: int, layers: int, num_tokens: int, width: int, frames: int, init_std: float):
         super().__init__()
-        self.mixers = nn.ModuleList(
-            _TemporalMixer(width, int(cfg.bottleneck), int(cfg.kernel)) for _ in range(max(layers - 1, 0))
-        )
+        self.split, self.num_tokens = int(split), int(num_tokens)
+        self.tokens = nn.Parameter(torch.randn(layers - self.split, self.num_tokens, width) * init_std)
+        self.frame_position = nn.Parameter(torch.randn(frames, width) * init_std)
 
-    def at_layer(self, layer: int, previous: torch.Tensor) -> torch.Tensor:
-        """Term for the slots entering ``layer`` (>= 1) from the slots leaving ``layer - 1``:
-        ``[B, T, K, D]``."""
-        if not 1 <= layer <= len(self.mixers):
+    def join(self, frames: torch.Tensor, batch: int) -> torch.Tensor:
+        """Per-frame sequences ``[B*T, S, D]`` -> one per video ``[B, K + T*S, D]``: frame position added,
+        K video-level prompt positions in front (filled by :meth:`at_layer`)."""
+        _, S, D = frames.shape
+        T = frames.shape[0] // batch
+        if T != self.frame_position.shape[0]:
             raise ValueError(
-                f"function prompts exist for layers 1..{len(self.mixers)}, asked for layer {layer}"
+                f"function prompts are made for clips of {self.frame_position.shape[0]} frames "
+                f"(data.num_frames), this clip has {T}"
             )
-        return self.mixers[layer - 1](previous)
+        video = frames.view(batch, T, S, D) + self.frame_position.to(frames.dtype)[:, None]  # [B, T, S, D]
+        return torch.cat([video.new_zeros(batch, self.num_tokens, D), video.reshape(batch, T * S, D)], dim=1)
+
+    def at_layer(self, layer: int, video: torch.Tensor) -> torch.Tensor:
+        """``video [B, K + T*S, D]``, its K prompt positions replaced by ``layer``'s video-level prompts."""
+        prompts = self.tokens[layer - self.split].to(video.dtype).expand(video.shape[0], -1, -1)  # [B, K, D]
+        return torch.cat([prompts, video[:, self.num_tokens :]], dim=1)
+
+    def split_frames(self, video: torch.Tensor, frames: int) -> torch.Tensor:
+        """``[B, K + T*S, D]`` -> per-frame ``[B*T, S, D]`` (the prompt outputs discarded)."""
+        B, _, D = video.shape
+        return video[:, self.num_tokens :].reshape(B * frames, -1, D)
+
+    def key_mask(self, frame_mask: torch.Tensor, frame_len: int) -> torch.Tensor:
+        """``frame_mask [B, T]`` -> keys each query may attend to in the joined sequence, ``[B, 1, 1,
+        K + T*S]`` (True: allowed): the prompts and the real frames' tokens, never a padded frame's."""
+        B = frame_mask.shape[0]
+        prompts = frame_mask.new_ones(B, self.num_tokens)
+        return torch.cat([prompts, frame_mask.repeat_interleave(frame_len, dim=1)], dim=1)[:, None, None]
