@@ -143,11 +143,13 @@ def broken_shards(tmp_path):
     write_classes(manifests / "classes.txt", ["only"])
     settings = StoreSettings(short_side=64, fps=0)
     report = write_shards(root, manifests, tmp_path / "shards", settings, progress=False)
-    assert [b["path"] for b in report["bad"]] == ["garbage.avi"] * 3  # one per split
+    # Three stages list the same five videos: each is stored once, the bad one reported once.
+    assert report["written"] == {"items": 5} and report["manifests"] == 3
+    assert [b["path"] for b in report["bad"]] == ["garbage.avi"]
     items = [encode_item(root / r.path, r.path, settings) for r in rows]
     items[3]["jpegs"] = b"\xff\xd8 not a jpeg" + bytes(items[3]["jpegs"])[12:]
     items[4]["jpegs"], items[4]["offsets"] = b"", np.zeros_like(items[4]["offsets"])
-    write_items(tmp_path / "shards" / "split1" / "val", items)
+    write_items(tmp_path / "shards" / "items", items)
     return root, manifests, tmp_path / "shards"
 
 
@@ -199,7 +201,7 @@ def test_shards_from_another_manifest_are_refused(broken_shards, data_cfg, tmp_p
     write_manifest(other / "split1" / "val.jsonl", rows)
     write_classes(other / "classes.txt", ["only"])
     cfg = data_cfg(root, other, format="shards", shard_dir=str(shards))
-    with pytest.raises(Exception, match="hold 5 videos but .* lists 2"):
+    with pytest.raises(Exception, match="hold 5 videos but the manifests in .* list 2"):
         RecognitionDataModule(cfg, 32, *FLAT).setup("validate")
     cfg = replace(cfg, shard_dir=str(tmp_path / "nothing"))
     with pytest.raises(Exception, match="no shards at .*stop-lightning shard"):
@@ -214,9 +216,12 @@ def test_write_shards_skips_complete_folders(coded, tmp_path):
     again = write_shards(
         videos, manifests, tmp_path / "s", StoreSettings(short_side=32, fps=0), progress=False
     )
-    assert sorted(first["written"]) == sorted(again["existing"]) and not again["written"]
+    assert list(first["written"]) == again["existing"] == ["items"] and not again["written"]
     assert not list((tmp_path / "s").rglob("*.partial"))
-    assert np.all([(tmp_path / "s" / rel / "index.json").is_file() for rel in first["written"]])
+    assert (tmp_path / "s" / "items" / "index.json").is_file()
+    # One copy of every video any manifest lists, however many splits and stages list it.
+    listed = {r.path for f in manifests.rglob("*.jsonl") for r in read_manifest(f)}
+    assert first["written"]["items"] == len(listed)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -177,18 +177,15 @@ class VideoDataModule(L.LightningDataModule):
                 )
             raise ManifestError(msg)
 
-    def _dataset(
-        self, cls: type, records: list[ClipRecord], stage: str, manifest: Path, **kwargs: Any
-    ) -> Dataset:
+    def _dataset(self, cls: type, records: list[ClipRecord], stage: str, **kwargs: Any) -> Dataset:
         """``cls`` over the video files, or its frame-shard twin when ``data.format=shards``
         (data/shards.py)."""
         args = (stage, self._sampling(), self._transform(stage, crops=kwargs.get("num_crops", 1)))
         kwargs.update(bad_video=self.cfg.bad_video, health=self.health[stage])
         if self.cfg.format == "shards":
-            from .shards import shard_dataset, shard_location
+            from .shards import shard_dataset
 
-            location = shard_location(self.cfg.shard_dir, self.manifest_dir, manifest)
-            return shard_dataset(cls, records, location, manifest, *args, **kwargs)
+            return shard_dataset(cls, records, self.cfg.shard_dir, self.manifest_dir, *args, **kwargs)
         return cls(records, self.video_root, *args, **kwargs)
 
     def check_files(self, splits: tuple[str, ...] = STAGES) -> None:
@@ -381,7 +378,6 @@ class RecognitionDataModule(VideoDataModule):
                 VideoClipDataset,
                 records,
                 name,
-                path,
                 num_clips=self.cfg.test_clips if test else 1,
                 num_crops=self.cfg.test_crops if test else 1,
             )
@@ -447,7 +443,7 @@ class RetrievalDataModule(VideoDataModule):
             path = retrieval_manifest_path(self.manifest_dir, name)
             records = self._read(path)
             self.health[name] = DataHealth()  # per process: a DDP rank counts its own clips
-            self.datasets[name] = self._dataset(VideoCaptionDataset, records, name, path)
+            self.datasets[name] = self._dataset(VideoCaptionDataset, records, name)
 
     def eval_captions(self, stage: str = "test") -> tuple[list[str], list[int]]:
         """All captions of ``stage`` and the ``index`` of the video each belongs to (1k-A: one per video)."""

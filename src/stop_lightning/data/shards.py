@@ -1,17 +1,19 @@
 """Frame shards on LitData: ``stop-lightning shard`` writes them, ``data.format=shards`` reads them.
 
-Writing: each manifest ``<manifest_dir>/<rel>.jsonl`` becomes a LitData dataset folder
-``<shard_dir>/<rel>/`` (``index.json`` + ``chunk-*.bin``) with one item per distinct video, in
-manifest order::
+Writing: the videos of every manifest under ``<manifest_dir>`` (all splits and stages, each video
+once: HMDB51's three splits and its val = test lists share one copy) become one LitData dataset
+folder ``<shard_dir>/items/`` (``index.json`` + ``chunk-*.bin``), one item per distinct video, in
+the order of :func:`~stop_lightning.data.store.videos_of` over the sorted manifest files::
 
     {"meta": JSON text {"path", "num_frames", "fps", "source_frames", "source_fps", "error"?},
      "offsets": int64 [num_frames + 1],   # frame k is jpegs[offsets[k]:offsets[k + 1]]
      "jpegs": bytes}                       # the stored frames (data/store.py), JPEG-encoded
 
 A video that cannot be read is still written, with ``error`` set and no frames, so item numbers stay
-those of the manifest and the bad video meets the reading side's ``data.bad_video`` policy. Each
+those of the manifests and the bad video meets the reading side's ``data.bad_video`` policy. The
 folder is written under a temporary name and renamed when complete; a complete folder is skipped
-by the next run.
+by the next run. The reading side numbers the items the same way from the same manifests, and
+checks each item's ``path`` against the row it serves.
 
 Reading: :class:`ShardClipDataset` and :class:`ShardCaptionDataset` are the video datasets
 (``datasets.py``) with the decoding step swapped: the same records, sampling (segment or fps,
@@ -43,8 +45,8 @@ import torch
 
 from .datasets import VideoCaptionDataset, VideoClipDataset
 from .decode import VideoDecodeError, VideoFile
-from .manifest import ClipRecord, ManifestError, read_manifest, resolve_video_path
-from .store import StoreSettings, manifest_files, ordered_map, stored_frames, timeline, unique_paths
+from .manifest import ClipRecord, ManifestError, resolve_video_path
+from .store import StoreSettings, manifest_files, ordered_map, stored_frames, timeline, videos_of
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +58,12 @@ def is_remote(location: str) -> bool:
     return str(location).startswith(REMOTE_PREFIXES)
 
 
-def shard_location(shard_dir: str, manifest_dir: Path, manifest: Path) -> str:
-    """Where the shards of ``manifest`` live:
-    ``<shard_dir>/<manifest path relative to manifest_dir, no .jsonl>``."""
-    rel = Path(manifest).relative_to(manifest_dir).with_suffix("").as_posix()
-    return f"{str(shard_dir).rstrip('/')}/{rel}"
+ITEMS = "items"  # the one LitData dataset folder under data.shard_dir
+
+
+def shard_location(shard_dir: str) -> str:
+    """Where the shards under ``shard_dir`` (a folder or a remote URL) live: ``<shard_dir>/items``."""
+    return f"{str(shard_dir).rstrip('/')}/{ITEMS}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,20 +150,20 @@ def write_shards(
     progress: bool = True,
     chunk_bytes: str = CHUNK_BYTES,
 ) -> dict[str, Any]:
-    """Shards of every manifest under ``manifest_dir``; folders already complete are skipped.
-    Returns ``{"written": {rel: items}, "existing": [...], "bad": [{"path", "reason"}]}``."""
+    """The shards of every video that a manifest under ``manifest_dir`` lists, each once; a complete
+    folder is kept. Returns ``{"written": {ITEMS: items}, "existing": [ITEMS] or [], "manifests": n,
+    "bad": [{"path", "reason"}]}``."""
     video_root, manifest_dir, shard_dir = Path(video_root), Path(manifest_dir), Path(shard_dir)
-    report: dict[str, Any] = {"written": {}, "existing": [], "bad": []}
-    for f in manifest_files(manifest_dir):
-        out = Path(shard_location(str(shard_dir), manifest_dir, f))
-        rel = out.relative_to(shard_dir).as_posix()
-        if (out / "index.json").is_file():
-            report["existing"].append(rel)
-            continue
-        out.parent.mkdir(parents=True, exist_ok=True)
-        videos = unique_paths(read_manifest(f))
-        jobs = ordered_map(_Encode(video_root, settings), videos, workers, f"shard {rel}", progress)
-        report["written"][rel] = write_items(out, _note_bad(jobs, report["bad"]), chunk_bytes)
+    files = manifest_files(manifest_dir)
+    report: dict[str, Any] = {"written": {}, "existing": [], "manifests": len(files), "bad": []}
+    out = Path(shard_location(str(shard_dir)))
+    if (out / "index.json").is_file():
+        report["existing"].append(ITEMS)
+        return report
+    out.parent.mkdir(parents=True, exist_ok=True)
+    videos = videos_of(files)
+    jobs = ordered_map(_Encode(video_root, settings), videos, workers, f"shard {ITEMS}", progress)
+    report["written"][ITEMS] = write_items(out, _note_bad(jobs, report["bad"]), chunk_bytes)
     return report
 
 
@@ -202,21 +205,21 @@ class ShardReader:
 class ShardSource:
     """Mixin over a ``VideoDataset``: frames come from shard items instead of video files."""
 
-    def attach(self, reader: ShardReader, manifest_records: list[ClipRecord], manifest: str) -> None:
-        """``manifest_records``: the rows of the manifest the shards were written from (item k is
-        its k-th distinct video); this dataset's records may be any subset of them."""
-        order = unique_paths(manifest_records)
+    def attach(self, reader: ShardReader, order: list[str], manifests: str) -> None:
+        """``order``: the videos the shards were written from (item k is ``order[k]``), from
+        ``manifests``; this dataset's records may be any subset of them."""
         if len(reader) != len(order):
             raise ManifestError(
                 f"the shards at {reader.location} hold {len(reader)} videos "
-                f"but {manifest} lists {len(order)}: "
-                "they were written from another manifest; write them again (stop-lightning shard)"
+                f"but the manifests in {manifests} list {len(order)}: "
+                "they were written from other manifests; write them again (stop-lightning shard)"
             )
         number = {p: k for k, p in enumerate(order)}
         missing = [r.path for r in self.records if r.path not in number]
         if missing:
             raise ManifestError(
-                f"{missing[0]} is not in {manifest}, which the shards at {reader.location} hold"
+                f"{missing[0]} is not in the manifests in {manifests}, whose videos the shards at "
+                f"{reader.location} hold"
             )
         self.reader = reader
         self.items = [number[r.path] for r in self.records]
@@ -281,9 +284,11 @@ SHARD_CLASSES = {VideoClipDataset: ShardClipDataset, VideoCaptionDataset: ShardC
 
 
 def shard_dataset(
-    cls: type, records: list[ClipRecord], location: str, manifest: Path, *args: Any, **kwargs: Any
+    cls: type, records: list[ClipRecord], shard_dir: str, manifest_dir: Path, *args: Any, **kwargs: Any
 ):
-    """The shard twin of dataset class ``cls`` over ``records``, reading ``location``."""
+    """The shard twin of dataset class ``cls`` over ``records``, reading the shards under
+    ``shard_dir`` written from the manifests in ``manifest_dir``."""
     dataset = SHARD_CLASSES[cls](records, Path("."), *args, **kwargs)
-    dataset.attach(ShardReader(location), read_manifest(manifest), str(manifest))
+    order = videos_of(manifest_files(Path(manifest_dir)))
+    dataset.attach(ShardReader(shard_location(shard_dir)), order, str(manifest_dir))
     return dataset

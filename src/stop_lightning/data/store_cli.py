@@ -39,7 +39,7 @@ def store_main(command: str, cfg: Any, args: argparse.Namespace) -> int:
 
     report = write_shards(video_root, manifest_dir, out, settings, workers=args.workers)
     for rel, n in report["written"].items():
-        print(f"  {out}/{rel}: {n} videos")
+        print(f"  {out}/{rel}: {n} videos (each once, from {report['manifests']} manifests)")
     if report["existing"]:
         print(f"  already complete, kept: {', '.join(report['existing'])}")
     for bad in report["bad"][:10]:
