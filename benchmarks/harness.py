@@ -1,6 +1,6 @@
 """Measurement primitives of `make bench`.
 
-- :func:`build_clip`: a random CLIP of a real size (ViT-B/32 by default) from ``tiny_clip_config``.
+- :func:`build_clip`: a random CLIP of a real size (ViT-B/32 by default) from ``tiny_clip.sized_clip_config``.
 - :func:`build_subjects`: the models compared, each on its own copy of the same frozen CLIP
   (adapters hook CLIP's layers unconditionally, so two models cannot share one).
 - :func:`video_step` / :func:`text_step` / :func:`infer_step`: one recognition training step split in
@@ -32,36 +32,9 @@ from torch import nn
 from transformers import CLIPModel
 
 from stop_lightning.config import EXPERIMENTS_DIR, ModelConfig
-from stop_lightning.models.tiny_clip import tiny_clip_config
+from stop_lightning.models.tiny_clip import OPENAI_EOT_ID, OPENAI_SOT_ID, sized_clip_config
 from stop_lightning.models.video_encoder import STOPVideoModel
 from stop_lightning.tasks.optim import parameter_groups
-
-# Sizes of the random CLIPs. "vit-b/32" is openai/clip-vit-base-patch32's layout.
-CLIP_SIZES: dict[str, dict[str, int]] = {
-    "vit-b/32": dict(
-        width=768,
-        layers=12,
-        patch_size=32,
-        image_size=224,
-        text_width=512,
-        text_layers=12,
-        projection_dim=512,
-    ),
-    # Scaling study at 32 frames on a CPU: ViT-B/32's grid and depth, half its width.
-    "vit-s/32": dict(
-        width=384,
-        layers=12,
-        patch_size=32,
-        image_size=224,
-        text_width=256,
-        text_layers=12,
-        projection_dim=256,
-    ),
-    "tiny": dict(
-        width=64, layers=2, patch_size=16, image_size=64, text_width=64, text_layers=2, projection_dim=64
-    ),
-}
-VOCAB, SOT, EOT = 49408, 49406, 49407  # OpenAI CLIP's vocabulary size and special ids
 
 
 @dataclass(frozen=True)
@@ -91,24 +64,10 @@ SUBJECTS: dict[str, SubjectSpec] = {
 # ------------------------------------------------------------------------------------------------
 
 
-def clip_config(size: str):
-    if size not in CLIP_SIZES:
-        raise ValueError(f"unknown CLIP size {size!r}; expected one of {', '.join(CLIP_SIZES)}")
-    s = CLIP_SIZES[size]
-    config = tiny_clip_config(heads=max(1, s["width"] // 64), vocab_size=VOCAB, **s)
-    config.text_config.num_attention_heads = max(1, s["text_width"] // 64)  # CLIP's head width is 64
-    config.text_config.eos_token_id, config.text_config.bos_token_id, config.text_config.pad_token_id = (
-        EOT,
-        SOT,
-        EOT,
-    )
-    return config
-
-
 def build_clip(size: str, seed: int = 0) -> CLIPModel:
     """Random weights (timing does not depend on their values), frozen, eval mode."""
     torch.manual_seed(seed)
-    clip = CLIPModel(clip_config(size)).eval()
+    clip = CLIPModel(sized_clip_config(size)).eval()
     clip.requires_grad_(False)
     return clip
 
@@ -167,10 +126,10 @@ def make_workload(
     video = torch.randn(batch, frames, 3, size, size, generator=g)
     # "a video of a person {name}." is 9 to 12 BPE tokens with SOT and EOT for HMDB51's class names.
     lengths = torch.randint(9, 13, (num_classes,), generator=g)
-    ids = torch.randint(0, SOT, (num_classes, 32), generator=g)
+    ids = torch.randint(0, OPENAI_SOT_ID, (num_classes, 32), generator=g)
     mask = torch.zeros(num_classes, 32, dtype=torch.long)
     for row, n in enumerate(lengths.tolist()):
-        ids[row, 0], ids[row, n - 1 :] = SOT, EOT
+        ids[row, 0], ids[row, n - 1 :] = OPENAI_SOT_ID, OPENAI_EOT_ID
         mask[row, :n] = 1
     clip = clip.to(device)
     with torch.no_grad():

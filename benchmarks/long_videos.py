@@ -29,6 +29,7 @@ import torch  # noqa: E402
 
 from benchmarks import harness as H  # noqa: E402
 from benchmarks import report  # noqa: E402
+from stop_lightning.models.tiny_clip import CLIP_SIZES  # noqa: E402
 
 SWITCH = "clip.activation_checkpointing"
 
@@ -72,7 +73,7 @@ def render(rows: list[tuple[str, float | None, float, float | None, float]], tit
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--size", default="vit-b/32", choices=tuple(H.CLIP_SIZES))
+    parser.add_argument("--size", default="vit-b/32", choices=tuple(CLIP_SIZES))
     parser.add_argument("--frames", type=int, default=64)
     parser.add_argument("--batch", type=int, default=0, help="default: 1 on CPU, 16 on a GPU")
     parser.add_argument("--precision", default="", help="fp32 | bf16 (default: fp32 on CPU, bf16 on a GPU)")

@@ -34,6 +34,7 @@ import torch  # noqa: E402
 
 from benchmarks import harness as H  # noqa: E402
 from benchmarks import report  # noqa: E402
+from stop_lightning.models.tiny_clip import CLIP_SIZES  # noqa: E402
 
 ALL_SECTIONS = ("train", "infer", "scaling", "data", "profile")
 MAIN = ("clip4clip_meanp", "clip_fwd_bwd", "stop_fast", "stop")
@@ -515,7 +516,7 @@ def run(
         key=list(H.SUBJECTS).index,
     )
     subjects = H.build_subjects(clip, names, max(frames), device)
-    dims = H.CLIP_SIZES[plan.clip_size]
+    dims = CLIP_SIZES[plan.clip_size]
     results: dict[str, Any] = {
         "device_key": device.type,
         "mode": plan.mode,

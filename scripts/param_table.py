@@ -2,8 +2,9 @@
 
     python scripts/param_table.py [--frames 12]
 
-Prints the markdown table that README.md shows. Sizes: vision width 768, 12 layers, patch 32,
-image 224; text width 512, 12 layers; projection 512 (openai/clip-vit-base-patch32).
+Prints the markdown table that README.md shows. Sizes: ``tiny_clip.CLIP_SIZES["vit-b/32"]``
+(openai/clip-vit-base-patch32's layout: vision width 768, 12 layers, patch 32, image 224; text
+width 512, 12 layers; projection 512).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from transformers import CLIPModel
 
 from stop_lightning.config import load_config
 from stop_lightning.models.hooks import freeze
-from stop_lightning.models.tiny_clip import tiny_clip_config
+from stop_lightning.models.tiny_clip import sized_clip_config
 from stop_lightning.models.video_encoder import STOPVideoModel
 
 PRESETS = (
@@ -38,18 +39,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=12)
     args = parser.parse_args()
-    config = tiny_clip_config(
-        width=768,
-        layers=12,
-        patch_size=32,
-        image_size=224,
-        heads=12,
-        text_width=512,
-        text_layers=12,
-        projection_dim=512,
-    )
     with torch.device("meta"):
-        clip = freeze(CLIPModel(config))
+        clip = freeze(CLIPModel(sized_clip_config("vit-b/32")))
     print("| preset | trainable | frozen | trainable share |")
     print("|---|---:|---:|---:|")
     for preset in PRESETS:

@@ -128,6 +128,48 @@ def tiny_clip_config(
     return config
 
 
+# Layouts of random CLIPs with real shapes (benchmarks, parameter tables). "vit-b/32" is
+# openai/clip-vit-base-patch32's layout; "vit-s/32" its grid and depth at half the width.
+CLIP_SIZES: dict[str, dict[str, int]] = {
+    "vit-b/32": dict(
+        width=768,
+        layers=12,
+        patch_size=32,
+        image_size=224,
+        text_width=512,
+        text_layers=12,
+        projection_dim=512,
+    ),
+    "vit-s/32": dict(
+        width=384,
+        layers=12,
+        patch_size=32,
+        image_size=224,
+        text_width=256,
+        text_layers=12,
+        projection_dim=256,
+    ),
+    "tiny": dict(
+        width=64, layers=2, patch_size=16, image_size=64, text_width=64, text_layers=2, projection_dim=64
+    ),
+}
+OPENAI_VOCAB, OPENAI_SOT_ID, OPENAI_EOT_ID = 49408, 49406, 49407  # OpenAI CLIP's vocabulary and ids
+
+
+def sized_clip_config(size: str) -> CLIPConfig:
+    """The ``CLIPConfig`` of a :data:`CLIP_SIZES` layout: CLIP's 64-wide attention heads and OpenAI's
+    vocabulary and special token ids (the weights are for the caller to make)."""
+    if size not in CLIP_SIZES:
+        raise ValueError(f"unknown CLIP size {size!r}; expected one of {', '.join(CLIP_SIZES)}")
+    s = CLIP_SIZES[size]
+    config = tiny_clip_config(heads=max(1, s["width"] // 64), vocab_size=OPENAI_VOCAB, **s)
+    config.text_config.num_attention_heads = max(1, s["text_width"] // 64)
+    config.text_config.eos_token_id = OPENAI_EOT_ID
+    config.text_config.bos_token_id = OPENAI_SOT_ID
+    config.text_config.pad_token_id = OPENAI_EOT_ID
+    return config
+
+
 def make_tiny_clip(out_dir: str | Path | None = None, seed: int = 0, **sizes) -> CLIPModel:
     """Build a random tiny CLIP; with ``out_dir`` also save model, tokenizer and image processor there."""
     config = tiny_clip_config(**sizes)
