@@ -141,4 +141,4 @@ def test_held_out_looks_are_refused_where_captions_name_the_colours(tmp_path):
     )
     with pytest.raises(ValueError, match=r"captions .* set data.synthetic_heldout_looks=false"):
         ensure_synthetic(data, tmp_path, layout="msrvtt")
-    assert not list((tmp_path / "synthetic").iterdir())  # no half-written dataset left behind
+    assert not list(tmp_path.rglob("*"))  # refused before anything is written

@@ -18,7 +18,6 @@ Each registered dataset module lays these clips out with its own split and annot
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -32,6 +31,7 @@ import av
 import numpy as np
 
 from .builders import build_manifests
+from .manifest import read_manifest, recognition_manifest_path
 from .registry import dataset_names, get_dataset
 
 log = logging.getLogger(__name__)
@@ -320,38 +320,23 @@ def write_synthetic_dataset(root: str | Path, layout: str, **options: Any) -> Pa
     return Path(root)
 
 
-def _manifest_paths(path: Path) -> set[str]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if any("captions" in row for row in rows):
-        raise ValueError(
-            f"data.synthetic_heldout_looks is for recognition layouts: the captions in {path} "
-            "name each clip's colour, and re-encoding the clips in other colours would contradict them; "
-            "set data.synthetic_heldout_looks=false"
-        )
-    return {row["path"] for row in rows}
-
-
 def hold_out_eval_looks(
     clips: MotionClips, video_root: Path, manifest_dir: Path, split: int, seed: int
 ) -> int:
     """Re-encode the clips that ``split``'s val and test lists name (and its train list does not) in
     held-out looks: clip ``j`` of every class gets ``clip_look(j, seed, "heldout")``, so twins stay
     twins. Returns how many files were re-encoded. Raises when the layout trains on its eval clips."""
-    folder = manifest_dir / f"split{split}"
-    folder = folder if folder.is_dir() else manifest_dir
-    train = _manifest_paths(folder / "train.jsonl")
-    evaluated = set().union(
-        *(
-            _manifest_paths(folder / f"{s}.jsonl")
-            for s in ("val", "test")
-            if (folder / f"{s}.jsonl").is_file()
-        )
-    )
+
+    def paths(stage: str) -> set[str]:
+        path = recognition_manifest_path(manifest_dir, split, stage)
+        return {r.path for r in read_manifest(path, require_target=False)} if path.is_file() else set()
+
+    train, evaluated = paths("train"), paths("val") | paths("test")
     shared = evaluated & train
     if shared:
         raise ValueError(
-            f"data.synthetic_heldout_looks: {folder} trains on {len(shared)} of its eval clips "
-            f"(e.g. {sorted(shared)[0]}), so their looks cannot be held out"
+            f"data.synthetic_heldout_looks: split {split} of {manifest_dir} trains on {len(shared)} "
+            f"of its eval clips (e.g. {sorted(shared)[0]}), so their looks cannot be held out"
         )
     for rel in sorted(evaluated):
         path = video_root / rel
@@ -383,6 +368,12 @@ def ensure_synthetic(cfg_data: Any, cache_dir: str | Path, layout: str, seed: in
     looks = int(getattr(cfg_data, "synthetic_looks", 0))
     key += f"_l{looks}" if looks > 0 else ""
     heldout = bool(getattr(cfg_data, "synthetic_heldout_looks", False))
+    if heldout and get_dataset(layout).task != "recognition":
+        raise ValueError(
+            f"data.synthetic_heldout_looks is for recognition layouts: the captions of the {layout} "
+            "layout name each clip's colour, and re-encoding the clips in other colours would "
+            "contradict them; set data.synthetic_heldout_looks=false"
+        )
     key += f"_heldout{cfg_data.split}" if heldout else ""
     final = Path(cache_dir) / "synthetic" / key
     if not (final / _DONE).is_file():
