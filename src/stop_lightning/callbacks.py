@@ -102,12 +102,13 @@ class DataHealthCallback(L.Callback):
 
     def _report(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         from stop_lightning.data.datamodules import VideoDataModule
+        from stop_lightning.data.datasets import DataHealth
 
         dm = getattr(trainer, "datamodule", None)
         if not isinstance(dm, VideoDataModule):
             return
         counts = dm.epoch_summary(stage)
-        for key in ("skipped", "decode_warnings", "decode_errors", "missing_frames"):
+        for key in DataHealth.REPORTED:
             pl_module.log(f"data/{stage}_{key}", float(counts[key]), sync_dist=True, reduce_fx="sum")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -298,7 +298,7 @@ class VideoDataModule(L.LightningDataModule):
 
 
 def _noteworthy(counts: dict[str, int]) -> bool:
-    return any(counts[k] for k in ("skipped", "decode_warnings", "decode_errors", "missing_frames"))
+    return any(counts[k] for k in DataHealth.REPORTED)
 
 
 class RecognitionDataModule(VideoDataModule):

@@ -50,6 +50,8 @@ class DataHealth:
         "missing_frames",
         "files_with_missing_frames",
     )
+    # The counts worth a warning and a logged metric (data/<stage>_<count>) when not zero.
+    REPORTED = ("skipped", "decode_warnings", "decode_errors", "missing_frames")
 
     def __init__(self, values: list[int] | None = None):
         # A spawn-context lock can be shared with both forked and spawned worker processes.
