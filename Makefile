@@ -12,7 +12,7 @@ SWEEP   ?= hmdb51_fig4
 TORCH_SPEC       ?= torch>=2.11,<=2.14.1
 TORCHVISION_SPEC ?= torchvision>=0.26,<=0.29.1
 
-.PHONY: help install test test-fast lint format train eval zero_shot demo sweep bench motion-table manifests clean
+.PHONY: help install test test-fast lint format train eval zero_shot demo sweep bench motion-table demo-table manifests clean
 
 help:
 	@echo "make install                      create $(VENV) and install the package with dev tools"
@@ -24,6 +24,7 @@ help:
 	@echo "make sweep SWEEP=hmdb51_fig4      W&B sweep online, local grid offline"
 	@echo "make bench [ARGS=--quick]         cost of prompts, data formats, search -> docs/benchmarks.md"
 	@echo "make motion-table                 STOP/DGL/meanP on the SSv2-like motion set -> docs/motion_benchmark.md"
+	@echo "make demo-table                   the demo per preset over 5 seeds x 1-2 threads -> README, docs/fidelity.md"
 	@echo "make lint                         ruff"
 
 install:
@@ -68,6 +69,9 @@ bench:
 
 motion-table:
 	$(PY) benchmarks/motion.py $(ARGS)
+
+demo-table:
+	$(PY) benchmarks/demo_table.py $(ARGS)
 
 clean:
 	rm -rf .cache runs outputs wandb lightning_logs .pytest_cache

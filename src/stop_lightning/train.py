@@ -20,6 +20,7 @@ from stop_lightning.config import ConfigError, save_config
 from stop_lightning.data.class_lists import write_protocol_files
 from stop_lightning.fileio import atomic_write
 from stop_lightning.loggers import build_loggers, finish_wandb
+from stop_lightning.measured import measured_line
 from stop_lightning.models.backbone import ClipBundle, load_clip
 from stop_lightning.preemption import EXIT_PREEMPTED, Preempted
 from stop_lightning.provenance import RUN_INFO_FILE, collect_run_info, write_run_info
@@ -176,8 +177,13 @@ def train(cfg: DictConfig, resume: str | None = None, allow_change: tuple[str, .
     results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_for_test, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:
-        print_metrics_table(metrics, title=f"{cfg.name}: test metrics ({run_dir})")
+        print_metrics_table(
+            metrics, title=f"{cfg.name}, model.preset={cfg.model.preset}: test metrics ({run_dir})"
+        )
         report_unreadable(module, run_dir)
+        expected = measured_line(cfg, metrics)
+        if expected:
+            print(expected)
     finish_wandb()
     return metrics
 
