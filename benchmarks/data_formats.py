@@ -3,7 +3,7 @@
     python benchmarks/data_formats.py            # full-length videos -> docs/benchmarks.{md,json}
     python benchmarks/data_formats.py --quick    # 2 s videos, < 2 min on 2 cores -> runs/bench/
 
-For each encoding of ``synthetic.ENCODINGS`` (UCF101/HMDB51-, MSRVTT- and Kinetics-like textured
+For each encoding of ``encodings.ENCODINGS`` (UCF101/HMDB51-, MSRVTT- and Kinetics-like textured
 videos), the videos are read three ways: raw (the files as encoded), preprocessed
 (``stop-lightning preprocess``: 224 px short side, 3 fps, H.264 GOP 6) and shards (``stop-lightning
 shard``: the same frames as JPEG, quality 90). Each row is one training clip of T frames, segment
@@ -43,7 +43,7 @@ TARGET_PREPROCESSED_RATIO = 2.5  # MSRVTT-like preprocessed vs raw
 
 
 def _write_video(job: tuple) -> Path:
-    from stop_lightning.data.synthetic import ENCODINGS, write_realistic_video
+    from benchmarks.encodings import ENCODINGS, write_realistic_video
 
     path, name, seconds, seed = job
     return write_realistic_video(path, ENCODINGS[name], seconds=seconds, seed=seed)
@@ -53,7 +53,7 @@ def texture_key() -> str:
     """Names the synthetic texture, so sets written with another one are not reused."""
     import hashlib
 
-    from stop_lightning.data.synthetic import TEXTURE_DETAIL, TEXTURE_GRAIN
+    from benchmarks.encodings import TEXTURE_DETAIL, TEXTURE_GRAIN
 
     return hashlib.sha1(repr((TEXTURE_DETAIL, TEXTURE_GRAIN)).encode()).hexdigest()[:8]
 
@@ -62,11 +62,11 @@ def make_sets(
     work: Path, quick: bool, videos: int, workers: int, encodings: tuple[str, ...] | None = None
 ) -> dict[str, dict[str, Path]]:
     """Per encoding: the raw videos + manifests, their preprocessed copies and their shards."""
+    from benchmarks.encodings import ENCODINGS
     from stop_lightning.data.manifest import ClipRecord, write_classes, write_manifest
     from stop_lightning.data.preprocess import preprocess
     from stop_lightning.data.shards import write_shards
-    from stop_lightning.data.store import StoreSettings, ordered_map
-    from stop_lightning.data.synthetic import ENCODINGS
+    from stop_lightning.data.stored_copies import StoreSettings, ordered_map
 
     settings = StoreSettings(short_side=224, fps=3.0, codec="h264", gop=6, jpeg_quality=90)
     out = {}
@@ -104,7 +104,7 @@ def clips_per_core(where: tuple, fmt: str, frames: int, min_s: float) -> float:
 
 
 def measure(quick: bool, log=print) -> dict:
-    from stop_lightning.data.synthetic import ENCODINGS
+    from benchmarks.encodings import ENCODINGS
 
     torch.set_num_threads(1)
     work = Path(ROOT / ".cache" / "stop_lightning" / "bench_formats")
@@ -262,8 +262,8 @@ def bench_datamodule(
     ``fmt`` (video | shards), set up for fitting with the real training transforms (random resized
     crop to 224, normalisation; ``on_device``: ``data.normalize_on_device``, uint8 clips); memory
     pinned when there is a GPU, as in training; ``manifests`` replaces the set's own lists."""
-    from stop_lightning.config import DataConfig
     from stop_lightning.data.datamodules import RecognitionDataModule
+    from stop_lightning.schema import DataConfig
 
     cfg = DataConfig(
         dataset="manifest",

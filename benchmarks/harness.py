@@ -31,9 +31,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from transformers import CLIPModel
 
-from stop_lightning.config import EXPERIMENTS_DIR, ModelConfig
 from stop_lightning.models.tiny_clip import OPENAI_EOT_ID, OPENAI_SOT_ID, sized_clip_config
 from stop_lightning.models.video_encoder import STOPVideoModel
+from stop_lightning.schema import EXPERIMENTS_DIR, ModelConfig
 from stop_lightning.tasks.optim import parameter_groups
 
 

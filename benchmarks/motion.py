@@ -23,19 +23,21 @@ import argparse
 import json
 import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "src") not in sys.path:
-    sys.path.insert(0, str(ROOT / "src"))
+for _path in (ROOT, ROOT / "src"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
-from stop_lightning.config import available_presets, load_config  # noqa: E402
-from stop_lightning.data.builders import build_manifests  # noqa: E402
+from benchmarks.spread import Job, fmt_range, run_jobs, spread  # noqa: E402
+from stop_lightning.config import available_presets  # noqa: E402
+from stop_lightning.data.build import build_manifests  # noqa: E402
 from stop_lightning.data.synthetic import write_video  # noqa: E402
+from stop_lightning.fileio import atomic_write  # noqa: E402
 
 # (class name, mirror-image partner's index); pairs sit next to each other.
 CLASSES = (
@@ -191,10 +193,9 @@ def read_confusion(path: Path, class_names: list[str]) -> np.ndarray:
     return np.array([[rows[n][k] for k in idx] for n in class_names])
 
 
-def run_method(preset: str, videos: Path, manifests: Path, args, out_dir: Path) -> dict:
-    from stop_lightning.train import train
-
-    overrides = [
+def method_job(preset: str, seed: int, threads: int, videos: Path, manifests: Path, args) -> Job:
+    """``preset`` trained and tested on the set, as one child process of ``benchmarks/spread.py``."""
+    overrides = (
         f"model.preset={preset}",
         "data.dataset=ssv2",
         f"data.video_root={videos}",
@@ -206,29 +207,25 @@ def run_method(preset: str, videos: Path, manifests: Path, args, out_dir: Path) 
         f"trainer.max_epochs={args.epochs}",
         f"trainer.check_val_every_n_epoch={args.epochs}",
         "trainer.enable_progress_bar=false",
-        f"paths.output_dir={out_dir}",
+        f"paths.output_dir={args.work / 'runs' / f'{preset}_s{seed}_t{threads}'}",
         f"paths.cache_dir={args.cache_dir}",
-        f"seed={args.seed}",
         f"name=motion_{preset}",
         "model.function_prompts.split_layer=1",  # VoP-F on the tiny CLIP's 2 layers: 1 per frame, 1 across
-    ]
-    cfg = load_config("demo", overrides)
-    start = time.perf_counter()
-    metrics = train(cfg)
-    seconds = time.perf_counter() - start
-    run_dir = max((out_dir / f"motion_{preset}").iterdir(), key=lambda p: p.stat().st_mtime)
-    classes = [line for line in (manifests / "classes.txt").read_text().splitlines() if line]
+    )
+    return Job(preset, seed, threads, "demo", overrides)
+
+
+def with_pair_accuracy(result: dict, manifests: Path) -> dict:
+    """``result`` (one child's) with the pair accuracy read from its run's confusion matrix."""
     from stop_lightning.data.manifest import readable_class_name
 
-    confusion = read_confusion(run_dir / "confusion_matrix.csv", [readable_class_name(n) for n in classes])
+    classes = [line for line in (manifests / "classes.txt").read_text().splitlines() if line]
+    confusion = read_confusion(
+        Path(result["run_dir"]) / "confusion_matrix.csv", [readable_class_name(n) for n in classes]
+    )
     mirror = [classes.index(n) for n in _ssv2_names()]
     confusion = confusion[np.ix_(mirror, mirror)]  # rows/columns in CLASSES order: pairs side by side
-    return {
-        "top1": metrics["test/top1"],
-        "pair_acc": pair_accuracy(confusion),
-        "seconds": seconds,
-        "run_dir": str(run_dir),
-    }
+    return {**result, "pair_acc": pair_accuracy(confusion)}
 
 
 def _ssv2_names() -> list[str]:
@@ -238,7 +235,13 @@ def _ssv2_names() -> list[str]:
     return [template_class(synthetic_template(c, n)) for c, n in enumerate(CLASSES)]
 
 
+def _cell(s: dict) -> str:
+    """``mean (min-max)`` in percent."""
+    return f"{100 * s['mean']:.1f} ({fmt_range(s, 100, 1)})"
+
+
 def markdown(results: dict[str, dict | None], args, commands: list[str]) -> str:
+    seeds, threads = _ints(args.seeds), _ints(args.threads)
     lines = [
         "# Motion benchmark: mirror-image classes (SSv2-like)",
         "",
@@ -249,12 +252,15 @@ def markdown(results: dict[str, dict | None], args, commands: list[str]) -> str:
         "",
         f"Set: {len(CLASSES)} classes in 4 mirror pairs, {args.clips} clips per class "
         "(a third train, a third test),",
-        f"{args.frames} frames of {args.size}x{args.size} px, VP9 webm in the SSv2 layout. "
-        "Training: tiny random CLIP",
-        f"(demo.yaml's settings), {args.epochs} epochs, batch 8, seed {args.seed}, CPU. "
+        f"{args.frames} frames of {args.size}x{args.size} px, VP9 webm in the SSv2 layout (drawn with seed "
+        f"{args.seed}). Training: tiny random CLIP",
+        f"(demo.yaml's settings), {args.epochs} epochs, batch 8, CPU. "
         "Chance: 12.5% top-1, 50% pair accuracy.",
+        f"Each method ran {len(seeds)} training seeds ({', '.join(map(str, seeds))}) under "
+        f"{' and '.join(map(str, threads))} intra-op threads ({len(seeds) * len(threads)} runs); "
+        "each cell is the mean over those runs with (min-max).",
         "",
-        "| method | preset | test top-1 (%) | pair accuracy (%) | train + test time (s) |",
+        "| method | preset | test top-1 (%) | pair accuracy (%) | train + test time per run (s) |",
         "|---|---|---|---|---|",
     ]
     for preset, r in results.items():
@@ -265,19 +271,23 @@ def markdown(results: dict[str, dict | None], args, commands: list[str]) -> str:
             )
         else:
             lines.append(
-                f"| {LABELS[preset]} | `{preset}` | {100 * r['top1']:.1f} | "
-                f"{100 * r['pair_acc']:.1f} | {r['seconds']:.0f} |"
+                f"| {LABELS[preset]} | `{preset}` | {_cell(r['top1'])} | {_cell(r['pair_acc'])} | "
+                f"{r['seconds']['mean']:.0f} |"
             )
     lines += [
         "",
-        "Numbers are one seed of a tiny random CLIP: they show whether a method can use frame order,",
+        "Numbers are a tiny random CLIP: they show whether a method can use frame order,",
         "not how it ranks on SSv2.",
         "",
     ]
     return "\n".join(lines)
 
 
-SET_ARGS = ("clips", "frames", "size", "epochs", "seed")  # what makes two runs' rows comparable
+SET_ARGS = ("clips", "frames", "size", "epochs", "seed", "seeds", "threads")  # what makes rows comparable
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in str(text).split(",")]
 
 
 def _previous_rows(args, parser) -> tuple[list[str], dict[str, dict | None]]:
@@ -290,9 +300,7 @@ def _previous_rows(args, parser) -> tuple[list[str], dict[str, dict | None]]:
     differ = [k for k in SET_ARGS if previous["args"].get(k) != str(getattr(args, k))]
     if differ:
         parser.error(f"--keep: {path} was made with other {', '.join(differ)}; rerun every method instead")
-    # Files written before the commands were recorded came from the plain command (make motion-table).
-    commands = previous.get("commands", ["python benchmarks/motion.py"])
-    return list(commands), dict(previous["results"])
+    return list(previous["commands"]), dict(previous["results"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,7 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the seed the set's looks are drawn with")
+    parser.add_argument("--seeds", default="0,1,2,3,4", help="training seeds, each a run per thread count")
+    parser.add_argument("--threads", default="1,2", help="intra-op thread counts, each a run per seed")
+    parser.add_argument("--cores", type=int, default=None, help="threads in flight at once (default: all)")
     parser.add_argument(
         "--keep", action="store_true", help="rerun only --methods; keep the other rows of --out's .json"
     )
@@ -317,21 +328,47 @@ def main(argv: list[str] | None = None) -> int:
         commands.append(command)
     data_dir = args.work / f"data_c{args.clips}_f{args.frames}_s{args.size}_seed{args.seed}"
     videos, manifests = write_dataset(data_dir, args.clips, args.frames, args.size, args.seed)
-    results: dict[str, dict | None] = dict(kept)
-    for preset in args.methods.split(","):
+    methods = args.methods.split(",")
+    for preset in methods:
         if preset not in LABELS:
             parser.error(f"--methods: {preset!r} is not one of {','.join(LABELS)}")
-        exists = preset in available_presets()
-        results[preset] = run_method(preset, videos, manifests, args, args.work / "runs") if exists else None
+    runnable = [m for m in methods if m in available_presets()]
+    jobs = [
+        method_job(preset, seed, threads, videos, manifests, args)
+        for threads in sorted(_ints(args.threads), reverse=True)
+        for preset in runnable
+        for seed in _ints(args.seeds)
+    ]
+    runs = [with_pair_accuracy(r, manifests) for r in run_jobs(jobs, args.work / "logs", cores=args.cores)]
+    results: dict[str, dict | None] = dict(kept)
+    for preset in methods:
+        results[preset] = None
+        if preset in runnable:
+            results[preset] = {
+                "top1": spread(runs, preset, lambda r: r["metrics"]["test/top1"]),
+                "pair_acc": spread(runs, preset, lambda r: r["pair_acc"]),
+                "seconds": spread(runs, preset, lambda r: r["seconds"]),
+            }
     results = {m: results[m] for m in sorted(results, key=lambda m: list(LABELS).index(m))}
     text = markdown(results, args, commands)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    args.out.with_suffix(".json").write_text(
+    atomic_write(args.out, text)
+    runs_out = [
+        {k: r[k] for k in ("key", "seed", "threads", "seconds", "pair_acc")}
+        | {"top1": r["metrics"]["test/top1"]}
+        for r in runs
+    ]
+    atomic_write(
+        args.out.with_suffix(".json"),
         json.dumps(
-            {"args": {k: str(v) for k, v in vars(args).items()}, "commands": commands, "results": results},
+            {
+                "args": {k: str(v) for k, v in vars(args).items()},
+                "commands": commands,
+                "results": results,
+                "runs": runs_out,
+            },
             indent=2,
-        )
+        ),
     )
     print(text)
     return 0

@@ -348,8 +348,8 @@ def section_scaling(plan: Plan, clip, subjects, device, log) -> list[dict]:
 def section_data(plan: Plan, image_size: int, train_rows: list[dict], cache_dir: Path, log) -> dict[str, Any]:
     log(f"[data] workers {plan.data_workers}, frames {plan.data_frames}")
     try:
-        from stop_lightning.config import DataConfig
-        from stop_lightning.data.benchmark import loader_throughput
+        from benchmarks.loader import loader_throughput
+        from stop_lightning.schema import DataConfig
     except ImportError as err:  # e.g. PyAV missing on a GPU image
         return {"error": f"the data stack does not import here ({err})"}
     cfg = DataConfig(

@@ -15,9 +15,10 @@ import torch
 
 from stop_lightning import cli
 from stop_lightning.checkpoint_io import read_checkpoint
-from stop_lightning.config import ConfigError, load_config
+from stop_lightning.config import load_config
 from stop_lightning.preemption import EXIT_PREEMPTED
-from stop_lightning.run import claim_run_dir, run_folder
+from stop_lightning.run_folder import claim_run_dir, run_folder
+from stop_lightning.schema import ConfigError
 from stop_lightning.train import build_trainer, train
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -119,7 +120,7 @@ def test_resume_auto_fresh_and_last_without_run(tmp_path, monkeypatch):
 
 
 def test_allowed_change_is_kept(tmp_path):
-    from stop_lightning.run import check_resume_config
+    from stop_lightning.run_folder import check_resume_config
 
     saved = load_config("demo", ["trainer.max_epochs=2"])
     assert check_resume_config(
@@ -135,7 +136,8 @@ def test_allowed_change_is_kept(tmp_path):
 def test_two_processes_claim_two_folders(tmp_path):
     """The same wanted folder claimed by two processes at once: two folders, both exit 0."""
     code = (
-        "import sys; from pathlib import Path; from stop_lightning.run import claim_run_dir, check_writable;"
+        "import sys; from pathlib import Path; "
+        "from stop_lightning.run_folder import claim_run_dir, check_writable;"
         "d = claim_run_dir(Path(sys.argv[1])); check_writable(d); print(d.name)"
     )
     env = {**os.environ, "PYTHONPATH": str(SRC), "STOP_RUN_STAMP": "same"}

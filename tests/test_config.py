@@ -4,7 +4,8 @@ import pytest
 from omegaconf import OmegaConf
 from omegaconf.errors import ReadonlyConfigError
 
-from stop_lightning.config import ConfigError, available_experiments, load_config, save_config
+from stop_lightning.config import available_experiments, load_config
+from stop_lightning.schema import ConfigError, save_config
 
 
 def test_every_shipped_experiment_composes():

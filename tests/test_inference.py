@@ -13,11 +13,11 @@ from stop_lightning.inference import (
     checkpoint_datamodule,
     embed_main,
     format_predictions,
-    load_checkpoint,
     predict,
     predict_each,
     predict_main,
 )
+from stop_lightning.model_io import load_checkpoint
 from stop_lightning.provenance import collect_run_info, warn_on_differences
 
 

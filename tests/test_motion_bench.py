@@ -49,28 +49,57 @@ def test_pair_accuracy_by_hand():
 
 
 def test_keep_reruns_some_rows_and_keeps_the_others(tmp_path, monkeypatch, capsys):
-    """``--keep``: the named methods are rerun (here a stand-in for training), the other rows and the
-    earlier commands come from the .json; a file made with another set or training is refused."""
+    """``--keep``: the named methods are rerun (here a stand-in for training: 2 seeds x 2 thread
+    counts each), the other rows and the earlier commands come from the .json; a file made with
+    another set or training is refused."""
     out = tmp_path / "table.md"
-    row = {"top1": 0.25, "pair_acc": 0.5, "seconds": 1.0, "run_dir": "x"}
+
+    def stats(v: float) -> dict:
+        return {"mean": v, "min": v, "max": v, "n": 4}
+
+    row = {"top1": stats(0.25), "pair_acc": stats(0.5), "seconds": stats(1.0)}
     args = {"clips": "18", "frames": "8", "size": "32", "epochs": "8", "seed": "0"}
+    args |= {"seeds": "0,1", "threads": "1,2"}
     out.with_suffix(".json").write_text(
-        json.dumps({"args": args, "results": {"vop": row, "stop_fast": row, "dgl": None}})
+        json.dumps(
+            {
+                "args": args,
+                "commands": ["python benchmarks/motion.py"],
+                "results": {"vop": row, "stop_fast": row, "dgl": None},
+            }
+        )
     )
     monkeypatch.setattr(motion, "write_dataset", lambda *a: (tmp_path, tmp_path))
-    new = {"top1": 0.5, "pair_acc": 0.75, "seconds": 2.0, "run_dir": "y"}
-    monkeypatch.setattr(motion, "run_method", lambda preset, *a: dict(new, preset=preset))
-    motion.main(["--methods", "vop_c,vop", "--keep", "--out", str(out)])
+    ran = []
+
+    def fake_run(jobs, logs, cores=None):
+        ran.extend((j.key, j.seed, j.threads) for j in jobs)
+        # vop_c: top-1 0.5 + seed/10 + threads/100, so the mean, min and max are known.
+        return [
+            {"key": j.key, "seed": j.seed, "threads": j.threads, "seconds": 2.0, "run_dir": "y"}
+            | {"metrics": {"test/top1": 0.5 + j.seed / 10 + j.threads / 100}}
+            for j in jobs
+        ]
+
+    monkeypatch.setattr(motion, "run_jobs", fake_run)
+    monkeypatch.setattr(motion, "with_pair_accuracy", lambda r, m: {**r, "pair_acc": 0.75})
+    keep = ["--methods", "vop_c,vop", "--keep", "--out", str(out), "--seeds", "0,1", "--threads", "1,2"]
+    motion.main(keep)
+    assert sorted(ran) == sorted((m, s, t) for m in ("vop_c", "vop") for s in (0, 1) for t in (1, 2))
     written = json.loads(out.with_suffix(".json").read_text())
     assert list(written["results"]) == ["stop_fast", "dgl", "vop", "vop_c"]  # the METHODS order
     assert written["results"]["stop_fast"] == row and written["results"]["dgl"] is None
-    assert written["results"]["vop"]["preset"] == "vop" and written["results"]["vop_c"]["preset"] == "vop_c"
+    top1 = written["results"]["vop_c"]["top1"]
+    assert top1["n"] == 4 and top1["min"] == 0.51 and top1["max"] == 0.62
+    assert abs(top1["mean"] - (0.51 + 0.52 + 0.61 + 0.62) / 4) < 1e-12
+    assert top1["threads"]["2"]["min"] == 0.52 and top1["seeds"] == [0, 1]
     assert written["commands"] == [
         "python benchmarks/motion.py",
-        f"python benchmarks/motion.py --methods vop_c,vop --keep --out {out}",
+        "python benchmarks/motion.py " + " ".join(keep),
     ]
     text = out.read_text()
-    assert "| `stop_fast` | 25.0 | 50.0 |" in text and "| `vop` | 50.0 | 75.0 |" in text
+    assert "| `stop_fast` | 25.0 (25.0) | 50.0 (50.0) |" in text
+    assert "| `vop_c` | 56.5 (51.0-62.0) | 75.0 (75.0) |" in text
     with pytest.raises(SystemExit):
-        motion.main(["--methods", "vop", "--keep", "--out", str(out), "--epochs", "4"])
+        motion.main([*keep, "--epochs", "4"])
     assert "made with other epochs; rerun every method instead" in capsys.readouterr().err

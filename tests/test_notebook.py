@@ -4,8 +4,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from stop_lightning.config import PROJECT_ROOT
-from stop_lightning.inference import checkpoint_datamodule, load_checkpoint, predict
+from stop_lightning.inference import checkpoint_datamodule, predict
+from stop_lightning.model_io import load_checkpoint
+from stop_lightning.schema import PROJECT_ROOT
 
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "explore_checkpoint.ipynb"
 

@@ -11,14 +11,15 @@ from safetensors.torch import load_file
 
 from stop_lightning.checkpoint_io import read_checkpoint
 from stop_lightning.cli import main
-from stop_lightning.inference import checkpoint_datamodule, load_checkpoint
-from stop_lightning.pretrained import (
+from stop_lightning.inference import checkpoint_datamodule
+from stop_lightning.model_io import (
     EXPORT_FILES,
     ExportError,
-    export,
     from_pretrained,
+    load_checkpoint,
     model_fingerprint,
 )
+from stop_lightning.pretrained import export
 from stop_lightning.tasks.base import CheckpointMismatchError
 
 

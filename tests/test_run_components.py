@@ -13,10 +13,11 @@ import torch
 from stop_lightning.callbacks import PromptImageLogger, clip_label
 from stop_lightning.checkpoint_io import AtomicCheckpointIO, read_checkpoint
 from stop_lightning.cli import main
-from stop_lightning.config import ConfigError, load_config
+from stop_lightning.config import load_config
 from stop_lightning.data.manifest import ClipRecord
 from stop_lightning.fileio import atomic_path, atomic_write
 from stop_lightning.loggers import build_loggers, finish_wandb
+from stop_lightning.schema import ConfigError
 
 ES = "lightning.pytorch.callbacks.EarlyStopping"
 

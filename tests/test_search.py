@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from stop_lightning.cli import main
-from stop_lightning.inference import checkpoint_datamodule, load_checkpoint, save_embeddings
-from stop_lightning.pretrained import model_fingerprint
+from stop_lightning.inference import checkpoint_datamodule, save_embeddings
+from stop_lightning.model_io import load_checkpoint, model_fingerprint
 from stop_lightning.search import load_collection, search, top_k
 
 

@@ -10,16 +10,10 @@ import pytest
 import yaml
 
 from stop_lightning.config import load_config
-from stop_lightning.sweep import (
-    PLOT_FILE,
-    SweepError,
-    grid_trials,
-    load_sweep,
-    plan_trials,
-    random_trials,
-    sweep_main,
-    trial_config,
-)
+from stop_lightning.sweep.report import PLOT_FILE
+from stop_lightning.sweep.runner import sweep_main, trial_config
+from stop_lightning.sweep.spec import SweepError, load_sweep
+from stop_lightning.sweep.trials import grid_trials, plan_trials, random_trials
 
 
 def write_sweep(tmp_path: Path, **body) -> Path:
@@ -169,7 +163,7 @@ def test_offline_sweep_runs_every_trial_and_writes_table_and_plot(cache_dir, tmp
 def test_online_creates_a_wandb_sweep_and_runs_trials_through_the_agent(cache_dir, tmp_path, monkeypatch):
     import wandb
 
-    import stop_lightning.train as train_module
+    import stop_lightning.sweep.runner as runner_module  # the trials call train() from here
 
     calls = {}
     monkeypatch.setenv("WANDB_MODE", "online")
@@ -193,7 +187,7 @@ def test_online_creates_a_wandb_sweep_and_runs_trials_through_the_agent(cache_di
     monkeypatch.setattr(wandb, "sweep", create_sweep)
     monkeypatch.setattr(wandb, "agent", agent)
     monkeypatch.setattr(wandb, "init", lambda *a, **k: FakeRun())
-    monkeypatch.setattr(train_module, "train", fake_train)
+    monkeypatch.setattr(runner_module, "train", fake_train)
     assert sweep_main("demo_grid", [*tiny_overrides(cache_dir, tmp_path), "logger.wandb=true"]) == 0
     sent, project, entity = calls["sweep"]
     assert set(sent) == {"method", "metric", "parameters"} and sent["method"] == "grid"

@@ -77,10 +77,11 @@ def crash_at_epoch(epoch: int):
 def shard_overrides(cache_dir: Path, tmp_path: Path, *extra: str) -> list[str]:
     """Write the demo's frame shards (``stop-lightning shard``) and return the overrides that read them."""
     from stop_lightning.data.shards import write_shards
-    from stop_lightning.data.store import data_paths, settings_from_config
+    from stop_lightning.data.sources import video_sources
+    from stop_lightning.data.stored_copies import settings_from_config
 
     cfg = demo_cfg(cache_dir, tmp_path, *extra)
-    video_root, manifest_dir = data_paths(cfg)
+    video_root, manifest_dir = video_sources(cfg.data, cfg.task.name, cfg.paths.cache_dir)
     write_shards(video_root, manifest_dir, tmp_path / "shards", settings_from_config(cfg.data), workers=1)
     return ["data.format=shards", f"data.shard_dir={tmp_path / 'shards'}"]
 
@@ -182,7 +183,7 @@ def private_dataset(cache_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
     """(videos, manifests): a copy of the demo's synthetic dataset that a test may damage."""
     import shutil
 
-    from stop_lightning.data.datamodules import build_datamodule
+    from stop_lightning.tasks.factory import build_datamodule
 
     cfg = demo_cfg(cache_dir, tmp_path)
     dm = build_datamodule(cfg.data, "recognition", 64, (0.5,) * 3, (0.5,) * 3, cache_dir=cache_dir)

@@ -2,7 +2,7 @@
 
 The project's own callbacks are always on: run info and RNG state in checkpoints, data health
 counts, checkpoints, throughput and prompt images. The ``callbacks`` config section adds more
-(LearningRateMonitor by default; :mod:`stop_lightning.components`).
+(LearningRateMonitor by default; :mod:`stop_lightning.config_entries`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig
 
-from stop_lightning.components import build_components
+from stop_lightning.config_entries import build_components
+from stop_lightning.data.datamodules import VideoDataModule
+from stop_lightning.data.datasets import DataHealth
 from stop_lightning.figures import denormalize, frame_weight_figure, save_figure, spatial_mask_figure
 from stop_lightning.models.tiny_clip import CLIP_MEAN, CLIP_STD
 from stop_lightning.preemption import PreemptionCheckpoint
@@ -101,9 +103,6 @@ class DataHealthCallback(L.Callback):
     repeated past a video's real end) as ``data/<stage>_<count>`` and resets them."""
 
     def _report(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        from stop_lightning.data.datamodules import VideoDataModule
-        from stop_lightning.data.datasets import DataHealth
-
         dm = getattr(trainer, "datamodule", None)
         if not isinstance(dm, VideoDataModule):
             return
@@ -123,7 +122,12 @@ class DataHealthCallback(L.Callback):
 
 
 class Throughput(Callback):
-    """Logs training clips/s (all ranks' clips) every ``log_every_n_steps``."""
+    """Logs training clips/s (all ranks' clips) as ``perf/clips_per_s`` every ``log_every_n_steps``,
+    on the progress bar and to every logger.
+
+    Not Lightning's ``ThroughputMonitor``: that one gives no rate before a 100-batch window fills (a
+    short run gets none), writes to the loggers only, and synchronises the GPU after every batch.
+    """
 
     def __init__(self) -> None:
         self._start = None

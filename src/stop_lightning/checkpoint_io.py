@@ -9,11 +9,13 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from stop_lightning.errors import UserError
 from stop_lightning.fileio import atomic_path
 from stop_lightning.provenance import warn_on_differences
+from stop_lightning.run_folder import StorageError, free_space, storage_error
 
 
-class CheckpointReadError(RuntimeError):
+class CheckpointReadError(UserError, RuntimeError):
     pass
 
 
@@ -23,9 +25,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         """A failed write (disk full, read-only folder) removes its temporary file, leaves the
-        previous checkpoint as it was and ends in one line (:func:`stop_lightning.run.storage_error`)."""
-        from stop_lightning.run import storage_error
-
+        previous checkpoint as it was and ends in one line
+        (:func:`stop_lightning.run_folder.storage_error`)."""
         try:
             with atomic_path(path) as tmp:
                 torch.save(checkpoint, tmp)
@@ -34,8 +35,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except RuntimeError as err:  # torch's zip writer reports a failed write (no errno) as RuntimeError
             if "write" not in str(err).lower():
                 raise
-            from stop_lightning.run import StorageError, free_space
-
             raise StorageError(
                 f"cannot write {path} ({str(err).splitlines()[0]}): {free_space(Path(path))} free on its disk"
             ) from err

@@ -14,7 +14,9 @@ import logging
 import os
 import sys
 
-from stop_lightning.config import ConfigError, available_experiments, load_config
+from stop_lightning.config import available_experiments, load_config
+from stop_lightning.errors import EXIT_USER_ERROR, USER_ERRORS
+from stop_lightning.schema import ConfigError
 
 
 def _add_experiment_args(p: argparse.ArgumentParser) -> None:
@@ -72,13 +74,15 @@ def configure_logging() -> None:
     ours.setLevel(logging.INFO)
     ours.propagate = False
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        from transformers.utils import logging as hf_logging
-
+    # transformers reads these when it is first imported (by the commands that load CLIP): set
+    # here, they keep `--help` and config errors from importing it just to quiet it. Where it is
+    # already imported (a notebook, the tests), it is told directly.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
+        hf_logging = sys.modules["transformers"].utils.logging
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
-    except ImportError:  # pragma: no cover
-        pass
     # The frozen CLIP is in eval mode on purpose; Lightning's notice about it is expected.
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
@@ -216,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     try:
         if args.command == "manifest":
-            from stop_lightning.data.builders import main as manifest_main
+            from stop_lightning.data.build import main as manifest_main
 
             return manifest_main(args.args)
         if args.command == "protocol":
@@ -226,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("train", "eval"):
             cfg = load_config(args.experiment, args.overrides)
             if args.command == "train" and args.print_config:
-                from stop_lightning.config import to_yaml
+                from stop_lightning.schema import to_yaml
 
                 print(to_yaml(cfg))
                 return 0
@@ -273,37 +277,17 @@ def main(argv: list[str] | None = None) -> int:
 
             return export_main(args.ckpt, args.out_dir, clip_source=args.clip)
         if args.command == "sweep":
-            from stop_lightning.sweep import sweep_main
+            from stop_lightning.sweep.runner import sweep_main
 
             return sweep_main(args.sweep, args.overrides)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
-        return 2
-    except user_errors() as err:
+        return EXIT_USER_ERROR
+    except USER_ERRORS as err:
         # Problems with the user's files or settings: the message says what to do; no traceback.
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     return 1
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors about the user's files or settings (imported lazily: the CLI starts fast)."""
-    from stop_lightning.checkpoint_io import CheckpointReadError
-    from stop_lightning.data.decode import VideoDecodeError
-    from stop_lightning.data.manifest import ManifestError
-    from stop_lightning.models.backbone import ClipLoadError
-    from stop_lightning.run import StorageError
-    from stop_lightning.tasks.base import CheckpointMismatchError
-
-    return (
-        FileNotFoundError,
-        ManifestError,
-        ClipLoadError,
-        CheckpointReadError,
-        CheckpointMismatchError,
-        VideoDecodeError,
-        StorageError,
-    )
 
 
 if __name__ == "__main__":

@@ -18,21 +18,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from stop_lightning.checkpoint_io import CheckpointReadError, load_trained_weights, read_checkpoint
 from stop_lightning.data.datamodules import VideoDataModule, eval_batch_size
 from stop_lightning.data.datasets import SamplingConfig, VideoClipDataset, seed_worker
 from stop_lightning.data.decode import VideoDecodeError
 from stop_lightning.data.manifest import ClipRecord, ManifestError, read_manifest
+from stop_lightning.data.sources import video_sources
 from stop_lightning.data.transforms import eval_transform
+from stop_lightning.errors import USER_ERRORS, UserError
 from stop_lightning.fileio import atomic_path
-from stop_lightning.models.backbone import ClipBundle, ClipLoadError, load_clip
-from stop_lightning.provenance import collect_run_info
-from stop_lightning.tasks.base import CheckpointMismatchError, VideoTaskModule
-from stop_lightning.tasks.recognition import RecognitionModule
-from stop_lightning.tasks.registry import get_task, run_datamodule
+from stop_lightning.model_io import LoadedCheckpoint, load_model, model_fingerprint
+from stop_lightning.tasks.base import CheckpointMismatchError
+from stop_lightning.tasks.factory import run_datamodule
 
 log = logging.getLogger(__name__)
 
@@ -41,28 +39,8 @@ EMBEDDING_SUFFIXES = (".pt", ".npz")
 NO_LABEL = -1
 
 
-@dataclass
-class LoadedCheckpoint:
-    """A task module rebuilt from a checkpoint, in eval mode on ``device``."""
-
-    module: VideoTaskModule
-    cfg: DictConfig  # the training run's resolved config, as saved in the checkpoint
-    bundle: ClipBundle
-    path: Path
-    device: torch.device
-
-    @property
-    def task(self) -> str:
-        return str(self.cfg.task.name)
-
-    @property
-    def classifies(self) -> bool:
-        """The module scores classes (predict works), rather than only embedding videos."""
-        return isinstance(self.module, RecognitionModule)
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.module.class_names) if isinstance(self.module, RecognitionModule) else []
+class InferenceInputError(UserError, ValueError):
+    """An argument of ``predict`` or ``embed`` that cannot work (the message names it)."""
 
 
 @dataclass
@@ -70,46 +48,6 @@ class Prediction:
     video: str
     top: list[tuple[str, float]]  # (class name, probability), best first
     probs: torch.Tensor  # [C] class probabilities, averaged over the test views
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def load_checkpoint(
-    ckpt: str | Path, clip_source: str | None = None, device: str | torch.device = "auto"
-) -> LoadedCheckpoint:
-    """Rebuild the module a checkpoint was trained as (recognition or retrieval) with its trained weights.
-
-    ``clip_source`` replaces ``model.clip.source`` of the saved config, for a CLIP that now lives
-    elsewhere; a CLIP of another shape is refused by the config-hash check.
-    """
-    path = Path(ckpt)
-    checkpoint = read_checkpoint(path)
-    hparams = checkpoint.get("hyper_parameters") or {}
-    if "cfg" not in hparams:
-        raise CheckpointReadError(
-            f"checkpoint {path} has no saved config (hyper_parameters['cfg']); "
-            "it was not written by stop-lightning train"
-        )
-    cfg = OmegaConf.create(hparams["cfg"])
-    if clip_source is not None:
-        cfg.model.clip.source = str(clip_source)
-    OmegaConf.set_readonly(cfg, True)
-    bundle = load_clip(cfg.model.clip, cfg.paths.cache_dir)
-    try:
-        module = get_task(cfg.task.name).load_module(cfg, hparams, bundle)
-    except KeyError as err:
-        key = err.args[0]
-        raise CheckpointReadError(
-            f"{cfg.task.name} checkpoint {path} has no {key} (hyper_parameters[{key!r}])"
-        ) from err
-    load_trained_weights(module, str(path), run_info=collect_run_info(cfg, bundle))
-    device = resolve_device(device)
-    module.to(device).eval()
-    return LoadedCheckpoint(module=module, cfg=cfg, bundle=bundle, path=path, device=device)
 
 
 # ------------------------------------------------------------------------------ videos
@@ -201,7 +139,7 @@ def predict_each(
     that is missing or cannot be decoded (the others are still scored)."""
     _check_recognition(loaded)
     if top < 1:
-        raise ValueError(f"--top must be >= 1, got {top}")
+        raise InferenceInputError(f"--top must be >= 1, got {top}")
     results: list[Prediction | FailedVideo | None] = [
         None if Path(v).is_file() else FailedVideo(str(v), "no such file") for v in videos
     ]
@@ -301,14 +239,15 @@ def manifest_videos(manifest: str | Path) -> list[ClipRecord]:
 
 
 def default_video_root(loaded: LoadedCheckpoint) -> Path:
-    """Where the checkpoint's data config keeps its videos (for synthetic data, where they were generated)."""
-    return checkpoint_datamodule(loaded).video_root
+    """Where the checkpoint's data config keeps its videos (for synthetic data, generated first)."""
+    cfg = loaded.cfg
+    return video_sources(cfg.data, cfg.task.name, cfg.paths.cache_dir)[0]
 
 
 def check_embedding_path(out: str | Path) -> Path:
     out = Path(out)
     if out.suffix not in EMBEDDING_SUFFIXES:
-        raise ValueError(
+        raise InferenceInputError(
             f"--out {out}: unknown format '{out.suffix}', use one of {', '.join(EMBEDDING_SUFFIXES)}"
         )
     return out
@@ -349,8 +288,6 @@ def embed(
         )
     embeddings = embed_dataset(loaded, clip_dataset(loaded, records, root, views=False))
     ids = [r.video_id or r.path for r in records]
-    from stop_lightning.pretrained import model_fingerprint
-
     # The fingerprint names the model whose text side belongs with these features (`stop-lightning search`).
     meta = {
         "checkpoint": str(Path(loaded.path).resolve()),
@@ -363,22 +300,11 @@ def embed(
 
 
 # ------------------------------------------------------------------------------ CLI
-USER_ERRORS = (
-    CheckpointReadError,
-    CheckpointMismatchError,
-    ClipLoadError,
-    VideoDecodeError,
-    ManifestError,
-    FileNotFoundError,
-    ValueError,
-)
 
 
 def predict_main(ckpt: str, videos: list[str], top: int = 5, clip_source: str | None = None) -> int:
     """``stop-lightning predict --ckpt C video [video ...]``: the top classes of each video on stdout,
     one ``error:`` line per video that failed on stderr; exit 2 if any failed."""
-    from stop_lightning.pretrained import load_model
-
     try:
         results = predict_each(load_model(ckpt, clip_source), videos, top)
     except USER_ERRORS as err:
@@ -402,8 +328,6 @@ def embed_main(
     ckpt: str, manifest: str, out: str, video_root: str | None = None, clip_source: str | None = None
 ) -> int:
     """``stop-lightning embed --ckpt C --manifest M --out F``: write the videos' features to a .pt or .npz."""
-    from stop_lightning.pretrained import load_model
-
     try:
         check_embedding_path(out)  # before minutes of work, not after
         path = embed(load_model(ckpt, clip_source), manifest, out, video_root)

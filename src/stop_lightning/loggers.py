@@ -11,7 +11,8 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf
 
-from stop_lightning.components import build_components
+from stop_lightning.config_entries import build_components
+from stop_lightning.fileio import atomic_write
 
 WANDB_ID_FILE = "wandb_id.txt"  # in the run folder: a resumed run continues the same W&B run
 
@@ -40,8 +41,6 @@ class AppendingCSVLogger(CSVLogger):
 
 def wandb_run_id(run_dir: Path) -> str:
     """The W&B run id of this run folder, made once and stored in ``wandb_id.txt``."""
-    from stop_lightning.fileio import atomic_write
-
     path = Path(run_dir) / WANDB_ID_FILE
     if path.is_file() and path.read_text().strip():
         return path.read_text().strip()

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from stop_lightning.config import EXPERIMENTS_DIR
 from stop_lightning.fileio import atomic_write
+from stop_lightning.schema import EXPERIMENTS_DIR
 
 MEASURED_DIR = EXPERIMENTS_DIR / "measured"
 # Keys that do not change what is learned: where files go, how progress is shown, the seed (the

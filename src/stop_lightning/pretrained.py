@@ -17,7 +17,6 @@ provenance differences as ``eval`` does. ``docs/sharing.md`` shows how to publis
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -25,50 +24,22 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from stop_lightning.checkpoint_io import CheckpointReadError, read_checkpoint
-from stop_lightning.inference import LoadedCheckpoint, load_checkpoint, resolve_device
-from stop_lightning.models.backbone import load_clip
-from stop_lightning.provenance import collect_run_info, warn_on_differences
-from stop_lightning.tasks.base import VideoTaskModule
-from stop_lightning.tasks.registry import get_task
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.yaml"
-META_FILE = "stop_lightning.json"
-CARD_FILE = "README.md"
-EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, META_FILE, CARD_FILE)
-FORMAT_VERSION = 1
-
-
-class ExportError(CheckpointReadError):
-    """An export folder that cannot be written or read; the message names the file."""
-
-
-# ------------------------------------------------------------------------------ identity
-def trained_state(module: VideoTaskModule) -> dict[str, torch.Tensor]:
-    """The tensors a checkpoint keeps: the module's state without the frozen CLIP."""
-    prefixes = module._frozen_prefixes()
-    return {
-        k: v.detach().cpu().contiguous()
-        for k, v in module.state_dict().items()
-        if not module._is_frozen_key(k, prefixes)
-    }
-
-
-def model_fingerprint(module: VideoTaskModule) -> str:
-    """sha256 of the trained tensors (names, dtypes, shapes, bytes) and the CLIP config hash.
-
-    The same trained model gives the same fingerprint whether it was loaded from its ``.ckpt`` or
-    from an export, so ``embed`` output can say which text side belongs to it (``search``)."""
-    h = hashlib.sha256(module.clip_source["config_hash"].encode())
-    for name, tensor in sorted(trained_state(module).items()):
-        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+from stop_lightning.checkpoint_io import read_checkpoint
+from stop_lightning.model_io import (
+    CARD_FILE,
+    CONFIG_FILE,
+    EXPORT_FILES,
+    FORMAT_VERSION,
+    META_FILE,
+    WEIGHTS_FILE,
+    ExportError,
+    load_checkpoint,
+    model_fingerprint,
+    trained_state,
+)
 
 
 # ------------------------------------------------------------------------------ export
@@ -212,7 +183,7 @@ git revision `{revision}`{dirty}; {versions}.
 ## How to use it
 
 ```python
-from stop_lightning.pretrained import from_pretrained
+from stop_lightning.model_io import from_pretrained
 
 loaded = from_pretrained("{name}")                        # or clip_source="path/to/clip"
 ```
@@ -223,71 +194,6 @@ stop-lightning embed --ckpt {name} --manifest videos.jsonl --out videos.pt
 stop-lightning search videos.pt "a person riding a bike"  # retrieval
 ```
 """
-
-
-# ------------------------------------------------------------------------------ load
-def is_export(path: str | Path) -> bool:
-    return Path(path).is_dir() and (Path(path) / META_FILE).is_file()
-
-
-def read_export_meta(folder: Path) -> dict[str, Any]:
-    for name in (WEIGHTS_FILE, CONFIG_FILE, META_FILE):
-        if not (folder / name).is_file():
-            raise ExportError(
-                f"{folder} is not a stop-lightning export: {name} is missing "
-                "(write one with `stop-lightning export CKPT DIR`)"
-            )
-    try:
-        meta = json.loads((folder / META_FILE).read_text())
-    except json.JSONDecodeError as err:
-        raise ExportError(f"{folder / META_FILE}: not valid JSON ({err.msg}, line {err.lineno})") from err
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ExportError(
-            f"{folder / META_FILE}: format_version {meta.get('format_version')!r}, "
-            f"this stop_lightning reads {FORMAT_VERSION}"
-        )
-    return meta
-
-
-def from_pretrained(
-    folder: str | Path, clip_source: str | None = None, device: str | torch.device = "auto"
-) -> LoadedCheckpoint:
-    """Rebuild an exported model on its CLIP (or ``clip_source``), in eval mode on ``device``.
-
-    The result is what :func:`stop_lightning.inference.load_checkpoint` returns for the checkpoint
-    the folder was exported from, and predicts the same."""
-    folder = Path(folder)
-    meta = read_export_meta(folder)
-    try:
-        cfg = OmegaConf.load(folder / CONFIG_FILE)
-        state = load_file(str(folder / WEIGHTS_FILE))
-    except Exception as err:
-        raise ExportError(
-            f"cannot read the export {folder}: {type(err).__name__}: {str(err).splitlines()[0]} "
-            "(export it again)"
-        ) from err
-    if clip_source is not None:
-        cfg.model.clip.source = str(clip_source)
-    OmegaConf.set_readonly(cfg, True)
-    bundle = load_clip(cfg.model.clip, cfg.paths.cache_dir)
-    # A LightningModule's hyper-parameters are its constructor's arguments.
-    module = get_task(meta["task"]).load_module(cfg, meta["hparams"], bundle)
-    checkpoint = {"state_dict": state, "stop_lightning": {"clip": meta["clip"], "run_info": meta["run_info"]}}
-    module.on_load_checkpoint(checkpoint)  # refuses a CLIP of another config hash
-    module.load_state_dict(state)
-    warn_on_differences(checkpoint, collect_run_info(cfg, bundle), str(folder))
-    device = resolve_device(device)
-    module.to(device).eval()
-    return LoadedCheckpoint(module=module, cfg=cfg, bundle=bundle, path=folder, device=device)
-
-
-def load_model(
-    path: str | Path, clip_source: str | None = None, device: str | torch.device = "auto"
-) -> LoadedCheckpoint:
-    """A ``.ckpt`` file or an export folder, whichever ``path`` is (what ``--ckpt`` accepts)."""
-    if Path(path).is_dir():
-        return from_pretrained(path, clip_source, device)
-    return load_checkpoint(path, clip_source, device)
 
 
 def export_main(ckpt: str, out_dir: str, clip_source: str | None = None) -> int:

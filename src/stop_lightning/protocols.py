@@ -28,7 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stop_lightning.config import ConfigError, load_config
+from stop_lightning.checkpoint_io import read_checkpoint
+from stop_lightning.config import load_config
+from stop_lightning.schema import ConfigError
+from stop_lightning.train import evaluate
 
 
 @dataclass(frozen=True)
@@ -57,8 +60,6 @@ def _dotlist(prefix: str, value: Any) -> list[str]:
 
 def checkpoint_overrides(ckpt: str | Path) -> list[str]:
     """The trained network as overrides: the checkpoint's ``model.*`` and ``data.num_frames``."""
-    from stop_lightning.checkpoint_io import read_checkpoint
-
     hparams = read_checkpoint(ckpt).get("hyper_parameters", {})
     cfg = hparams.get("cfg")
     if not isinstance(cfg, dict) or "model" not in cfg:
@@ -109,8 +110,6 @@ def zero_shot(
     targets: tuple[Target, ...] = ZERO_SHOT_TARGETS,
 ) -> dict[str, list[float]]:
     """Evaluate ``ckpt`` on every target's three runs; returns top-1 per run, per target."""
-    from stop_lightning.train import evaluate
-
     overrides = list(overrides or [])
     names = [t.dataset for t in ZERO_SHOT_TARGETS]
     per_target = {t.dataset: target_overrides(overrides, t.dataset, names) for t in targets}

@@ -17,8 +17,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from stop_lightning.config import PROJECT_ROOT
 from stop_lightning.fileio import atomic_write
+from stop_lightning.schema import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 ``stop-lightning embed`` writes the collection's video features with a trained model; search encodes
 the query with the text side of the same model and ranks every video by cosine similarity. Which
-model made the features is checked by its fingerprint (:func:`stop_lightning.pretrained.model_fingerprint`),
+model made the features is checked by its fingerprint (:func:`stop_lightning.model_io.model_fingerprint`),
 so a query is never scored against another model's features.
 
 The search is exact: a chunked matrix product and a running top-k, in memory bounded by the chunk,
@@ -21,12 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from stop_lightning.inference import EMBEDDING_SUFFIXES, USER_ERRORS, LoadedCheckpoint
+from stop_lightning.errors import USER_ERRORS, UserError
+from stop_lightning.inference import EMBEDDING_SUFFIXES
+from stop_lightning.model_io import LoadedCheckpoint, load_model, model_fingerprint
 
 DEFAULT_CHUNK_ROWS = 1 << 16
 
 
-class SearchError(ValueError):
+class SearchError(UserError, ValueError):
     """An embeddings file, query or model that search cannot use; the message says what to do."""
 
 
@@ -134,8 +136,6 @@ def text_side(
 ) -> LoadedCheckpoint:
     """The model whose text side belongs with ``collection``: ``ckpt`` (a .ckpt or an export folder),
     else the checkpoint the collection names; refused unless its fingerprint is the collection's."""
-    from stop_lightning.pretrained import load_model, model_fingerprint
-
     made_by = collection.meta.get("fingerprint")
     if not made_by:
         raise SearchError(
@@ -216,7 +216,7 @@ def search_main(
     try:
         collection = load_collection(embeddings)
         results = search(text_side(collection, ckpt, clip_source), collection, queries, top, use_faiss)
-    except USER_ERRORS as err:  # SearchError is a ValueError
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_hits(queries, results))

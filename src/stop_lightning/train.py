@@ -15,18 +15,25 @@ import torch
 from omegaconf import DictConfig
 
 from stop_lightning.callbacks import build_callbacks
-from stop_lightning.checkpoint_io import AtomicCheckpointIO
-from stop_lightning.config import ConfigError, save_config
+from stop_lightning.checkpoint_io import AtomicCheckpointIO, load_trained_weights
 from stop_lightning.data.class_lists import write_protocol_files
 from stop_lightning.fileio import atomic_write
 from stop_lightning.loggers import build_loggers, finish_wandb
 from stop_lightning.measured import measured_line
 from stop_lightning.models.backbone import ClipBundle, load_clip
+from stop_lightning.models.video_encoder import STOPVideoModel
 from stop_lightning.preemption import EXIT_PREEMPTED, Preempted
 from stop_lightning.provenance import RUN_INFO_FILE, collect_run_info, write_run_info
-from stop_lightning.run import check_resume_config, check_writable, claim_run_dir, run_folder, with_run_dir
+from stop_lightning.run_folder import (
+    check_resume_config,
+    check_writable,
+    claim_run_dir,
+    run_folder,
+    with_run_dir,
+)
+from stop_lightning.schema import ConfigError, save_config
 from stop_lightning.tasks.base import VideoTaskModule
-from stop_lightning.tasks.registry import get_task, run_datamodule
+from stop_lightning.tasks.factory import build_module, run_datamodule
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +44,6 @@ def resolve_precision(precision: str) -> str:
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32-true"
-
-
-def build_module(cfg: DictConfig, datamodule, bundle: ClipBundle) -> VideoTaskModule:
-    """The ``task.name`` module (tasks/registry.py), given what it needs from the set-up DataModule."""
-    return get_task(cfg.task.name).build_module(cfg, datamodule, bundle)
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, stage: str) -> L.Trainer:
@@ -118,7 +120,7 @@ def setup_run(
     """CLIP and data, then the run folder, then seed: what fitting and evaluating both need.
 
     Every video file of the splits in ``reads`` is checked before the run folder is made. A new
-    run's folder is claimed atomically (:func:`stop_lightning.run.claim_run_dir`); a resumed run
+    run's folder is claimed atomically (:func:`stop_lightning.run_folder.claim_run_dir`); a resumed run
     keeps its folder and its ``config.yaml`` (a change outside ``allow_change`` stops it)."""
     if resuming and (run_dir / "config.yaml").is_file():
         from omegaconf import OmegaConf
@@ -153,7 +155,7 @@ def train(cfg: DictConfig, resume: str | None = None, allow_change: tuple[str, .
     """Fit (unless the protocol is zero-shot or max_epochs is 0), then test the best checkpoint (or,
     with ``checkpoint.test=last``, the weights the fit ended with).
 
-    ``resume``: ``last``, ``auto`` or a checkpoint path (:func:`stop_lightning.run.run_folder`). A
+    ``resume``: ``last``, ``auto`` or a checkpoint path (:func:`stop_lightning.run_folder.run_folder`). A
     preemption signal ends the fit with a checkpoint and :class:`stop_lightning.preemption.Preempted`
     (no test)."""
     run_dir, resume_ckpt = run_folder(Path(cfg.paths.run_dir), resume)
@@ -191,8 +193,6 @@ def train(cfg: DictConfig, resume: str | None = None, allow_change: tuple[str, .
 def refuse_untrained(cfg: DictConfig, bundle: ClipBundle) -> None:
     """Without a checkpoint only a preset that trains nothing may be evaluated: anything else would
     score randomly initialised prompts as if they were CLIP."""
-    from stop_lightning.models.video_encoder import STOPVideoModel
-
     trainable, _ = STOPVideoModel(cfg.model, bundle.model, cfg.data.num_frames).trainable_parameter_count()
     head = cfg.task.head == "linear"
     if trainable or head:
@@ -219,8 +219,6 @@ def evaluate(cfg: DictConfig, ckpt: str | None = None, untrained: bool = False) 
     run_dir = Path(cfg.paths.run_dir)
     module = build_module(cfg, datamodule, bundle)
     if ckpt is not None:
-        from stop_lightning.checkpoint_io import load_trained_weights
-
         load_trained_weights(module, ckpt, run_info=collect_run_info(cfg, bundle, datamodule))
     trainer = build_trainer(cfg, run_dir, "test")
     results = trainer.test(module, datamodule=datamodule, verbose=False)

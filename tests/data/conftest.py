@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from stop_lightning.config import DataConfig
-from stop_lightning.data.builders import build_manifests
+from stop_lightning.data.build import build_manifests
 from stop_lightning.data.synthetic import write_synthetic_dataset
+from stop_lightning.schema import DataConfig
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,8 @@ import shutil
 
 import pytest
 
-from stop_lightning.data.builders import BuildError, build_manifests, main
+from stop_lightning.data.build import build_manifests, main
+from stop_lightning.data.builders import BuildError
 from stop_lightning.data.builders.hmdb51 import SPLIT_DIR as HMDB_SPLIT_DIR
 from stop_lightning.data.builders.ucf101 import LIST_DIR as UCF_LIST_DIR
 from stop_lightning.data.manifest import read_classes, read_manifest

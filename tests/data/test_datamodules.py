@@ -8,17 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from stop_lightning.config import ConfigError, DataConfig
-from stop_lightning.data import (
+from stop_lightning.data.datamodules import RecognitionDataModule, RetrievalDataModule
+from stop_lightning.data.decode import VideoDecodeError
+from stop_lightning.data.manifest import (
+    ClipRecord,
     ManifestError,
-    RecognitionDataModule,
-    RetrievalDataModule,
-    VideoDecodeError,
-    build_datamodule,
-    ensure_synthetic,
+    read_manifest,
+    write_classes,
+    write_manifest,
 )
-from stop_lightning.data.manifest import ClipRecord, read_manifest, write_classes, write_manifest
-from stop_lightning.data.synthetic import frame_code_frames, read_frame_code, write_video
+from stop_lightning.data.synthetic import ensure_synthetic, frame_code_frames, read_frame_code, write_video
+from stop_lightning.schema import ConfigError, DataConfig
+from stop_lightning.tasks.factory import build_datamodule
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's normalisation
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -329,7 +330,7 @@ def test_same_seed_same_batches(hmdb, data_cfg):
 
 
 def test_loader_throughput_benchmark(tmp_path, hmdb, data_cfg):
-    from stop_lightning.data.benchmark import loader_throughput, markdown_table
+    from benchmarks.loader import loader_throughput, markdown_table
 
     root, manifests = hmdb
     rows = loader_throughput(

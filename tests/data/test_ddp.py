@@ -7,9 +7,9 @@ import lightning as L
 import pytest
 import torch
 
-from stop_lightning.data import RecognitionDataModule
+from stop_lightning.data.datamodules import RecognitionDataModule
 from stop_lightning.data.shards import write_shards
-from stop_lightning.data.store import StoreSettings
+from stop_lightning.data.stored_copies import StoreSettings
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 

@@ -37,6 +37,41 @@ def test_round_trip(tmp_path):
     }
 
 
+def test_start_and_end_round_trip_and_rows_without_them_are_written_as_before(tmp_path):
+    spans = [
+        ClipRecord("v.mp4", captions=("a man jumps",), start=3.5, end=7.25),
+        ClipRecord("v.mp4", captions=("he lands",), start=7.25),
+        ClipRecord("w.mp4", label=1, end=2),
+    ]
+    path = write_manifest(tmp_path / "spans.jsonl", spans)
+    assert read_manifest(path) == spans
+    assert [json.loads(line).get("start") for line in path.read_text().splitlines()] == [3.5, 7.25, None]
+    assert isinstance(read_manifest(path)[2].end, float)
+    plain = [ClipRecord("a/x.avi", label=0, num_frames=30, fps=25.0)]
+    text = write_manifest(tmp_path / "plain.jsonl", plain).read_text()
+    assert text == '{"path": "a/x.avi", "label": 0, "num_frames": 30, "fps": 25.0}\n'
+
+
+@pytest.mark.parametrize(
+    ("row", "field"),
+    [
+        ({"path": "a.avi", "label": 0, "start": -0.5}, "'start' = -0.5 is not a non-negative number"),
+        ({"path": "a.avi", "label": 0, "start": "3"}, "'start'"),
+        ({"path": "a.avi", "label": 0, "start": True}, "'start'"),
+        ({"path": "a.avi", "label": 0, "end": 0}, "'end' = 0 is not a positive number"),
+        ({"path": "a.avi", "label": 0, "end": float("inf")}, "'end'"),
+        ({"path": "a.avi", "label": 0, "start": float("nan")}, "'start'"),
+        ({"path": "a.avi", "label": 0, "start": 4.0, "end": 4.0}, "'end' = 4.0 is not after 'start' = 4.0"),
+        ({"path": "a.avi", "label": 0, "start": 5, "end": 2.5}, "'end' = 2.5 is not after 'start' = 5"),
+    ],
+)
+def test_bad_spans_name_file_line_and_field(tmp_path, row, field):
+    path = _write_lines(tmp_path / "bad.jsonl", [{"path": "ok.avi", "label": 0, "start": 1, "end": 2}, row])
+    with pytest.raises(ManifestError) as err:
+        read_manifest(path)
+    assert str(err.value).startswith(f"{path}:2: field ") and field in str(err.value)
+
+
 @pytest.mark.parametrize(
     ("row", "field"),
     [

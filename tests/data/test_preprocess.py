@@ -15,7 +15,7 @@ import pytest
 from stop_lightning.data.decode import VideoFile
 from stop_lightning.data.manifest import ClipRecord, read_manifest, write_classes, write_manifest
 from stop_lightning.data.preprocess import REPORT, TMP_MARK, preprocess
-from stop_lightning.data.store import StoreSettings
+from stop_lightning.data.stored_copies import StoreSettings
 from stop_lightning.data.synthetic import frame_code_frames, read_frame_code, write_video
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -42,7 +42,7 @@ def source(tmp_path_factory):
 def _start(videos: Path, manifests: Path, out: Path) -> subprocess.Popen:
     code = (
         "import sys; from stop_lightning.data.preprocess import preprocess; "
-        "from stop_lightning.data.store import StoreSettings;"
+        "from stop_lightning.data.stored_copies import StoreSettings;"
         f"preprocess({str(videos)!r}, {str(manifests)!r}, {str(out)!r}, "
         f"StoreSettings(**{SETTINGS.__dict__!r}), workers=1,"
         " progress=False)"

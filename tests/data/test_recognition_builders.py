@@ -13,12 +13,13 @@ import pytest
 import torch
 
 from stop_lightning.config import load_config
-from stop_lightning.data.builders import BuildError, build_manifests, main
+from stop_lightning.data.build import build_manifests, main
+from stop_lightning.data.builders import BuildError
 from stop_lightning.data.builders.k400 import clip_name, youtube_id
 from stop_lightning.data.builders.ssv2 import LABELS_FILE, VIDEO_DIR, template_class
-from stop_lightning.data.datamodules import build_datamodule
 from stop_lightning.data.manifest import read_classes, read_manifest
 from stop_lightning.data.synthetic import write_synthetic_dataset
+from stop_lightning.tasks.factory import build_datamodule
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 NAMES = ["move left", "move right", "move up", "move down"]  # synthetic class c = NAMES[c]

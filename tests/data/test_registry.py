@@ -9,17 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from stop_lightning.config import ConfigError, load_config
+from stop_lightning.config import load_config
+from stop_lightning.data.build import build_manifests, main
 from stop_lightning.data.builders import (
     BuildError,
     BuildReport,
-    build_manifests,
-    main,
     read_text_lines,
     write_class_list,
     write_split,
 )
-from stop_lightning.data.datamodules import build_datamodule
 from stop_lightning.data.manifest import ClipRecord, read_classes, read_manifest
 from stop_lightning.data.registry import (
     DatasetSpec,
@@ -32,6 +30,8 @@ from stop_lightning.data.registry import (
     unregister_dataset,
 )
 from stop_lightning.data.synthetic import write_synthetic_dataset
+from stop_lightning.schema import ConfigError
+from stop_lightning.tasks.factory import build_datamodule
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 

@@ -9,7 +9,8 @@ from collections import Counter
 
 import pytest
 
-from stop_lightning.data.builders import BuildError, build_manifests, didemo, lsmdc, main, msvd, vatex
+from stop_lightning.data.build import build_manifests, main
+from stop_lightning.data.builders import BuildError, didemo, lsmdc, msvd, vatex
 from stop_lightning.data.builders import activitynet as anet
 from stop_lightning.data.manifest import read_manifest
 from stop_lightning.data.registry import get_dataset

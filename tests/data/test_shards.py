@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from stop_lightning.data import RecognitionDataModule, RetrievalDataModule, VideoDecodeError
+from stop_lightning.data.datamodules import RecognitionDataModule, RetrievalDataModule
+from stop_lightning.data.decode import VideoDecodeError
 from stop_lightning.data.item_order import EpochSampler
 from stop_lightning.data.manifest import ClipRecord, read_manifest, write_classes, write_manifest
 from stop_lightning.data.shards import encode_item, write_items, write_shards
-from stop_lightning.data.store import StoreSettings
+from stop_lightning.data.stored_copies import StoreSettings
 from stop_lightning.data.synthetic import frame_code_frames, read_frame_code, write_video
 
 FLAT = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # no normalisation: pixels stay readable
@@ -117,7 +118,6 @@ def test_retrieval_from_shards_matches_videos(msrvtt, data_cfg, tmp_path):
         assert dm.eval_captions("test")[1] == list(range(8))
     a, b = batches["video"], batches["shards"]
     assert a["caption"] == b["caption"] and torch.equal(a["frame_mask"], b["frame_mask"])
-    print("TMPPRINT shardvid", (a["video"] - b["video"]).abs().mean().item())  # TMPPRINT
     assert (a["video"] - b["video"]).abs().mean() < 0.03  # the same frames, JPEG-encoded
 
 
@@ -233,7 +233,7 @@ def test_write_shards_skips_complete_folders(coded, tmp_path):
 @pytest.mark.slow
 def test_demo_from_shards_reaches_the_same_accuracy(cache_dir, tmp_path):
     from stop_lightning.config import load_config
-    from stop_lightning.data.store import data_paths
+    from stop_lightning.data.sources import video_sources
     from stop_lightning.train import train
 
     def cfg(*extra: str):
@@ -249,7 +249,8 @@ def test_demo_from_shards_reaches_the_same_accuracy(cache_dir, tmp_path):
             ],
         )
 
-    videos, manifests = data_paths(cfg())
+    c = cfg()
+    videos, manifests = video_sources(c.data, c.task.name, c.paths.cache_dir)
     write_shards(
         videos,
         manifests,
@@ -260,5 +261,4 @@ def test_demo_from_shards_reaches_the_same_accuracy(cache_dir, tmp_path):
     from_videos = train(cfg("name=videos"))
     from_shards = train(cfg("name=shards", "data.format=shards", f"data.shard_dir={tmp_path / 'shards'}"))
     test_clips = len(read_manifest(manifests / "split1" / "test.jsonl"))
-    print("TMPPRINT shards", from_videos["test/top1"], from_shards["test/top1"], test_clips)  # TMPPRINT
     assert abs(from_shards["test/top1"] - from_videos["test/top1"]) <= 1 / test_clips

@@ -2,8 +2,9 @@
 
 import pytest
 
-from stop_lightning.config import ConfigError, load_config
+from stop_lightning.config import load_config
 from stop_lightning.data.registry import dataset_names, get_dataset
+from stop_lightning.schema import ConfigError
 from stop_lightning.tasks.registry import TASKS, UnknownTaskError, get_task
 
 
@@ -21,11 +22,26 @@ def test_task_name_choices_come_from_the_table():
         get_task("detection")
 
 
+def test_listing_the_tasks_imports_no_lightning():
+    """The table names its classes by import path: reading it (config choices, --help) is cheap."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from stop_lightning.tasks.registry import task_names; print(task_names()); "
+        "print([m for m in ('torch', 'lightning') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["('recognition', 'retrieval')", "[]"]
+    for spec in TASKS.values():  # ...and every path names a class
+        assert spec.module.__name__ in spec.module_path and spec.datamodule.__name__ in spec.datamodule_path
+
+
 def test_build_datamodule_and_module_come_from_the_table(hmdb, data_cfg, cache_dir):
     from types import SimpleNamespace
 
-    from stop_lightning.data.datamodules import build_datamodule
     from stop_lightning.models.backbone import load_clip
+    from stop_lightning.tasks.factory import build_datamodule
 
     root, manifests = hmdb
     for name, spec in TASKS.items():

@@ -8,8 +8,8 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from stop_lightning.config import ModelConfig
 from stop_lightning.models.tiny_clip import make_tiny_clip
+from stop_lightning.schema import ModelConfig
 
 PRESETS = Path(__file__).resolve().parents[2] / "experiments" / "presets"
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from transformers import CLIPModel, CLIPTokenizer
 
-from stop_lightning.config import AdapterConfig, ModelConfig
 from stop_lightning.models.adapters import Adapter, adapter_parameter_count, attach_adapters
 from stop_lightning.models.hooks import HookSet, freeze, same_state, text_parts, vision_parts
 from stop_lightning.models.text_prompts import PromptedTextEncoder
 from stop_lightning.models.tiny_clip import make_tiny_clip
+from stop_lightning.schema import AdapterConfig, ModelConfig
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stop_lightning.config import AggregationConfig, ConfigError
 from stop_lightning.models.aggregation import VideoAggregator
+from stop_lightning.schema import AggregationConfig, ConfigError
 
 B, T, K, G, E = 2, 4, 3, 2, 16
 

@@ -6,7 +6,6 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from stop_lightning.config import ClipSource
 from stop_lightning.models import backbone
 from stop_lightning.models.backbone import (
     ClipLoadError,
@@ -16,6 +15,7 @@ from stop_lightning.models.backbone import (
     read_openai_checkpoint,
 )
 from stop_lightning.models.hooks import text_parts, vision_parts
+from stop_lightning.schema import ClipSource
 
 SIZES = dict(
     width=64, layers=2, patch_size=16, image_size=32, heads=1, text_width=64, text_layers=2, projection_dim=24

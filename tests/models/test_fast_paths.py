@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stop_lightning.config import SpatialPromptConfig, TemporalPromptConfig
 from stop_lightning.models.global_prompts import VIDEO_BLOCK_ATTENTION, restore_attention
 from stop_lightning.models.hooks import HookSet, vision_parts
 from stop_lightning.models.spatial import FastSpatialGenerator, ReferenceSpatialGenerator, patch_projection
 from stop_lightning.models.temporal import FrameVariation, TemporalPromptGenerator, fft_conv3d
 from stop_lightning.models.text_prompts import PromptedTextEncoder
 from stop_lightning.models.video_encoder import STOPVideoModel
+from stop_lightning.schema import SpatialPromptConfig, TemporalPromptConfig
 
 
 def _grads(*tensors: torch.Tensor) -> list[torch.Tensor]:

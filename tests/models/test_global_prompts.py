@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stop_lightning.config import GlobalPromptConfig
 from stop_lightning.models.global_prompts import GlobalPrompts, block_attention_mask
 from stop_lightning.models.hooks import vision_parts
 from stop_lightning.models.video_encoder import STOPVideoModel
+from stop_lightning.schema import GlobalPromptConfig
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stop_lightning.config import SpatialPromptConfig, TemporalPromptConfig
 from stop_lightning.models.hooks import vision_parts
 from stop_lightning.models.official import (
     load_official_prompt_weights,
@@ -30,6 +29,7 @@ from stop_lightning.models.spatial import (
 )
 from stop_lightning.models.temporal import FrameVariation, TemporalPrompter, TemporalPromptGenerator
 from stop_lightning.models.video_encoder import STOPVideoModel
+from stop_lightning.schema import SpatialPromptConfig, TemporalPromptConfig
 
 FRAMES = 3
 

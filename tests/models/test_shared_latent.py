@@ -7,11 +7,11 @@ import pytest
 import torch
 from transformers import CLIPModel, CLIPTokenizer
 
-from stop_lightning.config import ModelConfig
 from stop_lightning.models.hooks import HookSet, freeze
 from stop_lightning.models.shared_latent import SharedPromptSpace
 from stop_lightning.models.text_prompts import PromptedTextEncoder
 from stop_lightning.models.tiny_clip import make_tiny_clip
+from stop_lightning.schema import ModelConfig
 
 # ViT-B/32: vision 12 x 768, text 12 x 512; K = 4 local tokens, T = 12 frames, 4 + 4 text prompts
 B32 = dict(vision_width=768, vision_layers=12, text_width=512, text_layers=12, num_frames=12)

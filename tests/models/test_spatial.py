@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stop_lightning.config import SpatialPromptConfig
 from stop_lightning.models.hooks import HookSet, vision_parts
 from stop_lightning.models.spatial import (
     AttentionScorer,
@@ -17,6 +16,7 @@ from stop_lightning.models.spatial import (
     temporal_patch_variation,
     topk_patch_mask,
 )
+from stop_lightning.schema import SpatialPromptConfig
 
 P, SIZE, FRAMES = 16, 64, 4
 GRID = SIZE // P

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stop_lightning.config import TemporalPromptConfig
 from stop_lightning.models.temporal import (
     FrameVariation,
     TemporalPrompter,
@@ -13,6 +12,7 @@ from stop_lightning.models.temporal import (
     minmax_normalize,
     weight_temporal_prompts,
 )
+from stop_lightning.schema import TemporalPromptConfig
 
 B, T, N, D = 2, 6, 16, 32
 

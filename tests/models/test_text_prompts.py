@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers import CLIPModel, CLIPTokenizer
 
-from stop_lightning.config import ModelConfig
 from stop_lightning.models.hooks import HookSet, freeze, text_parts
 from stop_lightning.models.text_prompts import PromptedTextEncoder, PromptLayout, eot_positions
 from stop_lightning.models.tiny_clip import make_tiny_clip
+from stop_lightning.schema import ModelConfig
 
 CAPTIONS = ["a video of a person", "red square moves left", "the blue square moves up and down"]
 CAP = 32

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stop_lightning.config import ConfigError
 from stop_lightning.models.hooks import vision_parts
 from stop_lightning.models.video_encoder import STOPVideoModel, VideoOutput
+from stop_lightning.schema import ConfigError
 
 T = 3
 NO_TEXT = ("text_prompts.enabled=false", "adapter.text=false")

@@ -9,11 +9,11 @@ import torch
 from omegaconf import OmegaConf
 from transformers import CLIPModel
 
-from stop_lightning.config import ConfigError, ContextPromptConfig
 from stop_lightning.models.hooks import freeze
 from stop_lightning.models.tiny_clip import tiny_clip_config
 from stop_lightning.models.video_encoder import STOPVideoModel
 from stop_lightning.models.video_prompts import ContextPrompts
+from stop_lightning.schema import ConfigError, ContextPromptConfig
 
 T = 4
 TINY = dict(width=32, patch_size=16, image_size=32)

@@ -10,6 +10,8 @@ from stop_lightning.tasks.optim import build_optimizer, parameter_groups, warmup
 
 
 class Toy(nn.Module):
+    no_weight_decay = ("prompt_tokens",)
+
     def __init__(self):
         super().__init__()
         self.proj = nn.Linear(4, 4)  # weight decays, bias does not
@@ -25,6 +27,46 @@ def test_groups_exclude_frozen_and_skip_decay_on_prompts_norms_biases():
     assert [p.shape for p in decay["params"]] == [torch.Size([4, 4])] and decay["params"][0] is m.proj.weight
     ids = {id(p) for p in no_decay["params"]}
     assert ids == {id(m.proj.bias), id(m.norm.weight), id(m.norm.bias), id(m.prompt_tokens)}
+
+
+class Declares(nn.Module):
+    no_weight_decay = ("queries", "mixer", "switched_off", "absent_here")
+
+    def __init__(self):
+        super().__init__()
+        self.queries = nn.Parameter(torch.zeros(3, 4))  # declared: no decay, whatever its name
+        self.mixer = nn.Linear(4, 4)  # a declared child: none of its parameters decay
+        self.prompt_like = nn.Parameter(torch.zeros(3, 4))  # not declared: decays, whatever its name
+        self.register_parameter("switched_off", None)
+
+
+def test_a_declared_parameter_or_child_is_excluded_and_no_name_decides():
+    m = nn.Sequential(Declares(), nn.Linear(4, 4))
+    decay, no_decay = parameter_groups(m, 0.2)
+    own = m[0]
+    assert {id(p) for p in decay["params"]} == {id(own.prompt_like), id(m[1].weight)}
+    assert {id(p) for p in no_decay["params"]} == {
+        id(own.queries),
+        id(own.mixer.weight),
+        id(own.mixer.bias),
+        id(m[1].bias),
+    }
+
+
+@pytest.mark.parametrize(
+    ("declared", "message"), [("queries", "a tuple of names"), (("depth",), "'depth'.*of type int")]
+)
+def test_a_malformed_declaration_names_the_module(declared, message):
+    class Bad(nn.Module):
+        no_weight_decay = declared
+
+        def __init__(self):
+            super().__init__()
+            self.queries = nn.Parameter(torch.zeros(2, 2))
+            self.depth = 3
+
+    with pytest.raises(TypeError, match=rf"Bad\.no_weight_decay.*{message}"):
+        parameter_groups(Bad(), 0.1)
 
 
 def test_warmup_then_cosine_hand_computed():

@@ -13,15 +13,17 @@ from pathlib import Path
 import pytest
 
 from stop_lightning.cli import main
-from stop_lightning.config import ConfigError, load_config
-from stop_lightning.data.builders import build_manifests
+from stop_lightning.config import load_config
+from stop_lightning.data.build import build_manifests
 from stop_lightning.data.builders.k400 import TEST_VIEWS as K400_VIEWS
 from stop_lightning.data.builders.ssv2 import TEST_VIEWS as SSV2_VIEWS
 from stop_lightning.data.class_lists import class_ids, read_class_list, seeded_subset
-from stop_lightning.data.datamodules import RecognitionDataModule, base_novel_split
+from stop_lightning.data.class_splits import base_novel_split
+from stop_lightning.data.datamodules import RecognitionDataModule
 from stop_lightning.data.manifest import ManifestError, read_manifest
 from stop_lightning.data.registry import get_dataset
 from stop_lightning.data.synthetic import write_synthetic_dataset
+from stop_lightning.schema import ConfigError
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 DATASETS = ("hmdb51", "ucf101", "k400", "k600", "ssv2")

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from stop_lightning.config import load_config
-from stop_lightning.data.datamodules import build_datamodule
 from stop_lightning.models.backbone import load_clip
+from stop_lightning.tasks.factory import build_datamodule
 from stop_lightning.tasks.recognition import RecognitionModule, class_prompts, harmonic_mean
 from stop_lightning.train import train
 
@@ -30,7 +30,8 @@ def cfg_for(cache_dir, tmp_path, monkeypatch, *extra):
 
 def hand_top1(ckpt) -> float:
     """Top-1 of a checkpoint on its test split, by hand: every test clip's averaged view scores, argmax."""
-    from stop_lightning.inference import checkpoint_datamodule, load_checkpoint
+    from stop_lightning.inference import checkpoint_datamodule
+    from stop_lightning.model_io import load_checkpoint
 
     loaded = load_checkpoint(ckpt, device="cpu")
     dm = checkpoint_datamodule(loaded, "test")
@@ -76,7 +77,7 @@ def test_base_to_novel_reports_base_novel_and_harmonic_mean(cache_dir, tmp_path,
     assert 0.0 <= base <= 1.0 and 0.0 <= novel <= 1.0
     # The inference path rebuilds the module with the same split (saved in hparams): base = the
     # alphabetically first half of the class names.
-    from stop_lightning.inference import load_checkpoint
+    from stop_lightning.model_io import load_checkpoint
 
     loaded = load_checkpoint(tmp_path / "demo" / "run" / "checkpoints" / "last.ckpt", device="cpu")
     names = loaded.module.class_names

@@ -16,11 +16,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from stop_lightning.config import ConfigError, load_config
+from stop_lightning.config import load_config
 from stop_lightning.data.item_order import EpochSampler
 from stop_lightning.data.manifest import ManifestError
 from stop_lightning.models.aggregation import masked_frame_mean
 from stop_lightning.models.backbone import load_clip
+from stop_lightning.schema import ConfigError
 from stop_lightning.tasks.retrieval import (
     RetrievalModule,
     logged_metric_names,
@@ -406,7 +407,6 @@ def test_retrieval_learns_colour_words(cache_dir, tmp_path, monkeypatch):
     trained = train(cfg)
     after = trained["test/t2v_R1"]
     chance = 100 / 32
-    print("TMPPRINT retrieval", before, after, trained["test/t2v_MnR"])  # TMPPRINT
     assert before <= 2 * chance, before
     assert after >= 3 * chance and after >= before + 2 * chance, (before, after)
     assert trained["test/t2v_MnR"] <= 12.5, trained  # chance: 16.5

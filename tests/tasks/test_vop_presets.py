@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from stop_lightning.config import load_config
-from stop_lightning.train import build_module, setup_run
+from stop_lightning.tasks.factory import build_module
+from stop_lightning.train import setup_run
 
 # Trainable parameters each preset must have, by name prefix inside the task module, and nothing else.
 TEXT = ("model.text_encoder.prompts",)

@@ -25,8 +25,6 @@ last shard by repeating items: evaluation de-duplicates by ``index``.
 from __future__ import annotations
 
 import logging
-import math
-import random
 from collections.abc import Mapping
 from dataclasses import fields, replace
 from pathlib import Path
@@ -37,8 +35,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import ConfigError, DataConfig
+from ..schema import ConfigError, DataConfig
 from .class_lists import class_ids, class_list_text, read_class_list, seeded_subset
+from .class_splits import base_novel_split, few_shot_records
 from .datasets import DataHealth, SamplingConfig, VideoCaptionDataset, VideoClipDataset, seed_worker
 from .file_check import missing_files, missing_files_message
 from .item_order import EpochSampler
@@ -54,9 +53,8 @@ from .manifest import (
     readable_class_name,
     recognition_manifest_path,
     retrieval_manifest_path,
-    write_manifest,
 )
-from .registry import DatasetSpec, get_dataset, synthetic_layout
+from .registry import DatasetSpec, get_dataset
 from .transforms import eval_transform, normalize, train_transform
 
 log = logging.getLogger(__name__)
@@ -453,91 +451,3 @@ class RetrievalDataModule(VideoDataModule):
             dataset = self.datasets[stage]
         assert isinstance(dataset, VideoCaptionDataset)
         return dataset.caption_index()
-
-
-# ---------------------------------------------------------------------------------------------
-# Protocols
-# ---------------------------------------------------------------------------------------------
-
-
-def base_novel_split(
-    class_names: list[str], rule: str = "alphabetical", seed: int = 0
-) -> tuple[list[int], list[int]]:
-    """(base ids, novel ids), each in class-list order. ``rule`` (``data.class_split``): alphabetical,
-    the first ceil(n/2) names in sorted order are base; seeded, ceil(n/2) classes drawn with ``seed``;
-    otherwise a class-list file of the base classes (data/class_lists.py), the rest being novel."""
-    n_base = math.ceil(len(class_names) / 2)
-    if rule == "alphabetical":
-        base = sorted(range(len(class_names)), key=lambda i: class_names[i])[:n_base]
-    elif rule == "seeded":
-        base = random.Random(seed).sample(range(len(class_names)), n_base)
-    elif Path(rule).suffix in (".csv", ".txt"):
-        base = class_ids(read_class_list(rule), class_names, rule)
-    else:
-        raise ConfigError(
-            f"data.class_split={rule!r} is not alphabetical, seeded or a class-list file "
-            "(.csv or .txt) of the base classes"
-        )
-    return sorted(base), sorted(set(range(len(class_names))) - set(base))
-
-
-def few_shot_records(
-    records: list[ClipRecord],
-    shots: int,
-    seed: int,
-    train_path: Path,
-    class_names: list[str],
-    tag: str = "train",
-) -> list[ClipRecord]:
-    """K clips per class drawn with ``seed``; kept as ``<tag>_fewshot_k<K>_seed<S>.jsonl`` next to the
-    training manifest. An existing file of that name is used as is (e.g. a published few-shot list)."""
-    out_path = train_path.with_name(f"{tag}_fewshot_k{shots}_seed{seed}.jsonl")
-    if out_path.is_file():
-        return read_manifest(out_path)
-    by_class: dict[int, list[ClipRecord]] = {}
-    for r in sorted(records, key=lambda r: r.path):
-        by_class.setdefault(int(r.label), []).append(r)  # type: ignore[arg-type]
-    rng = random.Random(seed)
-    chosen: list[ClipRecord] = []
-    for label in sorted(by_class):
-        pool = by_class[label]
-        if len(pool) < shots:
-            raise ConfigError(
-                f"data.shots={shots} but class {class_names[label]!r} has only {len(pool)} "
-                f"training clips in {train_path}"
-            )
-        chosen.extend(rng.sample(pool, shots))
-    try:
-        write_manifest(out_path, chosen)
-        log.info("few-shot training list (%d per class, seed %d) written to %s", shots, seed, out_path)
-    except OSError as err:  # a read-only manifest folder: the list is still reproducible from the seed
-        log.info("could not write %s (%s); the list is reproducible from data.protocol_seed", out_path, err)
-    return chosen
-
-
-# ---------------------------------------------------------------------------------------------
-# Factory
-# ---------------------------------------------------------------------------------------------
-
-
-def build_datamodule(
-    cfg_data: Any,
-    task_name: str,
-    image_size: int,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    seed: int = 0,
-    cache_dir: str | Path = ".cache/stop_lightning",
-) -> VideoDataModule:
-    """The DataModule of ``task_name`` (tasks/registry.py); ``data.dataset=synthetic`` generates
-    its videos and manifests under ``cache_dir`` first, in the layout the registry names for the task."""
-    from ..tasks.registry import get_task
-    from .synthetic import ensure_synthetic
-
-    cfg = as_data_config(cfg_data)
-    task = get_task(task_name)
-    if get_dataset(cfg.dataset).generated:
-        layout = synthetic_layout(task_name).name
-        video_root, manifest_dir = ensure_synthetic(cfg, cache_dir, layout=layout)
-        cfg = replace(cfg, video_root=str(video_root), manifest_dir=str(manifest_dir))
-    return task.datamodule(cfg, image_size, mean, std, seed)

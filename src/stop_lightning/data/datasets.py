@@ -12,6 +12,7 @@ shared with the worker processes. Every item carries the ``"unreadable"`` flag.
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing as mp
 import random
 from collections.abc import Callable
@@ -96,6 +97,28 @@ class SamplingConfig:
     seek_threshold: int = SEEK_THRESHOLD
 
 
+# Frame times k / fps within this many frames of a span's edge count as on it (float rounding).
+_EDGE = 1e-6
+
+
+def span_frames(num_frames: int, fps: float, start: float | None, end: float | None) -> tuple[int, int]:
+    """``(lo, hi)``: the frames ``lo <= k < hi`` whose times ``k / fps`` lie in ``[start, end)``
+    seconds, within the video (no ``start``: from 0; no ``end``: to the last frame). A span that
+    holds no frame time gives the one frame on screen at ``start``; a span that starts after the
+    last frame is a ValueError."""
+    lo = 0 if start is None else math.ceil(start * fps - _EDGE)
+    hi = num_frames if end is None else min(num_frames, math.ceil(end * fps - _EDGE))
+    if lo >= num_frames:
+        raise ValueError(
+            f"the row's start={start}s is past the video's last frame (frame {num_frames - 1} at "
+            f"{(num_frames - 1) / fps:.3f}s, {fps:g} fps); fix 'start' in the manifest"
+        )
+    if hi <= lo:  # shorter than a frame: the frame shown at start
+        lo = math.floor(start * fps + _EDGE) if start is not None else 0
+        hi = lo + 1
+    return lo, hi
+
+
 def seed_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: seed python and numpy from the worker's torch seed, quiet FFmpeg."""
     seed = torch.initial_seed() % 2**32
@@ -139,15 +162,24 @@ class VideoDataset(Dataset):
     # -- decoding ---------------------------------------------------------------------------
 
     def frame_indices(
-        self, num_frames: int, fps: float, clip: int = 0, num_clips: int = 1
+        self, i: int, num_frames: int, fps: float, clip: int = 0, num_clips: int = 1
     ) -> tuple[list[int], list[bool]]:
+        """Frames of item ``i``'s clip in a video of ``num_frames`` at ``fps``: sampled from the
+        row's span ``[start, end)`` when it gives one, else from the whole video."""
+        rec = self.records[i]
+        try:
+            lo, hi = span_frames(num_frames, fps, rec.start, rec.end)
+        except ValueError as err:
+            raise VideoDecodeError(self.paths[i], str(err)) from err
         s = self.sampling
         if s.sampling == "fps":
-            return fps_indices(
-                num_frames, fps, s.num_frames, s.fps, self.train, clip=clip, num_clips=num_clips
+            idx, mask = fps_indices(
+                hi - lo, fps, s.num_frames, s.fps, self.train, clip=clip, num_clips=num_clips
             )
-        idx = segment_indices(num_frames, s.num_frames, self.train, clip=clip, num_clips=num_clips)
-        return idx, [True] * s.num_frames
+        else:
+            idx = segment_indices(hi - lo, s.num_frames, self.train, clip=clip, num_clips=num_clips)
+            mask = [True] * s.num_frames
+        return [lo + j for j in idx], mask
 
     def decode(self, i: int, num_clips: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Clip(s) of item ``i``: uint8 ``[num_clips, T, 3, H, W]`` and the bool frame mask
@@ -159,7 +191,7 @@ class VideoDataset(Dataset):
                 raise VideoDecodeError(
                     path, f"too short: {n} frames < data.min_video_frames={self.sampling.min_video_frames}"
                 )
-            plans = [self.frame_indices(n, video.info.fps, c, num_clips) for c in range(num_clips)]
+            plans = [self.frame_indices(i, n, video.info.fps, c, num_clips) for c in range(num_clips)]
             flat = [j for idx, _ in plans for j in idx]
             try:
                 frames = video.get_frames(flat)  # [num_clips*T, H, W, 3]
@@ -265,16 +297,18 @@ class VideoClipDataset(VideoDataset):
 
 
 class VideoCaptionDataset(VideoDataset):
-    """Retrieval: one item per video. Rows with the same path are merged (all their captions)."""
+    """Retrieval: one item per clip. Rows with the same path and span are merged (all their
+    captions); spans of one video are items of their own."""
 
     def __init__(self, records: list[ClipRecord], *args: Any, **kwargs: Any):
-        merged: dict[str, ClipRecord] = {}
-        captions: dict[str, list[str]] = {}
+        merged: dict[tuple[str, float | None, float | None], ClipRecord] = {}
+        captions: dict[tuple[str, float | None, float | None], list[str]] = {}
         for r in records:
             if not r.captions:
                 raise ValueError(f"retrieval row for {r.path} has no captions")
-            merged.setdefault(r.path, r)
-            captions.setdefault(r.path, []).extend(r.captions)
+            clip = (r.path, r.start, r.end)
+            merged.setdefault(clip, r)
+            captions.setdefault(clip, []).extend(r.captions)
         self.captions = [captions[p] for p in merged]
         super().__init__(list(merged.values()), *args, **kwargs)
 

@@ -17,6 +17,8 @@ import av
 import av.logging
 import numpy as np
 
+from ..errors import UserError
+
 log = logging.getLogger(__name__)
 
 # Without key-frame positions: frames further apart than this are reached by seeking.
@@ -29,7 +31,7 @@ class _NoTimestamps(Exception):
     """Decoded frames lack timestamps, so a seek cannot be located: decode from the start instead."""
 
 
-class VideoDecodeError(RuntimeError):
+class VideoDecodeError(UserError, RuntimeError):
     """A video that cannot be used; ``path`` and ``reason`` say which and why.
 
     Raised in a DataLoader worker, torch re-raises it in the main process as

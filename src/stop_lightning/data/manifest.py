@@ -5,30 +5,35 @@ A row::
     {"path": "brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi",  # relative to data.video_root
      "label": 3, "label_name": "brush_hair",                          # recognition
      "captions": ["a man brushes his hair", ...],                      # retrieval
-     "video_id": "video7579", "num_frames": 96, "fps": 30.0}           # optional
+     "video_id": "video7579", "num_frames": 96, "fps": 30.0,          # optional
+     "start": 12.5, "end": 20.0}                                       # optional: a span, seconds
 
 A row needs ``path`` and at least one of ``label`` or ``captions`` (a manifest for ``embed`` needs
-only ``path``). Recognition manifests live in ``<manifest_dir>/split<k>/{train,val,test}.jsonl``
-with the class list in ``<manifest_dir>/classes.txt`` (line i = class index i); retrieval manifests
-in ``<manifest_dir>/{train,val,test}.jsonl``. ``data_manifests/README.md`` documents the layout.
+only ``path``). ``start`` and ``end`` (either or both) make the clip the span ``[start, end)`` of
+the video, in seconds (an ActivityNet segment, a DiDeMo moment): frames are sampled only from inside
+it. Recognition manifests live in ``<manifest_dir>/split<k>/{train,val,test}.jsonl`` with the class
+list in ``<manifest_dir>/classes.txt`` (line i = class index i); retrieval manifests in
+``<manifest_dir>/{train,val,test}.jsonl``. ``data_manifests/README.md`` documents the layout.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ..errors import UserError
 from ..fileio import atomic_write
 
 STAGES = ("train", "val", "test")
 CLASSES_FILE = "classes.txt"
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A manifest file or row that does not follow the format; the message names file, line and field."""
 
 
@@ -43,6 +48,8 @@ class ClipRecord:
     video_id: str | None = None
     num_frames: int | None = None
     fps: float | None = None
+    start: float | None = None  # seconds: the clip is [start, end) of the video
+    end: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         row: dict[str, Any] = {"path": self.path}
@@ -52,7 +59,7 @@ class ClipRecord:
             row["label_name"] = self.label_name
         if self.captions:
             row["captions"] = list(self.captions)
-        for key in ("video_id", "num_frames", "fps"):
+        for key in ("video_id", "num_frames", "fps", "start", "end"):
             value = getattr(self, key)
             if value is not None:
                 row[key] = value
@@ -68,6 +75,8 @@ _FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "video_id": ((str,), "a string"),
     "num_frames": ((int,), "a non-negative integer"),
     "fps": ((int, float), "a positive number"),
+    "start": ((int, float), "a non-negative number of seconds"),
+    "end": ((int, float), "a positive number of seconds"),
 }
 
 
@@ -115,6 +124,10 @@ def parse_row(obj: Any, where: str, require_target: bool = True) -> ClipRecord:
             bad = True
         if not bad and key == "fps" and not value > 0:
             bad = True
+        if not bad and key == "start" and not (math.isfinite(value) and value >= 0):
+            bad = True
+        if not bad and key == "end" and not (math.isfinite(value) and value > 0):
+            bad = True
         if not bad and key == "captions" and not all(isinstance(c, str) and c.strip() for c in value):
             bad = True
         if bad:
@@ -122,6 +135,11 @@ def parse_row(obj: Any, where: str, require_target: bool = True) -> ClipRecord:
     if require_target and "label" not in obj and not obj.get("captions"):
         raise ManifestError(
             f"{where}: field 'label' or 'captions' is required (a row needs a class or a caption)"
+        )
+    if "start" in obj and "end" in obj and not obj["end"] > obj["start"]:
+        raise ManifestError(
+            f"{where}: field 'end' = {obj['end']!r} is not after 'start' = {obj['start']!r} "
+            "(the clip is [start, end) in seconds)"
         )
     path = check_relative_path(obj["path"], where)
     return ClipRecord(
@@ -132,6 +150,8 @@ def parse_row(obj: Any, where: str, require_target: bool = True) -> ClipRecord:
         video_id=obj.get("video_id"),
         num_frames=obj.get("num_frames"),
         fps=float(obj["fps"]) if "fps" in obj else None,
+        start=float(obj["start"]) if "start" in obj else None,
+        end=float(obj["end"]) if "end" in obj else None,
     )
 
 

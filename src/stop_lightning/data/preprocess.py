@@ -1,7 +1,7 @@
 """``stop-lightning preprocess``: smaller, faster-to-decode copies of a dataset's videos.
 
 Every video named in the manifests is transcoded (PyAV, no ffmpeg binary) to the stored frame rate
-and short side (``data/store.py``), H.264 (``tune=fastdecode``, no B-frames) or MPEG-4 part 2,
+and short side (``data/stored_copies.py``), H.264 (``tune=fastdecode``, no B-frames) or MPEG-4 part 2,
 with a key frame every ``gop`` frames so a seek lands close to any wanted frame. Then:
 
 - each output is encoded under a temporary name, decoded back in full (frame count checked), and
@@ -28,7 +28,7 @@ import av
 
 from .decode import VideoDecodeError, VideoFile, probe_video
 from .manifest import CLASSES_FILE, ManifestError, read_manifest, resolve_video_path, write_manifest
-from .store import StoreSettings, manifest_files, ordered_map, stored_frames, timeline, unique_paths
+from .stored_copies import StoreSettings, manifest_files, ordered_map, stored_frames, timeline, unique_paths
 
 log = logging.getLogger(__name__)
 

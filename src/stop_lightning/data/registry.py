@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from ..config import ConfigError
+from ..schema import ConfigError
 
 if TYPE_CHECKING:
     from .builders import BuildReport

@@ -3,11 +3,11 @@
 Writing: the videos of every manifest under ``<manifest_dir>`` (all splits and stages, each video
 once: HMDB51's three splits and its val = test lists share one copy) become one LitData dataset
 folder ``<shard_dir>/items/`` (``index.json`` + ``chunk-*.bin``), one item per distinct video, in
-the order of :func:`~stop_lightning.data.store.videos_of` over the sorted manifest files::
+the order of :func:`~stop_lightning.data.stored_copies.videos_of` over the sorted manifest files::
 
     {"meta": JSON text {"path", "num_frames", "fps", "source_frames", "source_fps", "error"?},
      "offsets": int64 [num_frames + 1],   # frame k is jpegs[offsets[k]:offsets[k + 1]]
-     "jpegs": bytes}                       # the stored frames (data/store.py), JPEG-encoded
+     "jpegs": bytes}                       # the stored frames (data/stored_copies.py), JPEG-encoded
 
 A video that cannot be read is still written, with ``error`` set and no frames, so item numbers stay
 those of the manifests and the bad video meets the reading side's ``data.bad_video`` policy. The
@@ -46,7 +46,7 @@ import torch
 from .datasets import VideoCaptionDataset, VideoClipDataset
 from .decode import VideoDecodeError, VideoFile
 from .manifest import ClipRecord, ManifestError, resolve_video_path
-from .store import StoreSettings, manifest_files, ordered_map, stored_frames, timeline, videos_of
+from .stored_copies import StoreSettings, manifest_files, ordered_map, stored_frames, timeline, videos_of
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ class ShardSource:
                 f"too short: {meta.get('source_frames', n)} frames "
                 f"< data.min_video_frames={self.sampling.min_video_frames}",
             )
-        plans = [self.frame_indices(n, float(meta["fps"]), c, num_clips) for c in range(num_clips)]
+        plans = [self.frame_indices(i, n, float(meta["fps"]), c, num_clips) for c in range(num_clips)]
         jpegs = memoryview(item["jpegs"])
         decoded: dict[int, torch.Tensor] = {}
         for j in sorted({j for idx, _ in plans for j in idx}):

@@ -8,14 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from .registry import get_dataset
-from .store import data_paths, settings_from_config
+from .sources import video_sources
+from .stored_copies import settings_from_config
 
 
 def store_main(command: str, cfg: Any, args: argparse.Namespace) -> int:
     flags = {"short_side": args.short_side, "fps": args.fps}
     flags.update({k: getattr(args, k) for k in ("codec", "gop", "jpeg_quality") if hasattr(args, k)})
     settings = settings_from_config(cfg.data, **flags)
-    video_root, manifest_dir = data_paths(cfg)
+    video_root, manifest_dir = video_sources(cfg.data, cfg.task.name, cfg.paths.cache_dir)
     out = Path(args.out)
     print(f"{command}: {manifest_dir} ({video_root}) -> {out}; {settings}")
     if command == "preprocess":

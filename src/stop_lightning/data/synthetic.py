@@ -30,9 +30,9 @@ from typing import Any
 import av
 import numpy as np
 
-from .builders import build_manifests
+from .build import build_manifests
 from .manifest import read_manifest, recognition_manifest_path
-from .registry import dataset_names, get_dataset
+from .registry import DatasetSpec, dataset_names, get_dataset
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def read_frame_code(frame: np.ndarray) -> int:
 
 
 # FFmpeg's lambda per quantiser step: a fixed MPEG-4 quantiser q is global_quality = q * this.
-_QP2LAMBDA = 118
+QP2LAMBDA = 118
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: float = 8.0, gop: int = 8) -> Path:
@@ -203,7 +203,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 8.0, gop: int
         # FFmpeg's mpeg4 encoder ignores a "qscale" option: a fixed quantiser is a flag plus
         # global_quality, otherwise its rate control (200 kbit/s) sets each frame's quality.
         codec = "mpeg4"
-        options = {"flags": "+qscale", "global_quality": str(2 * _QP2LAMBDA), "g": str(gop)}
+        options = {"flags": "+qscale", "global_quality": str(2 * QP2LAMBDA), "g": str(gop)}
     elif path.suffix == ".webm":  # Something-Something v2's container and codec
         codec, options = (
             "libvpx-vp9",
@@ -273,9 +273,20 @@ class MotionClips:
         return motion_captions(self.classes[c], self.looks[j])
 
 
+def layout_spec(layout: DatasetSpec | str) -> DatasetSpec:
+    """The registered dataset ``layout`` names (looked up once; the spec is passed on from here)."""
+    spec = layout if isinstance(layout, DatasetSpec) else get_dataset(layout)
+    if spec.write_synthetic is None:
+        with_layout = [n for n in dataset_names() if get_dataset(n).write_synthetic is not None]
+        raise ValueError(
+            f"dataset {spec.name!r} has no synthetic layout; choose one of {', '.join(with_layout)}"
+        )
+    return spec
+
+
 def write_motion_dataset(
     root: str | Path,
-    layout: str,
+    layout: DatasetSpec | str,
     num_classes: int = 4,
     clips_per_class: int = 6,
     num_frames: int = 16,
@@ -293,12 +304,7 @@ def write_motion_dataset(
     clip (fewer nuisances, an easier problem). ``heldout_looks``: draw them from the training palette
     only, leaving the held-out colours and background to :func:`hold_out_eval_looks`.
     """
-    spec = get_dataset(layout)
-    if spec.write_synthetic is None:
-        with_layout = [n for n in dataset_names() if get_dataset(n).write_synthetic is not None]
-        raise ValueError(
-            f"dataset {layout!r} has no synthetic layout; choose one of {', '.join(with_layout)}"
-        )
+    spec = layout_spec(layout)
     if kind != "motion":
         raise ValueError(f"unknown synthetic kind {kind!r}; only 'motion' is implemented")
     root = Path(root)
@@ -310,7 +316,7 @@ def write_motion_dataset(
     return clips
 
 
-def write_synthetic_dataset(root: str | Path, layout: str, **options: Any) -> Path:
+def write_synthetic_dataset(root: str | Path, layout: DatasetSpec | str, **options: Any) -> Path:
     """Write a tiny dataset in the official ``layout`` (a registered dataset's name) under ``root``.
 
     Returns ``root``, the folder to pass as ``--root`` to the manifest builder; annotation files sit
@@ -353,7 +359,9 @@ _DONE = ".complete"
 _FORMAT = 2  # bump when the clips written for the same settings change (2: key frames, fixed quantiser)
 
 
-def ensure_synthetic(cfg_data: Any, cache_dir: str | Path, layout: str, seed: int = 0) -> tuple[Path, Path]:
+def ensure_synthetic(
+    cfg_data: Any, cache_dir: str | Path, layout: DatasetSpec | str, seed: int = 0
+) -> tuple[Path, Path]:
     """Generate the synthetic dataset in ``layout`` (a registered dataset) and its manifests under
     ``cache_dir`` if missing.
 
@@ -361,16 +369,17 @@ def ensure_synthetic(cfg_data: Any, cache_dir: str | Path, layout: str, seed: in
     several runs) call it at once: each writer builds in a private temporary folder and renames it
     into place; the first rename wins and the others discard their copy.
     """
+    spec = layout_spec(layout)
     key = (
-        f"v{_FORMAT}_{layout}_c{cfg_data.synthetic_classes}_n{cfg_data.synthetic_clips_per_class}"
+        f"v{_FORMAT}_{spec.name}_c{cfg_data.synthetic_classes}_n{cfg_data.synthetic_clips_per_class}"
         f"_f{cfg_data.synthetic_frames}_s{cfg_data.synthetic_size}_seed{seed}"
     )
     looks = int(getattr(cfg_data, "synthetic_looks", 0))
     key += f"_l{looks}" if looks > 0 else ""
     heldout = bool(getattr(cfg_data, "synthetic_heldout_looks", False))
-    if heldout and get_dataset(layout).task != "recognition":
+    if heldout and spec.task != "recognition":
         raise ValueError(
-            f"data.synthetic_heldout_looks is for recognition layouts: the captions of the {layout} "
+            f"data.synthetic_heldout_looks is for recognition layouts: the captions of the {spec.name} "
             "layout name each clip's colour, and re-encoding the clips in other colours would "
             "contradict them; set data.synthetic_heldout_looks=false"
         )
@@ -381,7 +390,7 @@ def ensure_synthetic(cfg_data: Any, cache_dir: str | Path, layout: str, seed: in
         try:
             clips = write_motion_dataset(
                 tmp / "videos",
-                layout,
+                spec,
                 num_classes=cfg_data.synthetic_classes,
                 clips_per_class=cfg_data.synthetic_clips_per_class,
                 num_frames=cfg_data.synthetic_frames,
@@ -390,14 +399,14 @@ def ensure_synthetic(cfg_data: Any, cache_dir: str | Path, layout: str, seed: in
                 looks=looks,
                 heldout_looks=heldout,
             )
-            build_manifests(layout, tmp / "videos", None, tmp / "manifests", progress=False)
+            build_manifests(spec.name, tmp / "videos", None, tmp / "manifests", progress=False)
             if heldout:
                 hold_out_eval_looks(clips, tmp / "videos", tmp / "manifests", cfg_data.split, seed)
             (tmp / _DONE).write_text("ok\n")
             final.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.rename(tmp, final)
-                log.info("wrote synthetic %s dataset to %s", layout, final)
+                log.info("wrote synthetic %s dataset to %s", spec.name, final)
             except OSError:
                 if not (final / _DONE).is_file():
                     raise
@@ -405,91 +414,3 @@ def ensure_synthetic(cfg_data: Any, cache_dir: str | Path, layout: str, seed: in
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return final / "videos", final / "manifests"
-
-
-# ---------------------------------------------------------------------------------------------
-# Realistic encodings: what decoding costs on files encoded like the public sets
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Encoding:
-    """How a public set's files are encoded (size, rate, length, codec, key-frame interval)."""
-
-    about: str
-    width: int
-    height: int
-    fps: float
-    seconds: float
-    suffix: str  # .avi: MPEG-4 part 2; .mp4: H.264
-    gop: int
-
-
-ENCODINGS: dict[str, Encoding] = {
-    "ucf101": Encoding(
-        "UCF101/HMDB51-like: 320x240 MPEG-4 part 2 AVI, 30 fps, 8 s", 320, 240, 30.0, 8.0, ".avi", 12
-    ),
-    "msrvtt": Encoding(
-        "MSRVTT-like: 320x240 H.264 MP4, 30 fps, 15 s, GOP 250", 320, 240, 30.0, 15.0, ".mp4", 250
-    ),
-    "kinetics": Encoding("Kinetics-like: 454x340 H.264 MP4, 30 fps, 10 s", 454, 340, 30.0, 10.0, ".mp4", 250),
-}
-
-
-# Detail of the realistic texture: (cell size in pixels, weight) of random blocks at each scale, and
-# the amplitude of the fresh grain in every frame. Calibrated so that a frame stored by
-# `stop-lightning shard` (224x298, JPEG quality 90) is ~23 KB, what real footage gave (issue 16);
-# equal weights and grain 6, the first version, gave ~37 KB, twice the JPEG decoding work.
-TEXTURE_DETAIL = ((2, 0.05), (8, 0.15), (32, 0.8))
-TEXTURE_GRAIN = 4
-
-
-def textured_frames(width: int, height: int, num_frames: int, seed: int = 0):
-    """High-entropy moving texture, one RGB uint8 ``[H, W, 3]`` frame at a time: a detailed random
-    texture panned along a curved path, a block sliding over it, and fresh grain in every frame, so
-    the encoder has motion and residuals to code, as in camera footage (not flat colour)."""
-    rng = np.random.default_rng(seed)
-    big_h, big_w = 2 * height, 2 * width
-    texture = np.zeros((big_h, big_w, 3), dtype=np.float32)
-    for cell, weight in TEXTURE_DETAIL:  # detail at several scales
-        coarse = rng.uniform(0, 255, (big_h // cell + 1, big_w // cell + 1, 3)).astype(np.float32)
-        texture += np.repeat(np.repeat(coarse, cell, 0), cell, 1)[:big_h, :big_w] * weight
-    texture = texture.astype(np.uint8)
-    side = min(width, height) // 3
-    block = rng.uniform(0, 255, (side, side, 3)).astype(np.uint8)
-    for i in range(num_frames):
-        t = i / max(1, num_frames - 1)
-        x = int((width / 2) * (0.5 + 0.5 * np.sin(2 * np.pi * t)))
-        y = int((height / 2) * t)
-        frame = texture[y : y + height, x : x + width].copy()
-        bx, by = int((width - side) * t), int((height - side) * (1 - t))
-        frame[by : by + side, bx : bx + side] = block
-        grain = rng.integers(-TEXTURE_GRAIN, TEXTURE_GRAIN + 1, frame.shape, dtype=np.int16)
-        yield np.clip(frame.astype(np.int16) + grain, 0, 255).astype(np.uint8)
-
-
-def write_realistic_video(
-    path: str | Path, encoding: Encoding, seconds: float | None = None, seed: int = 0
-) -> Path:
-    """A textured video encoded like ``encoding`` (H.264 at x264's defaults, B-frames included, or
-    MPEG-4 part 2 at a web-typical quantiser); ``seconds`` shortens it (benchmarks' quick mode)."""
-    path = Path(path).with_suffix(encoding.suffix)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = int(round((seconds or encoding.seconds) * encoding.fps))
-    if encoding.suffix == ".mp4":
-        codec, options = "libx264", {"crf": "23", "preset": "fast", "g": str(encoding.gop)}
-    else:
-        # Quantiser 5, fixed (see write_video): on this texture ~2.2 Mbit/s and a decode rate close to
-        # the issue's real UCF101 footage; the rate-controlled default (200 kbit/s) decoded 3x faster.
-        codec = "mpeg4"
-        options = {"flags": "+qscale", "global_quality": str(5 * _QP2LAMBDA), "g": str(encoding.gop)}
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=Fraction(encoding.fps).limit_denominator(1001))
-        stream.width, stream.height, stream.pix_fmt = encoding.width, encoding.height, "yuv420p"
-        stream.options = options
-        for frame in textured_frames(encoding.width, encoding.height, n, seed):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path

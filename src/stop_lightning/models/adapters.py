@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stop_lightning.config import AdapterConfig
 from stop_lightning.models.hooks import HookSet
+from stop_lightning.schema import AdapterConfig
 
 
 class Adapter(nn.Module):

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stop_lightning.config import AggregationConfig, ConfigError
-from stop_lightning.models.choices import OUTPUTS
+from stop_lightning.choices import OUTPUTS
 from stop_lightning.models.layers import attention_heads
+from stop_lightning.schema import AggregationConfig, ConfigError
 
 NEEDS_GLOBAL = ("global_prompt0", "global_mean", "global_and_cls")
 

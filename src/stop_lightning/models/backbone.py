@@ -22,11 +22,12 @@ from typing import Any
 import torch
 from transformers import CLIPConfig, CLIPModel
 
-from stop_lightning.config import ClipSource
-from stop_lightning.models.choices import check_choice
+from stop_lightning.choices import check_choice
+from stop_lightning.errors import UserError
 from stop_lightning.models.hooks import freeze
 from stop_lightning.models.layers import attention_heads
 from stop_lightning.models.tiny_clip import CLIP_MEAN, CLIP_STD, make_tiny_clip
+from stop_lightning.schema import ClipSource
 
 # Config keys that change with the transformers release or the runtime, not with the weights.
 _VOLATILE_CONFIG_KEYS = (
@@ -40,7 +41,7 @@ _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
-class ClipLoadError(RuntimeError):
+class ClipLoadError(UserError, RuntimeError):
     """The CLIP weights named by ``model.clip.source`` cannot be loaded; the message says why and what
     to do."""
 

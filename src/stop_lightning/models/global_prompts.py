@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stop_lightning.config import GlobalPromptConfig
-from stop_lightning.models.choices import check_choice
+from stop_lightning.choices import check_choice
+from stop_lightning.schema import GlobalPromptConfig
 
 VIDEO_BLOCK_ATTENTION = "stop_video_blocks"
 # id(vision config) -> (weak reference, the attention implementation it had before); calls without a
@@ -167,6 +167,8 @@ class GlobalPrompts(nn.Module):
     layer's global slots are overwritten by ``tokens[l]`` (frames then exchange nothing through them
     except in the last layer's global outputs).
     """
+
+    no_weight_decay = ("tokens",)  # inputs of the frozen layers, not weights of a map
 
     def __init__(self, cfg: GlobalPromptConfig, layers: int, width: int):
         super().__init__()

@@ -36,8 +36,8 @@ import torch
 from torch import nn
 from transformers.activations import QuickGELUActivation
 
-from stop_lightning.config import ModelConfig
 from stop_lightning.models.layers import attention_heads
+from stop_lightning.schema import ModelConfig
 
 
 def _text_layer_index(vision_layers: int, text_layers: int) -> torch.Tensor:
@@ -47,6 +47,9 @@ def _text_layer_index(vision_layers: int, text_layers: int) -> torch.Tensor:
 
 class _TextPromptMap(nn.Module):
     """One of the two linear maps of the ``linear`` variant: ``[L, K, D_v] -> [L, n, D_t]``."""
+
+    # Kept from the name rule this replaced (the path held "token"): the token-axis map does not decay.
+    no_weight_decay = ("tokens",)
 
     def __init__(self, num_source: int, num_out: int, vision_width: int, text_width: int) -> None:
         super().__init__()
@@ -67,6 +70,9 @@ class SharedPromptSpace(nn.Module):
       ``linear``, the same for every frame; ``num_frames`` for ``transformer``).
     - ``text``: ``[L_t, prefix + postfix, D_t]``, prefix tokens first, for ``PromptedTextEncoder``.
     """
+
+    # The transformer variant's learnable input; the linear variant's ``source`` decays, as it always has.
+    no_weight_decay = ("embedding",)
 
     def __init__(
         self,

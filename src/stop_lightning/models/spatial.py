@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stop_lightning.config import SpatialPromptConfig
-from stop_lightning.models.choices import check_choice
+from stop_lightning.choices import check_choice
 from stop_lightning.models.hooks import HookSet, VisionParts
 from stop_lightning.models.layers import same_padding
+from stop_lightning.schema import SpatialPromptConfig
 
 # Keeps attention as a tie-break when a frame has no temporal variation (static video, T = 1).
 _VARIATION_FLOOR = 1e-6

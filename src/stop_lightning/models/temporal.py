@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stop_lightning.config import TemporalPromptConfig
-from stop_lightning.models.choices import check_choice
+from stop_lightning.choices import check_choice
 from stop_lightning.models.layers import attention_heads, same_padding
+from stop_lightning.schema import TemporalPromptConfig
 
 # Below this spread of raw frame variation a clip counts as static: normalising would blow
 # floating-point noise up to [0, 1].

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from stop_lightning.config import ModelConfig
 from stop_lightning.models.adapters import attach_adapters
 from stop_lightning.models.hooks import HookSet, text_parts
+from stop_lightning.schema import ModelConfig
 
 
 def eot_positions(input_ids: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
@@ -110,6 +110,8 @@ class PromptedTextEncoder(nn.Module):
     The encoder does not own ``clip`` (it is not registered as a submodule): the caller holds,
     freezes and moves CLIP; this module holds only the prompts and the text adapters.
     """
+
+    no_weight_decay = ("prompts",)  # inputs of the frozen layers; the adapters decay
 
     def __init__(
         self, clip: nn.Module, model_cfg: ModelConfig, hooks: HookSet, trim_padding: bool = False

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from stop_lightning.config import ConfigError, ModelConfig
 from stop_lightning.models.adapters import attach_adapters
 from stop_lightning.models.aggregation import VideoAggregator
 from stop_lightning.models.checkpointing import CheckpointedLayers
@@ -47,6 +46,7 @@ from stop_lightning.models.spatial import SpatialPrompter
 from stop_lightning.models.temporal import TemporalPrompter
 from stop_lightning.models.text_prompts import PromptedTextEncoder
 from stop_lightning.models.video_prompts import ContextPrompts, FunctionPrompts
+from stop_lightning.schema import ConfigError, ModelConfig
 
 
 @dataclass
@@ -79,6 +79,8 @@ class LocalPrompts(nn.Module):
     same for every frame; ``frames = T``, each frame position its own (VoP-P, ``local_prompts.per_frame``).
     ``specific`` (< K) of the K tokens position-specific, the first ``K - specific`` shared by every frame
     (VoP-P: 4 of 8)."""
+
+    no_weight_decay = ("tokens", "frame_tokens")  # inputs of the frozen layers
 
     def __init__(
         self,

@@ -29,11 +29,14 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from stop_lightning.config import ContextPromptConfig
+from stop_lightning.schema import ContextPromptConfig
 
 
 class ContextPrompts(nn.Module):
     """Context-specific prompts: frame CLS tokens ``[B, T, D]`` -> P tokens per frame ``[B, T, P, D]``."""
+
+    # Kept from the name rule this replaced (the path held "prompt"): the whole BiLSTM and FC do not decay.
+    no_weight_decay = ("context", "fc")
 
     def __init__(self, cfg: ContextPromptConfig, width: int):
         super().__init__()
@@ -69,6 +72,8 @@ class ContextPrompts(nn.Module):
 class FunctionPrompts(nn.Module):
     """Video-level prompts of the deep layers, ``tokens [L - K^s, K, D]``, and the frame position
     embedding ``[T, D]`` added when the clip's frames are joined before layer K^s + 1."""
+
+    no_weight_decay = ("tokens", "frame_position")  # inputs of the frozen layers
 
     def __init__(self, split: int, layers: int, num_tokens: int, width: int, frames: int, init_std: float):
         super().__init__()

@@ -16,33 +16,8 @@ the offline search writes ``results.csv``, ``results.md`` and ``metric_vs_hyperp
 (the metric against each hyper-parameter, as in Figure 4 of the paper) next to them.
 
 The package: :mod:`~stop_lightning.sweep.spec` reads and checks sweep files,
-:mod:`~stop_lightning.sweep.search` plans the offline trials, :mod:`~stop_lightning.sweep.runner`
+:mod:`~stop_lightning.sweep.trials` plans the offline trials, :mod:`~stop_lightning.sweep.runner`
 runs them (offline or through a W&B agent) and :mod:`~stop_lightning.sweep.report` writes the
-table and the plot.
+table and the plot. The package imports none of them itself: ``sweep.spec`` reads a sweep
+file without loading Lightning.
 """
-
-from stop_lightning.sweep.report import PLOT_FILE, TrialResult, best_result, results_csv, write_results
-from stop_lightning.sweep.runner import run_offline, run_online, run_trial, sweep_main, trial_config
-from stop_lightning.sweep.search import grid_trials, plan_trials, random_trials, sample_value
-from stop_lightning.sweep.spec import SweepError, SweepSpec, distribution, load_sweep
-
-__all__ = [
-    "PLOT_FILE",
-    "SweepError",
-    "SweepSpec",
-    "TrialResult",
-    "best_result",
-    "distribution",
-    "grid_trials",
-    "load_sweep",
-    "plan_trials",
-    "random_trials",
-    "results_csv",
-    "run_offline",
-    "run_online",
-    "run_trial",
-    "sample_value",
-    "sweep_main",
-    "trial_config",
-    "write_results",
-]

@@ -1,5 +1,5 @@
 """Running a sweep: every trial is one ``train()`` in ``<output_dir>/sweeps/<name>/<stamp>/trial-NNN``,
-offline (the local search of :mod:`stop_lightning.sweep.search`) or online (a W&B agent in this
+offline (the local search of :mod:`stop_lightning.sweep.trials`) or online (a W&B agent in this
 process)."""
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from stop_lightning.config import ConfigError, load_config
+from stop_lightning.config import load_config
 from stop_lightning.fileio import atomic_write
 from stop_lightning.loggers import finish_wandb, wandb_mode
-from stop_lightning.run import RUN_STAMP_ENV
+from stop_lightning.run_folder import RUN_STAMP_ENV
+from stop_lightning.schema import ConfigError
 from stop_lightning.sweep.report import PLOT_FILE, TrialResult, trial_name, write_results
-from stop_lightning.sweep.search import example_trial, plan_trials
 from stop_lightning.sweep.spec import SweepError, SweepSpec, load_sweep
+from stop_lightning.sweep.trials import example_trial, plan_trials
+from stop_lightning.train import train
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +89,6 @@ def run_trial(
     spec: SweepSpec, overrides: list[str], params: dict[str, Any], sweep_dir: Path, index: int
 ) -> dict[str, float]:
     """One ``train()`` in ``<sweep_dir>/trial-NNN``; returns its test metrics."""
-    from stop_lightning.train import train
-
     cfg = trial_config(spec, overrides, params, sweep_dir)
     # run_folder() names a run <paths.run_dir>/<STOP_RUN_STAMP>: one folder per trial, the same
     # name on every DDP rank.

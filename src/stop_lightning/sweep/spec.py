@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from stop_lightning.config import PROJECT_ROOT, ConfigError
+from stop_lightning.schema import PROJECT_ROOT, ConfigError
 
 SWEEPS_DIR = Path(os.environ.get("STOP_SWEEPS_DIR", PROJECT_ROOT / "sweeps"))
 METHODS = ("grid", "random", "bayes")

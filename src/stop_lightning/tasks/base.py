@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel
 
+from stop_lightning.errors import UserError
 from stop_lightning.models.backbone import ClipBundle, load_clip
 from stop_lightning.models.video_encoder import STOPVideoModel
 from stop_lightning.tasks.optim import build_optimizer
@@ -23,7 +24,7 @@ from stop_lightning.tasks.optim import build_optimizer
 log = logging.getLogger(__name__)
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(UserError, RuntimeError):
     """A checkpoint that does not fit the model being built."""
 
 

@@ -1,4 +1,11 @@
-"""AdamW parameter groups and the warm-up + cosine schedule, from ``cfg.optim``."""
+"""AdamW parameter groups and the warm-up + cosine schedule, from ``cfg.optim``.
+
+Weight decay is off for every 1-D parameter (biases, norm scales, PReLU slopes) and for what a
+module declares in its class attribute ``no_weight_decay``: names of its own parameters (learnable
+prompt tokens, inputs of the frozen network) or of its own child modules (all of theirs); a name
+the module lacks in this configuration is skipped. No parameter name decides: a new module whose
+parameters must not decay says so itself.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +14,38 @@ import math
 import torch
 from torch import nn
 
-# Parameters whose names contain one of these never get weight decay: learnable prompt tokens
-# are inputs of the frozen network, norms and biases are scales and offsets.
-NO_DECAY_MARKERS = ("prompt", "token", "norm", "bias", "embedding", "ln_", "layernorm")
+
+def declared_no_decay(module: nn.Module) -> set[int]:
+    """``id``s of the parameters that ``module`` and its submodules name in ``no_weight_decay``."""
+    ids: set[int] = set()
+    for path, sub in module.named_modules():
+        names = getattr(type(sub), "no_weight_decay", ())
+        if isinstance(names, str):
+            raise TypeError(
+                f"{type(sub).__name__}.no_weight_decay = {names!r}: a tuple of names, write ({names!r},)"
+            )
+        for name in names:
+            owned = getattr(sub, name, None)  # absent or None: switched off by this configuration
+            if isinstance(owned, nn.Parameter):
+                ids.add(id(owned))
+            elif isinstance(owned, nn.Module):
+                ids.update(id(p) for p in owned.parameters())
+            elif owned is not None:
+                raise TypeError(
+                    f"{type(sub).__name__}.no_weight_decay names '{name}' (at '{path or '<root>'}'), "
+                    f"of type {type(owned).__name__}: name a parameter or a child module of it"
+                )
+    return ids
 
 
 def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """The trainable parameters of ``module``: ``[decaying, not decaying]`` (an empty group left out)."""
+    skip = declared_no_decay(module)
     decay, no_decay = [], []
-    for name, param in module.named_parameters():
+    for param in module.parameters():
         if not param.requires_grad:
             continue
-        lowered = name.lower()
-        if param.ndim < 2 or any(marker in lowered for marker in NO_DECAY_MARKERS):
-            no_decay.append(param)
-        else:
-            decay.append(param)
+        (no_decay if param.ndim < 2 or id(param) in skip else decay).append(param)
     groups = []
     if decay:
         groups.append({"params": decay, "weight_decay": weight_decay})

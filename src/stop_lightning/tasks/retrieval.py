@@ -31,7 +31,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from stop_lightning.config import ConfigError
+from stop_lightning.schema import ConfigError
 from stop_lightning.tasks.base import VideoTaskModule, unique_by_index
 from stop_lightning.tasks.retrieval_metrics import dual_softmax, querybank_normalise, retrieval_metrics
 

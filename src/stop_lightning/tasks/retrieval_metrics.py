@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from stop_lightning.config import CHOICES
+from stop_lightning.schema import CHOICES
 
 TIE_RULES = CHOICES["task.tie_rank"]
 V2T_CONVENTIONS = CHOICES["task.v2t_captions"]

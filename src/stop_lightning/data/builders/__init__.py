@@ -2,19 +2,19 @@
 holds what their builders share.
 
 A builder reads a dataset exactly as it is distributed and writes JSONL manifests.
-``stop-lightning manifest <dataset> --root R [--annotations A] --out O`` calls :func:`main`.
+``stop-lightning manifest <dataset> --root R [--annotations A] --out O`` (``data/build.py``) runs them.
 Manifest paths are relative to ``--root``: set ``data.video_root`` to that folder. To add a dataset,
 see the module docstring of ``data/registry.py``.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import os
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -68,6 +68,40 @@ def read_text_lines(path: Path) -> list[str]:
     except FileNotFoundError as err:
         raise BuildError(f"annotation file {path} does not exist") from err
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+# Python types by their JSON names, for messages ("expected ..., got a JSON array").
+_JSON_NAMES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+
+
+def read_json(path: Path, what: str, expected: type | None = None) -> Any:
+    """The JSON value in annotation file ``path``; ``what`` describes it for the messages (e.g.
+    ``'["v_<id>", ...]'``), ``expected`` (``dict`` or ``list``) is the type it must be. A missing,
+    unreadable, empty, cut-short or non-JSON file is one BuildError line naming it. A BOM is ignored."""
+    redo = "re-download or re-extract it"
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError as err:
+        raise BuildError(f"annotation file {path} does not exist; expected {what}") from err
+    except UnicodeDecodeError as err:
+        raise BuildError(f"{path}: not UTF-8 text (byte {err.start}); expected {what}: {redo}") from err
+    except OSError as err:
+        raise BuildError(f"cannot read {path}: {err.strerror or err}; expected {what}") from err
+    if not text.strip():
+        raise BuildError(f"{path}: empty file; expected {what}: {redo}")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        # Past the last character, or a string never closed: the file ends in the middle of a value.
+        if err.pos >= len(text.rstrip()) or err.msg.startswith("Unterminated string"):
+            raise BuildError(f"{path}: cut short (the JSON ends early); expected {what}: {redo}") from err
+        raise BuildError(
+            f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); expected {what}"
+        ) from err
+    if expected is not None and not isinstance(data, expected):
+        kind = _JSON_NAMES.get(type(data), "null")
+        raise BuildError(f"{path}: expected {what}, got a JSON {kind}")
+    return data
 
 
 def find_file(name: str, places: Iterable[Path]) -> Path | None:
@@ -208,93 +242,42 @@ def write_class_list(report: BuildReport, out_dir: Path, names: list[str]) -> No
     report.num_classes = len(names)
 
 
-def build_manifests(
-    dataset: str,
-    root: str | Path,
-    annotations: str | Path | None,
-    out_dir: str | Path,
-    probe: bool = False,
-    progress: bool = True,
-    drop_unreadable: bool = False,
-) -> BuildReport:
-    """Read ``dataset`` from ``root`` (+ ``annotations``) and write all splits' manifests to ``out_dir``.
-
-    ``probe`` opens every video to record ``num_frames`` and ``fps`` in the rows (slower) and lists the
-    unreadable ones in ``report.probe``; ``drop_unreadable`` also leaves them out (:func:`probe_manifests`).
-    """
-    from ..registry import dataset_names, get_dataset
-
-    choices = dataset_names(buildable=True)
-    if dataset not in choices or (build := get_dataset(dataset).build) is None:
-        raise BuildError(f"no manifest builder for dataset {dataset!r}; choose one of {', '.join(choices)}")
-    root = Path(root)
-    if not root.is_dir():
-        raise BuildError(f"--root {root} is not a directory (expected the extracted {dataset} videos)")
-    ann = Path(annotations) if annotations is not None else None
-    if ann is not None and not ann.exists():
-        raise BuildError(f"--annotations {ann} does not exist")
-    # Probing reads the written manifests (probe_manifests), the same way for every dataset.
-    report = build(root=root, annotations=ann, out_dir=Path(out_dir), probe=False, progress=progress)
+def write_splits(
+    report: BuildReport, splits: dict[str, dict[str, list[ClipRecord]]], probe: bool, progress: bool
+) -> None:
+    """Write ``<out_dir>/<split key>/<stage>.jsonl`` for every split (key ``""``: ``out_dir`` itself)
+    and stage; with ``probe``, each distinct row list (val and test are often one) is probed once
+    first, every file opened once."""
     if probe:
-        report.probe = probe_manifests(report, drop_unreadable, progress)
+        cache: dict[str, tuple[int, float] | str] = {}
+        probed: dict[int, list[ClipRecord]] = {}
+        for stages in splits.values():
+            for rows in stages.values():
+                if id(rows) not in probed:
+                    probed[id(rows)] = probe_records(rows, report.root, progress, cache)
+        splits = {
+            key: {stage: probed[id(rows)] for stage, rows in stages.items()} for key, stages in splits.items()
+        }
+    for key, stages in splits.items():
+        write_split(report, report.out_dir / key, key, stages)
+
+
+def finish_recognition(
+    report: BuildReport,
+    classes: list[str],
+    splits: dict[str, dict[str, list[ClipRecord]]],
+    missing: list[str],
+    probe: bool,
+    progress: bool,
+    no_videos: str,
+) -> BuildReport:
+    """What every recognition builder ends with: ``classes.txt``, then each split's
+    ``train/val/test.jsonl`` (``splits``: ``"split1"`` or ``""`` -> stage -> rows; probed first with
+    ``probe``), and the ``missing`` files in the report. No training row in any split raises
+    ``no_videos`` (a line that says what ``--root`` should hold), before anything is written."""
+    if not any(stages["train"] for stages in splits.values()):
+        raise BuildError(no_videos)
+    write_class_list(report, report.out_dir, classes)
+    write_splits(report, splits, probe, progress)
+    report.missing = missing
     return report
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``stop-lightning manifest <dataset> --root R [--annotations A] --out O``."""
-    from ..registry import dataset_names, get_dataset
-
-    choices = dataset_names(buildable=True)
-    parser = argparse.ArgumentParser(
-        prog="stop-lightning manifest",
-        description="Build JSONL manifests from a dataset laid out as officially distributed.",
-        epilog="datasets:\n" + "\n".join(f"  {n:<10} {get_dataset(n).description}" for n in choices),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("dataset", choices=choices)
-    parser.add_argument(
-        "--root", required=True, type=Path, help="folder with the videos (manifest paths are relative to it)"
-    )
-    parser.add_argument(
-        "--annotations",
-        type=Path,
-        default=None,
-        help="folder with the split/annotation files (default: searched under --root)",
-    )
-    parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. data_manifests/hmdb51")
-    parser.add_argument(
-        "--probe",
-        action="store_true",
-        help=(
-            "open every video (header and last frame) to record num_frames and fps; "
-            "exits 1 if any is unreadable"
-        ),
-    )
-    parser.add_argument(
-        "--drop-unreadable",
-        action="store_true",
-        help=(
-            "with --probe: leave unreadable videos out of the manifests and list them in "
-            "<out>/dropped_unreadable.txt"
-        ),
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    if args.drop_unreadable and not args.probe:
-        parser.error("--drop-unreadable needs --probe (the files are read to find the unreadable ones)")
-    try:
-        report = build_manifests(
-            args.dataset,
-            args.root,
-            args.annotations,
-            args.out,
-            probe=args.probe,
-            progress=not args.quiet,
-            drop_unreadable=args.drop_unreadable,
-        )
-    except ManifestError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(report.summary())
-    unreadable = report.probe is not None and report.probe.unreadable
-    return 1 if unreadable and not args.drop_unreadable else 0

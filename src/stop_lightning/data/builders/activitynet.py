@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..registry import DatasetSpec, SyntheticClips, register_dataset
-from . import VIDEO_SUFFIXES, BuildError, BuildReport
+from . import VIDEO_SUFFIXES, BuildError, BuildReport, read_json
 from .captioned import (
     CaptionReport,
     VideoFiles,
@@ -29,7 +29,6 @@ from .captioned import (
     finish,
     optional,
     paragraph,
-    read_json,
     require,
     write_clip_as,
     write_json,
@@ -56,7 +55,7 @@ def without_prefix(video_id: str) -> str:
 
 
 def _read_captions(report: CaptionReport, path: Path) -> dict[str, list[str]]:
-    data = read_json(path, dict, '{"v_<id>": {"duration", "timestamps", "sentences": [...]}}')
+    data = read_json(path, '{"v_<id>": {"duration", "timestamps", "sentences": [...]}}', dict)
     out = {}
     for vid, entry in data.items():
         sentences = entry.get("sentences") if isinstance(entry, dict) else None
@@ -74,7 +73,7 @@ def _video_paths(root: Path, path: Path | None) -> dict[str, str]:
         return {}
     out = {}
     resolved_root = root.resolve()
-    for key, value in read_json(path, dict, '{"<id without v_>": "path"}').items():
+    for key, value in read_json(path, '{"<id without v_>": "path"}', dict).items():
         full = Path(str(value))
         full = full if full.is_absolute() else root / full
         if full.is_file() and resolved_root in full.resolve().parents:
@@ -100,10 +99,10 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
     for stage in ("train", "val"):
         captions = _read_captions(report, require(CAPTION_FILES[stage], root, annotations, HINT))
         ids_path = require(ID_FILES[stage], root, annotations, HINT)
-        ids = read_json(ids_path, list, '["v_<id>", ...]')
+        ids = read_json(ids_path, '["v_<id>", ...]', list)
         stages[stage] = caption_rows(report, [str(i) for i in ids], captions, locate)
     stages["test"] = stages["val"]
-    return finish(report, root, out_dir, stages, probe, progress)
+    return finish(report, stages, probe, progress)
 
 
 # ---------------------------------------------------------------------------------------------

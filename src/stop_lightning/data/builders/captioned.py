@@ -23,7 +23,7 @@ from typing import Any
 
 from ..manifest import ClipRecord
 from ..registry import SyntheticClips
-from . import BuildError, BuildReport, find_file, probe_records, write_split
+from . import BuildError, BuildReport, find_file, write_splits
 
 NO_CAPTION = "listed without a caption"
 NO_FILE = "listed without a video file"
@@ -72,16 +72,6 @@ def clean_captions(report: CaptionReport, texts: Iterable[str]) -> list[str]:
 def paragraph(sentences: Iterable[str]) -> str:
     """A video's sentences as one query: stripped and joined by single spaces, in their order."""
     return " ".join(s.strip() for s in sentences if s.strip())
-
-
-def read_json(path: Path, expected: type, what: str) -> Any:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as err:
-        raise BuildError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); expected {what}") from err
-    if not isinstance(data, expected):
-        raise BuildError(f"{path}: expected {what}, got a JSON {type(data).__name__}")
-    return data
 
 
 def require(name: str, root: Path, annotations: Path | None, hint: str) -> Path:
@@ -139,25 +129,17 @@ def caption_rows(
 
 
 def finish(
-    report: CaptionReport,
-    root: Path,
-    out_dir: Path,
-    stages: dict[str, list[ClipRecord]],
-    probe: bool,
-    progress: bool,
+    report: CaptionReport, stages: dict[str, list[ClipRecord]], probe: bool, progress: bool
 ) -> CaptionReport:
     """Probe (optional) and write ``train/val/test.jsonl``; a split left empty is an error naming the
     dataset."""
     for stage, rows in stages.items():
         if not rows:
             raise BuildError(
-                f"{report.dataset}: no {stage} video has both captions and a file under {root} "
+                f"{report.dataset}: no {stage} video has both captions and a file under {report.root} "
                 f"({len(report.missing)} listed videos missing); check --root and --annotations"
             )
-    if probe:
-        cache: dict = {}
-        stages = {stage: probe_records(rows, root, progress, cache) for stage, rows in stages.items()}
-    write_split(report, out_dir, "", stages)
+    write_splits(report, {"": stages}, probe, progress)
     return report
 
 

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from ..registry import DatasetSpec, SyntheticClips, register_dataset
-from . import VIDEO_SUFFIXES, BuildError, BuildReport, read_text_lines
+from . import VIDEO_SUFFIXES, BuildError, BuildReport, read_json, read_text_lines
 from .captioned import (
     CaptionReport,
     VideoFiles,
@@ -26,7 +26,6 @@ from .captioned import (
     clean_captions,
     finish,
     paragraph,
-    read_json,
     require,
     write_clip_as,
     write_json,
@@ -52,7 +51,7 @@ def candidates(video_id: str) -> list[str]:
 
 
 def _descriptions(report: CaptionReport, path: Path) -> dict[str, list[str]]:
-    items = read_json(path, list, 'a list of {"video", "description", "times", ...}')
+    items = read_json(path, 'a list of {"video", "description", "times", ...}', list)
     texts: dict[str, list[str]] = {}
     for i, item in enumerate(items):
         if (
@@ -99,7 +98,7 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
             f"{len(ambiguous)} ids match several files (took the first of: {'; '.join(FORMS)}): "
             + ", ".join(ambiguous[:5])
         )
-    return finish(report, root, out_dir, stages, probe, progress)
+    return finish(report, stages, probe, progress)
 
 
 # ---------------------------------------------------------------------------------------------

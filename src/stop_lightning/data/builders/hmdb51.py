@@ -14,15 +14,7 @@ from tqdm import tqdm
 
 from ..manifest import ClipRecord
 from ..registry import DatasetSpec, SyntheticClips, register_dataset
-from . import (
-    BuildError,
-    BuildReport,
-    find_file,
-    probe_records,
-    read_text_lines,
-    write_class_list,
-    write_split,
-)
+from . import BuildError, BuildReport, find_file, finish_recognition, read_text_lines
 
 NAME = "hmdb51"  # the registered name: data.dataset, `stop-lightning manifest <name>`
 SPLIT_DIR = "testTrainMulti_7030_splits"  # the extracted split-list archive
@@ -48,9 +40,8 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
         {m["cls"] for p in split_dir.iterdir() if (m := _SPLIT_FILE.match(p.name)) and m["k"] == "1"}
     )
     report = BuildReport(NAME, root, out_dir)
-    write_class_list(report, out_dir, classes)
     missing: set[str] = set()
-    probed: dict = {}
+    splits: dict[str, dict[str, list[ClipRecord]]] = {}
     for split in SPLITS:
         rows: dict[int, list[ClipRecord]] = {1: [], 2: []}
         for label, cls in enumerate(
@@ -70,21 +61,12 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
                     missing.add(rel)
                     continue
                 rows[role].append(ClipRecord(path=rel, label=label, label_name=cls))
-        if probe:
-            rows = {k: probe_records(v, root, progress, probed) for k, v in rows.items()}
-        write_split(
-            report,
-            out_dir / f"split{split}",
-            f"split{split}",
-            {"train": rows[1], "val": rows[2], "test": rows[2]},
-        )
-    report.missing = sorted(missing)
-    if not any(report.clips.values()):
-        raise BuildError(
-            f"none of the videos listed in {split_dir} exist under {root}; "
-            "is --root the folder holding <class>/<video>.avi?"
-        )
-    return report
+        splits[f"split{split}"] = {"train": rows[1], "val": rows[2], "test": rows[2]}
+    no_videos = (
+        f"none of the videos listed in {split_dir} exist under {root}; "
+        "is --root the folder holding <class>/<video>.avi?"
+    )
+    return finish_recognition(report, classes, splits, sorted(missing), probe, progress, no_videos)
 
 
 def _role(j: int, split: int) -> int:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ..manifest import ClipRecord
 from ..registry import DatasetSpec, SyntheticClips, register_dataset
-from . import VIDEO_SUFFIXES, BuildError, BuildReport, probe_records, write_class_list, write_split
+from . import VIDEO_SUFFIXES, BuildError, BuildReport, finish_recognition
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +123,7 @@ def build_kinetics(
     index_of = {name: i for i, name in enumerate(classes)}
     videos = _video_index(root)
     report = BuildReport(dataset, root, out_dir)
-    write_class_list(report, out_dir, classes)
     missing: list[str] = []
-    probed: dict = {}
     rows: dict[str, list[ClipRecord]] = {}
     for stage, entries in lists.items():
         rows[stage] = []
@@ -141,17 +139,13 @@ def build_kinetics(
                 missing.append(f"{stage}: {stem}")
                 continue
             rows[stage].append(ClipRecord(path=rel, label=index_of[label], label_name=label))
-        if probe:
-            rows[stage] = probe_records(rows[stage], root, progress, probed)
     rows.setdefault("test", rows["val"])
-    write_split(report, out_dir, "", {"train": rows["train"], "val": rows["val"], "test": rows["test"]})
-    report.missing = missing
-    if not rows["train"]:
-        raise BuildError(
-            f"none of the clips listed in {files['train']} exist under {root}; is --root the folder holding "
-            "the videos (<youtube_id>_<start>_<end>.mp4, in split or class folders)?"
-        )
-    return report
+    no_videos = (
+        f"none of the clips listed in {files['train']} exist under {root}; is --root the folder holding "
+        "the videos (<youtube_id>_<start>_<end>.mp4, in split or class folders)?"
+    )
+    splits = {"": {"train": rows["train"], "val": rows["val"], "test": rows["test"]}}
+    return finish_recognition(report, classes, splits, missing, probe, progress, no_videos)
 
 
 def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, progress: bool) -> BuildReport:

@@ -91,7 +91,7 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
             )
         captions = {clip: clean_captions(report, texts) for clip, texts in sentences.items()}
         stages[stage] = caption_rows(report, order, captions, locate)
-    return finish(report, root, out_dir, stages, probe, progress)
+    return finish(report, stages, probe, progress)
 
 
 # ---------------------------------------------------------------------------------------------

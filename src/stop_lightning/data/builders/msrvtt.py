@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..manifest import ClipRecord
 from ..registry import DatasetSpec, SyntheticClips, register_dataset
-from . import VIDEO_SUFFIXES, BuildError, BuildReport, find_file, probe_records, write_split
+from . import VIDEO_SUFFIXES, BuildError, BuildReport, find_file, read_json, write_splits
 
 NAME = "msrvtt"  # the registered name: data.dataset, `stop-lightning manifest <name>`
 DATA_FILE = "MSRVTT_data.json"  # videos and their 200k sentences
@@ -54,9 +54,10 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
                 f"{name} not found under {annotations or root}; pass the folder holding it with --annotations"
             )
 
-    data = json.loads(found[DATA_FILE].read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or "sentences" not in data:
-        raise BuildError(f"{found[DATA_FILE]}: expected a JSON object with a 'sentences' list")
+    what = "a JSON object with a 'sentences' list"
+    data = read_json(found[DATA_FILE], what, dict)
+    if "sentences" not in data:
+        raise BuildError(f"{found[DATA_FILE]}: expected {what}")
     captions: dict[str, list[str]] = {}
     for i, sent in enumerate(data["sentences"]):
         try:
@@ -85,12 +86,10 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
             missing.append(f"{vid}.mp4")
             continue
         test.append(ClipRecord(path=videos[vid], captions=(row["sentence"].strip(),), video_id=vid))
-    if probe:
-        train, test = probe_records(train, root, progress), probe_records(test, root, progress)
-    write_split(report, out_dir, "", {"train": train, "val": test, "test": test})
-    report.missing = missing
     if not train and not test:
         raise BuildError(f"none of the MSRVTT videos (video<N>.mp4) were found under {root}")
+    write_splits(report, {"": {"train": train, "val": test, "test": test}}, probe, progress)
+    report.missing = missing
     return report
 
 

@@ -97,7 +97,7 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
         )
         for stage in STAGES
     }
-    return finish(report, root, out_dir, stages, probe, progress)
+    return finish(report, stages, probe, progress)
 
 
 # ---------------------------------------------------------------------------------------------

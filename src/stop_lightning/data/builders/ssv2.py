@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..manifest import ClipRecord
 from ..registry import DatasetSpec, SyntheticClips, register_dataset
-from . import BuildError, BuildReport, find_file, probe_records, write_class_list, write_split
+from . import BuildError, BuildReport, find_file, finish_recognition, read_json
 
 VIDEO_DIR = "20bn-something-something-v2"  # the extracted video archive
 LABELS_FILE = "something-something-v2-labels.json"
@@ -45,22 +45,9 @@ def template_class(template: str) -> str:
     return " ".join(_BRACKETS.sub(r"\1", template).split())
 
 
-def _load_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
-    except OSError as err:
-        raise BuildError(f"cannot read {path}: {err}") from err
-    except json.JSONDecodeError as err:
-        raise BuildError(
-            f"{path}: not valid JSON ({err}); expected the file of the official release"
-        ) from err
-
-
 def read_labels(path: Path) -> list[str]:
     """Class names in index order from the labels file (indices are strings there)."""
-    data = _load_json(path)
-    if not isinstance(data, dict):
-        raise BuildError(f"{path}: expected {{template: index}}, got a {type(data).__name__}")
+    data = read_json(path, '{"<template>": "<index>", ...}', dict)
     by_index: dict[int, str] = {}
     for name, index in data.items():
         if not str(index).strip().isdigit():
@@ -90,15 +77,11 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
     index_of = {name: i for i, name in enumerate(classes)}
     prefix = f"{VIDEO_DIR}/" if (root / VIDEO_DIR).is_dir() else ""
     report = BuildReport("ssv2", root, out_dir)
-    write_class_list(report, out_dir, classes)
     missing: list[str] = []
-    probed: dict = {}
     rows: dict[str, list[ClipRecord]] = {}
     for stage, name in STAGE_FILES.items():
         path = ann / name
-        entries = _load_json(path)
-        if not isinstance(entries, list):
-            raise BuildError(f"{path}: expected a list of {{id, label, template, placeholders}}")
+        entries = read_json(path, "a list of {id, label, template, placeholders}", list)
         rows[stage] = []
         for i, entry in enumerate(entries):
             if not isinstance(entry, dict) or "id" not in entry or "template" not in entry:
@@ -113,16 +96,12 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
                 missing.append(f"{stage}: {rel}")
                 continue
             rows[stage].append(ClipRecord(path=rel, label=index_of[cls], label_name=cls))
-        if probe:
-            rows[stage] = probe_records(rows[stage], root, progress, probed)
-    write_split(report, out_dir, "", {"train": rows["train"], "val": rows["val"], "test": rows["val"]})
-    report.missing = missing
-    if not rows["train"]:
-        raise BuildError(
-            f"none of the videos listed in {ann / STAGE_FILES['train']} exist under {root}; is --root the "
-            f"folder holding {VIDEO_DIR}/ (or the <id>.webm files)?"
-        )
-    return report
+    no_videos = (
+        f"none of the videos listed in {ann / STAGE_FILES['train']} exist under {root}; is --root the "
+        f"folder holding {VIDEO_DIR}/ (or the <id>.webm files)?"
+    )
+    splits = {"": {"train": rows["train"], "val": rows["val"], "test": rows["val"]}}
+    return finish_recognition(report, classes, splits, missing, probe, progress, no_videos)
 
 
 # ------------------------------------------------------------------------------ synthetic layout

@@ -14,16 +14,7 @@ from tqdm import tqdm
 
 from ..manifest import ClipRecord
 from ..registry import DatasetSpec, SyntheticClips, register_dataset
-from . import (
-    BuildError,
-    BuildReport,
-    FileIndex,
-    find_file,
-    probe_records,
-    read_text_lines,
-    write_class_list,
-    write_split,
-)
+from . import BuildError, BuildReport, FileIndex, find_file, finish_recognition, read_text_lines
 
 NAME = "ucf101"  # the registered name: data.dataset, `stop-lightning manifest <name>`
 LIST_DIR = "ucfTrainTestlist"  # the extracted split-list archive
@@ -65,9 +56,7 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
     prefix = _video_prefix(root)
     files = FileIndex(root)
     report = BuildReport(NAME, root, out_dir)
-    write_class_list(report, out_dir, classes)
     missing: set[str] = set()
-    probed: dict = {}
 
     def row(list_file: Path, lineno: int, rel: str, label: int | None) -> ClipRecord | None:
         folder = rel.replace("\\", "/").split("/")[0]
@@ -87,6 +76,7 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
             return None
         return ClipRecord(path=found, label=from_folder, label_name=classes[from_folder])
 
+    splits: dict[str, dict[str, list[ClipRecord]]] = {}
     for split in SPLITS:
         train_file, test_file = list_dir / f"trainlist0{split}.txt", list_dir / f"testlist0{split}.txt"
         train, test = [], []
@@ -108,21 +98,11 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
                 raise BuildError(f"{test_file}:{lineno}: expected '<Class>/<video.avi>', got {line!r}")
             if (rec := row(test_file, lineno, parts[0], None)) is not None:
                 test.append(rec)
-        if probe:
-            train, test = (
-                probe_records(train, root, progress, probed),
-                probe_records(test, root, progress, probed),
-            )
-        write_split(
-            report, out_dir / f"split{split}", f"split{split}", {"train": train, "val": test, "test": test}
-        )
-    report.missing = sorted(missing)
-    if not any(report.clips.values()):
-        raise BuildError(
-            f"none of the videos listed in {list_dir} exist under {root}; "
-            "is --root the folder holding UCF-101/?"
-        )
-    return report
+        splits[f"split{split}"] = {"train": train, "val": test, "test": test}
+    no_videos = (
+        f"none of the videos listed in {list_dir} exist under {root}; is --root the folder holding UCF-101/?"
+    )
+    return finish_recognition(report, classes, splits, sorted(missing), probe, progress, no_videos)
 
 
 def _is_test(group: int, split: int) -> bool:

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 from ..registry import DatasetSpec, SyntheticClips, register_dataset
-from . import VIDEO_SUFFIXES, BuildError, BuildReport, read_text_lines
+from . import VIDEO_SUFFIXES, BuildError, BuildReport, read_json, read_text_lines
 from .captioned import (
     CaptionReport,
     VideoFiles,
@@ -27,7 +27,6 @@ from .captioned import (
     clean_captions,
     finish,
     optional,
-    read_json,
     write_clip_as,
     write_json,
 )
@@ -44,7 +43,7 @@ VIDEO_DIR = "videos"
 
 def _official(report: CaptionReport, path: Path) -> dict[str, list[str]]:
     out = {}
-    for i, item in enumerate(read_json(path, list, 'a list of {"videoID", "enCap", ...}')):
+    for i, item in enumerate(read_json(path, 'a list of {"videoID", "enCap", ...}', list)):
         if (
             not isinstance(item, dict)
             or not isinstance(item.get("videoID"), str)
@@ -62,7 +61,7 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
     official = {stage: optional(name, root, annotations) for stage, name in OFFICIAL_FILES.items()}
     raw: dict[str, list[str]] = {}
     if ref is not None:
-        for vid, caps in read_json(ref, dict, '{"<video_id>": ["caption", ...]}').items():
+        for vid, caps in read_json(ref, '{"<video_id>": ["caption", ...]}', dict).items():
             if not isinstance(caps, list):
                 raise BuildError(
                     f"{ref}: {vid!r} maps to a {type(caps).__name__}, expected a list of captions"
@@ -109,14 +108,8 @@ def build(root: Path, annotations: Path | None, out_dir: Path, probe: bool, prog
         return hits[0] if hits else None
 
     stages = {stage: caption_rows(report, ids, captions, locate) for stage, ids in split_ids.items()}
-    return finish(
-        report,
-        root,
-        out_dir,
-        {"train": stages["train"], "val": stages["test"], "test": stages["test"]},
-        probe,
-        progress,
-    )
+    stages = {"train": stages["train"], "val": stages["test"], "test": stages["test"]}
+    return finish(report, stages, probe, progress)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .datamodules import as_data_config, build_datamodule
+from stop_lightning.data.datamodules import as_data_config
+from stop_lightning.tasks.factory import build_datamodule
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

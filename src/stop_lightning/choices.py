@@ -1,11 +1,10 @@
 """The closed sets of values of the model's config keys, each spelled once.
 
-``config.py`` builds its ``CHOICES`` table from these constants and the model modules dispatch on
-the same names (and check them with :func:`check_choice` when built without a validated config, e.g.
-in tests). They live here, in a module that imports nothing, rather than in the modules that use
-them: ``config.py`` is loaded by the CLI before any model code, and importing ``spatial.py`` or
-``temporal.py`` from it would pull in torch and transformers on every ``--help`` and make a cycle
-(those modules import ``config.ConfigError``).
+The schema (``schema.py``) builds its ``CHOICES`` table from these constants and the model modules
+dispatch on the same names (and check them with :func:`check_choice` when built without a validated
+config, e.g. in tests). They live here, on the ground floor beside the schema and importing nothing,
+rather than in the modules that use them: the schema is loaded by the CLI before any model code, and
+the model modules (which import torch and transformers) stand above it.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from stop_lightning.config import ConfigError
+from stop_lightning.errors import UserError
+from stop_lightning.schema import ConfigError
 
 RUN_STAMP_ENV = "STOP_RUN_STAMP"
 RESUME_MODES = ("last", "auto")
@@ -26,7 +27,7 @@ RESUME_MODES = ("last", "auto")
 NEVER_COMPARED = ("paths.run_dir",)
 
 
-class StorageError(OSError):
+class StorageError(UserError, OSError):
     """A folder or file the run must write cannot be written; the message names it and why."""
 
     def __str__(self) -> str:  # the message alone, without OSError's "[Errno N]"

@@ -14,6 +14,7 @@ enabled}``; experiments add one under a new name and remove one by ``<section>.<
 unimportable module, an unknown class, a class of the wrong kind, an optional package that is not
 installed, an unknown or a missing init argument each end in one line naming the key.
 An argument named in ``RUN_DIR_ARGS`` that the entry leaves out is set to the run folder.
+:func:`build_components` then makes each object with Lightning's ``instantiate_class``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from stop_lightning.config import ConfigError
+from stop_lightning.schema import ConfigError
 
 SECTIONS = {  # config section -> the class every entry must derive from
     "callbacks": "lightning.pytorch.callbacks.Callback",
@@ -111,10 +112,14 @@ def check_components(cfg: DictConfig) -> None:
 
 
 def build_components(cfg: DictConfig, section: str, run_dir: str | Path) -> list[Any]:
-    """The enabled entries of ``cfg.<section>`` as objects, in config order."""
+    """The enabled entries of ``cfg.<section>`` as objects, in config order, made by Lightning's
+    ``instantiate_class`` once :func:`resolve_class` has checked them."""
+    from lightning.pytorch.cli import instantiate_class  # here: loading a config never imports it
+
     base = _import(SECTIONS[section])
     out = []
     for key, spec in _entries(cfg, section):
         cls = resolve_class(key, spec["class_path"], base)
-        out.append(cls(**component_args(cls, spec.get("init_args") or {}, run_dir)))
+        init_args = component_args(cls, spec.get("init_args") or {}, run_dir)
+        out.append(instantiate_class((), {"class_path": spec["class_path"], "init_args": init_args}))
     return out

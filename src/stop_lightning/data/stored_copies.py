@@ -152,14 +152,3 @@ def ordered_map(
             pool.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
-
-
-def data_paths(cfg: Any) -> tuple[Path, Path]:
-    """``(video_root, manifest_dir)`` of an experiment config; a synthetic set is generated first."""
-    from .registry import get_dataset, synthetic_layout
-    from .synthetic import ensure_synthetic
-
-    data = cfg.data
-    if get_dataset(data.dataset).generated:
-        return ensure_synthetic(data, cfg.paths.cache_dir, layout=synthetic_layout(cfg.task.name).name)
-    return Path(data.video_root), Path(data.manifest_dir)

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from stop_lightning.config import CHOICES
-from stop_lightning.models import choices
-from stop_lightning.models.choices import MODEL_CHOICES, check_choice
+from stop_lightning import choices
+from stop_lightning.choices import MODEL_CHOICES, check_choice
 from stop_lightning.models.layers import attention_heads, same_padding
+from stop_lightning.schema import CHOICES
 
 
 def test_schema_choices_are_the_model_constants():
