@@ -16,24 +16,36 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from stop_lightning.fileio import atomic_write
-from stop_lightning.schema import EXPERIMENTS_DIR
+from stop_lightning.schema import EXPERIMENTS_DIR, ExperimentConfig
 
 MEASURED_DIR = EXPERIMENTS_DIR / "measured"
 # Keys that do not change what is learned: where files go, how progress is shown, the seed (the
 # measured range is over seeds).
 UNMEASURED_KEYS = ("seed", "paths", "logger", "trainer.enable_progress_bar")
+MISSING_KEY = object()  # a key the schema does not have: always part of the setting
+
+
+def _flat(tree: object, prefix: str = "") -> dict[str, object]:
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}."))
+    return out
 
 
 def setting_fingerprint(cfg: DictConfig) -> str:
-    """A short hash of everything in ``cfg`` that can change a learned figure."""
-    tree = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in UNMEASURED_KEYS:
-        *parents, leaf = dotted.split(".")
-        node = tree
-        for part in parents:
-            node = node.get(part, {})
-        node.pop(leaf, None)
-    blob = json.dumps(tree, sort_keys=True, default=str).encode()
+    """A short hash of every key of ``cfg`` that can change a learned figure and differs from the
+    schema's default (so a key added to the schema later, at its default, changes nothing)."""
+    defaults = _flat(OmegaConf.to_container(OmegaConf.structured(ExperimentConfig), resolve=False))
+    values = _flat(OmegaConf.to_container(cfg, resolve=True))
+    setting = {
+        k: v
+        for k, v in values.items()
+        if not any(k == u or k.startswith(u + ".") for u in UNMEASURED_KEYS)
+        and defaults.get(k, MISSING_KEY) != v
+    }
+    blob = json.dumps(setting, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
