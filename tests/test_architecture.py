@@ -175,7 +175,9 @@ try:
     rc = main(sys.argv[1:])
 except SystemExit as stop:
     rc = stop.code
-print(json.dumps({{"rc": rc, "heavy": [m for m in {HEAVY!r} if m in sys.modules]}}))
+heavy = [m for m in {HEAVY!r} if m in sys.modules]
+ours = sorted(m for m in sys.modules if m.startswith("stop_lightning."))
+print(json.dumps({{"rc": rc, "heavy": heavy, "ours": ours}}))
 """
 
 
@@ -189,7 +191,7 @@ def cli(*argv: str) -> tuple[dict, str]:
 @pytest.mark.parametrize("argv", [("--help",), ("manifest", "--help"), ("train", "--help")])
 def test_help_imports_nothing_heavy(argv):
     result, _ = cli(*argv)
-    assert result == {"rc": 0, "heavy": []}
+    assert (result["rc"], result["heavy"]) == (0, [])
 
 
 @pytest.mark.parametrize(
@@ -204,7 +206,7 @@ def test_help_imports_nothing_heavy(argv):
 )
 def test_config_mistakes_answer_in_one_line_without_torch(override, named, closest):
     result, err = cli("train", "demo", override)
-    assert result == {"rc": 2, "heavy": []}
+    assert (result["rc"], result["heavy"]) == (2, [])
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("config error: "), err
     assert named in lines[0] and closest in lines[0], lines[0]
@@ -218,3 +220,13 @@ def test_reading_manifests_and_the_registry_loads_nothing_heavy():
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_print_config_imports_only_what_the_named_components_need():
+    """The default callbacks and loggers are Lightning's and ours: checking them imports Lightning
+    (and what Lightning imports), but no model, data or task code and no PyAV."""
+    result, _ = cli("train", "demo", "--print-config")
+    assert result["rc"] == 0 and "lightning" in result["heavy"] and "av" not in result["heavy"]
+    heavy_ours = ("stop_lightning.models", "stop_lightning.tasks.base", "stop_lightning.tasks.factory")
+    assert not [m for m in result["ours"] if m.startswith(heavy_ours)]  # tasks.registry is a light table
+    assert "stop_lightning.data.datamodules" not in result["ours"]
