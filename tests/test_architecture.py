@@ -33,6 +33,7 @@ FLOORS = {
     "stop_lightning.checkpoint_io": 3,
     "stop_lightning.figures": 3,
     "stop_lightning.measured": 3,
+    "stop_lightning.published": 3,
     "stop_lightning.train": 4,
     "stop_lightning.model_io": 4,
     "stop_lightning.inference": 4,

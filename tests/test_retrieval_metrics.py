@@ -161,3 +161,52 @@ def test_querybank_normalisation_against_numpy_loops():
                 expected[i] = [np.exp(beta * row[j]) / np.exp(beta * bank[:, j]).sum() for j in range(g)]
         got = querybank_normalise(torch.from_numpy(sim), torch.from_numpy(bank), beta=beta, k=k)
         np.testing.assert_allclose(got.numpy(), expected, rtol=1e-9)
+
+
+# ------------------------------------------- the experiments' default against CLIP4Clip's own code
+def clip4clip_video_to_text(sim: np.ndarray, owners: np.ndarray) -> dict[str, float]:
+    """CLIP4Clip's multi-sentence video-to-text, written out as its code computes it
+    (``main_task_retrieval.py``: captions grouped per video into ``[V, S, V]`` padded with -inf;
+    ``tensor_video_to_text_sim``: max over each video's captions, transposed; ``compute_metrics``)."""
+    n_vid = sim.shape[1]
+    per_video = [sim[owners == v] for v in range(n_vid)]
+    longest = max(len(rows) for rows in per_video)
+    grouped = np.full((n_vid, longest, n_vid), -np.inf)
+    for v, rows in enumerate(per_video):
+        grouped[v, : len(rows)] = rows
+    x = grouped.max(axis=1).T  # [V, V]: row = query video, column = a video's best caption for it
+    sx = np.sort(-x, axis=1)
+    d = np.diag(-x)[:, np.newaxis]
+    ind = np.where(sx - d == 0)[1]  # one entry per position an exact tie occupies
+    return {
+        "v2t_R1": float(np.sum(ind == 0)) * 100 / len(ind),
+        "v2t_R5": float(np.sum(ind < 5)) * 100 / len(ind),
+        "v2t_R10": float(np.sum(ind < 10)) * 100 / len(ind),
+        "v2t_MdR": float(np.median(ind) + 1),
+        "v2t_MnR": float(np.mean(ind) + 1),
+    }
+
+
+@pytest.mark.parametrize("experiment", ["msvd", "vatex", "msrvtt"])
+def test_multi_caption_experiments_default_to_clip4clip_video_to_text(experiment):
+    """On MSVD-like data (videos with 1-40 captions, scores on a coarse grid so exact ties occur) the
+    experiment's own ranking conventions give CLIP4Clip's video-to-text figures, which the schema's
+    defaults (all captions, pessimistic ties) do not give on the same matrix."""
+    from stop_lightning.config import load_config
+
+    task = load_config(experiment).task
+    rng = np.random.default_rng(0)
+    n_vid = 30
+    owners = np.concatenate([np.full(rng.integers(1, 41), v) for v in range(n_vid)])
+    sim = np.round(rng.normal(size=(len(owners), n_vid)) + 1.5 * np.eye(n_vid)[owners], 1)
+    ours = retrieval_metrics(
+        torch.tensor(sim),
+        torch.tensor(owners),
+        tie_rank=task.tie_rank,
+        v2t_captions=task.v2t_captions,
+        directions=("v2t",),
+    )
+    theirs = clip4clip_video_to_text(sim, owners)
+    assert ours == pytest.approx(theirs)
+    default = retrieval_metrics(torch.tensor(sim), torch.tensor(owners), directions=("v2t",))
+    assert default["v2t_MnR"] != pytest.approx(theirs["v2t_MnR"])

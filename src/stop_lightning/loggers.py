@@ -104,6 +104,16 @@ def offline_sync_hint(sync_dir: str | Path) -> str:
     return f"W&B run saved offline in {sync_dir}\nupload it with: wandb sync {sync_dir}"
 
 
+def update_wandb_summary(values: dict[str, object]) -> bool:
+    """Add ``values`` to the active W&B run's summary; False when no W&B run is active."""
+    wandb = sys.modules.get("wandb")
+    run = getattr(wandb, "run", None) if wandb is not None else None
+    if run is None:
+        return False
+    run.summary.update(values)
+    return True
+
+
 def finish_wandb(exit_code: int = 0) -> str | None:
     """Close the active W&B run, if any: its summary and config are written, and the next
     WandbLogger in this process (a sweep's next trial) starts a new run instead of reusing it.

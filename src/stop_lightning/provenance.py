@@ -87,6 +87,15 @@ def write_run_info(cfg: DictConfig, run_dir: Path, bundle=None, datamodule=None)
     return atomic_write(run_dir / RUN_INFO_FILE, json.dumps(info, indent=2))
 
 
+def update_run_info(run_dir: Path, key: str, value: Any) -> Path:
+    """Set one top-level section of the run folder's ``run_info.json`` (what a test adds after the
+    run began: unreadable videos, the published comparison), keeping the rest."""
+    path = Path(run_dir) / RUN_INFO_FILE
+    info = json.loads(path.read_text()) if path.is_file() else {}
+    info[key] = value
+    return atomic_write(path, json.dumps(info, indent=2))
+
+
 def _short(value: Any) -> str:
     text = str(value)
     is_sha256 = len(text) == 64 and all(c in "0123456789abcdef" for c in text)

@@ -382,6 +382,24 @@ def _default_loggers() -> dict[str, ComponentConfig]:
 
 
 @dataclass
+class PublishedTarget:
+    """A published figure an experiment reproduces (README, "Expected accuracy"). At the end of a test
+    the run's figure is set beside it (``published.py``), only when the run's ``model.preset``, its
+    CLIP (``model.clip.source``) and every key of ``settings`` match the published setting."""
+
+    method: str = ""  # the row of the source's table, e.g. "STOP", "DGL-Transformer"
+    metric: str = ""  # the run's metric it compares with, e.g. test/t2v_R1
+    value: float = 0.0  # as the source prints it
+    scale: float = 1.0  # run figure x scale = the source's units (100: a fraction vs a percentage)
+    source: str = ""  # paper and table (or repository and file) the value was read in
+    backbone: str = ""  # the model.clip.source of the published setting
+    protocol: str = ""  # split and setting as the source states them, and what it does not state
+    preset: str = ""  # the model.preset that stands for the method
+    # Further config keys that must hold, e.g. {model.shared_latent: transformer}
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "demo"
     seed: int = 0
@@ -397,6 +415,8 @@ class ExperimentConfig:
     # prompt images) and to W&B (logger.wandb); add or remove entries by name.
     callbacks: dict[str, ComponentConfig] = field(default_factory=_default_callbacks)
     loggers: dict[str, ComponentConfig] = field(default_factory=_default_loggers)
+    # Published results this experiment reproduces, by name; empty: none (published.py compares).
+    published: dict[str, PublishedTarget] = field(default_factory=dict)
 
 
 # String fields with a closed set of values: checked after composition.

@@ -5,7 +5,6 @@ Read top to bottom, this is everything ``make train EXP=<name>`` does.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -17,13 +16,13 @@ from omegaconf import DictConfig
 from stop_lightning.callbacks import build_callbacks
 from stop_lightning.checkpoint_io import AtomicCheckpointIO, load_trained_weights
 from stop_lightning.data.class_lists import write_protocol_files
-from stop_lightning.fileio import atomic_write
 from stop_lightning.loggers import build_loggers, finish_wandb
 from stop_lightning.measured import measured_line
 from stop_lightning.models.backbone import ClipBundle, load_clip
 from stop_lightning.models.video_encoder import STOPVideoModel
 from stop_lightning.preemption import EXIT_PREEMPTED, Preempted
-from stop_lightning.provenance import RUN_INFO_FILE, collect_run_info, write_run_info
+from stop_lightning.provenance import collect_run_info, update_run_info, write_run_info
+from stop_lightning.published import report_published
 from stop_lightning.run_folder import (
     check_resume_config,
     check_writable,
@@ -103,10 +102,7 @@ def report_unreadable(module: VideoTaskModule, run_dir: Path, shown: int = 5) ->
         return
     first = ", ".join(found["paths"][:shown]) + (", ..." if found["count"] > shown else "")
     print(f"unreadable: {found['count']} of {found['total']} test videos, each scored as a miss ({first})")
-    info_path = run_dir / RUN_INFO_FILE
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    info["unreadable"] = {"test": {**found, "paths": found["paths"][:20]}}
-    atomic_write(info_path, json.dumps(info, indent=2))
+    update_run_info(run_dir, "unreadable", {"test": {**found, "paths": found["paths"][:20]}})
 
 
 def setup_run(
@@ -186,6 +182,7 @@ def train(cfg: DictConfig, resume: str | None = None, allow_change: tuple[str, .
         expected = measured_line(cfg, metrics)
         if expected:
             print(expected)
+        report_published(cfg, metrics, run_dir)
     finish_wandb()
     return metrics
 
@@ -228,5 +225,6 @@ def evaluate(cfg: DictConfig, ckpt: str | None = None, untrained: bool = False) 
             metrics, title=f"{cfg.name}: evaluation ({ckpt or ('untrained' if untrained else 'zero-shot')})"
         )
         report_unreadable(module, run_dir)
+        report_published(cfg, metrics, run_dir)
     finish_wandb()
     return metrics

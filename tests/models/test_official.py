@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from stop_lightning.models.hooks import vision_parts
 from stop_lightning.models.official import (
+    OfficialWeightsError,
     load_official_prompt_weights,
     official_state_dict,
     official_target,
@@ -327,7 +328,7 @@ def test_converter_round_trips_the_authors_key_names(tiny_clip, model_cfg):
     theirs["module.visual.prompt.Conv.0.weight_extra"] = torch.zeros(1)
     theirs["module.clip.visual.conv1.weight"] = torch.zeros(3)
     theirs["module.visual.prompt.Cal_Net.weight"] = torch.zeros(1, 3, 5, 11, 13)  # wrong shape
-    report = load_official_prompt_weights(model, theirs)
+    report = load_official_prompt_weights(model, theirs, partial=True)
     assert len(report.loaded) == len(AUTHORS_KEYS) - 1
     assert set(report.unplaced) == {
         "module.visual.prompt.Conv.0.weight_extra",
@@ -343,10 +344,51 @@ def test_converter_round_trips_the_authors_key_names(tiny_clip, model_cfg):
     assert "could not place 3 keys" in report.summary()
 
 
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ("missing", ["temporal.generator.patch_mlp.2.bias (not given: the authors' InterMLP.2.bias)"]),
+        ("extra", ["Conv.0.weight_extra (the model has no spatial.generator.convs.0.weight_extra)"]),
+        ("shape", ["Cal_Net.weight (shape (1, 3, 5, 11, 13), the model's spatial.scorer.conv.weight is"]),
+    ],
+)
+def test_strict_load_refuses_a_partial_load_in_one_line(tiny_clip, model_cfg, change, named):
+    model = STOPVideoModel(official(model_cfg), tiny_clip(), num_frames=FRAMES)
+    before = {k: v.clone() for k, v in official_state_dict(model).items()}
+    theirs = authors_state_dict(model, seed=1, prefix="module.visual.prompt.")
+    theirs["module.clip.visual.conv1.weight"] = torch.zeros(3)  # outside the prompt module: ignored
+    if change == "missing":
+        del theirs["module.visual.prompt.InterMLP.2.bias"]
+    elif change == "extra":
+        theirs["module.visual.prompt.Conv.0.weight_extra"] = torch.zeros(1)
+    else:
+        theirs["module.visual.prompt.Cal_Net.weight"] = torch.zeros(1, 3, 5, 11, 13)
+    with pytest.raises(OfficialWeightsError) as err:
+        load_official_prompt_weights(model, theirs)
+    message = str(err.value)
+    assert "\n" not in message
+    for part in named:
+        assert part in message
+    assert "partial=True" in message and "conv1" not in message
+    after = official_state_dict(model)
+    assert all(torch.equal(before[k], after[k]) for k in before), "a refused load copied tensors"
+    report = load_official_prompt_weights(model, theirs, partial=True)  # asked for: what fits is loaded
+    assert len(report.loaded) == len(AUTHORS_KEYS) - (change != "extra")
+
+
+def test_strict_load_of_the_whole_prompt_module_ignores_the_rest(tiny_clip, model_cfg):
+    model = STOPVideoModel(official(model_cfg), tiny_clip(), num_frames=FRAMES)
+    theirs = authors_state_dict(model, seed=2)
+    theirs["clip.visual.conv1.weight"] = torch.zeros(3)
+    report = load_official_prompt_weights(model, theirs)
+    assert len(report.loaded) == len(AUTHORS_KEYS) and not report.missing
+    assert list(report.unplaced) == ["clip.visual.conv1.weight"]
+
+
 def test_converter_names_what_a_stop_model_cannot_take(tiny_clip, model_cfg):
     official_model = STOPVideoModel(official(model_cfg), tiny_clip(), num_frames=FRAMES)
     stop = STOPVideoModel(model_cfg("stop", "spatial.scorer=attention"), tiny_clip(), num_frames=FRAMES)
-    report = load_official_prompt_weights(stop, authors_state_dict(official_model, seed=0))
+    report = load_official_prompt_weights(stop, authors_state_dict(official_model, seed=0), partial=True)
     assert "model.preset=stop_official" in report.unplaced["Cal_Net.weight"]
     assert "shape" in report.unplaced["InterConv.2.weight"]  # stop's second conv is 1x1x1
     assert official_target("a.b.Attention.out_proj.weight") == "temporal.generator.attn.out_proj.weight"

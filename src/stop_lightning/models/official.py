@@ -12,6 +12,10 @@ adapters, the shared latent space) is reported as unplaced, with the reason.
     report = load_official_prompt_weights(model, torch.load(path, weights_only=True))
     print(report.summary())
 
+A prompt-module key that finds no place, a wrong shape or a prompt-module parameter left without a
+value stops the load with one line naming them all (:class:`OfficialWeightsError`);
+``partial=True`` loads what fits and reports the rest.
+
 or, to see which keys of a checkpoint would be placed, without building a model:
 ``python -m stop_lightning.models.official CHECKPOINT``.
 """
@@ -25,6 +29,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from stop_lightning.errors import UserError
 
 # The authors' module name (``Sequential`` index included) -> the stop_official module.
 # Their spatial ``Conv`` is conv, conv, PReLU, conv, PReLU, conv; ours keeps an Identity where
@@ -69,6 +75,15 @@ def official_target(key: str) -> str | None:
     return None
 
 
+def authors_key(name: str) -> str:
+    """The inverse of :func:`official_target`: the authors' key (no prefix) of a ``stop_official``
+    parameter name."""
+    for theirs, ours in OFFICIAL_MODULES.items():
+        if name.startswith(ours + "."):
+            return f"{theirs}.{name[len(ours) + 1 :]}"
+    return name
+
+
 @dataclass
 class ConversionReport:
     loaded: dict[str, str] = field(default_factory=dict)  # authors' key -> model key
@@ -86,45 +101,67 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-def load_official_prompt_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> ConversionReport:
+class OfficialWeightsError(UserError, ValueError):
+    """The authors' prompt weights do not fit the model; the one-line message lists every key."""
+
+
+def load_official_prompt_weights(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], partial: bool = False
+) -> ConversionReport:
     """Copy the authors' prompt-module tensors into ``model`` (a ``stop_official`` STOPVideoModel).
 
     A key is placed when its name maps (:func:`official_target`) to a parameter of ``model`` with
     the same shape; every other key is listed in ``unplaced`` with the reason. ``missing`` lists the
     mapped parameters of ``model`` the state dict did not give.
+
+    Keys outside the authors' prompt module (CLIP, DGL prompts, adapters) are ignored and listed. Any
+    other problem (a prompt-module key with no place in ``model``, a shape that differs, a prompt-module
+    parameter the state dict does not give) raises :class:`OfficialWeightsError` naming every such key,
+    and nothing is copied, unless ``partial=True`` asks for whatever fits to be loaded.
     """
     own = dict(model.named_parameters())
     report = ConversionReport()
+    problems: list[str] = []
+    placed: dict[str, str] = {}
     for key, tensor in state_dict.items():
         target = official_target(key)
         if target is None:
             report.unplaced[key] = "not a parameter of the authors' prompt module (TemporalPrompt_3)"
         elif target not in own:
             report.unplaced[key] = f"the model has no {target}; build it with model.preset=stop_official"
+            problems.append(f"{key} (the model has no {target})")
         elif tuple(own[target].shape) != tuple(tensor.shape):
+            theirs, ours = tuple(tensor.shape), tuple(own[target].shape)
             report.unplaced[key] = (
-                f"shape {tuple(tensor.shape)}, the model's {target} is {tuple(own[target].shape)} "
+                f"shape {theirs}, the model's {target} is {ours} "
                 "(sizes come from the CLIP config: use the CLIP the weights were trained with)"
             )
+            problems.append(f"{key} (shape {theirs}, the model's {target} is {ours})")
         else:
-            with torch.no_grad():
-                own[target].copy_(tensor.to(own[target].dtype))
-            report.loaded[key] = target
+            placed[key] = target
     prefixes = tuple(v + "." for v in OFFICIAL_MODULES.values())
-    placed = set(report.loaded.values())
-    report.missing = [k for k in own if k.startswith(prefixes) and k not in placed]
+    report.missing = [k for k in own if k.startswith(prefixes) and k not in set(placed.values())]
+    problems += [f"{k} (not given: the authors' {authors_key(k)})" for k in report.missing]
+    if problems and not partial:
+        count = f"{len(problems)} problem" + ("s" if len(problems) > 1 else "")
+        raise OfficialWeightsError(
+            f"the authors' prompt weights do not fit this model ({count}): "
+            + "; ".join(problems)
+            + ". Build the model with model.preset=stop_official on the CLIP the weights were trained "
+            "with, or pass partial=True to load only what fits"
+        )
+    with torch.no_grad():
+        for key, target in placed.items():
+            own[target].copy_(state_dict[key].to(own[target].dtype))
+    report.loaded = placed
     return report
 
 
 def official_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The inverse: ``model``'s prompt-module tensors under the authors' key names (no prefix)."""
+    prefixes = tuple(v + "." for v in OFFICIAL_MODULES.values())
     own = dict(model.named_parameters())
-    out = {}
-    for theirs, ours in OFFICIAL_MODULES.items():
-        for name, tensor in own.items():
-            if name.startswith(ours + "."):
-                out[f"{theirs}.{name[len(ours) + 1 :]}"] = tensor.detach().clone()
-    return out
+    return {authors_key(n): t.detach().clone() for n, t in own.items() if n.startswith(prefixes)}
 
 
 def main(argv: list[str] | None = None) -> int:
