@@ -19,7 +19,7 @@ help:
 	@echo "make test                         run the test suite (CPU only, no network)"
 	@echo "make demo                         train + evaluate on a tiny synthetic dataset (no downloads)"
 	@echo "make train EXP=hmdb51 [ARGS='k=v'] [RESUME=auto|last|path.ckpt]"
-	@echo "make eval  EXP=hmdb51 CKPT=path.ckpt [ARGS='k=v']"
+	@echo "make eval  EXP=hmdb51 CKPT=path.ckpt [ARGS='k=v']  (no CKPT for a zero-shot experiment)"
 	@echo "make zero_shot CKPT=k400.ckpt [ARGS='k=v']  K400 model -> HMDB51/UCF101/K600 zero-shot table"
 	@echo "make sweep SWEEP=hmdb51_fig4      W&B sweep online, local grid offline"
 	@echo "make bench [ARGS=--quick]         cost of prompts, data formats, search -> docs/benchmarks.md"
@@ -48,9 +48,9 @@ format:
 train:
 	$(CLI) train $(EXP) $(if $(RESUME),--resume $(RESUME)) $(ARGS)
 
+# Without CKPT only a preset that trains nothing is evaluated (zero-shot); `eval` says so otherwise.
 eval:
-	@test -n "$(CKPT)" || (echo "make eval needs CKPT=path/to/checkpoint.ckpt" && exit 2)
-	$(CLI) eval $(EXP) --ckpt $(CKPT) $(ARGS)
+	$(CLI) eval $(EXP) $(if $(CKPT),--ckpt $(CKPT)) $(ARGS)
 
 zero_shot:
 	@test -n "$(CKPT)" || (echo "make zero_shot needs CKPT=path/to/k400/checkpoint.ckpt" && exit 2)

@@ -1,5 +1,7 @@
 """The command line ends user errors with a message and exit code 2, never a traceback."""
 
+import pytest
+
 from stop_lightning.cli import main
 
 
@@ -60,3 +62,43 @@ def test_hydra_style_experiment_override_gets_the_hint(capsys):
         err = capsys.readouterr().err
         assert err.startswith("config error:") and "the experiment is the first argument" in err
         assert "stop-lightning train hmdb51" in err
+
+
+def test_abbreviated_options_are_refused(capsys):
+    """`--resum auto` once meant `--resume auto` (argparse's prefix matching) and started a new run."""
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "demo", "--resum", "auto"])
+    assert stop.value.code == 2 and "unrecognized arguments: --resum auto" in capsys.readouterr().err
+
+
+def test_version_and_the_print_config_spelling_of_other_tools(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert (
+        stop.value.code == 0
+        and capsys.readouterr().out.strip() == f"stop-lightning {version('stop_lightning')}"
+    )
+    assert main(["train", "demo", "--print_config", "trainer.max_epochs=3"]) == 0
+    assert "max_epochs: 3" in capsys.readouterr().out
+
+
+def test_make_eval_needs_no_checkpoint_for_a_zero_shot_experiment():
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        ["make", "-n", "eval", "EXP=hmdb51_zero_shot"], cwd=root, capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.split()[-2:] == ["eval", "hmdb51_zero_shot"]  # no --ckpt
+    with_ckpt = subprocess.run(
+        ["make", "-n", "eval", "EXP=hmdb51", "CKPT=a.ckpt"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert with_ckpt.stdout.split()[-3:] == ["hmdb51", "--ckpt", "a.ckpt"]

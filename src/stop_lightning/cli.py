@@ -91,10 +91,21 @@ def configure_logging() -> None:
     warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
 
 
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("stop_lightning")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    # No abbreviations: `--resum auto` must not quietly mean `--resume auto`, nor a typo another option.
     parser = argparse.ArgumentParser(
-        prog="stop-lightning", description=" ".join(__doc__.split("\n\n")[0].split())
+        prog="stop-lightning", description=" ".join(__doc__.split("\n\n")[0].split()), allow_abbrev=False
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="fit, validate and test an experiment")
@@ -113,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --resume: let this config key (or section, e.g. trainer) differ from the run's "
         "config.yaml; repeatable",
     )
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument(
+        "--print-config", "--print_config", action="store_true", help="print the resolved config and exit"
+    )
 
     p = sub.add_parser("eval", help="test a checkpoint (or zero-shot CLIP without one)")
     _add_experiment_args(p)
@@ -203,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="W&B sweep online, local grid/random search offline")
     p.add_argument("sweep", help="sweeps/<name>.yaml or a path")
     p.add_argument("overrides", nargs="*", help="config overrides for every trial, key=value")
+    for command in sub.choices.values():
+        command.allow_abbrev = False
     return parser
 
 
