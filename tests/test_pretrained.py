@@ -115,3 +115,21 @@ def test_export_into_a_new_folder_is_atomic(demo_run, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         export(demo_run.ckpt, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []  # neither the folder nor a temp folder is left
+
+
+def test_export_is_readable_by_colleagues_and_its_card_says_which_weights_were_tested(demo_run, exported):
+    """A shared filesystem: the folder and its files get the modes the umask allows (not mkdtemp's
+    private 0700); the card names no local path and says what `checkpoint.test` chose."""
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(exported.stat().st_mode) == 0o777 & ~umask
+    for item in exported.iterdir():
+        assert stat.S_IMODE(item.stat().st_mode) == 0o666 & ~umask, item
+    card = (exported / "README.md").read_text()
+    assert str(demo_run.ckpt.resolve().parent) not in card and "<run folder>/checkpoints/last.ckpt" in card
+    tested = demo_run.cfg.checkpoint.test
+    assert ("`checkpoint.test=last`" in card) == (tested == "last")
+    assert ("the best by `checkpoint.monitor`" in card) == (tested == "best")

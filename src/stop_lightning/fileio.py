@@ -41,3 +41,14 @@ def atomic_write(path: str | Path, data: str | bytes, encoding: str = "utf-8") -
         else:
             tmp.write_text(data, encoding=encoding)
     return path
+
+
+def share_as_umask_allows(folder: str | Path) -> None:
+    """Give ``folder`` and the files in it the modes a plain ``mkdir``/``open`` would have (0777 and
+    0666 less the umask): temporary folders and files start private (0700/0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder = Path(folder)
+    folder.chmod(0o777 & ~umask)
+    for item in folder.iterdir():
+        item.chmod((0o777 if item.is_dir() else 0o666) & ~umask)

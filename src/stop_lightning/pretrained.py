@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
 from stop_lightning.checkpoint_io import read_checkpoint
+from stop_lightning.fileio import share_as_umask_allows
 from stop_lightning.model_io import (
     CARD_FILE,
     CONFIG_FILE,
@@ -106,6 +107,7 @@ def export(ckpt: str | Path, out_dir: str | Path, clip_source: str | None = None
         (tmp / CONFIG_FILE).write_text(OmegaConf.to_yaml(loaded.cfg, resolve=True))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         (tmp / CARD_FILE).write_text(model_card(loaded.cfg, meta, out_dir.name))
+        share_as_umask_allows(tmp)  # mkdtemp made it private (0700): an export is meant to be shared
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked above); os.replace cannot replace a directory on every OS
         os.replace(tmp, out_dir)
@@ -138,6 +140,12 @@ def model_card(cfg: DictConfig, meta: dict[str, Any], name: str) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in meta["run_info"].get("versions", {}).items())
     classes = meta["hparams"].get("class_names") or []
     train_cmd = f"stop-lightning train config.yaml paths.run_dir=runs/{cfg.name}"
+    tested = (
+        "the weights the fit ended with: `checkpoint.test=last`"
+        if cfg.checkpoint.test == "last"
+        else f"the best by `checkpoint.monitor` = {cfg.checkpoint.monitor}"
+    )
+    checkpoint_name = Path(source["checkpoint"]).name  # a local path means nothing to a reader
     revision = git.get("revision", "unknown")
     dirty = " (uncommitted changes)" if git.get("dirty") else ""
     return f"""---
@@ -165,7 +173,7 @@ trained tensors ({WEIGHTS_FILE}); the frozen CLIP is loaded from its own source.
 ## Metrics the training run logged
 
 Last logged value of each metric in the run's `csv/metrics.csv`; `test/` is the checkpoint that
-`stop-lightning train` tested (the best by `checkpoint.monitor`), which may not be this one.
+`stop-lightning train` tested ({tested}), which may not be this one.
 
 | metric | value |
 |---|---|
@@ -175,7 +183,7 @@ Last logged value of each metric in the run's `csv/metrics.csv`; `test/` is the 
 
 ```bash
 {train_cmd}   # this folder's config.yaml: the run's resolved config
-stop-lightning export {source["checkpoint"]} {name}
+stop-lightning export <run folder>/checkpoints/{checkpoint_name} {name}
 ```
 
 git revision `{revision}`{dirty}; {versions}.
