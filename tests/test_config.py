@@ -1,5 +1,7 @@
 """Config composition and validation: errors name the key, the file and the valid choices."""
 
+import re
+
 import pytest
 from omegaconf import OmegaConf
 from omegaconf.errors import ReadonlyConfigError
@@ -98,3 +100,50 @@ def test_override_may_interpolate_another_key_and_is_still_checked():
 def test_text_prompt_cap_follows_the_tokenizer_length():
     cfg = load_config("demo", ["data.max_text_tokens=20"])
     assert cfg.model.text_prompts.max_text_tokens == 20  # one key: base.yaml interpolates the other
+
+
+def test_lightning_debug_and_time_knobs_reach_the_trainer(tmp_path):
+    from stop_lightning.train import build_trainer
+
+    knobs = ["trainer.max_time=00:01:30:00", "trainer.profiler=simple", "trainer.detect_anomaly=true"]
+    cfg = load_config(
+        "demo", ["trainer.fast_dev_run=2", "trainer.benchmark=true", "logger.wandb=false", *knobs]
+    )
+    trainer = build_trainer(cfg, tmp_path, "fit")
+    assert trainer.fast_dev_run == 2 and trainer.limit_train_batches == 2 and trainer.limit_test_batches == 2
+    assert type(trainer.profiler).__name__ == "SimpleProfiler"
+    assert trainer._detect_anomaly is True
+    stop = [c for c in trainer.callbacks if type(c).__name__ == "Timer"]
+    assert stop and stop[0]._duration == 90 * 60
+    overfit = build_trainer(
+        load_config("demo", ["trainer.overfit_batches=3", "logger.wandb=false"]), tmp_path, "fit"
+    )
+    assert overfit.overfit_batches == 3 and overfit.limit_train_batches == 3
+    plain = build_trainer(load_config("demo", ["logger.wandb=false"]), tmp_path, "fit")
+    assert plain.fast_dev_run is False and plain.overfit_batches == 0 and not plain._detect_anomaly
+    assert not [c for c in plain.callbacks if type(c).__name__ == "Timer"]
+
+
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ("trainer.fast_dev_run=-1", "'trainer.fast_dev_run' = -1: give true"),
+        ("trainer.overfit_batches=1.5", "'trainer.overfit_batches' = 1.5: give a number of batches"),
+        ("trainer.max_time=90m", "'trainer.max_time' = '90m': give DD:HH:MM:SS"),
+        ("trainer.profiler=fancy", "'trainer.profiler' = 'fancy' in command-line overrides is not one of"),
+    ],
+)
+def test_lightning_knobs_are_checked_before_any_work(override, says):
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        load_config("demo", [override])
+
+
+def test_debug_is_a_one_batch_smoke_run_without_wandb(capsys):
+    from stop_lightning.cli import main
+
+    assert main(["train", "demo", "--debug", "--print-config", "trainer.fast_dev_run=3"]) == 0
+    out = capsys.readouterr().out
+    assert "fast_dev_run: 3" in out  # a later override wins
+    assert main(["train", "demo", "--debug", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "fast_dev_run: true" in out and "wandb: false" in out

@@ -18,6 +18,10 @@ from stop_lightning.config import available_experiments, load_config
 from stop_lightning.errors import EXIT_USER_ERROR, USER_ERRORS
 from stop_lightning.schema import ConfigError
 
+# `train --debug`: Lightning's fast_dev_run (one batch of train, val and test, no checkpoint kept),
+# without W&B; overrides given after it still win.
+DEBUG_OVERRIDES = ("trainer.fast_dev_run=true", "logger.wandb=false")
+
 
 def _add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -126,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--print-config", "--print_config", action="store_true", help="print the resolved config and exit"
+    )
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"a smoke run: one batch of each stage, no W&B ({' '.join(DEBUG_OVERRIDES)})",
     )
 
     p = sub.add_parser("eval", help="test a checkpoint (or zero-shot CLIP without one)")
@@ -243,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
 
             return protocol_main(args.args)
         if args.command in ("train", "eval"):
-            cfg = load_config(args.experiment, args.overrides)
+            debug = list(DEBUG_OVERRIDES) if getattr(args, "debug", False) else []
+            cfg = load_config(args.experiment, debug + list(args.overrides))
             if args.command == "train" and args.print_config:
                 from stop_lightning.schema import to_yaml
 

@@ -16,6 +16,7 @@ the registries themselves import only the schema.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,8 @@ def _validate_values(cfg: DictConfig, layer: DictConfig, origin: str) -> None:
             )
 
 
-LIMIT_KEYS = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
+LIMIT_KEYS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "overfit_batches")
+_MAX_TIME = re.compile(r"\d{1,2}:\d{2}:\d{2}:\d{2}")
 
 
 def _check_trainer(t: DictConfig) -> None:
@@ -161,6 +163,16 @@ def _check_trainer(t: DictConfig) -> None:
                 f"config key 'trainer.{key}' = {value!r}: give a number of batches (int >= 0, e.g. 1 for one "
                 "batch) or a fraction (float in [0.0, 1.0], e.g. 1.0 for all)"
             )
+    if not (isinstance(t.fast_dev_run, bool) or (isinstance(t.fast_dev_run, int) and t.fast_dev_run >= 0)):
+        raise ConfigError(
+            f"config key 'trainer.fast_dev_run' = {t.fast_dev_run!r}: give true (one batch of each stage), "
+            "false, or a number of batches (int >= 0)"
+        )
+    if t.max_time and not _MAX_TIME.fullmatch(str(t.max_time)):
+        raise ConfigError(
+            f"config key 'trainer.max_time' = {t.max_time!r}: give DD:HH:MM:SS (e.g. 00:03:50:00 for a "
+            "4-hour slot less 10 minutes), or leave it empty for no limit"
+        )
     devices = t.devices
     items = list(devices) if isinstance(devices, ListConfig) else [devices]
     if isinstance(devices, str) and devices != "auto":

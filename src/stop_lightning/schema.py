@@ -320,6 +320,13 @@ class TrainerConfig:
     limit_val_batches: Any = 1.0
     limit_test_batches: Any = 1.0
     num_sanity_val_steps: int = 0
+    # Lightning's debugging and time knobs, passed through as Lightning reads them.
+    fast_dev_run: Any = False  # true: one batch of each stage; an int n: n batches (no checkpoints kept)
+    overfit_batches: Any = 0.0  # an int (batches) or a float (fraction) of the training set, reused
+    max_time: str = ""  # "DD:HH:MM:SS": stop the fit (with a checkpoint) after this long, e.g. a SLURM slot
+    profiler: str = ""  # "" (none) | simple | advanced | pytorch
+    detect_anomaly: bool = False  # torch.autograd anomaly detection (slow: for finding NaNs)
+    benchmark: bool = False  # cudnn.benchmark: pick the fastest convolution kernels for fixed shapes
     deterministic: bool = False
     enable_progress_bar: bool = (
         True  # on a terminal; output to a file gets text lines (logger.text_every_n_steps)
@@ -434,6 +441,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "logger.mode": ("auto", "online", "offline", "disabled"),
     "checkpoint.mode": ("min", "max"),
     "checkpoint.test": ("best", "last"),
+    "trainer.profiler": ("", "simple", "advanced", "pytorch"),
 }
 
 

@@ -65,6 +65,12 @@ def build_trainer(cfg: DictConfig, run_dir: Path, stage: str) -> L.Trainer:
         limit_val_batches=t.limit_val_batches,
         limit_test_batches=t.limit_test_batches,
         num_sanity_val_steps=t.num_sanity_val_steps,
+        fast_dev_run=t.fast_dev_run,
+        overfit_batches=t.overfit_batches,
+        max_time=t.max_time or None,
+        profiler=t.profiler or None,
+        detect_anomaly=t.detect_anomaly,
+        benchmark=t.benchmark,
         deterministic=t.deterministic,
         enable_progress_bar=t.enable_progress_bar and sys.stdout.isatty(),  # files get TextLog lines
         callbacks=build_callbacks(cfg, run_dir, stage),
