@@ -247,3 +247,44 @@ def test_text_log_lines_for_files(tmp_path):
             "val/top1 0.2500" in line and "train/loss" in line and "lr 1.00e-02" in line and "clips/s" in line
         )
     assert "eta 0:00:00" in ends[-1] and "eta " in steps[0]
+
+
+def test_epoch_lines_without_validation_show_no_stale_figures_and_early_stopping_says_so(
+    cache_dir, tmp_path, capsys, monkeypatch
+):
+    """Validation every 2nd epoch: the 1st and 3rd epoch lines carry no val/ figures (the last
+    validation's would read as fresh). meanP's val/top1 is exactly 0.5 at every validation, so
+    EarlyStopping (patience 1) ends the fit after epoch 4 of 6, and the run says so."""
+    from stop_lightning.config import load_config
+    from stop_lightning.train import train
+
+    monkeypatch.setenv("STOP_RUN_STAMP", "run")
+    es = "callbacks.early_stopping"
+    cfg = load_config(
+        "demo",
+        [
+            f"paths.cache_dir={cache_dir}",
+            f"paths.output_dir={tmp_path}",
+            "model.preset=clip4clip_meanp",
+            "data.synthetic_clips_per_class=8",
+            "data.synthetic_looks=0",
+            "trainer.max_epochs=6",
+            "trainer.check_val_every_n_epoch=2",
+            "trainer.enable_progress_bar=false",
+            "logger.wandb=false",
+            f"{es}.class_path=lightning.pytorch.callbacks.EarlyStopping",
+            f"{es}.init_args.monitor=val/top1",
+            f"{es}.init_args.mode=max",
+            f"{es}.init_args.patience=1",
+        ],
+    )
+    train(cfg)
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if " done" in line and line.startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == ["1/6", "2/6", "3/6", "4/6"]
+    for line in lines:
+        fresh = line.split()[1] in ("2/6", "4/6")
+        assert ("val/top1 0.5000" in line) == fresh, line
+        assert ("done (no validation)" in line) == (not fresh), line
+    assert "early stopping: val/top1 did not improve (mode max, min_delta 0.0) for 1 validations" in out
+    assert "stopped after epoch 4 of 6" in out

@@ -164,6 +164,7 @@ class TextLog(Callback):
         self._fit_start = self._window_start = None
         self._start_step = 0
         self._clips = 0
+        self._validated = False  # a validation ran since the last epoch line
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._fit_start = self._window_start = time.perf_counter()
@@ -184,17 +185,21 @@ class TextLog(Callback):
             )
             self._emit(trainer, where, prefix="train/")
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._emit(trainer, "done", prefix="")
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._validated = True
 
-    def _emit(self, trainer, where: str, prefix: str) -> None:
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # An epoch without validation (trainer.check_val_every_n_epoch > 1) shows no val/ figures:
+        # the callback metrics still hold the last validation's, which are not this epoch's.
+        validated, self._validated = self._validated, False
+        self._emit(trainer, "done" if validated else "done (no validation)", prefix="", with_val=validated)
+
+    def _emit(self, trainer, where: str, prefix: str, with_val: bool = False) -> None:
         if not trainer.is_global_zero:
             return
-        metrics = {
-            k: float(v)
-            for k, v in trainer.callback_metrics.items()
-            if k.startswith(prefix or ("train/", "val/"))
-        }
+        wanted = prefix or (("train/", "val/") if with_val else ("train/",))
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(wanted)}
         now = time.perf_counter()
         parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} {where} step {trainer.global_step}"]
         parts += [f"{k} {metrics[k]:.4f}" for k in sorted(metrics) if not k.endswith("_step")]

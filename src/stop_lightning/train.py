@@ -11,6 +11,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 from omegaconf import DictConfig
 
 from stop_lightning.callbacks import build_callbacks
@@ -89,6 +90,17 @@ def trainer_plugins(cfg: DictConfig) -> list:
     if SLURMEnvironment.detect():
         plugins.append(SLURMEnvironment(auto_requeue=False))
     return plugins
+
+
+def report_early_stop(trainer: L.Trainer) -> None:
+    """One line when an EarlyStopping callback ended the fit before ``max_epochs``."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, EarlyStopping) and callback.stopped_epoch:
+            print(
+                f"early stopping: {callback.monitor} did not improve (mode {callback.mode}, min_delta "
+                f"{abs(callback.min_delta)}) for {callback.patience} validations; the fit stopped after "
+                f"epoch {callback.stopped_epoch + 1} of {trainer.max_epochs}"
+            )
 
 
 def print_metrics_table(metrics: dict[str, float], title: str) -> str:
@@ -175,6 +187,7 @@ def train(cfg: DictConfig, resume: str | None = None, allow_change: tuple[str, .
         except Preempted:
             finish_wandb(exit_code=EXIT_PREEMPTED)
             raise
+        report_early_stop(trainer)
         if cfg.checkpoint.test == "best":
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
             ckpt_for_test = best or None
