@@ -147,3 +147,42 @@ def test_debug_is_a_one_batch_smoke_run_without_wandb(capsys):
     assert main(["train", "demo", "--debug", "--print-config"]) == 0
     out = capsys.readouterr().out
     assert "fast_dev_run: true" in out and "wandb: false" in out
+
+
+def test_an_experiment_extends_another_and_changes_a_few_keys(tmp_path):
+    child = tmp_path / "demo_es.yaml"
+    child.write_text(
+        "extends: demo\n"
+        "trainer: {max_epochs: 3}\n"
+        "callbacks:\n"
+        "  early_stopping:\n"
+        "    class_path: lightning.pytorch.callbacks.EarlyStopping\n"
+        "    init_args: {monitor: val/top1, mode: max}\n"
+    )
+    grandchild = tmp_path / "demo_es_meanp.yaml"
+    grandchild.write_text("extends: demo_es.yaml\nmodel: {preset: clip4clip_meanp}\n")
+    demo = load_config("demo")
+    cfg = load_config(child)
+    assert cfg.name == "demo_es" and cfg.trainer.max_epochs == 3 and "early_stopping" in cfg.callbacks
+    for key in ("model", "data", "task", "optim"):  # everything else is the demo's
+        assert OmegaConf.to_container(cfg[key]) == OmegaConf.to_container(demo[key]), key
+    deeper = load_config(grandchild, ["trainer.max_epochs=2"])
+    assert deeper.name == "demo_es_meanp" and deeper.model.preset == "clip4clip_meanp"
+    assert not deeper.model.temporal.enabled  # the preset file applies, under the experiments
+    assert deeper.trainer.max_epochs == 2 and "early_stopping" in deeper.callbacks
+
+
+def test_extends_errors_name_the_file(tmp_path):
+    loop_a, loop_b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    loop_a.write_text("extends: b.yaml\n")
+    loop_b.write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"in a circle: a.yaml -> b.yaml -> a.yaml"):
+        load_config(loop_a)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("extends: dmeo\n")
+    with pytest.raises(ConfigError, match=r"no experiment 'dmeo' .* Did you mean 'demo'\?"):
+        load_config(typo)
+    bad_key = tmp_path / "bad_key.yaml"
+    bad_key.write_text("extends: demo\ntrainer: {max_epoch: 3}\n")
+    with pytest.raises(ConfigError, match=r"'trainer.max_epoch' in .*bad_key.yaml"):
+        load_config(bad_key)

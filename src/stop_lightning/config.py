@@ -4,7 +4,7 @@ A run's config is composed, in this order, from:
 
 1. ``experiments/base.yaml``                shared defaults (every key of the schema)
 2. ``experiments/presets/<model.preset>.yaml``  a named model (``stop``, ``dgl``, ...)
-3. ``experiments/<name>.yaml``              the experiment
+3. ``experiments/<name>.yaml``              the experiment (after the ones it ``extends``)
 4. command-line dotlist overrides            ``trainer.max_epochs=3 model.spatial.alpha=0.1``
 
 and merged onto the structured schema (``schema.py``), so an unknown key, a wrong type or a missing
@@ -195,6 +195,54 @@ def _is_device_id(item: Any, count: int) -> bool:
     return isinstance(item, int) and (item >= 0 or (item == -1 and count == 1))
 
 
+EXTENDS = "extends"  # an experiment file's key: the experiment it starts from
+
+
+def experiment_path(experiment: str | Path, exp_dir: Path) -> Path:
+    """``experiments/<name>.yaml``, or ``experiment`` itself when it is a YAML path; one line naming the
+    closest experiment when there is none."""
+    exp_path = Path(experiment)
+    if exp_path.suffix not in (".yaml", ".yml"):
+        exp_path = exp_dir / f"{experiment}.yaml"
+    if not exp_path.is_file():
+        names = available_experiments(exp_dir)
+        close = difflib.get_close_matches(str(experiment), names, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(
+            f"no experiment '{experiment}' ({exp_path} does not exist).{hint} Available: {', '.join(names)}"
+        )
+    return exp_path
+
+
+def experiment_chain(exp_path: Path, exp_dir: Path) -> list[tuple[Path, DictConfig]]:
+    """The experiment file and the ones it ``extends`` (a name in ``exp_dir`` or a path relative to the
+    file), the farthest parent first, each without its ``extends`` key. A circle is one clear error."""
+    chain: list[tuple[Path, DictConfig]] = []
+    path: Path | None = exp_path
+    while path is not None:
+        if any(path.resolve() == seen.resolve() for seen, _ in chain):
+            names = " -> ".join(p.name for p, _ in [*chain, (path, None)])
+            raise ConfigError(f"experiments extend each other in a circle: {names}")
+        layer = _load_yaml(path)
+        parent = layer.pop(EXTENDS, None) if EXTENDS in layer else None
+        chain.append((path, layer))
+        if parent is None:
+            path = None
+        elif not isinstance(parent, str) or not parent:
+            raise ConfigError(
+                f"{path}: '{EXTENDS}' must name one experiment (e.g. extends: demo), got {parent!r}"
+            )
+        else:
+            relative = path.parent / parent
+            path = relative if relative.suffix in (".yaml", ".yml") and relative.is_file() else None
+            path = path or experiment_path(parent, exp_dir)
+    # The name of a child that sets none is its own file's, not its parent's.
+    child_path, child = chain[0]
+    if "name" not in child:
+        child.name = child_path.stem
+    return list(reversed(chain))
+
+
 def load_config(
     experiment: str | Path,
     overrides: list[str] | None = None,
@@ -213,16 +261,7 @@ def load_config(
                 f"'{item}': the experiment is the first argument, not an override; "
                 f"e.g. `stop-lightning train {item.split('=', 1)[-1] or '<name>'} [key=value ...]`"
             )
-    exp_path = Path(experiment)
-    if exp_path.suffix not in (".yaml", ".yml"):
-        exp_path = exp_dir / f"{experiment}.yaml"
-    if not exp_path.is_file():
-        names = available_experiments(exp_dir)
-        close = difflib.get_close_matches(str(experiment), names, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(
-            f"no experiment '{experiment}' ({exp_path} does not exist).{hint} Available: {', '.join(names)}"
-        )
+    exp_path = experiment_path(experiment, exp_dir)
 
     overrides = list(overrides or [])
     for item in overrides:
@@ -231,7 +270,8 @@ def load_config(
                 f"command-line override '{item}' is not of the form key=value (e.g. trainer.max_epochs=3)"
             )
     cli = OmegaConf.from_dotlist(overrides)
-    exp = _load_yaml(exp_path)
+    chain = experiment_chain(exp_path, exp_dir)  # [(path, layer)], the farthest parent first
+    exp_path, exp = chain[-1]
 
     cfg = OmegaConf.structured(ExperimentConfig)
     base_path = exp_dir / "base.yaml"
@@ -239,8 +279,9 @@ def load_config(
         cfg = _merge_checked(cfg, _load_yaml(base_path), str(base_path))
 
     # The preset is chosen by the override, else the experiment, else the base.
+    from_files = [OmegaConf.select(layer, "model.preset") for _, layer in reversed(chain)]
     preset = (
-        OmegaConf.select(cli, "model.preset") or OmegaConf.select(exp, "model.preset") or cfg.model.preset
+        OmegaConf.select(cli, "model.preset") or next((p for p in from_files if p), None) or cfg.model.preset
     )
     presets = available_presets(exp_dir) or available_presets()  # a folder of experiments without presets/
     if preset not in presets:
@@ -253,9 +294,8 @@ def load_config(
     if preset_path.is_file():
         cfg = _merge_checked(cfg, _load_yaml(preset_path), str(preset_path))
 
-    if "name" not in exp:
-        exp.name = exp_path.stem
-    cfg = _merge_checked(cfg, exp, str(exp_path))
+    for path, layer in chain:
+        cfg = _merge_checked(cfg, layer, str(path))
     cfg = _merge_checked(cfg, cli, "command-line overrides")
     try:
         OmegaConf.resolve(cfg)
