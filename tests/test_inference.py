@@ -222,3 +222,36 @@ def test_embed_takes_a_manifest_of_paths_only(demo_run, demo_test_set, tmp_path)
     assert embed_main(str(demo_run.ckpt), str(paths_only), str(bare)) == 0
     a, b = torch.load(full, weights_only=True), torch.load(bare, weights_only=True)
     assert b["paths"] == [r.path for r in records] and torch.equal(a["embeddings"], b["embeddings"])
+
+
+def test_eval_records_and_prints_what_it_scored(demo_run, tmp_path, capsys, monkeypatch):
+    """The eval folder's run_info.json names the checkpoint and the fingerprint of the weights it
+    scored (the same fingerprint as the checkpoint loaded on its own), and the console prints the folder."""
+    import json
+
+    from stop_lightning.cli import main
+    from stop_lightning.model_io import load_checkpoint, model_fingerprint
+
+    monkeypatch.setenv("STOP_RUN_STAMP", "scored")
+    cfg = demo_run.cfg
+    overrides = [
+        f"paths.cache_dir={cfg.paths.cache_dir}",
+        f"paths.output_dir={tmp_path}",
+        "data.synthetic_clips_per_class=8",
+        "data.synthetic_classes=4",
+        "data.synthetic_looks=0",
+        "logger.wandb=false",
+        "trainer.enable_progress_bar=false",
+    ]
+    assert main(["eval", "demo", "--ckpt", str(demo_run.ckpt), *overrides]) == 0
+    out = capsys.readouterr().out
+    folder = tmp_path / "demo" / "scored"
+    assert f"eval folder: {folder}" in out
+    scored = json.loads((folder / "run_info.json").read_text())["evaluated"]
+    expected = model_fingerprint(load_checkpoint(demo_run.ckpt).module)
+    assert scored == {
+        "what": "checkpoint",
+        "checkpoint": str(demo_run.ckpt.resolve()),
+        "fingerprint": expected,
+    }
+    assert f"model {expected[:12]}" in out

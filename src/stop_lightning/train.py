@@ -19,6 +19,7 @@ from stop_lightning.checkpoint_io import AtomicCheckpointIO, load_trained_weight
 from stop_lightning.data.class_lists import write_protocol_files
 from stop_lightning.loggers import build_loggers, finish_wandb
 from stop_lightning.measured import measured_line
+from stop_lightning.model_io import model_fingerprint
 from stop_lightning.models.backbone import ClipBundle, load_clip
 from stop_lightning.models.video_encoder import STOPVideoModel
 from stop_lightning.preemption import EXIT_PREEMPTED, Preempted
@@ -236,14 +237,21 @@ def evaluate(cfg: DictConfig, ckpt: str | None = None, untrained: bool = False) 
     module = build_module(cfg, datamodule, bundle)
     if ckpt is not None:
         load_trained_weights(module, ckpt, run_info=collect_run_info(cfg, bundle, datamodule))
+    scored = {  # what this evaluation scored, kept with its results
+        "what": "checkpoint" if ckpt is not None else ("untrained" if untrained else "zero-shot"),
+        "checkpoint": str(Path(ckpt).resolve()) if ckpt is not None else None,
+        "fingerprint": model_fingerprint(module),
+    }
     trainer = build_trainer(cfg, run_dir, "test")
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:
-        print_metrics_table(
-            metrics, title=f"{cfg.name}: evaluation ({ckpt or ('untrained' if untrained else 'zero-shot')})"
-        )
+        print_metrics_table(metrics, title=f"{cfg.name}: evaluation ({ckpt or scored['what']})")
         report_unreadable(module, run_dir)
         report_published(cfg, metrics, run_dir)
+        update_run_info(run_dir, "evaluated", scored)
+        print(
+            f"eval folder: {run_dir} (model {scored['fingerprint'][:12]}; run_info.json says what was scored)"
+        )
     finish_wandb()
     return metrics
