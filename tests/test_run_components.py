@@ -235,3 +235,59 @@ def test_the_demos_draw_prompt_pictures():
     for name, steps in (("demo", 96), ("demo_retrieval", 120)):
         every = load_config(name).logger.log_images_every_n_steps
         assert 0 < every <= steps // 2, (name, every)
+
+
+def _no_network(monkeypatch):
+    import socket
+
+    from stop_lightning import loggers
+
+    def refuse(*args, **kwargs):
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    loggers.reachable.cache_clear()
+    return loggers
+
+
+def test_wandb_auto_falls_back_to_offline_without_a_network(monkeypatch, caplog):
+    loggers = _no_network(monkeypatch)
+    with caplog.at_level("WARNING", logger="stop_lightning.loggers"):
+        assert loggers.wandb_mode("auto") == "offline"
+    assert "api.wandb.ai:443 unreachable (Network is unreachable); logging offline" in caplog.text
+    loggers.reachable.cache_clear()
+    monkeypatch.setattr(
+        "socket.create_connection", lambda *a, **k: type("C", (), {"close": lambda s: None})()
+    )
+    assert loggers.wandb_mode("auto") == "online"
+    monkeypatch.delenv("WANDB_API_KEY")
+    monkeypatch.setattr("netrc.netrc", lambda *a: (_ for _ in ()).throw(FileNotFoundError()))
+    assert loggers.wandb_mode("auto") == "offline"  # no key: offline, no network asked
+    loggers.reachable.cache_clear()
+
+
+def test_wandb_online_without_a_network_is_one_line_before_any_run_folder(
+    cache_dir, tmp_path, monkeypatch, capsys
+):
+    loggers = _no_network(monkeypatch)
+    out = tmp_path / "runs"
+    code = main(
+        [
+            "train",
+            "demo",
+            f"paths.cache_dir={cache_dir}",
+            f"paths.output_dir={out}",
+            "logger.wandb=true",
+            "logger.mode=online",
+            "trainer.max_epochs=1",
+        ]
+    )
+    err = capsys.readouterr().err
+    loggers.reachable.cache_clear()
+    assert code == 2 and "Traceback" not in err
+    assert (
+        "error: logger.mode=online but api.wandb.ai:443 unreachable" in err and "logger.mode=offline" in err
+    )
+    assert not out.exists() or not any(out.rglob("config.yaml"))  # no run folder made

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import netrc
 import os
+import socket
 import sys
+import urllib.parse
 from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
@@ -12,7 +16,10 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf
 
 from stop_lightning.config_entries import build_components
+from stop_lightning.errors import UserError
 from stop_lightning.fileio import atomic_write
+
+log = logging.getLogger(__name__)
 
 WANDB_ID_FILE = "wandb_id.txt"  # in the run folder: a resumed run continues the same W&B run
 
@@ -61,20 +68,58 @@ class ConfigOnceWandbLogger(WandbLogger):
         return None
 
 
+WANDB_HOST = "api.wandb.ai"
+REACH_TIMEOUT_S = 3.0  # a connection that takes longer is treated as no network
+
+
+class WandbUnreachable(UserError):
+    """``logger.mode=online`` on a machine that cannot reach W&B."""
+
+
+@functools.lru_cache(maxsize=8)
+def reachable(host: str, port: int = 443) -> str | None:
+    """None when a TCP connection to ``host:port`` opens within ``REACH_TIMEOUT_S``, else why not
+    (asked once per process: a cluster node without a network fails fast instead of hanging)."""
+    try:
+        socket.create_connection((host, port), timeout=REACH_TIMEOUT_S).close()
+    except OSError as err:
+        return f"{host}:{port} unreachable ({err.strerror or type(err).__name__})"
+    return None
+
+
+def wandb_host() -> tuple[str, int]:
+    url = urllib.parse.urlparse(os.environ.get("WANDB_BASE_URL", f"https://{WANDB_HOST}"))
+    return url.hostname or WANDB_HOST, url.port or (80 if url.scheme == "http" else 443)
+
+
 def wandb_mode(requested: str) -> str:
-    """``auto``: online only with an API key (env or ~/.netrc); never prompts."""
+    """``auto``: online only with an API key (env or ~/.netrc) and W&B reachable, else offline with
+    one line saying why; ``online`` on a machine that cannot reach W&B is one clear error. Never prompts."""
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
-    if requested != "auto":
+    if requested not in ("auto", "online"):
         return requested
-    if os.environ.get("WANDB_API_KEY"):
+    if requested == "auto" and not has_api_key():
+        return "offline"
+    why = reachable(*wandb_host())
+    if why is None:
         return "online"
-    try:
-        if netrc.netrc().authenticators("api.wandb.ai"):
-            return "online"
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        pass
+    if requested == "online":
+        raise WandbUnreachable(
+            f"logger.mode=online but {why}: set logger.mode=offline (sync later with `wandb sync`) "
+            "or logger.mode=auto, which falls back to offline by itself"
+        )
+    log.warning("W&B: %s; logging offline (upload later with `wandb sync <run folder>/wandb`)", why)
     return "offline"
+
+
+def has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return bool(netrc.netrc().authenticators(WANDB_HOST))
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from stop_lightning.callbacks import build_callbacks
 from stop_lightning.checkpoint_io import AtomicCheckpointIO, load_trained_weights
 from stop_lightning.data.class_lists import write_protocol_files
-from stop_lightning.loggers import build_loggers, finish_wandb
+from stop_lightning.loggers import build_loggers, finish_wandb, wandb_mode
 from stop_lightning.measured import measured_line
 from stop_lightning.model_io import model_fingerprint
 from stop_lightning.models.backbone import ClipBundle, load_clip
@@ -152,6 +152,8 @@ def setup_run(
     datamodule.setup("fit" if cfg.data.protocol != "zero_shot" else "test")
     datamodule.setup("test")  # every run ends with a test: its files are checked now, with the rest
     datamodule.check_files(reads)
+    if cfg.logger.wandb:
+        wandb_mode(cfg.logger.mode)  # W&B asked for online and unreachable: one line, before any folder
     run_dir = run_dir if resuming else claim_run_dir(run_dir)
     check_writable(run_dir)
     cfg = with_run_dir(cfg, run_dir)
