@@ -85,20 +85,21 @@ def test_version_and_the_print_config_spelling_of_other_tools(capsys):
 
 
 def test_make_eval_needs_no_checkpoint_for_a_zero_shot_experiment():
+    import os
     import subprocess
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    run = subprocess.run(
-        ["make", "-n", "eval", "EXP=hmdb51_zero_shot"], cwd=root, capture_output=True, text=True, check=False
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.split()[-2:] == ["eval", "hmdb51_zero_shot"]  # no --ckpt
-    with_ckpt = subprocess.run(
-        ["make", "-n", "eval", "EXP=hmdb51", "CKPT=a.ckpt"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert with_ckpt.stdout.split()[-3:] == ["hmdb51", "--ckpt", "a.ckpt"]
+    # Run as a top-level make (not as a sub-make of `make test`, which would print its directory).
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+
+    def command(*args: str) -> list[str]:
+        run = subprocess.run(
+            ["make", "-n", "--no-print-directory", *args], cwd=root, env=env, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stdout + run.stderr
+        (line,) = [line for line in run.stdout.splitlines() if " eval " in line]
+        return line.split()
+
+    assert command("eval", "EXP=hmdb51_zero_shot")[-2:] == ["eval", "hmdb51_zero_shot"]  # no --ckpt
+    assert command("eval", "EXP=hmdb51", "CKPT=a.ckpt")[-3:] == ["hmdb51", "--ckpt", "a.ckpt"]
