@@ -41,3 +41,18 @@ def test_a_missing_or_damaged_table_is_told_nothing(tmp_path):
         (tmp_path / "demo.json").write_text(text)
         assert measured_line(cfg, {"test/top1": 1.0}, tmp_path) is None
 
+
+def test_the_committed_table_matches_the_demo_as_it_is_now():
+    """experiments/measured/demo.json was made from the demo's current settings: when the demo or a
+    preset changes, `make demo-table` must be run again (this fails until it is)."""
+    from stop_lightning.measured import MEASURED_DIR, read_measured
+
+    table = read_measured(MEASURED_DIR / "demo.json")
+    for preset, entry in table["presets"].items():
+        cfg = load_config("demo", [f"model.preset={preset}"])
+        assert entry["fingerprint"] == setting_fingerprint(cfg), preset
+        assert entry["n"] >= 10 and len(entry["seeds"]) >= 5 and set(entry["threads"]) >= {"1", "2"}
+        values = [r["test/top1"] for r in table["runs"] if r["key"] == preset]
+        assert len(values) == entry["n"]
+        assert (min(values), max(values)) == (entry["min"], entry["max"])
+        assert abs(sum(values) / len(values) - entry["mean"]) < 1e-12
