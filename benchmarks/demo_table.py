@@ -21,7 +21,7 @@ for path in (ROOT, ROOT / "src"):
         sys.path.insert(0, str(path))
 
 from benchmarks.report import write_block  # noqa: E402
-from benchmarks.spread import Job, fmt_range, run_jobs, spread  # noqa: E402
+from benchmarks.spread import Job, fmt_range, run_jobs, spread, what_was_measured  # noqa: E402
 from stop_lightning.config import load_config  # noqa: E402
 from stop_lightning.measured import MEASURED_DIR, read_measured, setting_fingerprint, write_measured  # noqa: E402
 
@@ -35,8 +35,6 @@ LABELS = {
     "clip4clip_meanp": "CLIP4Clip meanP",
 }
 SLOW = ("stop", "stop_official")  # minutes per run on a CPU core, where the others take seconds
-# Options that only say where files go: left out of the command the tables print.
-WHERE_TO = ("--work", "--cache-dir", "--out-json", "--cores")
 BLOCK = "demo-table"
 WRITER = "benchmarks/demo_table.py"
 DOCS = (ROOT / "README.md", ROOT / "docs" / "fidelity.md")
@@ -64,21 +62,6 @@ def markdown(stats: dict[str, dict], command: str, seeds: list[int], threads: li
     return "\n".join(lines)
 
 
-def what_was_measured(argv: list[str]) -> str:
-    """The command, without the options that only say where files go or how many run at once."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in WHERE_TO:
-            skip = True
-        elif arg not in ("--no-docs", "--render-only") and not arg.startswith(
-            tuple(f"{o}=" for o in WHERE_TO)
-        ):
-            kept.append(arg)
-    return "python benchmarks/demo_table.py " + " ".join(kept) if kept else "make demo-table"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default=",".join(PRESETS))
@@ -103,7 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(presets) - set(LABELS))
     if unknown:
         parser.error(f"--presets: {', '.join(unknown)} not among {', '.join(LABELS)}")
-    command = what_was_measured(argv if argv is not None else sys.argv[1:])
+    command = what_was_measured(
+        "demo_table",
+        argv if argv is not None else sys.argv[1:],
+        "make demo-table",
+        ("--no-docs", "--render-only"),
+    )
 
     def overrides(preset: str, seed: int, n: int) -> tuple[str, ...]:
         out = args.work / f"{preset}_s{seed}_t{n}"

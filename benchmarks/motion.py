@@ -33,7 +33,7 @@ for _path in (ROOT, ROOT / "src"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from benchmarks.spread import Job, fmt_range, run_jobs, spread  # noqa: E402
+from benchmarks.spread import Job, fmt_range, run_jobs, spread, what_was_measured  # noqa: E402
 from stop_lightning.config import available_presets  # noqa: E402
 from stop_lightning.data.build import build_manifests  # noqa: E402
 from stop_lightning.data.synthetic import write_video  # noqa: E402
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         "--keep", action="store_true", help="rerun only --methods; keep the other rows of --out's .json"
     )
     args = parser.parse_args(argv)
-    command = ("python benchmarks/motion.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    command = what_was_measured("motion", argv if argv is not None else sys.argv[1:], "make motion-table")
     commands, kept = [command], {}
     if args.keep:
         commands, kept = _previous_rows(args, parser)

@@ -129,6 +129,24 @@ def fmt_range(s: dict, scale: float = 1.0, digits: int = 3) -> str:
     )
 
 
+# Options that only say where files go or how many runs go at once: left out of the printed command.
+WHERE_TO = ("--work", "--cache-dir", "--out-json", "--out", "--cores")
+
+
+def what_was_measured(script: str, argv: list[str], plain: str, flags: tuple[str, ...] = ()) -> str:
+    """``python benchmarks/<script>.py <argv>`` without the ``WHERE_TO`` options (and ``flags``), or
+    ``plain`` (the make target) when nothing else is left."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in WHERE_TO:
+            skip = True
+        elif arg not in flags and not arg.startswith(tuple(f"{o}=" for o in WHERE_TO)):
+            kept.append(arg)
+    return f"python benchmarks/{script}.py " + " ".join(kept) if kept else plain
+
+
 def child(spec: dict) -> int:
     """Train and test one config in this process; print its figures as one tagged JSON line."""
     import torch
