@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from stop_lightning.fileio import atomic_write
-from stop_lightning.schema import EXPERIMENTS_DIR, ExperimentConfig
+from stop_lightning.schema import EXPERIMENTS_DIR, ExperimentConfig, flat_keys, key_under
 
 MEASURED_DIR = EXPERIMENTS_DIR / "measured"
 # Keys that do not change what is learned: where files go, how progress is shown, the seed (the
@@ -25,25 +25,15 @@ UNMEASURED_KEYS = ("seed", "paths", "logger", "trainer.enable_progress_bar")
 MISSING_KEY = object()  # a key the schema does not have: always part of the setting
 
 
-def _flat(tree: object, prefix: str = "") -> dict[str, object]:
-    if not isinstance(tree, dict):
-        return {prefix[:-1]: tree}
-    out: dict[str, object] = {}
-    for key, value in tree.items():
-        out.update(_flat(value, f"{prefix}{key}."))
-    return out
-
-
 def setting_fingerprint(cfg: DictConfig) -> str:
     """A short hash of every key of ``cfg`` that can change a learned figure and differs from the
     schema's default (so a key added to the schema later, at its default, changes nothing)."""
-    defaults = _flat(OmegaConf.to_container(OmegaConf.structured(ExperimentConfig), resolve=False))
-    values = _flat(OmegaConf.to_container(cfg, resolve=True))
+    defaults = flat_keys(OmegaConf.to_container(OmegaConf.structured(ExperimentConfig), resolve=False))
+    values = flat_keys(OmegaConf.to_container(cfg, resolve=True))
     setting = {
         k: v
         for k, v in values.items()
-        if not any(k == u or k.startswith(u + ".") for u in UNMEASURED_KEYS)
-        and defaults.get(k, MISSING_KEY) != v
+        if not key_under(k, UNMEASURED_KEYS) and defaults.get(k, MISSING_KEY) != v
     }
     blob = json.dumps(setting, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

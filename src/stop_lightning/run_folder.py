@@ -19,7 +19,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from stop_lightning.errors import UserError
-from stop_lightning.schema import ConfigError
+from stop_lightning.schema import ConfigError, flat_keys, key_under
 
 RUN_STAMP_ENV = "STOP_RUN_STAMP"
 RESUME_MODES = ("last", "auto")
@@ -144,11 +144,11 @@ def check_resume_config(
 ) -> list[str]:
     """The keys where ``cfg`` differs from the run's ``saved`` config; a difference outside
     ``allowed`` (a key or a section prefix such as ``trainer``) stops the run naming each one."""
-    a = _flat(OmegaConf.to_container(saved, resolve=True))
-    b = _flat(OmegaConf.to_container(cfg, resolve=True))
+    a = flat_keys(OmegaConf.to_container(saved, resolve=True))
+    b = flat_keys(OmegaConf.to_container(cfg, resolve=True))
     differ = sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>"))
     differ = [k for k in differ if k not in NEVER_COMPARED]
-    refused = [k for k in differ if not any(k == p or k.startswith(p + ".") for p in allowed)]
+    refused = [k for k in differ if not key_under(k, allowed)]
     if refused:
         listed = "; ".join(f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in refused)
         raise ConfigError(
@@ -156,15 +156,6 @@ def check_resume_config(
             f"Drop the override(s), or allow them with --allow-change {' --allow-change '.join(refused)}"
         )
     return differ
-
-
-def _flat(tree, prefix: str = "") -> dict[str, object]:
-    if isinstance(tree, dict):
-        out: dict[str, object] = {}
-        for k, v in tree.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out or {prefix.rstrip("."): {}}
-    return {prefix.rstrip("."): tree}
 
 
 def with_run_dir(cfg: DictConfig, run_dir: Path) -> DictConfig:

@@ -476,6 +476,22 @@ RANGES: dict[str, tuple[float, float]] = {
 }
 
 
+def flat_keys(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping (a config as plain containers) as ``{"dotted.key": value}``; an empty section
+    stays visible as ``{"section": {}}``."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flat_keys(value, f"{prefix}{key}."))
+        return out or {prefix.rstrip("."): {}}
+    return {prefix.rstrip("."): tree}
+
+
+def key_under(key: str, prefixes: tuple[str, ...] | list[str]) -> bool:
+    """``key`` is one of ``prefixes`` or lies in one of those sections (``trainer`` holds ``trainer.x``)."""
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
 def to_yaml(cfg: DictConfig | ListConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
