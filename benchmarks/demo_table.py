@@ -21,7 +21,7 @@ for path in (ROOT, ROOT / "src"):
         sys.path.insert(0, str(path))
 
 from benchmarks.report import write_block  # noqa: E402
-from benchmarks.spread import Job, fmt_range, run_jobs, spread, what_was_measured  # noqa: E402
+from benchmarks.spread import Job, fmt_range, int_list, run_jobs, spread, what_was_measured  # noqa: E402
 from stop_lightning.config import load_config  # noqa: E402
 from stop_lightning.measured import MEASURED_DIR, read_measured, setting_fingerprint, write_measured  # noqa: E402
 
@@ -81,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     presets = args.presets.split(",")
-    seeds = [int(s) for s in args.seeds.split(",")]
-    threads = [int(n) for n in args.threads.split(",")]
+    seeds, threads = int_list(args.seeds), int_list(args.threads)
     unknown = sorted(set(presets) - set(LABELS))
     if unknown:
         parser.error(f"--presets: {', '.join(unknown)} not among {', '.join(LABELS)}")

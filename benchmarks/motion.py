@@ -33,7 +33,7 @@ for _path in (ROOT, ROOT / "src"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from benchmarks.spread import Job, fmt_range, run_jobs, spread, what_was_measured  # noqa: E402
+from benchmarks.spread import Job, fmt_range, int_list, run_jobs, spread, what_was_measured  # noqa: E402
 from stop_lightning.config import available_presets  # noqa: E402
 from stop_lightning.data.build import build_manifests  # noqa: E402
 from stop_lightning.data.synthetic import write_video  # noqa: E402
@@ -241,7 +241,7 @@ def _cell(s: dict) -> str:
 
 
 def markdown(results: dict[str, dict | None], args, commands: list[str]) -> str:
-    seeds, threads = _ints(args.seeds), _ints(args.threads)
+    seeds, threads = int_list(args.seeds), int_list(args.threads)
     lines = [
         "# Motion benchmark: mirror-image classes (SSv2-like)",
         "",
@@ -284,10 +284,6 @@ def markdown(results: dict[str, dict | None], args, commands: list[str]) -> str:
 
 
 SET_ARGS = ("clips", "frames", "size", "epochs", "seed", "seeds", "threads")  # what makes rows comparable
-
-
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in str(text).split(",")]
 
 
 def _previous_rows(args, parser) -> tuple[list[str], dict[str, dict | None]]:
@@ -338,10 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [
         method_job(preset, seed, threads, videos, manifests, args)
         for slow in (False, True)
-        for threads in sorted(_ints(args.threads), reverse=True)
+        for threads in sorted(int_list(args.threads), reverse=True)
         for preset in order
         if (preset == "stop_official") == slow
-        for seed in _ints(args.seeds)
+        for seed in int_list(args.seeds)
     ]
     runs = [with_pair_accuracy(r, manifests) for r in run_jobs(jobs, args.work / "logs", cores=args.cores)]
     results: dict[str, dict | None] = dict(kept)

@@ -122,6 +122,11 @@ def spread(results: list[dict], key: str, metric) -> dict:
     }
 
 
+def int_list(text: str) -> list[int]:
+    """``"0,1,2"`` (a --seeds or --threads option) -> ``[0, 1, 2]``."""
+    return [int(v) for v in str(text).split(",")]
+
+
 def fmt_range(s: dict, scale: float = 1.0, digits: int = 3) -> str:
     lo, hi = scale * s["min"], scale * s["max"]
     return (
