@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint (.ckpt) or export folder; omit only for a preset that trains nothing "
         "(model.preset=zero_shot)",
     )
+    p.add_argument(
+        "--dump",
+        action="store_true",
+        help="also write the test's raw scores into the eval folder: per-clip class scores "
+        "(test_scores.csv) or the caption-video similarity matrix with ids (test_similarity.npz)",
+    )
 
     p = sub.add_parser(
         "protocol", help="zero_shot: a K400 checkpoint on HMDB51, UCF101 and K600, one table", add_help=False
@@ -270,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"preempted: {stop.message}", file=sys.stderr)
                     return stop.code
             else:
-                evaluate(cfg, ckpt=args.ckpt)
+                evaluate(cfg, ckpt=args.ckpt, dump=args.dump)
             return 0
         if args.command in ("preprocess", "shard"):
             from stop_lightning.data.store_cli import store_main

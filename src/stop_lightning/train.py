@@ -224,11 +224,14 @@ def refuse_untrained(cfg: DictConfig, bundle: ClipBundle) -> None:
         )
 
 
-def evaluate(cfg: DictConfig, ckpt: str | None = None, untrained: bool = False) -> dict[str, float]:
+def evaluate(
+    cfg: DictConfig, ckpt: str | None = None, untrained: bool = False, dump: bool = False
+) -> dict[str, float]:
     """Test a checkpoint (trained weights on top of the frozen CLIP) or zero-shot CLIP.
 
     Without ``ckpt`` a preset with trainable parts is refused (:func:`refuse_untrained`) unless
     ``untrained`` asks for its freshly initialised weights on purpose (a before-training baseline).
+    ``dump`` writes the test's raw scores into the eval folder (:mod:`stop_lightning.tasks.scores_dump`).
     """
     bundle = load_clip(cfg.model.clip, cfg.paths.cache_dir)
     if ckpt is None and not untrained:
@@ -244,11 +247,14 @@ def evaluate(cfg: DictConfig, ckpt: str | None = None, untrained: bool = False) 
         "checkpoint": str(Path(ckpt).resolve()) if ckpt is not None else None,
         "fingerprint": model_fingerprint(module),
     }
+    module.keep_test_scores = dump
     trainer = build_trainer(cfg, run_dir, "test")
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:
         print_metrics_table(metrics, title=f"{cfg.name}: evaluation ({ckpt or scored['what']})")
+        if dump:
+            print(f"scores: {module.write_test_scores(run_dir)} (format: docs/metrics.md)")
         report_unreadable(module, run_dir)
         report_published(cfg, metrics, run_dir)
         update_run_info(run_dir, "evaluated", scored)

@@ -9,6 +9,7 @@ ViT-B/32 run saves a few MB instead of 600 MB of frozen weights.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -74,6 +75,8 @@ class VideoTaskModule(L.LightningModule):
         self.model = STOPVideoModel(self.cfg.model, bundle.model, self.cfg.data.num_frames)
         trainable, frozen = self.model.trainable_parameter_count()
         self.num_trainable, self.num_frozen = trainable, frozen
+        # `eval --dump`: when set, the test keeps its raw scores for write_test_scores.
+        self.keep_test_scores = False
         log.info(
             "parameters: %s trainable, %s frozen (%.3f%%)",
             f"{trainable:,}",
@@ -132,6 +135,11 @@ class VideoTaskModule(L.LightningModule):
             {"params/trainable": float(self.num_trainable), "params/frozen": float(self.num_frozen)},
             sync_dist=True,  # the same on every rank
         )
+
+    def write_test_scores(self, folder: Path) -> Path:
+        """Write the last test's raw scores into ``folder`` (``eval --dump``; the task's format is in
+        :mod:`stop_lightning.tasks.scores_dump`); needs ``keep_test_scores`` set before the test."""
+        raise UserError(f"task {self.cfg.task.name} cannot write its test scores (eval --dump)")
 
     # ---------------------------------------------------------------- checkpoints
     def _frozen_prefixes(self) -> list[str]:

@@ -17,6 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from stop_lightning.fileio import atomic_write
 from stop_lightning.tasks.base import VideoTaskModule, unique_by_index
+from stop_lightning.tasks.scores_dump import write_class_scores
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,8 @@ class RecognitionModule(VideoTaskModule):
         # The test's unreadable videos (data.bad_video=skip): {"count", "total", "paths"};
         # see unreadable_summary.
         self.unreadable: dict = {}
+        # The last test's (index [N], scores [N, C], labels [N], unreadable [N]) with keep_test_scores.
+        self.test_scores: tuple[torch.Tensor, ...] = ()
 
     @classmethod
     def inputs(cls, cfg, datamodule) -> dict:
@@ -230,6 +233,8 @@ class RecognitionModule(VideoTaskModule):
         index, scores, labels, unreadable = self._collect_eval()
         self._note_unreadable(stage, index, unreadable)
         self._last_unreadable = unreadable  # [N], for the confusion matrix
+        if stage == "test" and self.keep_test_scores:
+            self.test_scores = tuple(t.cpu() for t in (index, scores, labels, unreadable))
         if not labels.numel():
             return {}, scores, labels
         read = ~unreadable
@@ -262,6 +267,10 @@ class RecognitionModule(VideoTaskModule):
         rows = index[unreadable].tolist()
         paths = [dataset.records[i].path for i in rows] if dataset is not None else [f"row {i}" for i in rows]
         self.unreadable = {"count": len(rows), "total": int(index.numel()), "paths": paths}
+
+    def write_test_scores(self, folder: Path) -> Path:
+        dataset = self.trainer.datamodule.datasets["test"]
+        return write_class_scores(folder, dataset.records, self.class_names, *self.test_scores)
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch)

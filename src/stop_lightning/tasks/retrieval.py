@@ -27,6 +27,7 @@ span 4 s).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from stop_lightning.schema import ConfigError
 from stop_lightning.tasks.base import VideoTaskModule, unique_by_index
 from stop_lightning.tasks.retrieval_metrics import dual_softmax, querybank_normalise, retrieval_metrics
+from stop_lightning.tasks.scores_dump import write_similarity
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,9 @@ class RetrievalModule(VideoTaskModule):
         self.unreadable: dict = {}
         self.last_eval_sizes: dict[str, int] = {}  # videos and captions of the last evaluation
         self._eval_video_feats = torch.zeros(0, 1)  # [V, E] of the last evaluation
+        # The last test's (video rows [V], caption positions [C], similarity [C, V], caption columns [C],
+        # unreadable [V]) with keep_test_scores.
+        self.test_scores: tuple[torch.Tensor, ...] = ()
 
     def setup(self, stage: str) -> None:
         # Fail before training, not after the first validation, on a monitor this task never logs
@@ -178,7 +183,15 @@ class RetrievalModule(VideoTaskModule):
                 [dataset.records[i].path for i in rows] if dataset is not None else [f"row {i}" for i in rows]
             )
             self.unreadable = {"count": int(bad.sum()), "total": int(index.numel()), "paths": paths}
-        return text @ feats.t(), targets  # [C, V], [C]
+        sim = text @ feats.t()  # [C, V]
+        if stage == "test" and self.keep_test_scores:
+            positions = torch.nonzero(seen).flatten()  # [C]: each row's place in the split's caption list
+            self.test_scores = tuple(t.cpu() for t in (index, positions, sim, targets, bad))
+        return sim, targets  # [C, V], [C]
+
+    def write_test_scores(self, folder: Path) -> Path:
+        dataset = self.trainer.datamodule.datasets["test"]
+        return write_similarity(folder, dataset.records, dataset.captions, *self.test_scores)
 
     def query_bank(self) -> torch.Tensor:
         """QB-Norm's query bank: the training split's captions, L2-normalised ``[B, E]``."""
