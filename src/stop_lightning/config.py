@@ -185,6 +185,15 @@ def _check_trainer(t: DictConfig) -> None:
         )
 
 
+def _check_init_from(source: str) -> None:
+    """``model.init_from`` names a file or folder that is there (what it holds is read at the start)."""
+    if source and not Path(source).exists():
+        raise ConfigError(
+            f"config key 'model.init_from' = {source!r}: no such file or folder; give a .ckpt written by "
+            "`stop-lightning train` or a folder written by `stop-lightning export`, or leave it empty"
+        )
+
+
 def _is_device_id(item: Any, count: int) -> bool:
     if isinstance(item, bool):
         return False
@@ -311,6 +320,7 @@ def load_config(
     if not cfg.task.templates:  # the dataset's own prompt templates (data/registry.py)
         cfg.task.templates = list(get_dataset(cfg.data.dataset).templates)
     _check_trainer(cfg.trainer)
+    _check_init_from(cfg.model.init_from)
     check_components(cfg)  # imports the named classes' modules: only once composed
     OmegaConf.set_readonly(cfg, True)
     return cfg

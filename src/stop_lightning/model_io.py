@@ -1,5 +1,6 @@
 """Loading a trained model, in one place: checkpoints and export folders, the device rule, the
-fingerprint of the trained tensors and the export format.
+fingerprint of the trained tensors, the export format, and the trained tensors of another run that a
+new run starts from (``model.init_from``).
 
 ``inference`` (predict, embed), ``search``, ``pretrained`` (export) and the CLI stand on this module;
 it stands on the tasks and the checkpoint reader. :func:`load_model` takes either a ``.ckpt`` written
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 
 from stop_lightning.checkpoint_io import CheckpointReadError, load_trained_weights, read_checkpoint
+from stop_lightning.errors import UserError
 from stop_lightning.models.backbone import ClipBundle, load_clip
+from stop_lightning.models.video_encoder import STOPVideoModel
 from stop_lightning.provenance import collect_run_info, warn_on_differences
-from stop_lightning.tasks.base import VideoTaskModule
+from stop_lightning.tasks.base import VideoTaskModule, frozen_prefixes
 from stop_lightning.tasks.recognition import RecognitionModule
 from stop_lightning.tasks.registry import get_task
 
@@ -32,6 +36,8 @@ META_FILE = "stop_lightning.json"
 CARD_FILE = "README.md"
 EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, META_FILE, CARD_FILE)
 FORMAT_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 class ExportError(CheckpointReadError):
@@ -117,8 +123,14 @@ def model_fingerprint(module: VideoTaskModule) -> str:
 
     The same trained model gives the same fingerprint whether it was loaded from its ``.ckpt`` or
     from an export, so ``embed`` output can say which text side belongs to it (``search``)."""
-    h = hashlib.sha256(module.clip_source["config_hash"].encode())
-    for name, tensor in sorted(trained_state(module).items()):
+    return state_fingerprint(module.clip_source["config_hash"], trained_state(module))
+
+
+def state_fingerprint(clip_config_hash: str, state: dict[str, torch.Tensor]) -> str:
+    """:func:`model_fingerprint` of trained tensors read from a file, without building their model."""
+    h = hashlib.sha256(clip_config_hash.encode())
+    for name, tensor in sorted(state.items()):
+        tensor = tensor.detach().cpu().contiguous()
         h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
         h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
@@ -147,6 +159,18 @@ def read_export_meta(folder: Path) -> dict[str, Any]:
     return meta
 
 
+def read_export(folder: Path) -> tuple[dict[str, Any], DictConfig, dict[str, torch.Tensor]]:
+    """An export folder's (meta, config, trained tensors); one line naming the folder if unreadable."""
+    meta = read_export_meta(folder)
+    try:
+        return meta, OmegaConf.load(folder / CONFIG_FILE), load_file(str(folder / WEIGHTS_FILE))
+    except Exception as err:
+        raise ExportError(
+            f"cannot read the export {folder}: {type(err).__name__}: {str(err).splitlines()[0]} "
+            "(export it again)"
+        ) from err
+
+
 def from_pretrained(
     folder: str | Path, clip_source: str | None = None, device: str | torch.device = "auto"
 ) -> LoadedCheckpoint:
@@ -155,15 +179,7 @@ def from_pretrained(
     The result is what :func:`load_checkpoint` returns for the checkpoint
     the folder was exported from, and predicts the same."""
     folder = Path(folder)
-    meta = read_export_meta(folder)
-    try:
-        cfg = OmegaConf.load(folder / CONFIG_FILE)
-        state = load_file(str(folder / WEIGHTS_FILE))
-    except Exception as err:
-        raise ExportError(
-            f"cannot read the export {folder}: {type(err).__name__}: {str(err).splitlines()[0]} "
-            "(export it again)"
-        ) from err
+    meta, cfg, state = read_export(folder)
     if clip_source is not None:
         cfg.model.clip.source = str(clip_source)
     OmegaConf.set_readonly(cfg, True)
@@ -186,3 +202,111 @@ def load_model(
     if Path(path).is_dir():
         return from_pretrained(path, clip_source, device)
     return load_checkpoint(path, clip_source, device)
+
+
+# ------------------------------------------------------------------ model.init_from
+class InitFromError(UserError, ValueError):
+    """A ``model.init_from`` source a run cannot start from; the message names it and what to do."""
+
+
+@dataclass
+class InitialWeights:
+    """Trained tensors of another run that a new run starts from (``model.init_from``)."""
+
+    path: Path
+    state: dict[str, torch.Tensor]
+    fingerprint: str  # the source model's model_fingerprint
+
+
+def read_trained_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(trained tensors, the CLIP they were trained on: ``{"source", "config_hash"}``) of a ``.ckpt``
+    or an export folder; nothing else of the checkpoint (optimiser, epoch, loops) is kept."""
+    if path.is_dir():
+        meta, _, state = read_export(path)
+        return state, dict(meta.get("clip") or {})
+    checkpoint = read_checkpoint(path)
+    if "state_dict" not in checkpoint:
+        raise CheckpointReadError(f"checkpoint {path} holds no state_dict; it was not written by `train`")
+    return checkpoint["state_dict"], dict(checkpoint.get("stop_lightning", {}).get("clip") or {})
+
+
+def video_model_shapes(cfg: DictConfig, bundle: ClipBundle) -> dict[str, tuple[int, ...]]:
+    """The names (as the task module holds them) and shapes of the video model's trained tensors for
+    ``cfg``, known before the run's module exists: a model is built on the CLIP and detached again."""
+    video = STOPVideoModel(cfg.model, bundle.model, cfg.data.num_frames)
+    try:
+        frozen = tuple(frozen_prefixes(video))
+        # "model.": where VideoTaskModule keeps its STOPVideoModel.
+        state = video.state_dict()
+        return {f"model.{k}": tuple(v.shape) for k, v in state.items() if not k.startswith(frozen)}
+    finally:
+        video.remove_hooks()
+
+
+def fitting(state: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """The names in ``state`` whose tensor has the same name and shape in ``shapes``, sorted."""
+    return sorted(k for k, v in state.items() if shapes.get(k) == tuple(v.shape))
+
+
+def read_initial_weights(cfg: DictConfig, bundle: ClipBundle) -> InitialWeights:
+    """Read ``model.init_from`` for a new run on ``bundle``'s CLIP, before its run folder is made.
+
+    Refuses, in one line, a source trained on another CLIP (the config hashes differ) and one of
+    which no trained tensor fits this run's video model by name and shape."""
+    path = Path(cfg.model.init_from)
+    state, clip = read_trained_tensors(path)
+    if clip.get("config_hash") != bundle.config_hash:
+        raise InitFromError(
+            f"model.init_from={path} was trained on the CLIP '{clip.get('source')}' (config hash "
+            f"{str(clip.get('config_hash'))[:12]}) but this run uses '{bundle.source}' (config hash "
+            f"{bundle.config_hash[:12]}): set model.clip.source to the source's CLIP, or start from a run "
+            "trained on this one"
+        )
+    shapes = video_model_shapes(cfg, bundle)
+    if not fitting(state, shapes):
+        raise InitFromError(
+            f"model.init_from={path}: none of its {len(state)} trained tensors "
+            f"({tensor_groups(sorted(state))}) "
+            f"matches one of this run's (model.preset={cfg.model.preset}: {tensor_groups(sorted(shapes))}) "
+            "in name and shape; start from a run of a preset with the same prompt modules and sizes"
+        )
+    return InitialWeights(path=path, state=state, fingerprint=state_fingerprint(clip["config_hash"], state))
+
+
+def tensor_groups(names: list[str]) -> str:
+    """``model.temporal (3), model.spatial (5)``: tensor names counted by their module (first two
+    dotted parts), in first-seen order; ``none`` for no names."""
+    counts: dict[str, int] = {}
+    for name in names:
+        group = ".".join(name.split(".")[:2])
+        counts[group] = counts.get(group, 0) + 1
+    return ", ".join(f"{g} ({n})" for g, n in counts.items()) or "none"
+
+
+def apply_initial_weights(module: VideoTaskModule, init: InitialWeights) -> dict[str, Any]:
+    """Copy the source's tensors that fit ``module`` by name and shape into it; the rest of the module
+    keeps its fresh initialisation. Logs one summary line; returns what ``run_info.json`` records."""
+    own = trained_state(module)
+    taken = fitting(init.state, {k: tuple(v.shape) for k, v in own.items()})
+    module.load_state_dict({k: init.state[k] for k in taken}, strict=False)
+    left = sorted(set(init.state) - set(taken))  # not in this model, or of another shape
+    fresh = sorted(set(own) - set(taken))
+    log.info(
+        "model.init_from=%s (model %s): took %d trained tensors: %s; left %d of the source: %s; "
+        "%d of this run's start fresh: %s",
+        init.path,
+        init.fingerprint[:12],
+        len(taken),
+        tensor_groups(taken),
+        len(left),
+        tensor_groups(left),
+        len(fresh),
+        tensor_groups(fresh),
+    )
+    return {
+        "path": str(init.path.resolve()),
+        "fingerprint": init.fingerprint,
+        "taken": taken,
+        "left": left,
+        "fresh": fresh,
+    }

@@ -200,6 +200,10 @@ class ModelConfig:
     shared_latent: str = "linear"  # none | linear | transformer (models.choices.SHARED_LATENT)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    # A new run starts from another run's trained tensors (a .ckpt from `train` or a folder from
+    # `export`), not resuming it: those whose names and shapes fit are taken, the rest start fresh, and
+    # the optimiser, schedule and epoch start anew (model_io.read_initial_weights). Empty: none.
+    init_from: str = ""
 
 
 @dataclass

@@ -19,7 +19,7 @@ from stop_lightning.checkpoint_io import AtomicCheckpointIO, load_trained_weight
 from stop_lightning.data.class_lists import write_protocol_files
 from stop_lightning.loggers import build_loggers, finish_wandb, wandb_mode
 from stop_lightning.measured import measured_line
-from stop_lightning.model_io import model_fingerprint
+from stop_lightning.model_io import apply_initial_weights, model_fingerprint, read_initial_weights
 from stop_lightning.models.backbone import ClipBundle, load_clip
 from stop_lightning.models.video_encoder import STOPVideoModel
 from stop_lightning.preemption import EXIT_PREEMPTED, Preempted
@@ -176,11 +176,17 @@ def train(cfg: DictConfig, resume: str | None = None, allow_change: tuple[str, .
     preemption signal ends the fit with a checkpoint and :class:`stop_lightning.preemption.Preempted`
     (no test)."""
     run_dir, resume_ckpt = run_folder(Path(cfg.paths.run_dir), resume)
+    bundle, init = None, None
+    if cfg.model.init_from and resume_ckpt is None:  # a resumed run has its own weights already
+        bundle = load_clip(cfg.model.clip, cfg.paths.cache_dir)
+        init = read_initial_weights(cfg, bundle)  # refused here: no run folder yet
     cfg, bundle, datamodule = setup_run(
-        cfg, run_dir, resuming=resume_ckpt is not None, allow_change=allow_change
+        cfg, run_dir, resuming=resume_ckpt is not None, allow_change=allow_change, bundle=bundle
     )
     run_dir = Path(cfg.paths.run_dir)
     module = build_module(cfg, datamodule, bundle)
+    if init is not None:
+        update_run_info(run_dir, "initialised_from", apply_initial_weights(module, init))
     trainer = build_trainer(cfg, run_dir, "fit")
     fits = cfg.data.protocol != "zero_shot" and cfg.trainer.max_epochs != 0
     ckpt_for_test = None

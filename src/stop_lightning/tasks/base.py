@@ -41,6 +41,11 @@ def unique_by_index(index: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.
     return (index[keep], *(t[order][keep] for t in tensors))
 
 
+def frozen_prefixes(module: torch.nn.Module) -> list[str]:
+    """The state-dict prefixes of the frozen CLIP (every HuggingFace model) inside ``module``."""
+    return [name + "." for name, sub in module.named_modules() if isinstance(sub, PreTrainedModel)]
+
+
 def as_plain_dict(cfg: DictConfig | dict) -> dict:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
 
@@ -143,7 +148,7 @@ class VideoTaskModule(L.LightningModule):
 
     # ---------------------------------------------------------------- checkpoints
     def _frozen_prefixes(self) -> list[str]:
-        return [name + "." for name, module in self.named_modules() if isinstance(module, PreTrainedModel)]
+        return frozen_prefixes(self)
 
     def _is_frozen_key(self, key: str, prefixes: list[str]) -> bool:
         return any(key.startswith(p) for p in prefixes)
