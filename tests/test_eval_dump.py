@@ -67,6 +67,7 @@ def run_eval(capsys, cache_dir, out: Path, data: list[str], ckpt: Path | None = 
     path = Path(line.split()[1])
     assert path.is_file() and path.parent.parent.parent == out, path  # <out>/<name>/<stamp>/<file>
     assert not list(path.parent.rglob("*.tmp"))
+    assert json.loads((path.parent / "run_info.json").read_text())["evaluated"]["scores"] == path.name
     return overrides, stdout, path
 
 

@@ -260,7 +260,9 @@ def evaluate(
     if trainer.is_global_zero:
         print_metrics_table(metrics, title=f"{cfg.name}: evaluation ({ckpt or scored['what']})")
         if dump:
-            print(f"scores: {module.write_test_scores(run_dir)} (format: docs/metrics.md)")
+            written = module.write_test_scores(run_dir)
+            scored["scores"] = written.name  # the dump, beside run_info.json
+            print(f"scores: {written} (format: docs/metrics.md)")
         report_unreadable(module, run_dir)
         report_published(cfg, metrics, run_dir)
         update_run_info(run_dir, "evaluated", scored)
