@@ -103,6 +103,17 @@ def test_a_source_that_does_not_fit_is_refused_before_a_run_folder(
     assert not (tmp_path / "demo").exists()
 
 
+def test_a_checkpoint_that_names_no_clip_is_refused(demo_run, cache_dir, tmp_path, capsys):
+    """Trained tensors alone (another tool's file): nothing says which CLIP they belong to."""
+    bare = tmp_path / "bare.ckpt"
+    state = torch.load(demo_run.ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    torch.save({"state_dict": state}, bare)
+    assert main(["train", "demo", *overrides(cache_dir, tmp_path, f"model.init_from={bare}")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not say which CLIP" in err[0] and "bare.ckpt" in err[0], err
+    assert not (tmp_path / "demo").exists()
+
+
 def test_a_missing_source_is_a_config_error(cache_dir, tmp_path, capsys):
     args = overrides(cache_dir, tmp_path, f"model.init_from={tmp_path / 'nothing.ckpt'}")
     assert main(["train", "demo", *args]) == 2

@@ -255,7 +255,13 @@ def read_initial_weights(cfg: DictConfig, bundle: ClipBundle) -> InitialWeights:
     which no trained tensor fits this run's video model by name and shape."""
     path = Path(cfg.model.init_from)
     state, clip = read_trained_tensors(path)
-    if clip.get("config_hash") != bundle.config_hash:
+    if not clip.get("config_hash"):
+        raise InitFromError(
+            f"model.init_from={path} does not say which CLIP its tensors were trained on (no "
+            "stop_lightning.clip entry): give a .ckpt written by `stop-lightning train` or a folder "
+            "written by `stop-lightning export`"
+        )
+    if clip["config_hash"] != bundle.config_hash:
         raise InitFromError(
             f"model.init_from={path} was trained on the CLIP '{clip.get('source')}' (config hash "
             f"{str(clip.get('config_hash'))[:12]}) but this run uses '{bundle.source}' (config hash "
