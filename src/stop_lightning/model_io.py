@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from stop_lightning.checkpoint_io import CheckpointReadError, load_trained_weights, read_checkpoint
 from stop_lightning.models.backbone import ClipBundle, load_clip
 from stop_lightning.provenance import collect_run_info, warn_on_differences
+from stop_lightning.schema import project_root, rooted_paths
 from stop_lightning.tasks.base import VideoTaskModule
 from stop_lightning.tasks.recognition import RecognitionModule
 from stop_lightning.tasks.registry import get_task
@@ -84,7 +85,7 @@ def load_checkpoint(
             f"checkpoint {path} has no saved config (hyper_parameters['cfg']); "
             "it was not written by stop-lightning train"
         )
-    cfg = OmegaConf.create(hparams["cfg"])
+    cfg = rooted_paths(OmegaConf.create(hparams["cfg"]), project_root())  # a run saved with relative folders
     if clip_source is not None:
         cfg.model.clip.source = str(clip_source)
     OmegaConf.set_readonly(cfg, True)
@@ -157,7 +158,7 @@ def from_pretrained(
     folder = Path(folder)
     meta = read_export_meta(folder)
     try:
-        cfg = OmegaConf.load(folder / CONFIG_FILE)
+        cfg = rooted_paths(OmegaConf.load(folder / CONFIG_FILE), project_root())  # the export's are relative
         state = load_file(str(folder / WEIGHTS_FILE))
     except Exception as err:
         raise ExportError(
