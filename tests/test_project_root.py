@@ -92,3 +92,30 @@ def test_a_run_trained_in_one_directory_predicts_from_another(cache_dir, tmp_pat
     assert capsys.readouterr().out.splitlines()[0] == str(video)
     assert not any(predicted_in.iterdir())  # no tiny CLIP or clips regenerated here
     assert _tree(cache_dir) == cache_before  # the run's own cache was read, not rebuilt
+
+
+def test_a_run_or_checkpoint_saved_with_relative_folders_resumes_and_loads(demo_run, cache_dir, tmp_path):
+    """Runs and checkpoints written before folders were absolute hold relative ones: read under the root."""
+    import torch
+
+    from stop_lightning.checkpoint_io import read_checkpoint
+    from stop_lightning.model_io import load_checkpoint
+    from stop_lightning.run_folder import check_resume_config
+    from stop_lightning.schema import portable_paths
+
+    def relative(cfg):
+        return portable_paths(OmegaConf.create(OmegaConf.to_container(cfg)), project_root())
+
+    cfg = load_config("demo")
+    saved = relative(cfg)
+    assert saved.paths.output_dir == "runs" and saved.data.manifest_dir == "data_manifests/synthetic"
+    assert check_resume_config(saved, cfg) == []  # no folder counts as changed
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(PROJECT_ROOT_ENV, str(cache_dir.parent))  # the session cache lies under this root
+        checkpoint = read_checkpoint(demo_run.ckpt)
+        checkpoint["hyper_parameters"]["cfg"] = OmegaConf.to_container(relative(demo_run.cfg))
+        assert checkpoint["hyper_parameters"]["cfg"]["paths"]["cache_dir"] == cache_dir.name
+        old = tmp_path / "old.ckpt"
+        torch.save(checkpoint, old)
+        assert load_checkpoint(old, device="cpu").cfg.paths.cache_dir == str(cache_dir)
