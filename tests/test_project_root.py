@@ -40,6 +40,8 @@ def test_rooted_puts_relative_folders_under_the_root_and_portable_undoes_it(tmp_
 
 def test_every_folder_key_is_absolute_under_the_project_root(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the current directory plays no part
+    for name in (PROJECT_ROOT_ENV, "STOP_DATA_ROOT", "STOP_CACHE_DIR"):  # whatever the shell set
+        monkeypatch.delenv(name, raising=False)
     default = load_config("hmdb51")
     root = project_root()
     assert root == Path(__file__).resolve().parents[1]  # a checkout: the repository
