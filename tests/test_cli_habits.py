@@ -139,6 +139,8 @@ def test_a_folder_without_videos_and_a_wrong_embed_form_are_one_line(demo_run, t
         main(["embed", "--ckpt", str(demo_run.ckpt), "--out", out, "--manifest", "m.jsonl", str(empty)]) == 2
     )
     assert "not both" in one_error(capsys)
+    assert main(["embed", "--ckpt", str(demo_run.ckpt), "--out", out, "--video-root", "v", str(empty)]) == 2
+    assert "--video-root is for the paths of a --manifest" in one_error(capsys)
     assert not Path(out).exists()
 
 

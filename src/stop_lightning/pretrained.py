@@ -186,7 +186,7 @@ Last logged value of each metric in the run's `csv/metrics.csv`; `test/` is the 
 
 ```bash
 {train_cmd}   # this folder's config.yaml: the run's resolved config
-stop-lightning export <run folder>/checkpoints/{checkpoint_name} {name}
+stop-lightning export --ckpt <run folder>/checkpoints/{checkpoint_name} {name}
 ```
 
 git revision `{revision}`{dirty}; {versions}.
