@@ -181,6 +181,7 @@ def test_a_gpu_that_is_not_there_is_one_line_on_predict_embed_and_search(
             == "error: --device cuda: this machine has no CUDA GPU torch can use; use --device cpu"
         )
     assert main(["predict", "--ckpt", ckpt, video, "--device", "cpu"]) == 0
+    assert main(["search", embeddings, "a square moving left", "--device", "cpu", "--top", "1"]) == 0
 
 
 def test_export_takes_ckpt_as_the_other_commands_do(demo_run, cache_dir, tmp_path, capsys, monkeypatch):
