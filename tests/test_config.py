@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ReadonlyConfigError
 
 from stop_lightning.config import available_experiments, load_config
-from stop_lightning.schema import ConfigError, save_config
+from stop_lightning.schema import ConfigError, project_root, save_config
 
 
 def test_every_shipped_experiment_composes():
@@ -34,7 +34,7 @@ def test_preset_then_experiment_then_override_order():
 def test_interpolations_are_resolved_and_config_is_read_only(tmp_path):
     cfg = load_config("hmdb51", ["paths.data_root=/datasets"])
     assert cfg.data.video_root == "/datasets/hmdb51/videos"
-    assert cfg.paths.run_dir == "runs/hmdb51"
+    assert cfg.paths.run_dir == str(project_root() / "runs" / "hmdb51")  # relative: under the project
     with pytest.raises(ReadonlyConfigError):
         cfg.trainer.max_epochs = 7
     path = save_config(cfg, tmp_path / "config.yaml")

@@ -15,7 +15,7 @@ import os
 import sys
 
 from stop_lightning.config import available_experiments, load_config
-from stop_lightning.errors import EXIT_USER_ERROR, USER_ERRORS
+from stop_lightning.errors import EXIT_USER_ERROR, USER_ERRORS, UserError
 from stop_lightning.schema import ConfigError
 
 # `train --debug`: Lightning's fast_dev_run (one batch of train, val and test, no checkpoint kept),
@@ -39,6 +39,20 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
         "--clip",
         default=None,
         help="CLIP source (hub id, folder or OpenAI .pt) if not where the model's config says",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (the first GPU if there is one, else the CPU), cpu, cuda or cuda:N (default auto)",
+    )
+
+
+def _add_print_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--print-config",
+        "--print_config",
+        action="store_true",
+        help="print the resolved config and exit (loads no model or data)",
     )
 
 
@@ -128,9 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --resume: let this config key (or section, e.g. trainer) differ from the run's "
         "config.yaml; repeatable",
     )
-    p.add_argument(
-        "--print-config", "--print_config", action="store_true", help="print the resolved config and exit"
-    )
+    _add_print_config(p)
     p.add_argument(
         "--debug",
         action="store_true",
@@ -151,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the test's raw scores into the eval folder: per-clip class scores "
         "(test_scores.csv) or the caption-video similarity matrix with ids (test_similarity.npz)",
     )
+    _add_print_config(p)
 
     p = sub.add_parser(
         "protocol", help="zero_shot: a K400 checkpoint on HMDB51, UCF101 and K600, one table", add_help=False
@@ -190,14 +203,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="top classes of videos with a recognition checkpoint")
     _add_model_args(p)
-    p.add_argument("videos", nargs="+", help="video files; each gets its classes or a one-line error")
+    p.add_argument(
+        "videos",
+        nargs="+",
+        help="video files or folders (the videos under them); each gets its classes or a one-line error",
+    )
     p.add_argument("--top", type=int, default=5, help="how many classes to list per video (default 5)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON document on stdout: per video {"video", "top": [{"class", "score"}]} or '
+        '{"video", "error"}',
+    )
 
     p = sub.add_parser(
-        "embed", help="write the video embeddings of a manifest (for `search` or your own use)"
+        "embed",
+        help="write the video embeddings of a manifest, files or folders (for `search` or your own use)",
     )
     _add_model_args(p)
-    p.add_argument("--manifest", required=True, help="JSONL manifest; each row needs only 'path'")
+    p.add_argument(
+        "videos", nargs="*", help="video files or folders (the videos under them), instead of --manifest"
+    )
+    p.add_argument("--manifest", default=None, help="JSONL manifest; each row needs only 'path'")
     p.add_argument("--out", required=True, help="embeddings file, .pt or .npz")
     p.add_argument(
         "--video-root",
@@ -224,8 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="write a checkpoint's trained prompts as a shareable folder (safetensors, config, model card)",
     )
-    p.add_argument("ckpt", help="checkpoint (.ckpt) written by `train`")
-    p.add_argument("out_dir", help="new (or empty) folder to write")
+    p.add_argument(
+        "paths",
+        nargs="*",
+        metavar="[CKPT] OUT_DIR",
+        help="the checkpoint (or --ckpt), then a new or empty folder",
+    )
+    p.add_argument("--ckpt", default=None, help="checkpoint (.ckpt) written by `train`")
     p.add_argument("--clip", default=None, help="CLIP source if not where the checkpoint's config says")
 
     p = sub.add_parser("sweep", help="W&B sweep online, local grid/random search offline")
@@ -234,6 +266,24 @@ def build_parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():
         command.allow_abbrev = False
     return parser
+
+
+class UsageError(UserError, ValueError):
+    """Arguments that do not fit together; the message gives the command's form."""
+
+
+def export_paths(ckpt: str | None, paths: list[str]) -> tuple[str, str]:
+    """``export --ckpt CKPT OUT_DIR`` (as the other commands name a checkpoint) or ``export CKPT OUT_DIR``."""
+    form = "stop-lightning export --ckpt CKPT OUT_DIR (or export CKPT OUT_DIR)"
+    if ckpt is not None and len(paths) == 1:
+        return ckpt, paths[0]
+    if ckpt is None and len(paths) == 2:
+        return paths[0], paths[1]
+    if ckpt is not None and len(paths) == 2:
+        raise UsageError(f"export got two checkpoints (--ckpt {ckpt} and {paths[0]}); give one: {form}")
+    if ckpt is None and len(paths) == 1:
+        raise UsageError(f"export needs a checkpoint and a folder, got only {paths[0]}: {form}")
+    raise UsageError(f"export takes a checkpoint and one output folder, got {len(paths)} paths: {form}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("train", "eval"):
             debug = list(DEBUG_OVERRIDES) if getattr(args, "debug", False) else []
             cfg = load_config(args.experiment, debug + list(args.overrides))
-            if args.command == "train" and args.print_config:
+            if args.print_config:
                 from stop_lightning.schema import to_yaml
 
                 print(to_yaml(cfg))
@@ -285,12 +335,25 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "predict":
             from stop_lightning.inference import predict_main
 
-            return predict_main(args.ckpt, args.videos, top=args.top, clip_source=args.clip)
+            return predict_main(
+                args.ckpt,
+                args.videos,
+                top=args.top,
+                clip_source=args.clip,
+                as_json=args.json,
+                device=args.device,
+            )
         if args.command == "embed":
             from stop_lightning.inference import embed_main
 
             return embed_main(
-                args.ckpt, args.manifest, args.out, video_root=args.video_root, clip_source=args.clip
+                args.ckpt,
+                args.manifest,
+                args.out,
+                video_root=args.video_root,
+                clip_source=args.clip,
+                videos=args.videos,
+                device=args.device,
             )
         if args.command == "search":
             from stop_lightning.search import search_main
@@ -302,11 +365,13 @@ def main(argv: list[str] | None = None) -> int:
                 ckpt=args.ckpt,
                 clip_source=args.clip,
                 use_faiss=args.faiss,
+                device=args.device,
             )
         if args.command == "export":
+            ckpt, out_dir = export_paths(args.ckpt, args.paths)
             from stop_lightning.pretrained import export_main
 
-            return export_main(args.ckpt, args.out_dir, clip_source=args.clip)
+            return export_main(ckpt, out_dir, clip_source=args.clip)
         if args.command == "sweep":
             from stop_lightning.sweep.runner import sweep_main
 

@@ -32,7 +32,15 @@ from omegaconf.errors import (
 
 from stop_lightning.config_entries import check_components
 from stop_lightning.data.registry import dataset_names, get_dataset
-from stop_lightning.schema import CHOICES, EXPERIMENTS_DIR, RANGES, ConfigError, ExperimentConfig
+from stop_lightning.schema import (
+    CHOICES,
+    EXPERIMENTS_DIR,
+    RANGES,
+    ConfigError,
+    ExperimentConfig,
+    project_root,
+    rooted_paths,
+)
 from stop_lightning.tasks.registry import task_names
 
 
@@ -307,6 +315,7 @@ def load_config(
         cfg = _merge_checked(cfg, layer, str(path))
     cfg = _merge_checked(cfg, cli, "command-line overrides")
     try:
+        rooted_paths(cfg, project_root(exp_dir))  # folders: absolute, whatever the current directory
         OmegaConf.resolve(cfg)
         missing = OmegaConf.missing_keys(cfg)
     except (MissingMandatoryValue, OmegaConfBaseException) as err:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from stop_lightning.data.builders import VIDEO_SUFFIXES
 from stop_lightning.data.datamodules import VideoDataModule, eval_batch_size
 from stop_lightning.data.datasets import SamplingConfig, VideoClipDataset, seed_worker
 from stop_lightning.data.decode import VideoDecodeError
@@ -81,6 +82,26 @@ def clip_dataset(
     return VideoClipDataset(
         records, video_root, "test", sampling, transform, bad_video="raise", num_clips=clips, num_crops=crops
     )
+
+
+def expand_videos(items: list[str | Path]) -> list[str]:
+    """The video files ``items`` name: a folder stands for the video files under it (any depth,
+    sorted, by :data:`VIDEO_SUFFIXES`); anything else is kept as given (a missing file is reported
+    where it is read)."""
+    out: list[str] = []
+    for item in items:
+        folder = Path(item)
+        if not folder.is_dir():
+            out.append(str(item))
+            continue
+        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+        if not found:
+            raise InferenceInputError(
+                f"folder {folder} holds no video files ({', '.join(VIDEO_SUFFIXES)}); "
+                "name the videos or a folder that has some"
+            )
+        out += [str(p) for p in found]
+    return out
 
 
 def video_files_dataset(
@@ -180,6 +201,18 @@ def predict(loaded: LoadedCheckpoint, videos: list[str | Path], top: int = 5) ->
     return results  # type: ignore[return-value]
 
 
+def predictions_json(results: list[Prediction | FailedVideo]) -> str:
+    """``predict --json``: one JSON document, a list with one entry per video in order:
+    ``{"video", "top": [{"class", "score"}, ...]}`` (best first), or ``{"video", "error"}``."""
+    entries = [
+        {"video": r.video, "top": [{"class": name, "score": prob} for name, prob in r.top]}
+        if isinstance(r, Prediction)
+        else {"video": r.video, "error": r.error}
+        for r in results
+    ]
+    return json.dumps(entries, indent=2)
+
+
 def format_predictions(predictions: list[Prediction]) -> str:
     width = max((len(name) for p in predictions for name, _ in p.top), default=4)
     lines = []
@@ -274,6 +307,25 @@ def save_embeddings(
     return out
 
 
+def embed_records(
+    loaded: LoadedCheckpoint, records: list[ClipRecord], video_root: Path, out: str | Path, source: dict
+) -> Path:
+    """Features of the videos ``records`` name (paths relative to ``video_root``) saved to ``out``;
+    ``source`` (where the list came from) goes into the file's metadata."""
+    embeddings = embed_dataset(loaded, clip_dataset(loaded, records, video_root, views=False))
+    ids = [r.video_id or r.path for r in records]
+    # The fingerprint names the model whose text side belongs with these features (`stop-lightning search`).
+    meta = {
+        "checkpoint": str(Path(loaded.path).resolve()),
+        "clip": dict(loaded.module.clip_source),
+        "task": loaded.task,
+        **source,
+        "video_root": str(Path(video_root).resolve()),
+        "fingerprint": model_fingerprint(loaded.module),
+    }
+    return save_embeddings(out, embeddings, ids, [r.path for r in records], meta)
+
+
 def embed(
     loaded: LoadedCheckpoint, manifest: str | Path, out: str | Path, video_root: str | Path | None = None
 ) -> Path:
@@ -286,32 +338,43 @@ def embed(
             "(data.video_root of the checkpoint's config), "
             "which is not a directory; pass --video-root <folder the manifest paths are relative to>"
         )
-    embeddings = embed_dataset(loaded, clip_dataset(loaded, records, root, views=False))
-    ids = [r.video_id or r.path for r in records]
-    # The fingerprint names the model whose text side belongs with these features (`stop-lightning search`).
-    meta = {
-        "checkpoint": str(Path(loaded.path).resolve()),
-        "clip": dict(loaded.module.clip_source),
-        "task": loaded.task,
-        "manifest": str(manifest),
-        "fingerprint": model_fingerprint(loaded.module),
-    }
-    return save_embeddings(out, embeddings, ids, [r.path for r in records], meta)
+    return embed_records(loaded, records, root, out, {"manifest": str(manifest)})
+
+
+def embed_files(loaded: LoadedCheckpoint, videos: list[str | Path], out: str | Path) -> Path:
+    """Features of video files (a folder: the videos under it) saved to ``out``; each row's path is
+    relative to the folder holding them all, its id that path."""
+    paths = [Path(v) for v in expand_videos(list(videos))]
+    for p in paths:
+        if not p.is_file():
+            raise FileNotFoundError(f"video {p} does not exist")
+    root, rel = _common_root(paths)
+    return embed_records(loaded, [ClipRecord(path=r) for r in rel], root, out, {"manifest": None})
 
 
 # ------------------------------------------------------------------------------ CLI
 
 
-def predict_main(ckpt: str, videos: list[str], top: int = 5, clip_source: str | None = None) -> int:
-    """``stop-lightning predict --ckpt C video [video ...]``: the top classes of each video on stdout,
-    one ``error:`` line per video that failed on stderr; exit 2 if any failed."""
+def predict_main(
+    ckpt: str,
+    videos: list[str],
+    top: int = 5,
+    clip_source: str | None = None,
+    as_json: bool = False,
+    device: str = "auto",
+) -> int:
+    """``stop-lightning predict --ckpt C video|folder [...]``: the top classes of each video on stdout
+    (``as_json``: one JSON document, :func:`predictions_json`), one ``error:`` line per video that
+    failed on stderr; exit 2 if any failed."""
     try:
-        results = predict_each(load_model(ckpt, clip_source), videos, top)
+        results = predict_each(load_model(ckpt, clip_source, device), expand_videos(videos), top)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     predictions = [r for r in results if isinstance(r, Prediction)]
-    if predictions:
+    if as_json:
+        print(predictions_json(results))
+    elif predictions:
         print(format_predictions(predictions))
     failed = [r for r in results if isinstance(r, FailedVideo)]
     for f in failed:
@@ -325,12 +388,33 @@ def predict_main(ckpt: str, videos: list[str], top: int = 5, clip_source: str | 
 
 
 def embed_main(
-    ckpt: str, manifest: str, out: str, video_root: str | None = None, clip_source: str | None = None
+    ckpt: str,
+    manifest: str | None,
+    out: str,
+    video_root: str | None = None,
+    clip_source: str | None = None,
+    videos: list[str] | tuple[str, ...] = (),
+    device: str = "auto",
 ) -> int:
-    """``stop-lightning embed --ckpt C --manifest M --out F``: write the videos' features to a .pt or .npz."""
+    """``stop-lightning embed --ckpt C (--manifest M | video|folder ...) --out F``: write the videos'
+    features to a .pt or .npz."""
     try:
+        if (manifest is None) == (not videos):
+            raise InferenceInputError(
+                "embed reads either --manifest M or video files / folders, "
+                + ("not both" if videos else "and got neither")
+                + ": stop-lightning embed --ckpt C --out F (--manifest M | VIDEO_OR_FOLDER ...)"
+            )
+        if videos and video_root is not None:
+            raise InferenceInputError(
+                "--video-root is for the paths of a --manifest; video files are read where they are"
+            )
         check_embedding_path(out)  # before minutes of work, not after
-        path = embed(load_model(ckpt, clip_source), manifest, out, video_root)
+        loaded = load_model(ckpt, clip_source, device)
+        if videos:
+            path = embed_files(loaded, list(videos), out)
+        else:
+            path = embed(loaded, manifest, out, video_root)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -16,7 +16,14 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from stop_lightning.fileio import atomic_write
-from stop_lightning.schema import EXPERIMENTS_DIR, ExperimentConfig, flat_keys, key_under
+from stop_lightning.schema import (
+    EXPERIMENTS_DIR,
+    ExperimentConfig,
+    flat_keys,
+    key_under,
+    portable,
+    project_root,
+)
 
 MEASURED_DIR = EXPERIMENTS_DIR / "measured"
 # Keys that do not change what is learned: where files go, how progress is shown, the seed (the
@@ -29,7 +36,10 @@ def setting_fingerprint(cfg: DictConfig) -> str:
     """A short hash of every key of ``cfg`` that can change a learned figure and differs from the
     schema's default (so a key added to the schema later, at its default, changes nothing)."""
     defaults = flat_keys(OmegaConf.to_container(OmegaConf.structured(ExperimentConfig), resolve=False))
-    values = flat_keys(OmegaConf.to_container(cfg, resolve=True))
+    # Folders as the project names them (data/..., not this checkout's absolute path): the same setting
+    # has the same fingerprint in every checkout.
+    root = project_root()
+    values = {k: portable(v, root) for k, v in flat_keys(OmegaConf.to_container(cfg, resolve=True)).items()}
     setting = {
         k: v
         for k, v in values.items()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from stop_lightning.errors import UserError
 from stop_lightning.models.backbone import ClipBundle, load_clip
 from stop_lightning.models.video_encoder import STOPVideoModel
 from stop_lightning.provenance import collect_run_info, warn_on_differences
+from stop_lightning.schema import project_root, rooted_paths
 from stop_lightning.tasks.base import VideoTaskModule, frozen_prefixes
 from stop_lightning.tasks.recognition import RecognitionModule
 from stop_lightning.tasks.registry import get_task
@@ -68,10 +70,34 @@ class LoadedCheckpoint:
         return list(self.module.class_names) if isinstance(self.module, RecognitionModule) else []
 
 
+class DeviceError(UserError, ValueError):
+    """A ``--device`` that is not a device name or not on this machine; the message says which are."""
+
+
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
+_CUDA_NAME = re.compile(r"cuda(?::(\d+))?")
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
+    """``auto`` (the first GPU when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``;
+    a GPU this machine does not have is refused here, before any model is loaded."""
+    name = str(device)
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    if name == "cpu":
+        return torch.device("cpu")
+    match = _CUDA_NAME.fullmatch(name)
+    if match is None:
+        raise DeviceError(f"--device {name!r} is not a device; use {DEVICE_NAMES}")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise DeviceError(f"--device {name}: this machine has no CUDA GPU torch can use; use --device cpu")
+    index = int(match.group(1) or 0)
+    if index >= count:
+        raise DeviceError(
+            f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}"
+        )
+    return torch.device(name)
 
 
 def load_checkpoint(
@@ -82,6 +108,7 @@ def load_checkpoint(
     ``clip_source`` replaces ``model.clip.source`` of the saved config, for a CLIP that now lives
     elsewhere; a CLIP of another shape is refused by the config-hash check.
     """
+    device = resolve_device(device)  # a device that is not there: before minutes of loading
     path = Path(ckpt)
     checkpoint = read_checkpoint(path)
     hparams = checkpoint.get("hyper_parameters") or {}
@@ -90,7 +117,7 @@ def load_checkpoint(
             f"checkpoint {path} has no saved config (hyper_parameters['cfg']); "
             "it was not written by stop-lightning train"
         )
-    cfg = OmegaConf.create(hparams["cfg"])
+    cfg = rooted_paths(OmegaConf.create(hparams["cfg"]), project_root())  # a run saved with relative folders
     if clip_source is not None:
         cfg.model.clip.source = str(clip_source)
     OmegaConf.set_readonly(cfg, True)
@@ -103,7 +130,6 @@ def load_checkpoint(
             f"{cfg.task.name} checkpoint {path} has no {key} (hyper_parameters[{key!r}])"
         ) from err
     load_trained_weights(module, str(path), run_info=collect_run_info(cfg, bundle))
-    device = resolve_device(device)
     module.to(device).eval()
     return LoadedCheckpoint(module=module, cfg=cfg, bundle=bundle, path=path, device=device)
 
@@ -163,7 +189,8 @@ def read_export(folder: Path) -> tuple[dict[str, Any], DictConfig, dict[str, tor
     """An export folder's (meta, config, trained tensors); one line naming the folder if unreadable."""
     meta = read_export_meta(folder)
     try:
-        return meta, OmegaConf.load(folder / CONFIG_FILE), load_file(str(folder / WEIGHTS_FILE))
+        cfg = rooted_paths(OmegaConf.load(folder / CONFIG_FILE), project_root())  # the export's are relative
+        return meta, cfg, load_file(str(folder / WEIGHTS_FILE))
     except Exception as err:
         raise ExportError(
             f"cannot read the export {folder}: {type(err).__name__}: {str(err).splitlines()[0]} "
@@ -178,6 +205,7 @@ def from_pretrained(
 
     The result is what :func:`load_checkpoint` returns for the checkpoint
     the folder was exported from, and predicts the same."""
+    device = resolve_device(device)
     folder = Path(folder)
     meta, cfg, state = read_export(folder)
     if clip_source is not None:
@@ -190,7 +218,6 @@ def from_pretrained(
     module.on_load_checkpoint(checkpoint)  # refuses a CLIP of another config hash
     module.load_state_dict(state)
     warn_on_differences(checkpoint, collect_run_info(cfg, bundle), str(folder))
-    device = resolve_device(device)
     module.to(device).eval()
     return LoadedCheckpoint(module=module, cfg=cfg, bundle=bundle, path=folder, device=device)
 

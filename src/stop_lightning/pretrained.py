@@ -41,6 +41,7 @@ from stop_lightning.model_io import (
     model_fingerprint,
     trained_state,
 )
+from stop_lightning.schema import portable_paths, project_root
 
 
 # ------------------------------------------------------------------------------ export
@@ -104,7 +105,9 @@ def export(ckpt: str | Path, out_dir: str | Path, clip_source: str | None = None
             str(tmp / WEIGHTS_FILE),
             metadata={"format": "pt", "fingerprint": meta["fingerprint"]},
         )
-        (tmp / CONFIG_FILE).write_text(OmegaConf.to_yaml(loaded.cfg, resolve=True))
+        # Folders inside this project written relative to it: the loader puts them under its own project.
+        shared_cfg = portable_paths(OmegaConf.create(OmegaConf.to_container(loaded.cfg)), project_root())
+        (tmp / CONFIG_FILE).write_text(OmegaConf.to_yaml(shared_cfg, resolve=True))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         (tmp / CARD_FILE).write_text(model_card(loaded.cfg, meta, out_dir.name))
         share_as_umask_allows(tmp)  # mkdtemp made it private (0700): an export is meant to be shared
@@ -183,7 +186,7 @@ Last logged value of each metric in the run's `csv/metrics.csv`; `test/` is the 
 
 ```bash
 {train_cmd}   # this folder's config.yaml: the run's resolved config
-stop-lightning export <run folder>/checkpoints/{checkpoint_name} {name}
+stop-lightning export --ckpt <run folder>/checkpoints/{checkpoint_name} {name}
 ```
 
 git revision `{revision}`{dirty}; {versions}.

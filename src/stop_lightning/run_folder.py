@@ -19,7 +19,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from stop_lightning.errors import UserError
-from stop_lightning.schema import ConfigError, flat_keys, key_under
+from stop_lightning.schema import ConfigError, flat_keys, key_under, project_root, rooted_paths
 
 RUN_STAMP_ENV = "STOP_RUN_STAMP"
 RESUME_MODES = ("last", "auto")
@@ -144,6 +144,8 @@ def check_resume_config(
 ) -> list[str]:
     """The keys where ``cfg`` differs from the run's ``saved`` config; a difference outside
     ``allowed`` (a key or a section prefix such as ``trainer``) stops the run naming each one."""
+    # A run saved before folders were absolute (its config.yaml has relative ones) resumes unchanged.
+    saved = rooted_paths(OmegaConf.create(OmegaConf.to_container(saved)), project_root())
     a = flat_keys(OmegaConf.to_container(saved, resolve=True))
     b = flat_keys(OmegaConf.to_container(cfg, resolve=True))
     differ = sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>"))

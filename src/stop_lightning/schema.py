@@ -21,6 +21,21 @@ from stop_lightning.fileio import atomic_write
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS_DIR = Path(os.environ.get("STOP_EXPERIMENTS_DIR", PROJECT_ROOT / "experiments"))
+# Where relative folders of a config lie (``rooted_paths``): this variable when set, else the folder
+# holding the experiments/ folder the config is composed from (the repository in a checkout).
+PROJECT_ROOT_ENV = "STOP_PROJECT_ROOT"
+# The config keys that name folders. A relative value is taken relative to the project root, not to
+# the current directory, so a run, its cache and its data are found from any directory.
+ROOTED_KEYS = (
+    "paths.data_root",
+    "paths.manifest_root",
+    "paths.cache_dir",
+    "paths.output_dir",
+    "paths.run_dir",
+    "data.video_root",
+    "data.manifest_dir",
+    "data.shard_dir",
+)
 
 
 class ConfigError(UserError, ValueError):
@@ -494,6 +509,57 @@ def flat_keys(tree: Any, prefix: str = "") -> dict[str, Any]:
 def key_under(key: str, prefixes: tuple[str, ...] | list[str]) -> bool:
     """``key`` is one of ``prefixes`` or lies in one of those sections (``trainer`` holds ``trainer.x``)."""
     return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def project_root(exp_dir: str | Path | None = None) -> Path:
+    """``$STOP_PROJECT_ROOT``, else the parent of ``exp_dir`` (default: the experiments folder in use)."""
+    if os.environ.get(PROJECT_ROOT_ENV):
+        return Path(os.environ[PROJECT_ROOT_ENV]).expanduser().resolve()
+    return Path(exp_dir if exp_dir is not None else EXPERIMENTS_DIR).resolve().parent
+
+
+def _is_url(value: str) -> bool:
+    return "://" in value  # s3://, gs://: shard folders LitData reads remotely
+
+
+def rooted(value: str, root: Path) -> str:
+    """``value`` as an absolute path: relative ones under ``root``; empty values and URLs unchanged."""
+    if not value or _is_url(value):
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else root / path)
+
+
+def portable(value: Any, root: Path) -> Any:
+    """A path under ``root`` written relative to it (what another checkout reads the same); other
+    values unchanged. The inverse of :func:`rooted` for what lies inside the project."""
+    if not isinstance(value, str) or not value or _is_url(value) or not Path(value).is_absolute():
+        return value
+    try:
+        return Path(value).relative_to(root).as_posix()
+    except ValueError:
+        return value
+
+
+def _map_folders(cfg: DictConfig, change: Any, root: Path) -> DictConfig:
+    values = flat_keys(OmegaConf.to_container(cfg, resolve=True))
+    for key in ROOTED_KEYS:
+        if isinstance(values.get(key), str):
+            OmegaConf.update(cfg, key, change(values[key], root), merge=False)
+    return cfg
+
+
+def rooted_paths(cfg: DictConfig, root: Path) -> DictConfig:
+    """Set every :data:`ROOTED_KEYS` value of a (writable) config to its absolute path under ``root``.
+
+    On a composed config call it before interpolations are resolved, so that the keys built from
+    ``paths.*`` (``data.video_root``, ``data.class_subset``) are absolute too."""
+    return _map_folders(cfg, rooted, root)
+
+
+def portable_paths(cfg: DictConfig, root: Path) -> DictConfig:
+    """Every :data:`ROOTED_KEYS` value under ``root`` made relative to it (a config to share)."""
+    return _map_folders(cfg, portable, root)
 
 
 def to_yaml(cfg: DictConfig | ListConfig) -> str:

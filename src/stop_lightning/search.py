@@ -211,11 +211,13 @@ def search_main(
     ckpt: str | None = None,
     clip_source: str | None = None,
     use_faiss: bool = False,
+    device: str = "auto",
 ) -> int:
-    """``stop-lightning search EMBEDDINGS QUERY [QUERY ...] [--top K] [--ckpt C]``."""
+    """``stop-lightning search EMBEDDINGS QUERY [QUERY ...] [--top K] [--ckpt C] [--device D]``."""
     try:
         collection = load_collection(embeddings)
-        results = search(text_side(collection, ckpt, clip_source), collection, queries, top, use_faiss)
+        loaded = text_side(collection, ckpt, clip_source, device)
+        results = search(loaded, collection, queries, top, use_faiss)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
