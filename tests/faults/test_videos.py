@@ -21,16 +21,19 @@ from stop_lightning.data.video_probe import probe_reason, unreadable_videos
 LOADER_FRAMES = 8  # frames a test clip samples (the demo's data.num_frames)
 
 
-def garble_after_first_packet(path: Path) -> Path:
-    """Overwrite every video packet but the first with 0xff bytes, in place: the container, its index
-    and the first frame stay intact, every later frame is undecodable."""
+def garble_packets(path: Path, chosen: slice) -> Path:
+    """Overwrite the ``chosen`` video packets (in file order) with 0xff bytes, in place: the container
+    and its index stay intact, those frames no longer decode."""
     with av.open(str(path)) as container:
         spans = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size]
     data = bytearray(path.read_bytes())
-    for pos, size in spans[1:]:
+    for pos, size in spans[chosen]:
         data[pos : pos + size] = b"\xff" * size
     path.write_bytes(bytes(data))
     return path
+
+
+AFTER_THE_FIRST = slice(1, None)  # every frame but the first undecodable
 
 
 def loader_fails(path: Path) -> bool:
@@ -73,7 +76,7 @@ def damaged(tmp_path_factory) -> dict[str, Path]:
             files[cut.name] = cut
     garbled = root / "garbled.avi"
     shutil.copy(files["good.avi"], garbled)
-    files["garbled.avi"] = garble_after_first_packet(garbled)
+    files["garbled.avi"] = garble_packets(garbled, AFTER_THE_FIRST)
     return files
 
 
@@ -219,7 +222,7 @@ def test_a_video_found_bad_after_the_fit_names_the_checkpoint_and_the_eval_comma
     cache_dir, tmp_path, dataset_copy, capsys, monkeypatch
 ):
     videos, manifests = dataset_copy
-    garbled = garble_after_first_packet(add_test_only_video(videos, manifests, "garbled.avi"))
+    garbled = garble_packets(add_test_only_video(videos, manifests, "garbled.avi"), AFTER_THE_FIRST)
     assert probe_reason(garbled, LOADER_FRAMES) is None and loader_fails(garbled)
     monkeypatch.setenv("STOP_RUN_STAMP", "run")
     out = tmp_path / "runs"
