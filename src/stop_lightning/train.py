@@ -20,7 +20,7 @@ from stop_lightning.checkpoint_io import AtomicCheckpointIO, load_trained_weight
 from stop_lightning.data.class_lists import write_protocol_files
 from stop_lightning.data.datasets import SKIP_ADVICE
 from stop_lightning.data.decode import VideoDecodeError
-from stop_lightning.errors import UserError
+from stop_lightning.errors import EXIT_USER_ERROR, UserError
 from stop_lightning.loggers import build_loggers, finish_wandb, wandb_mode
 from stop_lightning.measured import measured_line
 from stop_lightning.model_io import model_fingerprint
@@ -206,6 +206,7 @@ def train(cfg: DictConfig, resume: str | None = None, allow_change: tuple[str, .
         if not fits:
             raise
         weights = ckpt_for_test or last_checkpoint(trainer)
+        finish_wandb(exit_code=EXIT_USER_ERROR)  # the W&B run keeps the fit's curves, closed
         raise UntestedFitError(untested_fit_message(err, run_dir, weights)) from err
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:

@@ -30,6 +30,10 @@ from .decode import VideoDecodeError, VideoFile
 from .frame_indices import segment_indices
 
 SHOWN = 5  # unreadable files named in the one-line message
+FIX_OR_SKIP = (
+    "Fix or remove them (stop-lightning manifest ... --probe --drop-unreadable leaves them out), "
+    "or set data.bad_video=skip to score each as a miss"
+)
 
 
 def probe_reason(path: str | Path, sampled_frames: int) -> str | None:
@@ -37,8 +41,8 @@ def probe_reason(path: str | Path, sampled_frames: int) -> str | None:
     when it passes the probe."""
     try:
         with VideoFile(path) as video:
-            if video.stream.codec_context is None or video.stream.codec_context.codec is None:
-                return f"no decoder for its video codec ({video.stream.codec_context.name})"
+            if video.stream.codec_context is None:
+                return "no decoder for its video codec"
             with av.logging.Capture():  # FFmpeg's complaints stay off the console
                 first = next(video.container.demux(video.stream), None)
                 if first is None or first.size == 0:
@@ -92,9 +96,3 @@ def unreadable_summary(bad: dict[Path, str], total: int, splits: str) -> str:
     first = "; ".join(f"{path}: {why}" for path, why in list(bad.items())[:SHOWN])
     more = f"; ... ({len(bad) - SHOWN} more)" if len(bad) > SHOWN else ""
     return f"{len(bad)} of {total} {splits} videos cannot be read (probed before training): {first}{more}"
-
-
-FIX_OR_SKIP = (
-    "Fix or remove them (stop-lightning manifest ... --probe --drop-unreadable leaves them out), "
-    "or set data.bad_video=skip to score each as a miss"
-)
