@@ -243,3 +243,28 @@ def test_a_video_found_bad_after_the_fit_names_the_checkpoint_and_the_eval_comma
     assert (
         len(evals) == 1 and (evals[0] / "run_info.json").is_file()
     )  # beside the run, as `eval demo` puts it
+
+
+def test_the_probe_is_off_with_its_key(dataset_copy):
+    """data.probe_videos=false: nothing is opened before the run (the test loop meets the video)."""
+    from dataclasses import replace
+
+    from stop_lightning.data.datamodules import RecognitionDataModule
+    from stop_lightning.schema import DataConfig
+
+    videos, manifests = dataset_copy
+    foreign = add_test_only_video(videos, manifests, "notes.avi")
+    foreign.write_text("not a video\n" * 100)
+    cfg = DataConfig(
+        dataset="manifest",
+        video_root=str(videos),
+        manifest_dir=str(manifests),
+        num_workers=0,
+        bad_video="skip",
+    )
+    dm = RecognitionDataModule(cfg, 32, (0.5,) * 3, (0.5,) * 3)
+    dm.setup("test")
+    assert list(dm.probe_videos(("test",))) == [foreign]
+    off = RecognitionDataModule(replace(cfg, probe_videos=False), 32, (0.5,) * 3, (0.5,) * 3)
+    off.setup("test")
+    assert off.probe_videos(("test",)) == {}
