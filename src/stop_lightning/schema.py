@@ -246,6 +246,10 @@ class DataConfig:
     normalize_on_device: bool = False
     bad_video: str = "raise"  # raise | skip
     min_video_frames: int = 1  # a video with fewer frames is bad (policy data.bad_video)
+    # Before a run, every val/test video is probed (header, stream, first packet, content as far as a
+    # clip needs; data/video_probe.py) on data.num_workers threads, so a bad one stops the run before
+    # the fit (policy data.bad_video). Its cost per clip: python benchmarks/probe.py (docs/reliability.md).
+    probe_videos: bool = True
     # Training augmentation. Horizontal flip is off by default: on motion data (the synthetic set,
     # "move left"/"move right") it swaps classes. Turn it on for HMDB51/UCF101/MSRVTT.
     hflip: bool = False

@@ -6,6 +6,7 @@ Read top to bottom, this is everything ``make train EXP=<name>`` does.
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -17,6 +18,9 @@ from omegaconf import DictConfig
 from stop_lightning.callbacks import build_callbacks
 from stop_lightning.checkpoint_io import AtomicCheckpointIO, load_trained_weights
 from stop_lightning.data.class_lists import write_protocol_files
+from stop_lightning.data.datasets import SKIP_ADVICE
+from stop_lightning.data.decode import VideoDecodeError
+from stop_lightning.errors import EXIT_USER_ERROR, UserError
 from stop_lightning.loggers import build_loggers, finish_wandb, wandb_mode
 from stop_lightning.measured import measured_line
 from stop_lightning.model_io import apply_initial_weights, model_fingerprint, read_initial_weights
@@ -134,7 +138,8 @@ def setup_run(
 ):
     """CLIP and data, then the run folder, then seed: what fitting and evaluating both need.
 
-    Every video file of the splits in ``reads`` is checked before the run folder is made. A new
+    Every video file of the splits in ``reads`` is checked before the run folder is made, and those of
+    its validation and test splits probed (``data.probe_videos``). A new
     run's folder is claimed atomically (:func:`stop_lightning.run_folder.claim_run_dir`); a resumed run
     keeps its folder and its ``config.yaml`` (a change outside ``allow_change`` stops it)."""
     if resuming and (run_dir / "config.yaml").is_file():
@@ -152,6 +157,7 @@ def setup_run(
     datamodule.setup("fit" if cfg.data.protocol != "zero_shot" else "test")
     datamodule.setup("test")  # every run ends with a test: its files are checked now, with the rest
     datamodule.check_files(reads)
+    datamodule.probe_videos(tuple(split for split in reads if split != "train"))
     if cfg.logger.wandb:
         wandb_mode(cfg.logger.mode)  # W&B asked for online and unreachable: one line, before any folder
     run_dir = run_dir if resuming else claim_run_dir(run_dir)
@@ -200,7 +206,14 @@ def train(cfg: DictConfig, resume: str | None = None, allow_change: tuple[str, .
         if cfg.checkpoint.test == "best":
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
             ckpt_for_test = best or None
-    results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_for_test, verbose=False)
+    try:
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_for_test, verbose=False)
+    except VideoDecodeError as err:
+        if not fits:
+            raise
+        weights = ckpt_for_test or last_checkpoint(trainer)
+        finish_wandb(exit_code=EXIT_USER_ERROR)  # the W&B run keeps the fit's curves, closed
+        raise UntestedFitError(untested_fit_message(err, run_dir, weights)) from err
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:
         print_metrics_table(
@@ -213,6 +226,34 @@ def train(cfg: DictConfig, resume: str | None = None, allow_change: tuple[str, .
         report_published(cfg, metrics, run_dir)
     finish_wandb()
     return metrics
+
+
+class UntestedFitError(UserError):
+    """The fit ended but a test video failed to decode (one the probe could not tell from a good one)."""
+
+
+def last_checkpoint(trainer: L.Trainer) -> str | None:
+    """The ``last.ckpt`` the fit wrote (``checkpoint.save_last``), else the newest checkpoint it kept."""
+    paths = [getattr(c, "last_model_path", "") or c.best_model_path for c in trainer.checkpoint_callbacks]
+    written = [Path(p) for p in paths if p and Path(p).is_file()]
+    named_last = [p for p in written if p.name == "last.ckpt"]
+    if named_last or written:
+        return str((named_last or sorted(written, key=lambda p: p.stat().st_mtime))[-1])
+    return None
+
+
+def untested_fit_message(err: VideoDecodeError, run_dir: Path, ckpt: str | None) -> str:
+    """One line: the video that failed the test after the fit, where the trained weights are and the
+    ``eval`` command that scores them with the run's own config, skipping the bad video."""
+    reason = err.reason.removesuffix(SKIP_ADVICE).rstrip()
+    failed = f"{err.path}: {reason}; the fit finished but its test did not"
+    if ckpt is None:
+        return f"{failed}, and it kept no checkpoint (checkpoint.save_last=false, save_top_k=0)"
+    command = (
+        f"stop-lightning eval {shlex.quote(str(run_dir / 'config.yaml'))} --ckpt {shlex.quote(ckpt)} "
+        f"data.bad_video=skip {shlex.quote(f'paths.run_dir={run_dir.parent}')}"
+    )
+    return f"{failed}: the trained weights are in {ckpt}; score them (the bad video a miss) with: {command}"
 
 
 def refuse_untrained(cfg: DictConfig, bundle: ClipBundle) -> None:

@@ -144,7 +144,9 @@ def test_kinetics_bad_files_end_in_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "train.csv: no column(s) youtube_id, time_start, time_end" in err
     (root / "annotations" / "val.csv").unlink()
     assert main(["k400", "--root", str(root), "--out", str(tmp_path / "o"), "--quiet"]) == 2
-    assert "no val.csv or validate.csv under" in capsys.readouterr().err
+    assert "no val.csv or validate.csv or val.txt or kinetics-400_val.csv or kinetics_val.csv under" in (
+        capsys.readouterr().err
+    )
 
 
 # ------------------------------------------------------------------------------------ SSv2

@@ -56,6 +56,7 @@ from .manifest import (
 )
 from .registry import DatasetSpec, get_dataset
 from .transforms import eval_transform, normalize, train_transform
+from .video_probe import FIX_OR_SKIP, unreadable_summary, unreadable_videos
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,26 @@ class VideoDataModule(L.LightningDataModule):
                     where.setdefault(path, []).append(name)
             missing = [(", ".join(names), path) for path, names in where.items()]
             raise ManifestError(missing_files_message(missing, len({p for _, p in listed}), self.video_root))
+
+    def probe_videos(self, splits: tuple[str, ...] = ("val", "test")) -> dict[Path, str]:
+        """Probe every video of ``splits`` (those set up; :mod:`.video_probe`) before anything is
+        trained: with ``data.bad_video=raise`` a failure is one ``ManifestError`` line naming the
+        files; with ``skip`` the bad ones are marked (scored as misses without a decode) and counted in
+        a warning. Returns ``{path: reason}``. Off with ``data.probe_videos=false`` or frame shards."""
+        if self.cfg.format == "shards" or not self.cfg.probe_videos:
+            return {}
+        chosen = {name: self.datasets[name] for name in splits if self.datasets.get(name) is not None}
+        paths = list(dict.fromkeys(p for ds in chosen.values() for p in ds.paths))
+        bad = unreadable_videos(paths, self.cfg.num_frames, threads=self.cfg.num_workers)
+        if not bad:
+            return bad
+        summary = unreadable_summary(bad, len(paths), "/".join(chosen))
+        if self.cfg.bad_video == "raise":
+            raise ManifestError(f"{summary}. {FIX_OR_SKIP}")
+        for ds in chosen.values():
+            ds.mark_bad(bad)
+        log.warning("%s (data.bad_video=skip: each is scored as a miss)", summary)
+        return bad
 
     def _splits_to_build(self, stage: str | None) -> list[str]:
         """The splits a Lightning ``stage`` needs that are not built yet (``None``: all of them)."""

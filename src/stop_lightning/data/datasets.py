@@ -33,6 +33,7 @@ from .manifest import ClipRecord, resolve_video_path
 log = logging.getLogger(__name__)
 
 MAX_REPLACEMENTS = 20
+SKIP_ADVICE = "(set data.bad_video=skip to skip bad videos)"  # ends a bad video's line with bad_video=raise
 _SPAWN = mp.get_context("spawn")
 
 
@@ -159,6 +160,13 @@ class VideoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def mark_bad(self, reasons: dict[Path, str]) -> int:
+        """Items whose video is in ``reasons`` (found bad before the run) are bad without a decode;
+        returns how many items that is."""
+        hits = {i: reasons[p] for i, p in enumerate(self.paths) if p in reasons}
+        self._known_bad.update(hits)
+        return len(hits)
+
     # -- decoding ---------------------------------------------------------------------------
 
     def frame_indices(
@@ -243,9 +251,7 @@ class VideoDataset(Dataset):
                 return {**item, "unreadable": False}
             except VideoDecodeError as err:
                 if self.bad_video == "raise":
-                    raise VideoDecodeError(
-                        err.path, f"{err.reason} (set data.bad_video=skip to skip bad videos)"
-                    ) from err
+                    raise VideoDecodeError(err.path, f"{err.reason} {SKIP_ADVICE}") from err
                 if i not in self._known_bad:
                     self._known_bad[i] = err.reason
                     log.warning("skipping bad video %s: %s", err.path, err.reason)

@@ -157,20 +157,29 @@ def probe_records(
     return out
 
 
+# Frames a header may count past the last one that decodes (an edit list or a B-frame delay leaves one
+# or two off in many YouTube-derived MP4s): such a file is usable, its row keeps the real count.
+HEADER_SLACK = 2
+
+
 def probe_file(path: Path) -> tuple[int, float] | str:
-    """``(num_frames, fps)`` of a video whose header reads and whose last frame decodes, else the reason
-    (empty file, no header, truncated: the last frame is not there)."""
+    """``(num_frames, fps)`` of a video whose header reads and whose end decodes, else the reason
+    (empty file, no header, truncated).
+
+    The last ``2 * HEADER_SLACK + 1`` frames the header counts are decoded, and at most ``HEADER_SLACK``
+    of them may be missing: a header that over-counts by a frame or two gives a usable row with the
+    frames that are there (the loader repeats the last one for the rest), a file cut short is
+    unreadable."""
     from ..decode import VideoDecodeError, VideoFile
 
     try:
         with VideoFile(path) as video:
             n = video.info.num_frames
-            if n < 1:
-                return "no frames"
-            video.get_frames([n - 1])
-            if video.stats.missing_frames:
-                return f"truncated: the header says {n} frames, the last one does not decode"
-            return n, round(video.info.fps, 4)
+            video.get_frames(range(max(0, n - 1 - 2 * HEADER_SLACK), n))
+            missing = video.stats.missing_frames
+            if missing > HEADER_SLACK:  # a short video: the decoder's rule let more than that pass
+                return f"truncated: the header says {n} frames, the last {missing} do not decode"
+            return n - missing, round(video.info.fps, 4)
     except VideoDecodeError as err:
         return err.reason
 
@@ -216,6 +225,8 @@ def probe_manifests(report: BuildReport, drop: bool, progress: bool) -> ProbeRep
             key = next((k for k in report.clips if path.with_suffix("").as_posix().endswith(k)), None)
             if key is not None:
                 report.clips[key] = len(rows)
+                if key in report.num_captions:
+                    report.num_captions[key] = caption_count(rows)
         write_manifest(path, rows)
     if drop and found.unreadable:
         found.dropped_list = atomic_write(
@@ -234,7 +245,12 @@ def write_split(
         name = f"{key}/{stage}" if key else stage
         report.clips[name] = len(rows)
         if any(r.captions for r in rows):
-            report.num_captions[name] = sum(len(r.captions) for r in rows)
+            report.num_captions[name] = caption_count(rows)
+
+
+def caption_count(rows: list[ClipRecord]) -> int:
+    """The captions the summary counts: every caption of every row (a paragraph's sentences each)."""
+    return sum(len(r.captions) for r in rows)
 
 
 def write_class_list(report: BuildReport, out_dir: Path, names: list[str]) -> None:

@@ -2,8 +2,11 @@
 
 Annotations (``--annotations``, else ``root/annotations`` or ``root``): ``train.csv``, ``val.csv``
 (the CVDF release) or ``validate.csv`` (DeepMind's name), ``test.csv``, with the header
-``label,youtube_id,time_start,time_end,split``. What varies between the copies in circulation, and
-is all read here:
+``label,youtube_id,time_start,time_end,split``. The names the common download scripts keep are read
+too (``stage_files``): CVDF's Kinetics-600 ``train.txt`` and ``val.txt`` (csv inside), the ActivityNet
+crawler's ``kinetics-400_train.csv`` / ``kinetics-600_val.csv`` ... and its first Kinetics-400 lists,
+``kinetics_train.csv``, ``kinetics_val.csv``, ``kinetics_test.csv``. What varies between the copies in
+circulation, and is all read here:
 
 - extra columns (some crawlers add ``is_cc``) and any column order: columns are read by name;
 - labels quoted (``"air drumming"``) or not;
@@ -13,7 +16,12 @@ is all read here:
   (``train/<class>/<file>.mp4``): files are found by name anywhere under ``root``, with any video
   extension (some crawlers write ``.mkv`` or ``.webm``); youtube ids may start with ``-``;
 - a few percent of the listed clips are missing in every copy (deleted from YouTube): they are
-  left out and counted in the report, never an error.
+  left out and counted in the report, never an error;
+- CVDF's fixed copies of clips that were corrupted in its first Kinetics-400 upload
+  (``replacement/replacement_for_corrupted_k400/<file>.mp4``) sit beside the corrupted ones: a clip
+  found in a folder whose name starts with ``replacement`` and elsewhere is read from the replacement,
+  and any other clip found twice from the first of its paths in sorted order, whatever order the file
+  system lists the folders in.
 
 Class indices follow the alphabetical order of the training labels. ``k600.py`` reads Kinetics-600
 with this same code.
@@ -35,11 +43,12 @@ from . import VIDEO_SUFFIXES, BuildError, BuildReport, finish_recognition
 log = logging.getLogger(__name__)
 
 ANNOTATION_DIR = "annotations"
-# Stage -> the file names it goes by, in the order they are looked for.
-STAGE_FILES = {"train": ("train.csv",), "val": ("val.csv", "validate.csv"), "test": ("test.csv",)}
+STAGES = ("train", "val", "test")
+# A folder holding fixed copies of corrupted clips (CVDF's k400/replacement/...): its copy wins.
+REPLACEMENT_PREFIX = "replacement"
 REQUIRED_COLUMNS = ("youtube_id", "time_start", "time_end")
 LABEL_COLUMN = "label"
-ANNOTATIONS_HINT = "<the folder with train.csv, val.csv (or validate.csv), test.csv>"
+ANNOTATIONS_HINT = "<the folder with train.csv, val.csv (or validate.csv), test.csv, or their download names>"
 # Kinetics class names are verb phrases ("playing guitar", "air drumming").
 TEMPLATES = ("a video of a person {name}.",)
 # Multi-view testing: 4 temporal clips x 3 spatial crops, as X-CLIP (Ni et al., ECCV 2022, its K400
@@ -52,9 +61,23 @@ def clip_name(youtube_id: str, start: int, end: int) -> str:
     return f"{youtube_id}_{start:06d}_{end:06d}"
 
 
-def _annotation_file(stage: str, places: list[Path]) -> Path | None:
+def stage_files(dataset: str, stage: str) -> tuple[str, ...]:
+    """The names a ``stage``'s csv goes by for ``dataset`` (``k400``, ``k600``), in the order looked for:
+    the release's own, then those of the common download scripts (CVDF's Kinetics-600 ``.txt``, the
+    ActivityNet crawler's ``kinetics-<classes>_<stage>.csv``, and its first Kinetics-400 lists)."""
+    classes = dataset.removeprefix("k")
+    names = {"train": ["train.csv"], "val": ["val.csv", "validate.csv"], "test": ["test.csv"]}[stage]
+    if stage != "test":
+        names.append(f"{stage}.txt")
+    names.append(f"kinetics-{classes}_{stage}.csv")
+    if dataset == "k400":
+        names.append(f"kinetics_{stage}.csv")
+    return tuple(names)
+
+
+def _annotation_file(names: tuple[str, ...], places: list[Path]) -> Path | None:
     for place in places:
-        for name in STAGE_FILES[stage]:
+        for name in names:
             if (place / name).is_file():
                 return place / name
     return None
@@ -90,15 +113,22 @@ def read_split_csv(path: Path) -> list[tuple[str | None, str, int]]:
 
 
 def _video_index(root: Path) -> dict[str, str]:
-    """Clip stem -> path relative to ``root``, for every video file below it (any folder layout)."""
-    index: dict[str, str] = {}
+    """Clip stem -> path relative to ``root``, for every video file below it (any folder layout). A stem
+    found more than once: its copy in a replacement folder, else its first path in sorted order."""
+    found: dict[str, list[str]] = {}
     for dirpath, _, files in os.walk(root):
         for name in files:
             stem, suffix = os.path.splitext(name)
             if suffix.lower() in VIDEO_SUFFIXES:
                 rel = os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/")
-                index.setdefault(stem, rel)
-    return index
+                found.setdefault(stem, []).append(rel)
+    return {stem: min(paths, key=_copy_order) for stem, paths in found.items()}
+
+
+def _copy_order(rel: str) -> tuple[bool, str]:
+    """Sort key of a clip's copies: the one in a replacement folder first, then by path."""
+    folders = rel.split("/")[:-1]
+    return (not any(f.startswith(REPLACEMENT_PREFIX) for f in folders), rel)
 
 
 def build_kinetics(
@@ -106,11 +136,12 @@ def build_kinetics(
 ) -> BuildReport:
     """Manifests ``train/val/test.jsonl`` and ``classes.txt`` of a Kinetics release under ``root``."""
     places = [annotations] if annotations is not None else [root / ANNOTATION_DIR, root]
-    files = {stage: _annotation_file(stage, places) for stage in STAGE_FILES}
+    names = {stage: stage_files(dataset, stage) for stage in STAGES}
+    files = {stage: _annotation_file(names[stage], places) for stage in STAGES}
     for stage in ("train", "val"):
         if files[stage] is None:
             raise BuildError(
-                f"no {' or '.join(STAGE_FILES[stage])} under {' or '.join(map(str, places))}; pass the "
+                f"no {' or '.join(names[stage])} under {' or '.join(map(str, places))}; pass the "
                 f"folder with the {dataset} csv files with --annotations"
             )
     lists = {stage: read_split_csv(path) for stage, path in files.items() if path is not None}
