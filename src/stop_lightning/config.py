@@ -32,7 +32,7 @@ from omegaconf.errors import (
 
 from stop_lightning.config_entries import check_components
 from stop_lightning.data.registry import dataset_names, get_dataset
-from stop_lightning.schema import CHOICES, EXPERIMENTS_DIR, RANGES, ConfigError, ExperimentConfig
+from stop_lightning.schema import CHOICES, EXPERIMENTS_DIR, RANGES, TAG_LENGTH, ConfigError, ExperimentConfig
 from stop_lightning.tasks.registry import task_names
 
 
@@ -185,6 +185,17 @@ def _check_trainer(t: DictConfig) -> None:
         )
 
 
+def _check_logger(logger: DictConfig) -> None:
+    """Tags W&B would refuse only once the run has started (``wandb.init`` fails), named now."""
+    low, high = TAG_LENGTH
+    for i, tag in enumerate(logger.tags):
+        if not low <= len(str(tag)) <= high:
+            raise ConfigError(
+                f"config key 'logger.tags[{i}]' = {str(tag)!r} has {len(str(tag))} characters: W&B takes "
+                f"tags of {low} to {high} characters; shorten it or drop it"
+            )
+
+
 def _is_device_id(item: Any, count: int) -> bool:
     if isinstance(item, bool):
         return False
@@ -311,6 +322,7 @@ def load_config(
     if not cfg.task.templates:  # the dataset's own prompt templates (data/registry.py)
         cfg.task.templates = list(get_dataset(cfg.data.dataset).templates)
     _check_trainer(cfg.trainer)
+    _check_logger(cfg.logger)
     check_components(cfg)  # imports the named classes' modules: only once composed
     OmegaConf.set_readonly(cfg, True)
     return cfg

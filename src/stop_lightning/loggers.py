@@ -122,9 +122,16 @@ def has_api_key() -> bool:
         return False
 
 
+def run_name(cfg: DictConfig, run_dir: Path) -> str:
+    """``logger.name``, or ``<name>/<run folder>`` (``demo/20250101-120000``) when it is empty."""
+    return cfg.logger.name or f"{cfg.name}/{Path(run_dir).name}"
+
+
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
-    """The config's ``loggers`` entries, then W&B when ``logger.wandb`` is on and not disabled."""
-    loggers = build_components(cfg, "loggers", run_dir)
+    """The config's ``loggers`` entries (an entry whose class takes ``run_name``, MLflow's, gets the run's
+    name unless it sets one), then W&B when ``logger.wandb`` is on and not disabled, with the run's
+    name, group and tags."""
+    loggers = build_components(cfg, "loggers", run_dir, fill={"run_name": run_name(cfg, run_dir)})
     mode = wandb_mode(cfg.logger.mode)
     if cfg.logger.wandb and mode != "disabled":
         os.environ.setdefault("WANDB_SILENT", "true")
@@ -132,7 +139,8 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
             ConfigOnceWandbLogger(
                 project=cfg.logger.project,
                 entity=cfg.logger.entity or None,
-                name=cfg.name,
+                name=run_name(cfg, run_dir),
+                group=cfg.logger.group or None,  # None: W&B's own WANDB_RUN_GROUP, if set
                 tags=list(cfg.logger.tags),
                 save_dir=str(run_dir),
                 offline=mode == "offline",
