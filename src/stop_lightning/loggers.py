@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import functools
 import logging
 import netrc
@@ -44,6 +45,27 @@ class AppendingCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+def metrics_csv(loggers: list) -> Path | None:
+    """The run's ``metrics.csv``, everything logged so far flushed to it; None without a CSV logger."""
+    for logger in loggers:
+        if isinstance(logger, CSVLogger):
+            logger.save()
+            return Path(logger.experiment.metrics_file_path)
+    return None
+
+
+def metric_series(path: Path, keys: list[str]) -> dict[str, list[tuple[float, float]]]:
+    """``{key: [(step, value), ...]}`` for each of ``keys`` logged in the metrics CSV at ``path``
+    (a row holds the metrics logged at one step; an empty cell is a metric not logged then)."""
+    series: dict[str, list[tuple[float, float]]] = {key: [] for key in keys}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            for key in keys:
+                if row.get(key) and row.get("step"):
+                    series[key].append((float(row["step"]), float(row[key])))
+    return series
 
 
 def wandb_run_id(run_dir: Path) -> str:
