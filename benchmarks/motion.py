@@ -38,6 +38,7 @@ from stop_lightning.config import available_presets  # noqa: E402
 from stop_lightning.data.build import build_manifests  # noqa: E402
 from stop_lightning.data.synthetic import write_video  # noqa: E402
 from stop_lightning.fileio import atomic_write  # noqa: E402
+from stop_lightning.tasks.recognition import read_confusion as read_run_confusion  # noqa: E402
 
 # (class name, mirror-image partner's index); pairs sit next to each other.
 CLASSES = (
@@ -183,14 +184,9 @@ def pair_accuracy(confusion: np.ndarray) -> float:
 
 def read_confusion(path: Path, class_names: list[str]) -> np.ndarray:
     """The run's confusion_matrix.csv (rows true, columns predicted), rows in ``class_names`` order."""
-    lines = path.read_text().splitlines()
-    order = lines[0].split(",")[1:]
-    rows = {
-        line.rsplit(",", len(order))[0]: [int(v) for v in line.rsplit(",", len(order))[1:]]
-        for line in lines[1:]
-    }
-    idx = [order.index(n) for n in class_names]
-    return np.array([[rows[n][k] for k in idx] for n in class_names])
+    names, counts = read_run_confusion(path)  # columns: the same classes in the same order, then unreadable
+    idx = [names.index(n) for n in class_names]
+    return counts.numpy()[np.ix_(idx, idx)]
 
 
 def method_job(preset: str, seed: int, threads: int, videos: Path, manifests: Path, args) -> Job:

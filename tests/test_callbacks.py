@@ -145,7 +145,9 @@ def test_offline_wandb_run_holds_config_metrics_and_images(demo_run):
     kinds = [r.WhichOneof("record_type") for r in records]
     assert "exit" in kinds, "the W&B run was not finished"
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
-    assert run.display_name == "demo" and run.project == "stop-lightning"
+    # logger.name/group/tags unset: named <experiment>/<run folder>, in no group, untagged
+    assert (run.display_name, run.run_group, list(run.tags)) == ("demo/run", "", [])
+    assert run.project == "stop-lightning"
     config = {item.key: json.loads(item.value_json) for item in run.config.update}
     assert config["name"] == "demo" and config["logger"]["log_images_every_n_steps"] == 1
     assert config["model"]["clip"]["source"] == "tiny"

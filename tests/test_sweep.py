@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from stop_lightning.config import load_config
-from stop_lightning.sweep.report import PLOT_FILE
+from stop_lightning.sweep.report import PLOT_FILE, trial_label
 from stop_lightning.sweep.runner import sweep_main, trial_config
 from stop_lightning.sweep.spec import SweepError, load_sweep
 from stop_lightning.sweep.trials import grid_trials, plan_trials, random_trials
@@ -134,10 +134,23 @@ def test_hmdb51_fig4_sweep_makes_valid_configs():
 
 
 # ---------------------------------------------------------------------------------- running
+def test_trial_names_show_the_parameters_and_spell_out_keys_that_end_alike():
+    params = {"model.spatial.alpha": 0.05, "model.temporal.alpha": 1e-05, "optim.lr": 2, "data.x": [1, 2]}
+    assert trial_label(7, params) == (
+        "trial-007 model.spatial.alpha=0.05 model.temporal.alpha=1e-05 lr=2 x=[1, 2]"
+    )
+    assert trial_label(12, {}) == "trial-012"
+
+
+@pytest.mark.slow
 def test_offline_sweep_runs_every_trial_and_writes_table_and_plot(cache_dir, tmp_path, monkeypatch):
+    from stop_lightning.cli import main
+    from test_callbacks import wandb_records
+
     monkeypatch.setenv("STOP_SWEEP_STAMP", "s")
     monkeypatch.delenv("STOP_RUN_STAMP", raising=False)
-    assert sweep_main("demo_grid", tiny_overrides(cache_dir, tmp_path)) == 0
+    team = ["logger.wandb=true", "logger.mode=offline", "logger.tags=[team-a,fig4]"]
+    assert main(["sweep", "demo_grid", *tiny_overrides(cache_dir, tmp_path), *team]) == 0
     assert "STOP_RUN_STAMP" not in os.environ  # the per-trial run name does not leak out
     sweep_dir = tmp_path / "sweeps" / "demo_grid" / "s"
     with open(sweep_dir / "results.csv") as f:
@@ -148,6 +161,12 @@ def test_offline_sweep_runs_every_trial_and_writes_table_and_plot(cache_dir, tmp
         trial = sweep_dir / row["trial"]
         cfg = load_config(trial / "config.yaml")  # the config the trial really ran with
         assert cfg.model.spatial.alpha == cfg.model.temporal.alpha == float(row["model.spatial.alpha"])
+        # In W&B each trial is named by its parameters, in the sweep's group, with the run's tags.
+        name = f"{row['trial']} alpha={float(row['model.spatial.alpha']):g} lr=0.002"
+        assert (cfg.logger.name, cfg.logger.group) == (name, "demo_grid-s")
+        (run_file,) = trial.glob("wandb/offline-run-*/run-*.wandb")
+        run = next(r.run for r in wandb_records(run_file) if r.WhichOneof("record_type") == "run")
+        assert (run.display_name, run.run_group, list(run.tags)) == (name, "demo_grid-s", ["team-a", "fig4"])
         assert cfg.trainer.max_epochs == 1 and cfg.paths.run_dir == str(trial)
         with open(trial / "csv" / "metrics.csv") as f:
             logged = [float(r["test/top1"]) for r in csv.DictReader(f) if r.get("test/top1")]
@@ -184,9 +203,14 @@ def test_online_creates_a_wandb_sweep_and_runs_trials_through_the_agent(cache_di
         calls["trained"] = (cfg, os.environ.get("STOP_RUN_STAMP"))
         return {"test/top1": 0.5}
 
+    def init(**kwargs):
+        calls["init"] = kwargs
+        calls["run"] = FakeRun()
+        return calls["run"]
+
     monkeypatch.setattr(wandb, "sweep", create_sweep)
     monkeypatch.setattr(wandb, "agent", agent)
-    monkeypatch.setattr(wandb, "init", lambda *a, **k: FakeRun())
+    monkeypatch.setattr(wandb, "init", init)
     monkeypatch.setattr(runner_module, "train", fake_train)
     assert sweep_main("demo_grid", [*tiny_overrides(cache_dir, tmp_path), "logger.wandb=true"]) == 0
     sent, project, entity = calls["sweep"]
@@ -196,3 +220,69 @@ def test_online_creates_a_wandb_sweep_and_runs_trials_through_the_agent(cache_di
     cfg, stamp = calls["trained"]
     assert cfg.model.spatial.alpha == cfg.model.temporal.alpha == 0.5 and stamp == "trial-000"
     assert cfg.paths.run_dir == str(tmp_path / "sweeps" / "demo_grid" / "online")
+    # The agent's run is the trial's W&B run: named by its parameters, grouped by the sweep id.
+    assert calls["init"] == {"group": "demo_grid-sweep-id", "tags": []}
+    assert calls["run"].name == cfg.logger.name == "trial-000 alpha=0.5 lr=0.002"
+    assert cfg.logger.group == "demo_grid-sweep-id"
+
+
+def fake_online_wandb(monkeypatch, calls: dict) -> None:
+    """W&B online with ``wandb.sweep`` and ``wandb.agent`` recorded, and ``train`` not run."""
+    import wandb
+
+    import stop_lightning.sweep.runner as runner_module
+
+    class FakeRun:
+        config = {"model.spatial.alpha": 0.05}
+
+    def agent(sweep_id, function, count, project, entity):
+        calls["agent"] = (sweep_id, project, entity)
+        function()
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setattr(wandb, "sweep", lambda **kwargs: calls.setdefault("created", kwargs))
+    monkeypatch.setattr(wandb, "agent", agent)
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: calls.setdefault("init", kwargs) and FakeRun())
+    monkeypatch.setattr(runner_module, "train", lambda cfg: calls.setdefault("trained", cfg) and {})
+
+
+def test_sweep_id_joins_the_existing_online_sweep(cache_dir, tmp_path, monkeypatch):
+    from stop_lightning.cli import main
+
+    calls: dict = {}
+    fake_online_wandb(monkeypatch, calls)
+    monkeypatch.setenv("STOP_SWEEP_STAMP", "node2")
+    where = ["logger.wandb=true", "logger.entity=lab", "logger.project=stop-team", "logger.tags=[b]"]
+    argv = ["sweep", "demo_grid", "--id", "lab/stop-team/ab12cd34", *tiny_overrides(cache_dir, tmp_path)]
+    assert main([*argv, *where]) == 0
+    assert "created" not in calls  # joined, not created
+    assert calls["agent"] == ("lab/stop-team/ab12cd34", "stop-team", "lab")
+    assert calls["init"] == {"group": "demo_grid-ab12cd34", "tags": ["b"]}
+    assert calls["trained"].logger.group == "demo_grid-ab12cd34"
+
+
+@pytest.mark.parametrize(
+    "argv, env, message",
+    [
+        (
+            ["--id", "ab12cd34"],
+            {"WANDB_MODE": "offline"},
+            "--id ab12cd34 joins an online W&B sweep, but W&B is",
+        ),
+        (["--id", "ab12cd34", "logger.wandb=false"], {}, "but logger.wandb is false"),
+        (["--id", "ab 12"], {}, "--id 'ab 12' is not a W&B sweep id"),
+    ],
+)
+def test_sweep_id_without_online_wandb_is_one_line_and_exit_2(
+    argv, env, message, cache_dir, tmp_path, monkeypatch, capsys
+):
+    from stop_lightning.cli import main
+
+    calls: dict = {}
+    fake_online_wandb(monkeypatch, calls)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["sweep", "demo_grid", *tiny_overrides(cache_dir, tmp_path), "logger.wandb=true", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
+    assert not calls and not (tmp_path / "sweeps").exists()

@@ -1,15 +1,18 @@
 """Every callback of a run and the list a Trainer gets (:func:`build_callbacks`).
 
 The project's own callbacks are always on: run info and RNG state in checkpoints, data health
-counts, checkpoints, throughput and prompt images. The ``callbacks`` config section adds more
-(LearningRateMonitor by default; :mod:`stop_lightning.config_entries`).
+counts, checkpoints, throughput, prompt images and the run's figures (training curve, confusion
+matrix). The ``callbacks`` config section adds more (LearningRateMonitor by default;
+:mod:`stop_lightning.config_entries`).
 """
 
 from __future__ import annotations
 
 import ast
+import csv
 import datetime
 import json
+import logging
 import math
 import random
 import sys
@@ -21,16 +24,28 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig
 
 from stop_lightning.config_entries import build_components
 from stop_lightning.data.datamodules import VideoDataModule
 from stop_lightning.data.datasets import DataHealth
-from stop_lightning.figures import denormalize, frame_weight_figure, save_figure, spatial_mask_figure
+from stop_lightning.figures import (
+    confusion_figure,
+    denormalize,
+    figure_rgb,
+    frame_weight_figure,
+    save_figure,
+    spatial_mask_figure,
+    training_curve_figure,
+)
+from stop_lightning.loggers import metric_series, metrics_csv, run_name
 from stop_lightning.models.tiny_clip import CLIP_MEAN, CLIP_STD
 from stop_lightning.preemption import PreemptionCheckpoint
 from stop_lightning.provenance import RUN_INFO_FILE
+from stop_lightning.tasks.recognition import CONFUSION_FILE, read_confusion
+
+log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------ checkpoint contents
@@ -245,7 +260,7 @@ class PromptImageLogger(Callback):
     """Every ``every_n_steps`` optimiser steps, runs the model (eval mode, no gradient, RNG untouched)
     on the first clip of the training batch and saves ``<run_dir>/images/step<N>_spatial_mask.png``
     (the mask tinted over the frames) and ``step<N>_frame_weights.png``, titled with the clip id and
-    its class; with a W&B logger they are logged as ``prompts/spatial_mask`` and
+    its class; with a W&B or a TensorBoard logger they are logged as ``prompts/spatial_mask`` and
     ``prompts/frame_weights`` too."""
 
     def __init__(self, run_dir: str | Path, every_n_steps: int) -> None:
@@ -288,9 +303,13 @@ class PromptImageLogger(Callback):
             save_figure(fig, self.image_dir / f"step{step:06d}_{name}.png") for name, fig in figures.items()
         ]
         for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                for name, path in zip(figures, paths):
+            for name, path in zip(figures, paths):
+                if isinstance(logger, WandbLogger):
                     logger.log_image(key=f"prompts/{name}", images=[str(path)], step=step, caption=[about])
+                elif isinstance(logger, TensorBoardLogger):
+                    logger.experiment.add_image(
+                        f"prompts/{name}", figure_rgb(figures[name]), global_step=step, dataformats="HWC"
+                    )
         return paths
 
     @staticmethod
@@ -313,6 +332,51 @@ class PromptImageLogger(Callback):
         finally:
             for m, mode in modes.items():
                 m.training = mode
+
+
+class RunFigures(Callback):
+    """The pictures of a run, written atomically into its folder: ``training_curve.png`` at the end of
+    every fit (the loss and the validation metric ``checkpoint.monitor`` against the step, read back
+    from the metrics CSV; a resumed run's CSV holds the earlier epochs too) and, after a test that wrote
+    ``confusion_matrix.csv`` (recognition), ``confusion_matrix.png`` drawn from that file."""
+
+    CURVE_FILE = "training_curve.png"
+
+    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self._test_started = math.inf
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        path = metrics_csv(trainer.loggers)
+        if path is None or not path.is_file():
+            log.warning(
+                "no %s: the run has no CSV logger (loggers.csv) to read the curve from", self.CURVE_FILE
+            )
+            return
+        with open(path, newline="") as f:
+            columns = next(csv.reader(f), [])
+        losses = [c for c in columns if c.startswith("train/") and "loss" in c]
+        monitor = self.cfg.checkpoint.monitor
+        series = metric_series(path, losses + ([monitor] if monitor else []))
+        figure = training_curve_figure(
+            {k: series[k] for k in losses if series[k]},
+            monitor,
+            series.get(monitor, []),
+            f"{run_name(self.cfg, self.run_dir)}: training loss and {monitor or 'no validation metric'}",
+        )
+        save_figure(figure, self.run_dir / self.CURVE_FILE)
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._test_started = time.time()
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        path = self.run_dir / CONFUSION_FILE
+        # Only a matrix this test wrote (a run folder may hold an earlier one); file times are coarse.
+        if trainer.is_global_zero and path.is_file() and path.stat().st_mtime >= self._test_started - 2:
+            names, counts = read_confusion(path)
+            save_figure(confusion_figure(counts.numpy(), names), path.with_suffix(".png"))
 
 
 # ------------------------------------------------------------------------------ the list
@@ -349,7 +413,12 @@ def checkpoint_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path, stage: str) -> list[Callback]:
-    callbacks: list[Callback] = [RunInfoInCheckpoint(run_dir), DataHealthCallback(), RngStateInCheckpoint()]
+    callbacks: list[Callback] = [
+        RunInfoInCheckpoint(run_dir),
+        DataHealthCallback(),
+        RngStateInCheckpoint(),
+        RunFigures(cfg, run_dir),
+    ]
     if stage == "fit":
         callbacks += [*checkpoint_callbacks(cfg, run_dir), Throughput(), SamplerPositionInCheckpoint()]
         if not sys.stdout.isatty():

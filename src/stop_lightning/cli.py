@@ -262,6 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="W&B sweep online, local grid/random search offline")
     p.add_argument("sweep", help="sweeps/<name>.yaml or a path")
+    p.add_argument(
+        "--id",
+        dest="sweep_id",
+        default=None,
+        help="join this existing online W&B sweep (made by an earlier `sweep`, e.g. on another node) "
+        "with one more agent instead of creating a new sweep; needs online W&B",
+    )
     p.add_argument("overrides", nargs="*", help="config overrides for every trial, key=value")
     for command in sub.choices.values():
         command.allow_abbrev = False
@@ -375,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sweep":
             from stop_lightning.sweep.runner import sweep_main
 
-            return sweep_main(args.sweep, args.overrides)
+            return sweep_main(args.sweep, args.overrides, sweep_id=args.sweep_id)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR

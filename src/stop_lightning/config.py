@@ -36,6 +36,7 @@ from stop_lightning.schema import (
     CHOICES,
     EXPERIMENTS_DIR,
     RANGES,
+    TAG_LENGTH,
     ConfigError,
     ExperimentConfig,
     project_root,
@@ -202,6 +203,17 @@ def _check_init_from(source: str) -> None:
         )
 
 
+def _check_logger(logger: DictConfig) -> None:
+    """Tags W&B would refuse only once the run has started (``wandb.init`` fails), named now."""
+    low, high = TAG_LENGTH
+    for i, tag in enumerate(logger.tags):
+        if not low <= len(str(tag)) <= high:
+            raise ConfigError(
+                f"config key 'logger.tags[{i}]' = {str(tag)!r} has {len(str(tag))} characters: W&B takes "
+                f"tags of {low} to {high} characters; shorten it or drop it"
+            )
+
+
 def _is_device_id(item: Any, count: int) -> bool:
     if isinstance(item, bool):
         return False
@@ -330,6 +342,7 @@ def load_config(
         cfg.task.templates = list(get_dataset(cfg.data.dataset).templates)
     _check_trainer(cfg.trainer)
     _check_init_from(cfg.model.init_from)
+    _check_logger(cfg.logger)
     check_components(cfg)  # imports the named classes' modules: only once composed
     OmegaConf.set_readonly(cfg, True)
     return cfg

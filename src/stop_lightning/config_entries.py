@@ -69,10 +69,14 @@ def resolve_class(key: str, class_path: str, base: type) -> type:
     return cls
 
 
-def component_args(cls: type, init_args: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
-    """``init_args`` plus the run folder for the ``RUN_DIR_ARGS`` that ``cls`` takes and the entry omits."""
+def component_args(
+    cls: type, init_args: dict[str, Any], run_dir: str | Path, fill: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``init_args`` plus the run folder for the ``RUN_DIR_ARGS`` that ``cls`` takes and the entry omits,
+    and likewise each argument of ``fill`` (e.g. the run's name)."""
     params = inspect.signature(cls).parameters
-    filled = {a: str(run_dir) for a in RUN_DIR_ARGS if a in params and a not in init_args}
+    defaults = {**{a: str(run_dir) for a in RUN_DIR_ARGS}, **(fill or {})}
+    filled = {a: v for a, v in defaults.items() if a in params and a not in init_args}
     return {**filled, **init_args}
 
 
@@ -111,15 +115,18 @@ def check_components(cfg: DictConfig) -> None:
             check_init_args(key, resolve_class(key, spec["class_path"], base), spec.get("init_args") or {})
 
 
-def build_components(cfg: DictConfig, section: str, run_dir: str | Path) -> list[Any]:
+def build_components(
+    cfg: DictConfig, section: str, run_dir: str | Path, fill: dict[str, Any] | None = None
+) -> list[Any]:
     """The enabled entries of ``cfg.<section>`` as objects, in config order, made by Lightning's
-    ``instantiate_class`` once :func:`resolve_class` has checked them."""
+    ``instantiate_class`` once :func:`resolve_class` has checked them; ``fill``: arguments given to
+    the classes that take them when an entry leaves them out (:func:`component_args`)."""
     from lightning.pytorch.cli import instantiate_class  # here: loading a config never imports it
 
     base = _import(SECTIONS[section])
     out = []
     for key, spec in _entries(cfg, section):
         cls = resolve_class(key, spec["class_path"], base)
-        init_args = component_args(cls, spec.get("init_args") or {}, run_dir)
+        init_args = component_args(cls, spec.get("init_args") or {}, run_dir, fill)
         out.append(instantiate_class((), {"class_path": spec["class_path"], "init_args": init_args}))
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import functools
 import logging
 import netrc
@@ -44,6 +45,27 @@ class AppendingCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+def metrics_csv(loggers: list) -> Path | None:
+    """The run's ``metrics.csv``, everything logged so far flushed to it; None without a CSV logger."""
+    for logger in loggers:
+        if isinstance(logger, CSVLogger):
+            logger.save()
+            return Path(logger.experiment.metrics_file_path)
+    return None
+
+
+def metric_series(path: Path, keys: list[str]) -> dict[str, list[tuple[float, float]]]:
+    """``{key: [(step, value), ...]}`` for each of ``keys`` logged in the metrics CSV at ``path``
+    (a row holds the metrics logged at one step; an empty cell is a metric not logged then)."""
+    series: dict[str, list[tuple[float, float]]] = {key: [] for key in keys}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            for key in keys:
+                if row.get(key) and row.get("step"):
+                    series[key].append((float(row["step"]), float(row[key])))
+    return series
 
 
 def wandb_run_id(run_dir: Path) -> str:
@@ -122,9 +144,16 @@ def has_api_key() -> bool:
         return False
 
 
+def run_name(cfg: DictConfig, run_dir: Path) -> str:
+    """``logger.name``, or ``<name>/<run folder>`` (``demo/20250101-120000``) when it is empty."""
+    return cfg.logger.name or f"{cfg.name}/{Path(run_dir).name}"
+
+
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
-    """The config's ``loggers`` entries, then W&B when ``logger.wandb`` is on and not disabled."""
-    loggers = build_components(cfg, "loggers", run_dir)
+    """The config's ``loggers`` entries (an entry whose class takes ``run_name``, MLflow's, gets the run's
+    name unless it sets one), then W&B when ``logger.wandb`` is on and not disabled, with the run's
+    name, group and tags."""
+    loggers = build_components(cfg, "loggers", run_dir, fill={"run_name": run_name(cfg, run_dir)})
     mode = wandb_mode(cfg.logger.mode)
     if cfg.logger.wandb and mode != "disabled":
         os.environ.setdefault("WANDB_SILENT", "true")
@@ -132,7 +161,8 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
             ConfigOnceWandbLogger(
                 project=cfg.logger.project,
                 entity=cfg.logger.entity or None,
-                name=cfg.name,
+                name=run_name(cfg, run_dir),
+                group=cfg.logger.group or None,  # None: W&B's own WANDB_RUN_GROUP, if set
                 tags=list(cfg.logger.tags),
                 save_dir=str(run_dir),
                 offline=mode == "offline",

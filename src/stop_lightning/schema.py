@@ -357,12 +357,19 @@ class TrainerConfig:
     requeue: bool = True  # under SLURM, a preemption signal requeues the job (docs/cluster.md)
 
 
+TAG_LENGTH = (1, 64)  # characters of one logger.tags entry: W&B refuses a run with any other tag
+
+
 @dataclass
 class LoggerConfig:
     wandb: bool = True
     mode: str = "auto"  # auto (offline without an API key) | online | offline | disabled
     project: str = "stop-lightning"
     entity: str = ""
+    # The run as W&B (and MLflow) shows it. name: empty = "<name>/<run folder>" (e.g. demo/20250101-120000);
+    # group: runs shown together (a sweep sets "<sweep>-<stamp>" for its trials); tags: 1-64 characters each.
+    name: str = ""
+    group: str = ""
     tags: list[str] = field(default_factory=list)
     log_images_every_n_steps: int = 200
     text_every_n_steps: int = (

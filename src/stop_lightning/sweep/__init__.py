@@ -9,7 +9,8 @@ three keys of ours that are never sent to W&B::
     seed: 0                             # random search draws (offline)
 
 Online (a W&B API key and ``WANDB_MODE`` not offline) the sweep is created with ``wandb.sweep``
-and an agent runs the trials in this process. Offline the same file runs as a local search:
+and an agent runs the trials in this process; ``--id ID`` joins an existing online sweep instead
+(more agents, other nodes). Offline the same file runs as a local search:
 ``grid`` enumerates every combination, ``random`` draws ``run_cap`` trials (``bayes`` falls back
 to random). Every trial is one ``train()`` run in ``<output_dir>/sweeps/<name>/<stamp>/trial-NNN``;
 the offline search writes ``results.csv``, ``results.md`` and ``metric_vs_hyperparameters.png``

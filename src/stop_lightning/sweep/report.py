@@ -21,6 +21,14 @@ def trial_name(index: int) -> str:
     return f"trial-{index:03d}"
 
 
+def trial_label(index: int, params: dict[str, Any]) -> str:
+    """A trial's run name in W&B: ``trial-001 alpha=0.5 lr=0.002``; a parameter goes by the last part
+    of its key, or by the whole key where two parameters end alike."""
+    ends = [key.rsplit(".", 1)[-1] for key in params]
+    shown = [end if ends.count(end) == 1 else key for key, end in zip(params, ends)]
+    return " ".join([trial_name(index), *(f"{k}={_fmt(v)}" for k, v in zip(shown, params.values()))])
+
+
 @dataclass
 class TrialResult:
     index: int

@@ -7,6 +7,8 @@ prompts are cheap), so gradients reach the text-side parameters.
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 from pathlib import Path
 
@@ -291,7 +293,7 @@ class RecognitionModule(VideoTaskModule):
             save_confusion(
                 confusion_counts(scores, labels, self._last_unreadable),
                 self.class_names,
-                run_dir / "confusion_matrix.csv",
+                run_dir / CONFUSION_FILE,
             )
 
 
@@ -326,9 +328,25 @@ def confusion_counts(scores: torch.Tensor, labels: torch.Tensor, unreadable: tor
     return out
 
 
+CONFUSION_FILE = "confusion_matrix.csv"  # in the run folder, written by every recognition test
+CONFUSION_CORNER = "true\\pred"  # the header's first cell
+
+
 def save_confusion(confusion: torch.Tensor, class_names: list[str], path: Path) -> Path:
-    """Rows: true class, columns: predicted class, then ``unreadable`` (videos that could not be read)."""
-    lines = ["true\\pred," + ",".join([*class_names, "unreadable"])]
+    """Rows: true class, columns: predicted class, then ``unreadable`` (videos that could not be read).
+    A class name with a comma or a quote is quoted (CSV), so :func:`read_confusion` reads it back."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([CONFUSION_CORNER, *class_names, "unreadable"])
     for name, row in zip(class_names, confusion.tolist()):
-        lines.append(name + "," + ",".join(str(int(v)) for v in row))
-    return atomic_write(path, "\n".join(lines) + "\n")
+        writer.writerow([name, *(int(v) for v in row)])
+    return atomic_write(path, buffer.getvalue())
+
+
+def read_confusion(path: Path) -> tuple[list[str], torch.Tensor]:
+    """What :func:`save_confusion` wrote: the class names and the counts ``[C, C + 1]``."""
+    with open(path, newline="") as f:
+        header, *rows = list(csv.reader(f))
+    if header[:1] != [CONFUSION_CORNER] or any(len(r) != len(header) for r in rows):
+        raise ValueError(f"{path} is not a confusion matrix written by save_confusion")
+    return [r[0] for r in rows], torch.tensor([[int(v) for v in r[1:]] for r in rows], dtype=torch.long)
