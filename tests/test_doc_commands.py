@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shlex
 import subprocess
 import sys
 from fnmatch import fnmatch
@@ -92,3 +93,89 @@ def test_readme_zero_shot_recipe_runs_as_written(cache_dir, tmp_path):
         (subset,) = (folder / "k600" / f"protocol_seed{seed}").glob("*/protocol/class_subset.csv")
         drawn = {line.split(",", 1)[1] for line in subset.read_text().splitlines()[1:]}
         assert len(drawn) == 2 and drawn <= listed
+
+
+# ----------------------------------------------------------------------------- data_manifests: dataset guides
+
+GUIDE = ROOT / "data_manifests" / "README.md"
+
+
+def shell_commands(path: Path, program: str = "stop-lightning") -> list[list[str]]:
+    """Every ``program`` command of the bash blocks of ``path`` (continuation lines joined, comments
+    dropped) and of its table cells (`` `stop-lightning ...` ``), as argument lists; commands that
+    read shell variables are left to the recipe tests, which run them."""
+    text = path.read_text(encoding="utf-8")
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        lines += [line.split(" #")[0] for line in block.replace("\\\n", " ").splitlines()]
+    for row in text.splitlines():
+        lines += re.findall(r"`([^`]+)`", row) if row.startswith("|") else []
+    return [shlex.split(line) for line in lines if line.strip().startswith(f"{program} ") and "$" not in line]
+
+
+@pytest.fixture
+def dry_run(monkeypatch):
+    """The CLI with everything that would read data replaced by a recorder of what it was asked."""
+    from stop_lightning.data import build, class_check
+    from stop_lightning.protocols import PROTOCOLS, ZERO_SHOT_TARGETS, target_overrides
+
+    asked: list[tuple] = []
+
+    class Report:
+        probe = None
+
+        def summary(self) -> str:
+            return "dry run"
+
+    def fake_build(dataset, root, annotations, out_dir, **_):
+        asked.append(("manifest", dataset, str(root), str(annotations), str(out_dir)))
+        return Report()
+
+    def fake_check(path, manifests, count=None, disjoint_from=None):
+        asked.append(("check-classes", str(path), str(manifests), count, str(disjoint_from)))
+        return "dry run"
+
+    def fake_protocol(ckpt, overrides, targets):
+        names = [t.dataset for t in ZERO_SHOT_TARGETS]
+        for target in targets:  # every override is a key of the target's experiment
+            load_config(target.experiment, target_overrides(overrides, target.dataset, names))
+        asked.append(("protocol", [t.dataset for t in targets]))
+
+    from stop_lightning.config import load_config
+
+    monkeypatch.setattr(build, "build_manifests", fake_build)
+    monkeypatch.setattr(class_check, "check_class_list", fake_check)
+    monkeypatch.setitem(PROTOCOLS, "zero_shot", fake_protocol)
+    return asked
+
+
+def test_every_dataset_guide_command_parses_and_follows_the_default_layout(dry_run, capsys):
+    """Each `stop-lightning` command of data_manifests/README.md and each `stop-lightning manifest`
+    command of the README runs through the CLI
+    (its data access recorded, not done); every dataset has its build command, and each builds from
+    `data/<dataset>/videos` into `data_manifests/<dataset>`, the experiments' default data.video_root
+    and data.manifest_dir."""
+    from stop_lightning.cli import main
+    from stop_lightning.data.registry import dataset_names
+
+    guided: dict[str, list[tuple]] = {}
+    for doc, program in ((GUIDE, "stop-lightning"), (README, "stop-lightning manifest")):
+        commands = shell_commands(doc, program)
+        assert len(commands) > 10, doc
+        for argv in commands:
+            if argv[1] == "train":  # composed and checked, not trained
+                argv = [*argv, "--print-config"]
+            assert main(argv[1:]) == 0, (doc.name, argv, capsys.readouterr().err)
+        guided[str(doc)] = dry_run[:]
+        dry_run.clear()
+    builds = [a for asked in guided.values() for a in asked if a[0] == "manifest"]
+    assert {dataset for _, dataset, *_ in builds} == set(dataset_names(buildable=True))
+    # The guide and README's table: each dataset; README's steps: 5 of them, and a synthetic copy.
+    assert len(builds) == 2 * len(dataset_names(buildable=True)) + 5 + 1
+    for _, dataset, root, _, out in builds:
+        if root.startswith("/tmp/"):
+            continue
+        assert (root, out) == (f"data/{dataset}/videos", f"data_manifests/{dataset}"), dataset
+    checks = [a for a in guided[str(GUIDE)] if a[0] == "check-classes"]
+    assert len(checks) == 8 and all(count is not None for *_, count, _ in checks)
+    assert ("protocol", ["k600"]) in guided[str(GUIDE)]
