@@ -47,9 +47,9 @@ def table_rows(text: str) -> list[list[str]]:
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_readme_zero_shot_recipe_runs_as_written(cache_dir, tmp_path):
-    """The recipe trains on the K400 layout and runs the protocol; what it prints has the shape the
-    README shows, with every figure the one its nine evaluations measured (mean and sample std
-    recomputed here)."""
+    """The recipe checks its class list, trains on the K400 layout and runs the protocol; what it
+    prints has the shape the README shows, with every figure the one its nine evaluations measured
+    (mean and sample std recomputed here)."""
     script = marked_block(README, "RECIPE: zero-shot-synthetic")
     run = subprocess.run(
         ["bash", "-e", "-c", script],
@@ -88,6 +88,8 @@ def test_readme_zero_shot_recipe_runs_as_written(cache_dir, tmp_path):
         assert summary == f"{mean:.1f} +- {std:.1f}"
     assert (folder / "zero_shot.md").read_text().strip().endswith("\n".join(printed[1:6]))
 
+    k600 = tmp_path / "zero_shot_demo" / "manifests" / "k600"
+    assert f"{k600 / 'novel_classes.csv'}: 3 classes, each a class of {k600 / 'classes.txt'}\n" in out
     listed = {"move up", "move left", "move down"}  # the recipe's novel_classes.csv
     for seed in range(3):
         (subset,) = (folder / "k600" / f"protocol_seed{seed}").glob("*/protocol/class_subset.csv")
