@@ -8,11 +8,14 @@ ARGS    ?=
 CKPT    ?=
 RESUME  ?=
 SWEEP   ?= hmdb51_fig4
+VIDEO   ?=
+NOTEBOOK     ?= notebooks/explore_checkpoint.ipynb
+NOTEBOOK_OUT ?= runs/notebooks
 # torch first, as a matching pair: a lone torchvision would otherwise drag in another torch.
 TORCH_SPEC       ?= torch>=2.11,<=2.14.1
 TORCHVISION_SPEC ?= torchvision>=0.26,<=0.29.1
 
-.PHONY: help install test test-fast lint format train eval zero_shot demo sweep bench motion-table demo-table manifests clean
+.PHONY: help install test test-fast lint format train eval zero_shot demo sweep notebook bench motion-table demo-table manifests clean
 
 help:
 	@echo "make install                      create $(VENV) and install the package with dev tools"
@@ -22,6 +25,7 @@ help:
 	@echo "make eval  EXP=hmdb51 CKPT=path.ckpt [ARGS='k=v']  (no CKPT for a zero-shot experiment)"
 	@echo "make zero_shot CKPT=k400.ckpt [ARGS='k=v']  K400 model -> HMDB51/UCF101/K600 zero-shot table"
 	@echo "make sweep SWEEP=hmdb51_fig4      W&B sweep online, local grid offline"
+	@echo "make notebook [CKPT=x.ckpt] [VIDEO=clip.mp4]  run the notebook into $(NOTEBOOK_OUT)/ and say how to open it"
 	@echo "make bench [ARGS=--quick]         cost of prompts, data formats, search -> docs/benchmarks.md"
 	@echo "make motion-table                 STOP/DGL/meanP on the SSv2-like motion set -> docs/motion_benchmark.md"
 	@echo "make demo-table                   the demo per preset over 5 seeds x 1-2 threads -> README, docs/fidelity.md"
@@ -61,6 +65,15 @@ demo:
 
 sweep:
 	$(CLI) sweep $(SWEEP) $(ARGS)
+
+# Executes a copy, so the committed notebook keeps no outputs. The notebook reads CKPT and VIDEO from
+# the project root, as given here (spaces kept); without CKPT it takes the newest demo run.
+notebook:
+	@$(PY) -c "import nbconvert" 2>/dev/null || (echo "make notebook needs nbconvert: $(PY) -m pip install -e '.[dev]'" && exit 2)
+	STOP_NOTEBOOK_CKPT="$(CKPT)" STOP_NOTEBOOK_VIDEO="$(VIDEO)" \
+	  $(PY) -m nbconvert --to notebook --execute --ExecutePreprocessor.timeout=600 \
+	  --output-dir $(NOTEBOOK_OUT) $(NOTEBOOK)
+	@echo "executed copy: $(NOTEBOOK_OUT)/$(notdir $(NOTEBOOK)); open it with: $(VENV)/bin/jupyter lab $(NOTEBOOK_OUT)/$(notdir $(NOTEBOOK))"
 
 bench:
 	$(PY) benchmarks/run.py $(ARGS)

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import class_check
 from .builders import BuildError, BuildReport, probe_manifests
 from .manifest import ManifestError
 from .registry import dataset_names, get_dataset
@@ -46,12 +47,19 @@ def build_manifests(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``stop-lightning manifest <dataset> --root R [--annotations A] --out O``."""
+    """``stop-lightning manifest <dataset> --root R [--annotations A] --out O``, or
+    ``stop-lightning manifest check-classes ...`` (:mod:`.class_check`)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [class_check.COMMAND]:
+        return class_check.main(argv[1:])
     choices = dataset_names(buildable=True)
     parser = argparse.ArgumentParser(
         prog="stop-lightning manifest",
         description="Build JSONL manifests from a dataset laid out as officially distributed.",
-        epilog="datasets:\n" + "\n".join(f"  {n:<10} {get_dataset(n).description}" for n in choices),
+        epilog="datasets:\n"
+        + "\n".join(f"  {n:<10} {get_dataset(n).description}" for n in choices)
+        + f"\n\nstop-lightning manifest {class_check.COMMAND} --help: check a published class-list file "
+        "against built manifests",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("dataset", choices=choices)
