@@ -133,6 +133,21 @@ def test_allowed_change_is_kept(tmp_path):
         check_resume_config(saved, load_config("demo", ["trainer.max_epochs=5"]), ["trainer.max_steps"])
 
 
+def test_a_key_added_to_the_schema_later_resumes_at_its_default():
+    """A run saved before a schema key existed resumes when the key is at its default now, and is
+    refused, naming the key, when it is set to something else."""
+    from omegaconf import OmegaConf
+
+    from stop_lightning.run_folder import check_resume_config
+
+    saved = OmegaConf.to_container(load_config("demo"), resolve=True)
+    del saved["logger"]["group"], saved["model"]["init_from"]  # as a config.yaml written before them
+    saved = OmegaConf.create(saved)
+    assert check_resume_config(saved, load_config("demo")) == []
+    with pytest.raises(ConfigError, match=r"logger.group: '' -> 'team'"):
+        check_resume_config(saved, load_config("demo", ["logger.group=team"]))
+
+
 def test_two_processes_claim_two_folders(tmp_path):
     """The same wanted folder claimed by two processes at once: two folders, both exit 0."""
     code = (

@@ -19,7 +19,14 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from stop_lightning.errors import UserError
-from stop_lightning.schema import ConfigError, flat_keys, key_under, project_root, rooted_paths
+from stop_lightning.schema import (
+    ConfigError,
+    ExperimentConfig,
+    flat_keys,
+    key_under,
+    project_root,
+    rooted_paths,
+)
 
 RUN_STAMP_ENV = "STOP_RUN_STAMP"
 RESUME_MODES = ("last", "auto")
@@ -148,6 +155,10 @@ def check_resume_config(
     saved = rooted_paths(OmegaConf.create(OmegaConf.to_container(saved)), project_root())
     a = flat_keys(OmegaConf.to_container(saved, resolve=True))
     b = flat_keys(OmegaConf.to_container(cfg, resolve=True))
+    # A key added to the schema after the run was saved counts as its default there, so a run
+    # preempted before an upgrade resumes unless the key is set to something else now.
+    defaults = flat_keys(OmegaConf.to_container(OmegaConf.structured(ExperimentConfig)))
+    a = {**{k: defaults[k] for k in b.keys() - a.keys() if k in defaults}, **a}
     differ = sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>"))
     differ = [k for k in differ if k not in NEVER_COMPARED]
     refused = [k for k in differ if not key_under(k, allowed)]
