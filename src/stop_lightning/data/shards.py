@@ -43,6 +43,7 @@ import av
 import numpy as np
 import torch
 
+from ..fileio import is_storage_failure, storage_error
 from .datasets import VideoCaptionDataset, VideoClipDataset
 from .decode import VideoDecodeError, VideoFile
 from .manifest import ClipRecord, ManifestError, resolve_video_path
@@ -128,6 +129,11 @@ def write_items(out: Path, items, chunk_bytes: str = CHUNK_BYTES) -> int:
             shutil.rmtree(out)
         os.replace(tmp, out)
         return n
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)  # first: the free space reported counts its room
+        if is_storage_failure(err):
+            raise storage_error(err, out) from err
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
