@@ -38,14 +38,14 @@ def storage_error(err: OSError, path: Path | str) -> StorageError:
     if err.errno in FULL_ERRNOS:
         return StorageError(
             err.errno,
-            f"disk full writing {path}: {free_space(path)} free; free space or set "
-            "paths.output_dir (or the output path) to another disk, then run again (a run: RESUME=auto)",
+            f"disk full writing {path}: {free_space(path)} free; free space or write to another disk "
+            "(a run: set paths.output_dir, or free space and resume with RESUME=auto)",
         )
     if err.errno in REFUSED_ERRNOS:
         return StorageError(
             err.errno,
             f"cannot write {path}: permission denied ({err.strerror}); "
-            "make it writable or set paths.output_dir (or the output path) to a folder you can write",
+            "make it writable or write to a folder you can write (a run: set paths.output_dir)",
         )
     return StorageError(err.errno, f"cannot write {path}: {err.strerror or err}")
 

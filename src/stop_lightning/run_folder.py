@@ -162,8 +162,11 @@ def release_run_locks() -> None:
 
 
 def remove_unstarted(run_dir: Path) -> None:
-    """Remove a new run's folder when the run stops before training: no empty run folder is left."""
+    """Remove a new run's folder when the run stops before training: no empty run folder is left.
+    Not in a multi-process launch: the folder is shared with ranks that may be writing to it."""
     release_run_locks()
+    if _launched_with_other_ranks():
+        return
     shutil.rmtree(run_dir, ignore_errors=True)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_runs import common, one_line, run_cli
+from test_runs import DATA, common, one_line, run_cli
 
 from stop_lightning import fileio
 from stop_lightning.checkpoint_io import AtomicCheckpointIO, read_checkpoint
@@ -282,3 +282,22 @@ def test_read_only_output_folder_new_run_and_resume(read_only, cache_dir, capsys
     line = one_line(*run_cli(args, capsys, monkeypatch, stamp="new"))
     assert "cannot write" in line and "permission denied" in line and str(folder / "runs") in line, line
     assert not (folder / "runs" / "demo" / "new").exists()
+
+
+def test_a_stored_copy_on_a_full_disk_is_the_disk_not_the_video(disk, cache_dir):
+    """`stop-lightning preprocess`: a full disk used to make every video a "failed" row of the
+    report; now the first copy that meets it stops the command with the one line."""
+    from stop_lightning.config import load_config
+    from stop_lightning.data.preprocess import _Job
+    from stop_lightning.data.sources import video_sources
+    from stop_lightning.data.stored_copies import settings_from_config
+
+    cfg = load_config("demo", [f"paths.cache_dir={cache_dir}", *DATA])
+    videos, _ = video_sources(cfg.data, cfg.task.name, cache_dir)
+    rel = str(next(Path(videos).rglob("*.avi")).relative_to(videos))
+    job = _Job(Path(videos), disk.root / "copies", settings_from_config(cfg.data))
+    disk.fill(leave=0)
+    with pytest.raises(StorageError) as got:
+        job(rel)
+    assert_full(got.value, disk.root / "copies" / Path(rel).with_suffix(".mp4"))
+    assert not [p for p in disk.root.rglob("*") if p.is_file() and p.name != "ballast"]
