@@ -325,6 +325,7 @@ class LastCheckpoint(ModelCheckpoint):
     the training epoch whatever the validation schedule."""
 
     def __init__(self, dirpath: Path, every_epoch: bool) -> None:
+        self.every_epoch = every_epoch
         super().__init__(
             dirpath=str(dirpath),
             filename="last",
@@ -335,10 +336,20 @@ class LastCheckpoint(ModelCheckpoint):
             save_on_train_epoch_end=True,
         )
 
-    def on_train_end(self, trainer, pl_module) -> None:
+    def _save_now(self, trainer) -> None:
         # Skipped when this step is saved already, with fast_dev_run, or when no step was made.
         if not self._should_skip_saving_checkpoint(trainer):
             self._save_checkpoint(trainer, self.format_checkpoint_name(self._monitor_candidates(trainer)))
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # A validation inside the epoch (trainer.val_check_interval < 1) saves there too, as
+        # Lightning's own schedule would; the epoch's end is saved at on_train_epoch_end.
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if self.every_epoch and not trainer.sanity_checking and 0 < done < trainer.num_training_batches:
+            self._save_now(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._save_now(trainer)
 
 
 def checkpoint_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:

@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         # TensorBoard): the same one line as ours. A refused read keeps its traceback here.
         if err.errno not in WRITE_ONLY_ERRNOS:
             raise
-        print(f"error: {storage_error(err, err.filename or 'a file of the run')}", file=sys.stderr)
+        print(f"error: {storage_error(err, err.filename)}", file=sys.stderr)
         return EXIT_USER_ERROR
     return 1
 

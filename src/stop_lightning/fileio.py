@@ -32,13 +32,15 @@ class StorageError(UserError, OSError):
         return self.strerror or super().__str__()
 
 
-def storage_error(err: OSError, path: Path | str) -> StorageError:
-    """One line for a failed write of ``path``: the free space (disk full) or the permission."""
-    path = Path(path)
+def storage_error(err: OSError, path: Path | str | None) -> StorageError:
+    """One line for a failed write of ``path``: the free space (disk full) or the permission.
+    ``None``: a writer that did not say which file (its free space is then unknown)."""
+    free = free_space(Path(path)) if path is not None else "unknown space"
+    path = path if path is not None else "a file (the writer did not name it)"
     if err.errno in FULL_ERRNOS:
         return StorageError(
             err.errno,
-            f"disk full writing {path}: {free_space(path)} free; free space or write to another disk "
+            f"disk full writing {path}: {free} free; free space or write to another disk "
             "(a run: set paths.output_dir, or free space and resume with RESUME=auto)",
         )
     if err.errno in REFUSED_ERRNOS:
@@ -59,6 +61,19 @@ def is_storage_failure(err: BaseException) -> bool:
     )
 
 
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """A full or refused write inside the block ends in :func:`storage_error`'s line naming ``path``
+    (the target, not a temporary file); other errors pass unchanged. Writers remove their temporary
+    files inside the block, so the free space reported counts the room those took."""
+    try:
+        yield
+    except OSError as err:
+        if is_storage_failure(err):
+            raise storage_error(err, path) from err
+        raise
+
+
 def free_space(path: Path) -> str:
     for folder in (path, *path.parents):
         if folder.exists():
@@ -76,19 +91,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)  # first: the free space reported counts the room it took
-        if is_storage_failure(err):  # named by the target's path, not its temporary file's
-            raise storage_error(err, path) from err
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
+    with writing(path):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 class _KeepsWriteError:
@@ -134,23 +145,18 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     folder is removed and a full or refused disk ends in one :class:`StorageError` line."""
     path = Path(path)
     tmp: Path | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        yield tmp
-        share_as_umask_allows(tmp)  # mkdtemp made it private (0700)
-        if path.exists():
-            path.rmdir()  # empty (the caller checks); os.replace cannot replace a folder on every OS
-        os.replace(tmp, path)
-    except OSError as err:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if is_storage_failure(err):
-            raise storage_error(err, path) from err
-        raise
-    finally:
-        if tmp is not None and tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with writing(path):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+            yield tmp
+            share_as_umask_allows(tmp)  # mkdtemp made it private (0700)
+            if path.exists():
+                path.rmdir()  # empty (the caller checks); os.replace cannot replace a folder on every OS
+            os.replace(tmp, path)
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write(path: str | Path, data: str | bytes, encoding: str = "utf-8") -> Path:

@@ -138,10 +138,21 @@ def test_every_test_video_bad_under_skip_reports_no_figure(layout, cache_dir, tm
 
 # ------------------------------------------------------------------ a checkpoint at the end of every fit
 @pytest.mark.slow
-def test_validation_every_5_epochs_still_leaves_last_ckpt_each_epoch(
-    layout, cache_dir, tmp_path, capsys, monkeypatch
+@pytest.mark.parametrize(
+    "schedule, saves",
+    [
+        # demo_retrieval validates every 5 epochs: a 2-epoch fit used to end with no checkpoint.
+        ("trainer.check_val_every_n_epoch=5", [(0, 2), (1, 4)]),
+        # A validation after each of the 2 batches: last.ckpt mid-epoch too, as Lightning's own.
+        ("trainer.val_check_interval=0.5", [(0, 1), (0, 2), (1, 3), (1, 4)]),
+    ],
+    ids=["every-5-epochs", "twice-an-epoch"],
+)
+def test_last_ckpt_each_epoch_whatever_the_validation_schedule(
+    layout, cache_dir, tmp_path, capsys, monkeypatch, schedule, saves
 ):
-    """demo_retrieval validates every 5 epochs; a 2-epoch fit used to end with no checkpoint at all."""
+    """Every checkpoint written, as (epoch, global step): last.ckpt once per epoch end (and mid-epoch
+    validation), never twice for one step."""
     seen: list[tuple[int, int]] = []
 
     from lightning.pytorch.callbacks import Callback
@@ -149,20 +160,19 @@ def test_validation_every_5_epochs_still_leaves_last_ckpt_each_epoch(
     import stop_lightning.train as train_module
     from stop_lightning.callbacks import build_callbacks
 
-    class Saves(Callback):  # every checkpoint written, as (epoch, global step)
+    class Saves(Callback):
         def on_save_checkpoint(self, trainer, pl_module, checkpoint):
             seen.append((checkpoint["epoch"], checkpoint["global_step"]))
 
     monkeypatch.setattr(train_module, "build_callbacks", lambda *a: build_callbacks(*a) + [Saves()])
-    args = common(cache_dir, tmp_path, "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=5")
+    steps_per_epoch = -(-len((layout[1] / "train.jsonl").read_text().splitlines()) // BATCH)
+    assert steps_per_epoch == 2
+    args = common(cache_dir, tmp_path, "trainer.max_epochs=2", schedule, "checkpoint.save_top_k=0")
     code, lines, err = run_cli(["train", "demo", *args], capsys, monkeypatch)
     assert code == 0 and not lines, err
     last = tmp_path / "demo" / "run" / "checkpoints" / "last.ckpt"
-    steps_per_epoch = -(-len((layout[1] / "train.jsonl").read_text().splitlines()) // BATCH)
-    assert steps_per_epoch == 2
     assert read_checkpoint(last)["global_step"] == 2 * steps_per_epoch
-    # One last.ckpt per epoch (epoch 0 after 2 steps, epoch 1 after 4), none twice.
-    assert seen == [(0, steps_per_epoch), (1, 2 * steps_per_epoch)], seen
+    assert seen == saves, seen
 
 
 @pytest.mark.slow

@@ -301,3 +301,36 @@ def test_a_stored_copy_on_a_full_disk_is_the_disk_not_the_video(disk, cache_dir)
         job(rel)
     assert_full(got.value, disk.root / "copies" / Path(rel).with_suffix(".mp4"))
     assert not [p for p in disk.root.rglob("*") if p.is_file() and p.name != "ballast"]
+
+
+def test_the_csv_log_on_a_full_disk_names_itself(tmp_path, monkeypatch):
+    from stop_lightning.loggers import AppendingExperimentWriter
+
+    writer = AppendingExperimentWriter(log_dir=str(tmp_path))
+    writer.log_metrics({"train/loss": 1.0}, step=0)
+    writer.save()
+    kept = Path(writer.metrics_file_path).read_text()
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer._fs, "open", full)
+    writer.log_metrics({"train/loss": 0.5}, step=1)
+    with pytest.raises(StorageError) as got:
+        writer.save()
+    assert_full(got.value, Path(writer.metrics_file_path))
+    assert Path(writer.metrics_file_path).read_text() == kept
+
+
+@pytest.mark.parametrize("filename", [None, "/somewhere/metrics.csv"])
+def test_a_full_disk_met_by_a_writer_not_ours_is_one_line(tmp_path, capsys, monkeypatch, filename):
+    """Lightning, W&B or TensorBoard writing on a full disk: the CLI's one line, exit 2."""
+    import stop_lightning.train as train_module
+
+    def fills(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", filename)
+
+    monkeypatch.setattr(train_module, "train", fills)
+    line = one_line(*run_cli(["train", "demo", f"paths.output_dir={tmp_path}"], capsys, monkeypatch))
+    named = filename or "a file (the writer did not name it)"
+    assert line.startswith(f"error: disk full writing {named}: "), line

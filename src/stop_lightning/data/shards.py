@@ -43,7 +43,7 @@ import av
 import numpy as np
 import torch
 
-from ..fileio import is_storage_failure, storage_error
+from ..fileio import writing
 from .datasets import VideoCaptionDataset, VideoClipDataset
 from .decode import VideoDecodeError, VideoFile
 from .manifest import ClipRecord, ManifestError, resolve_video_path
@@ -118,25 +118,21 @@ def write_items(out: Path, items, chunk_bytes: str = CHUNK_BYTES) -> int:
     from litdata.streaming.writer import BinaryWriter
 
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.partial")
-    try:
-        writer = BinaryWriter(str(tmp), chunk_bytes=chunk_bytes)
-        n = 0
-        for n, item in enumerate(items, start=1):
-            writer.add_item(n - 1, item)
-        writer.done()
-        writer.merge(num_workers=1)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-        return n
-    except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)  # first: the free space reported counts its room
-        if is_storage_failure(err):
-            raise storage_error(err, out) from err
-        raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with writing(out):
+        try:
+            writer = BinaryWriter(str(tmp), chunk_bytes=chunk_bytes)
+            n = 0
+            for n, item in enumerate(items, start=1):
+                writer.add_item(n - 1, item)
+            writer.done()
+            writer.merge(num_workers=1)
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+            return n
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _note_bad(items, bad: list[dict[str, str]]):
