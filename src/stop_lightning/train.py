@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -20,6 +21,7 @@ from omegaconf import DictConfig
 from stop_lightning.callbacks import build_callbacks
 from stop_lightning.checkpoint_io import AtomicCheckpointIO, load_trained_weights
 from stop_lightning.data.class_lists import write_protocol_files
+from stop_lightning.data.manifest import retrieval_manifest_path
 from stop_lightning.errors import UserError
 from stop_lightning.loggers import build_loggers, finish_wandb, wandb_mode
 from stop_lightning.measured import measured_line
@@ -189,9 +191,12 @@ def refuse_empty_splits(datamodule, splits: tuple[str, ...]) -> None:
     for name in splits:
         dataset = datamodule.datasets.get(name)
         if dataset is not None and len(dataset) == 0:
-            where = getattr(datamodule.cfg, "manifest_dir", "") or "data.manifest_dir"
+            # Recognition knows the split's file; retrieval's are <manifest_dir>/<split>.jsonl.
+            where = getattr(
+                datamodule, "manifest_path", partial(retrieval_manifest_path, datamodule.manifest_dir)
+            )
             raise NothingTrainedError(
-                f"the {name} split has no videos (manifest {name}.jsonl under {where}); "
+                f"the {name} split has no videos (manifest {where(name)}); "
                 f"a run needs {name} rows: fill the manifest or check data.dataset and data.split"
             )
 
@@ -250,7 +255,7 @@ def setup_run(
     datamodule.setup("fit" if cfg.data.protocol != "zero_shot" else "test")
     datamodule.setup("test")  # every run ends with a test: its files are checked now, with the rest
     datamodule.check_files(reads)
-    refuse_empty_splits(datamodule, reads)
+    refuse_empty_splits(datamodule, tuple(s for s in reads if s != "val" or cfg.trainer.limit_val_batches))
     if cfg.logger.wandb:
         wandb_mode(cfg.logger.mode)  # W&B asked for online and unreachable: one line, before any folder
     if not resuming:
