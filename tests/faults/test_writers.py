@@ -27,7 +27,7 @@ MiB = 2**20
 
 
 class Disk:
-    """A tmpfs of ``size`` bytes at ``root``: ``fill(leave)`` takes all but ``leave`` bytes of it."""
+    """A tmpfs mounted at ``root``: ``fill(leave)`` takes all but ``leave`` bytes of it."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
