@@ -94,6 +94,23 @@ def test_an_empty_split_stops_before_any_folder(
     assert not out.exists() or not any(out.rglob("*")), "a run that never started left a folder"
 
 
+def test_eval_on_an_empty_test_split_stops_before_any_folder(
+    layout, cache_dir, tmp_path, capsys, monkeypatch
+):
+    manifests = tmp_path / "m"
+    shutil.copytree(layout[1], manifests)
+    (manifests / "test.jsonl").write_text("")
+    out = tmp_path / "out"
+    args = [
+        "eval",
+        "demo",
+        *common(cache_dir, out, *manifest_args(layout, manifests), "model.preset=zero_shot"),
+    ]
+    line = one_line(*run_cli(args, capsys, monkeypatch))
+    assert f"the test split has no videos (manifest {manifests / 'test.jsonl'})" in line, line
+    assert not out.exists() or not any(out.rglob("*"))
+
+
 def test_zero_optimiser_steps_exit_2_and_claim_nothing(layout, cache_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     args = ["train", "demo", *common(cache_dir, out, *manifest_args(layout), "trainer.limit_train_batches=0")]
