@@ -185,12 +185,12 @@ def test_full_disk_during_save_one_line_no_tmp(cache_dir, tmp_path, monkeypatch,
 
     real_save, calls = torch.save, []
 
-    def save_until_full(obj, path, *a, **k):
-        calls.append(path)
+    def save_until_full(obj, f, *a, **k):  # f: the open temporary file (fileio.atomic_file)
+        calls.append(f)
         if len(calls) <= 2:  # epoch 0: best and last are written
-            return real_save(obj, path, *a, **k)
-        Path(path).write_bytes(b"partial")  # the disk fills mid-write
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            return real_save(obj, f, *a, **k)
+        f.write(b"partial")  # the disk fills mid-write
+        raise OSError(errno.ENOSPC, "No space left on device", f.name)
 
     monkeypatch.setattr(cio.torch, "save", save_until_full)
     fresh_cli_logging(monkeypatch)

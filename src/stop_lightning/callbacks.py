@@ -380,11 +380,49 @@ class RunFigures(Callback):
 
 
 # ------------------------------------------------------------------------------ the list
+class LastCheckpoint(ModelCheckpoint):
+    """``checkpoints/last.ckpt``: at the end of every fit that made an optimiser step (``max_steps`` or
+    ``max_time`` may stop it mid-epoch) and, with ``every_epoch``, after every training epoch.
+
+    Lightning's own schedule waits for a validation when ``trainer.check_val_every_n_epoch`` > 1, so a
+    fit shorter than that interval would end with no checkpoint at all; this one saves at the end of
+    the training epoch whatever the validation schedule."""
+
+    def __init__(self, dirpath: Path, every_epoch: bool) -> None:
+        self.every_epoch = every_epoch
+        super().__init__(
+            dirpath=str(dirpath),
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            every_n_epochs=1 if every_epoch else 0,
+            enable_version_counter=False,
+            save_on_train_epoch_end=True,
+        )
+
+    def _save_now(self, trainer) -> None:
+        # Skipped when this step is saved already, with fast_dev_run, or when no step was made.
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_checkpoint(trainer, self.format_checkpoint_name(self._monitor_candidates(trainer)))
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # A validation inside the epoch (trainer.val_check_interval < 1) saves there too, as
+        # Lightning's own schedule would; the epoch's end is saved at on_train_epoch_end.
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if self.every_epoch and not trainer.sanity_checking and 0 < done < trainer.num_training_batches:
+            self._save_now(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._save_now(trainer)
+
+
 def checkpoint_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
     """The best checkpoint by ``checkpoint.monitor`` (first: ``trainer.checkpoint_callback``), and
-    ``last.ckpt`` after every epoch when ``checkpoint.save_last``."""
+    ``last.ckpt`` (:class:`LastCheckpoint`; after every epoch too when ``checkpoint.save_last``)."""
     c = cfg.checkpoint
-    callbacks: list[Callback] = [
+    # Lightning 2.6 refreshes its own last.ckpt only when a top-k checkpoint was written; resuming
+    # needs the latest state after every epoch, whatever the metric did: LastCheckpoint writes it.
+    return [
         ModelCheckpoint(
             dirpath=str(run_dir / "checkpoints"),
             filename="epoch{epoch:02d}-step{step}",
@@ -395,21 +433,8 @@ def checkpoint_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
             save_top_k=c.save_top_k,
             every_n_epochs=c.every_n_epochs,
         ),
+        LastCheckpoint(run_dir / "checkpoints", every_epoch=c.save_last),
     ]
-    if c.save_last:
-        # Lightning 2.6 refreshes its own last.ckpt only when a top-k checkpoint was written;
-        # resuming needs the latest state after every epoch, whatever the metric did.
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=str(run_dir / "checkpoints"),
-                filename="last",
-                monitor=None,
-                save_top_k=1,
-                every_n_epochs=1,
-                enable_version_counter=False,
-            )
-        )
-    return callbacks
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path, stage: str) -> list[Callback]:

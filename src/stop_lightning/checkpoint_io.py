@@ -10,9 +10,8 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from stop_lightning.errors import UserError
-from stop_lightning.fileio import atomic_path
+from stop_lightning.fileio import atomic_file
 from stop_lightning.provenance import warn_on_differences
-from stop_lightning.run_folder import StorageError, free_space, storage_error
 
 
 class CheckpointReadError(UserError, RuntimeError):
@@ -20,24 +19,15 @@ class CheckpointReadError(UserError, RuntimeError):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Saves through :func:`stop_lightning.fileio.atomic_path`: a crash mid-save never leaves a torn
+    """Saves through :func:`stop_lightning.fileio.atomic_file`: a crash mid-save never leaves a torn
     checkpoint. Loads with ``weights_only=True``: checkpoints hold tensors, numbers, strings and dicts."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         """A failed write (disk full, read-only folder) removes its temporary file, leaves the
-        previous checkpoint as it was and ends in one line
-        (:func:`stop_lightning.run_folder.storage_error`)."""
-        try:
-            with atomic_path(path) as tmp:
-                torch.save(checkpoint, tmp)
-        except OSError as err:  # named by the checkpoint's path, not its temporary file's
-            raise storage_error(OSError(err.errno, err.strerror), path) from err
-        except RuntimeError as err:  # torch's zip writer reports a failed write (no errno) as RuntimeError
-            if "write" not in str(err).lower():
-                raise
-            raise StorageError(
-                f"cannot write {path} ({str(err).splitlines()[0]}): {free_space(Path(path))} free on its disk"
-            ) from err
+        previous checkpoint as it was and ends in one line (:func:`stop_lightning.fileio.atomic_file`:
+        torch's own "unexpected pos" RuntimeError is traced back to the write's errno)."""
+        with atomic_file(path) as f:
+            torch.save(checkpoint, f)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         return read_checkpoint(path, map_location=map_location)

@@ -16,6 +16,7 @@ import sys
 
 from stop_lightning.config import available_experiments, load_config
 from stop_lightning.errors import EXIT_USER_ERROR, USER_ERRORS, UserError
+from stop_lightning.fileio import WRITE_ONLY_ERRNOS, storage_error
 from stop_lightning.schema import ConfigError
 
 # `train --debug`: Lightning's fast_dev_run (one batch of train, val and test, no checkpoint kept),
@@ -389,6 +390,13 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         # Problems with the user's files or settings: the message says what to do; no traceback.
         print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as err:
+        # A full or read-only disk met by a writer that is not ours (Lightning's CSV logger, W&B,
+        # TensorBoard): the same one line as ours. A refused read keeps its traceback here.
+        if err.errno not in WRITE_ONLY_ERRNOS:
+            raise
+        print(f"error: {storage_error(err, err.filename)}", file=sys.stderr)
         return EXIT_USER_ERROR
     return 1
 

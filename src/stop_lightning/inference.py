@@ -28,7 +28,7 @@ from stop_lightning.data.manifest import ClipRecord, ManifestError, read_manifes
 from stop_lightning.data.sources import video_sources
 from stop_lightning.data.transforms import eval_transform
 from stop_lightning.errors import USER_ERRORS, UserError
-from stop_lightning.fileio import atomic_path
+from stop_lightning.fileio import atomic_file
 from stop_lightning.model_io import LoadedCheckpoint, load_model, model_fingerprint
 from stop_lightning.tasks.base import CheckpointMismatchError
 from stop_lightning.tasks.factory import run_datamodule
@@ -293,7 +293,7 @@ def save_embeddings(
     ``.npz``: arrays ``embeddings``, ``ids``, ``paths`` and ``meta`` (the JSON of ``meta``).
     Written atomically."""
     out = check_embedding_path(out)
-    with atomic_path(out) as tmp, open(tmp, "wb") as f:  # a file, not a name: np.savez would add .npz
+    with atomic_file(out) as f:  # a file, not a name: np.savez would add .npz
         if out.suffix == ".pt":
             torch.save({"embeddings": embeddings, "ids": list(ids), "paths": list(paths), **meta}, f)
         else:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from stop_lightning.config_entries import build_components
 from stop_lightning.errors import UserError
-from stop_lightning.fileio import atomic_write
+from stop_lightning.fileio import atomic_write, writing
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,10 @@ class AppendingExperimentWriter(ExperimentWriter):
             with open(self.metrics_file_path, newline="") as f:
                 header = f.readline().strip()
             self.metrics_keys = sorted(k for k in header.split(",") if k)
+
+    def save(self) -> None:
+        with writing(self.metrics_file_path):  # a full or read-only disk: the one line naming it
+            super().save()
 
 
 class AppendingCSVLogger(CSVLogger):

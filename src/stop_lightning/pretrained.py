@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from stop_lightning.checkpoint_io import read_checkpoint
-from stop_lightning.fileio import share_as_umask_allows
+from stop_lightning.fileio import atomic_dir
 from stop_lightning.model_io import (
     CARD_FILE,
     CONFIG_FILE,
@@ -97,26 +94,16 @@ def export(ckpt: str | Path, out_dir: str | Path, clip_source: str | None = None
         },
         "metrics": logged_metrics(run_dir),
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        save_file(
-            trained_state(module),
-            str(tmp / WEIGHTS_FILE),
-            metadata={"format": "pt", "fingerprint": meta["fingerprint"]},
-        )
+    with atomic_dir(out_dir) as tmp:
+        # Serialised here and written by Python: a full disk raises OSError with its errno
+        # (safetensors' own file writer reports it as a SafetensorError without one).
+        weights = save(trained_state(module), metadata={"format": "pt", "fingerprint": meta["fingerprint"]})
+        (tmp / WEIGHTS_FILE).write_bytes(weights)
         # Folders inside this project written relative to it: the loader puts them under its own project.
         shared_cfg = portable_paths(OmegaConf.create(OmegaConf.to_container(loaded.cfg)), project_root())
         (tmp / CONFIG_FILE).write_text(OmegaConf.to_yaml(shared_cfg, resolve=True))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         (tmp / CARD_FILE).write_text(model_card(loaded.cfg, meta, out_dir.name))
-        share_as_umask_allows(tmp)  # mkdtemp made it private (0700): an export is meant to be shared
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above); os.replace cannot replace a directory on every OS
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out_dir
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from stop_lightning.checkpoint_io import read_checkpoint
 from stop_lightning.config import load_config
+from stop_lightning.fileio import atomic_write
 from stop_lightning.schema import ConfigError
 from stop_lightning.train import evaluate
 
@@ -137,11 +138,9 @@ def zero_shot(
         results.setdefault(dataset, []).append(metrics[METRIC])
         runs.setdefault(dataset, []).append(tag)
     table = summary_table(results, runs)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "zero_shot.md").write_text(f"Zero-shot from {ckpt}\n\n{table}\n")
-    (out_dir / "zero_shot.json").write_text(
-        json.dumps({"ckpt": str(ckpt), "top1": results, "runs": runs}, indent=2)
-    )
+    atomic_write(out_dir / "zero_shot.md", f"Zero-shot from {ckpt}\n\n{table}\n")
+    summary = {"ckpt": str(ckpt), "top1": results, "runs": runs}
+    atomic_write(out_dir / "zero_shot.json", json.dumps(summary, indent=2))
     print(f"\nzero-shot transfer of {ckpt} ({out_dir})\n{table}")
     return results
 

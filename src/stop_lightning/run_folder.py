@@ -10,15 +10,17 @@ run naming each differing key, unless the key is allowed to change (``--allow-ch
 
 from __future__ import annotations
 
-import errno
+import fcntl
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from stop_lightning.errors import UserError
+from stop_lightning.fileio import StorageError, storage_error
 from stop_lightning.schema import (
     ConfigError,
     ExperimentConfig,
@@ -32,13 +34,8 @@ RUN_STAMP_ENV = "STOP_RUN_STAMP"
 RESUME_MODES = ("last", "auto")
 # Keys that are the run's location, not its settings: never compared on resume.
 NEVER_COMPARED = ("paths.run_dir",)
-
-
-class StorageError(UserError, OSError):
-    """A folder or file the run must write cannot be written; the message names it and why."""
-
-    def __str__(self) -> str:  # the message alone, without OSError's "[Errno N]"
-        return self.strerror or super().__str__()
+LOCK_FILE = ".run.lock"
+_HELD: dict[Path, int] = {}  # run folder -> the open lock file this process holds
 
 
 def latest_run(experiment_dir: Path) -> Path | None:
@@ -78,13 +75,21 @@ def run_folder(experiment_dir: Path, resume: str | None = None) -> tuple[Path, s
     return experiment_dir / stamp, None
 
 
+def _nonzero_rank() -> bool:
+    """A rank other than the first of a multi-process launch (Lightning's DDP children, torchrun,
+    srun, nodes started by hand)."""
+    return any(
+        os.environ.get(var, "0") not in ("", "0")
+        for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "GROUP_RANK")
+    )
+
+
 def _launched_with_other_ranks() -> bool:
     """A rank of a multi-process launch: Lightning's DDP children (``LOCAL_RANK``), torchrun
     (``WORLD_SIZE``), srun (``SLURM_NTASKS``) or nodes started by hand (``NODE_RANK``). These use the
     folder named by ``STOP_RUN_STAMP`` instead of claiming a new one (only one rank could win it)."""
-    for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "GROUP_RANK"):
-        if os.environ.get(var, "0") not in ("", "0"):
-            return True
+    if _nonzero_rank():
+        return True
     return any(os.environ.get(var, "1") not in ("", "1") for var in ("WORLD_SIZE", "SLURM_NTASKS"))
 
 
@@ -121,29 +126,55 @@ def check_writable(folder: Path) -> None:
         probe.unlink(missing_ok=True)
 
 
-def storage_error(err: OSError, path: Path | str) -> StorageError:
-    """One line for a failed write: the path, and the free space (disk full) or the permission."""
-    path = Path(getattr(err, "filename", None) or path)
-    if err.errno == errno.ENOSPC or err.errno == getattr(errno, "EDQUOT", -1):
-        return StorageError(
-            err.errno,
-            f"disk full writing {path}: {free_space(path)} free; free space or set "
-            "paths.output_dir to another disk, then resume with RESUME=auto",
-        )
-    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return StorageError(
-            err.errno,
-            f"cannot write {path}: permission denied ({err.strerror}); "
-            "make it writable or set paths.output_dir to a folder you can write",
-        )
-    return StorageError(err.errno, f"cannot write {path}: {err.strerror or err}")
+class RunInUseError(UserError, RuntimeError):
+    pass
 
 
-def free_space(path: Path) -> str:
-    for folder in (path, *path.parents):
-        if folder.exists():
-            return f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB"
-    return "unknown"
+def lock_run(run_dir: Path) -> None:
+    """Hold ``<run_dir>/.run.lock`` (an exclusive ``flock``) while this process uses the run.
+
+    A second process on the same run (a requeue that fires twice, two ``--resume auto``) refuses with
+    one line instead of writing the same CSV log and checkpoints at once. The lock is the open file:
+    it goes with the process however that ends, so a crashed run's lock never blocks the next one.
+    The other ranks of a multi-process launch work under rank 0's lock."""
+    if _nonzero_rank() or run_dir in _HELD:
+        return
+    path = run_dir / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise storage_error(err, path) from err
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise RunInUseError(
+            f"run folder {run_dir} is in use by {holder} (it holds {path}); two processes on one run "
+            "would write the same checkpoints and logs: wait for that one to end, then resume"
+        ) from None
+    try:  # who holds it, for the message above; the lock works without it
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    except OSError:
+        pass
+    _HELD[run_dir] = fd
+
+
+def release_run_locks() -> None:
+    """Release the locks :func:`lock_run` took in this process (closing the file releases it; the
+    file stays: removing it could let two processes lock two different files)."""
+    while _HELD:
+        os.close(_HELD.popitem()[1])
+
+
+def remove_unstarted(run_dir: Path) -> None:
+    """Remove a new run's folder when the run stops before training: no empty run folder is left.
+    Not in a multi-process launch: the folder is shared with ranks that may be writing to it."""
+    release_run_locks()
+    if _launched_with_other_ranks():
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def check_resume_config(

@@ -384,7 +384,7 @@ class CheckpointConfig:
     # Which weights `train` tests after fitting: best (by monitor; the last epoch when nothing was
     # monitored) | last (the weights the fit ended with)
     test: str = "best"
-    save_last: bool = True
+    save_last: bool = True  # last.ckpt after every epoch; false: only at the end of the fit
     save_top_k: int = 1
     every_n_epochs: int = 1
 

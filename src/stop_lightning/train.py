@@ -8,11 +8,15 @@ from __future__ import annotations
 import logging
 import shlex
 import sys
+import warnings
+from functools import partial
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.trainer.connectors.accelerator_connector import _AcceleratorConnector
 from omegaconf import DictConfig
 
 from stop_lightning.callbacks import build_callbacks
@@ -20,6 +24,7 @@ from stop_lightning.checkpoint_io import AtomicCheckpointIO, load_trained_weight
 from stop_lightning.data.class_lists import write_protocol_files
 from stop_lightning.data.datasets import SKIP_ADVICE
 from stop_lightning.data.decode import VideoDecodeError
+from stop_lightning.data.manifest import retrieval_manifest_path
 from stop_lightning.errors import EXIT_USER_ERROR, UserError
 from stop_lightning.loggers import build_loggers, finish_wandb, wandb_mode
 from stop_lightning.measured import measured_line
@@ -33,6 +38,9 @@ from stop_lightning.run_folder import (
     check_resume_config,
     check_writable,
     claim_run_dir,
+    lock_run,
+    release_run_locks,
+    remove_unstarted,
     run_folder,
     with_run_dir,
 )
@@ -51,17 +59,65 @@ def resolve_precision(precision: str) -> str:
     return "32-true"
 
 
+def device_settings(cfg: DictConfig) -> dict:
+    """The Trainer arguments that pick devices, processes and number formats."""
+    t = cfg.trainer
+    return {
+        "accelerator": t.accelerator,
+        "devices": t.devices,
+        "strategy": t.strategy,
+        "num_nodes": t.num_nodes,
+        "precision": resolve_precision(t.precision),
+    }
+
+
+class DeviceSettingsError(ConfigError):
+    pass
+
+
+def check_device_settings(cfg: DictConfig) -> None:
+    """Lightning's refusals of ``trainer.accelerator/devices/strategy/num_nodes/precision`` on this
+    machine (no GPU, fewer GPUs than asked, a strategy that needs GPUs or a missing package), and the
+    combinations it would change silently (16-mixed on CPU runs as bf16-mixed) or that fail only in
+    the first step (bf16 on a GPU without it), as one line before any run folder is made."""
+    settings = device_settings(cfg)
+    asked = ", ".join(f"trainer.{k}={v}" for k, v in settings.items())
+    quiet = logging.getLogger("lightning.pytorch")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # the real Trainer prints its device lines once, later
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            connector = _AcceleratorConnector(**settings, plugins=trainer_plugins(cfg))
+    except Exception as err:  # MisconfigurationException, ValueError, TypeError, ModuleNotFoundError...
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DeviceSettingsError(
+            f"{asked}: Lightning refuses these on this machine ({reason}); "
+            "change the trainer keys (docs/cluster.md)"
+        ) from err
+    finally:
+        quiet.setLevel(level)
+    cpu = isinstance(connector.accelerator, CPUAccelerator)
+    if cpu and settings["precision"] in ("16-mixed", "16"):
+        raise DeviceSettingsError(
+            f"{asked}: fp16 mixed precision does not run on a CPU (Lightning would use bf16-mixed "
+            "instead); set trainer.precision=bf16-mixed or 32-true"
+        )
+    bf16 = str(settings["precision"]).startswith("bf16")
+    if bf16 and isinstance(connector.accelerator, CUDAAccelerator) and not torch.cuda.is_bf16_supported():
+        raise DeviceSettingsError(
+            f"{asked}: this GPU ({torch.cuda.get_device_name()}) has no bfloat16; "
+            "set trainer.precision=16-mixed or 32-true"
+        )
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, stage: str) -> L.Trainer:
     t = cfg.trainer
     return L.Trainer(
         default_root_dir=str(run_dir),
         max_epochs=t.max_epochs,
         max_steps=t.max_steps,
-        accelerator=t.accelerator,
-        devices=t.devices,
-        strategy=t.strategy,
-        num_nodes=t.num_nodes,
-        precision=resolve_precision(t.precision),
+        **device_settings(cfg),
         gradient_clip_val=t.gradient_clip_val or None,
         accumulate_grad_batches=t.accumulate_grad_batches,
         log_every_n_steps=t.log_every_n_steps,
@@ -128,6 +184,49 @@ def report_unreadable(module: VideoTaskModule, run_dir: Path, shown: int = 5) ->
     update_run_info(run_dir, "unreadable", {"test": {**found, "paths": found["paths"][:20]}})
 
 
+class NothingTrainedError(UserError, RuntimeError):
+    """A run with nothing to train or test on: no figure is claimed, the exit code is not 0."""
+
+
+def refuse_empty_splits(datamodule, splits: tuple[str, ...]) -> None:
+    """An empty split of ``splits`` (a 0-byte or header-only manifest, every row filtered out) stops
+    the run before its folder is made: Lightning would skip the loop and end with exit 0."""
+    for name in splits:
+        dataset = datamodule.datasets.get(name)
+        if dataset is not None and len(dataset) == 0:
+            # Recognition knows the split's file; retrieval's are <manifest_dir>/<split>.jsonl.
+            where = getattr(
+                datamodule, "manifest_path", partial(retrieval_manifest_path, datamodule.manifest_dir)
+            )
+            raise NothingTrainedError(
+                f"the {name} split has no videos (manifest {where(name)}); "
+                f"a run needs {name} rows: fill the manifest or check data.dataset and data.split"
+            )
+
+
+def refuse_no_steps(trainer: L.Trainer, cfg: DictConfig) -> None:
+    """A fit that ended without one optimiser step (``trainer.limit_train_batches=0``, ``max_steps``
+    already reached, every batch skipped) trained nothing: stop before testing."""
+    if trainer.global_step == 0:
+        t = cfg.trainer
+        raise NothingTrainedError(
+            f"the fit made no optimiser step (trainer.limit_train_batches={t.limit_train_batches}, "
+            f"trainer.max_steps={t.max_steps}, trainer.max_epochs={t.max_epochs}): "
+            "nothing was trained, nothing is tested"
+        )
+
+
+def refuse_all_unreadable(module: VideoTaskModule) -> None:
+    """Every test video unreadable (``data.bad_video=skip``): each would be scored as a miss, a figure
+    of the files rather than of the model."""
+    found = getattr(module, "unreadable", {})
+    if found.get("total") and found.get("count") == found["total"]:
+        raise NothingTrainedError(
+            f"all {found['total']} test videos were unreadable (first: {found['paths'][0]}); "
+            "no figure is reported: check data.video_root and the files"
+        )
+
+
 def setup_run(
     cfg: DictConfig,
     run_dir: Path,
@@ -141,7 +240,10 @@ def setup_run(
     Every video file of the splits in ``reads`` is checked before the run folder is made, and those of
     its validation and test splits probed (``data.probe_videos``). A new
     run's folder is claimed atomically (:func:`stop_lightning.run_folder.claim_run_dir`); a resumed run
-    keeps its folder and its ``config.yaml`` (a change outside ``allow_change`` stops it)."""
+    keeps its folder and its ``config.yaml`` (a change outside ``allow_change`` stops it). Either is
+    locked (:func:`stop_lightning.run_folder.lock_run`) until the caller's ``unlock_run``."""
+    if resuming:
+        lock_run(run_dir)  # first: a second process on this run stops before it writes anything
     if resuming and (run_dir / "config.yaml").is_file():
         from omegaconf import OmegaConf
 
@@ -157,17 +259,25 @@ def setup_run(
     datamodule.setup("fit" if cfg.data.protocol != "zero_shot" else "test")
     datamodule.setup("test")  # every run ends with a test: its files are checked now, with the rest
     datamodule.check_files(reads)
+    refuse_empty_splits(datamodule, tuple(s for s in reads if s != "val" or cfg.trainer.limit_val_batches))
     datamodule.probe_videos(tuple(split for split in reads if split != "train"))
     if cfg.logger.wandb:
         wandb_mode(cfg.logger.mode)  # W&B asked for online and unreachable: one line, before any folder
-    run_dir = run_dir if resuming else claim_run_dir(run_dir)
-    check_writable(run_dir)
-    cfg = with_run_dir(cfg, run_dir)
-    log.info("run folder: %s", run_dir)
-    save_config(cfg, run_dir / "config.yaml")
-    write_run_info(cfg, run_dir, bundle, datamodule)
-    # What the protocol drew (class subsets, base/novel halves, few-shot lists), kept with the run.
-    write_protocol_files(getattr(datamodule, "protocol_files", {}), run_dir)
+    if not resuming:
+        run_dir = claim_run_dir(run_dir)
+        lock_run(run_dir)
+    try:
+        check_writable(run_dir)
+        cfg = with_run_dir(cfg, run_dir)
+        log.info("run folder: %s", run_dir)
+        save_config(cfg, run_dir / "config.yaml")
+        write_run_info(cfg, run_dir, bundle, datamodule)
+        # What the protocol drew (class subsets, base/novel halves, few-shot lists), kept with the run.
+        write_protocol_files(getattr(datamodule, "protocol_files", {}), run_dir)
+    except BaseException:
+        if not resuming:  # a disk full or read-only before the run began: no half-made folder stays
+            remove_unstarted(run_dir)
+        raise
     # Seeded last: building a missing tiny CLIP or synthetic dataset draws random numbers, and the
     # prompts' initialisation must not depend on whether those were already in the cache.
     L.seed_everything(cfg.seed, workers=True)
@@ -181,7 +291,17 @@ def train(cfg: DictConfig, resume: str | None = None, allow_change: tuple[str, .
     ``resume``: ``last``, ``auto`` or a checkpoint path (:func:`stop_lightning.run_folder.run_folder`). A
     preemption signal ends the fit with a checkpoint and :class:`stop_lightning.preemption.Preempted`
     (no test)."""
+    check_device_settings(cfg)
     run_dir, resume_ckpt = run_folder(Path(cfg.paths.run_dir), resume)
+    try:
+        return _fit_and_test(cfg, run_dir, resume_ckpt, allow_change)
+    finally:
+        release_run_locks()
+
+
+def _fit_and_test(
+    cfg: DictConfig, run_dir: Path, resume_ckpt: str | None, allow_change: tuple[str, ...]
+) -> dict[str, float]:
     bundle, init = None, None
     if cfg.model.init_from and resume_ckpt is None:  # a resumed run has its own weights already
         bundle = load_clip(cfg.model.clip, cfg.paths.cache_dir)
@@ -202,6 +322,7 @@ def train(cfg: DictConfig, resume: str | None = None, allow_change: tuple[str, .
         except Preempted:
             finish_wandb(exit_code=EXIT_PREEMPTED)
             raise
+        refuse_no_steps(trainer, cfg)
         report_early_stop(trainer)
         if cfg.checkpoint.test == "best":
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -214,6 +335,7 @@ def train(cfg: DictConfig, resume: str | None = None, allow_change: tuple[str, .
         weights = ckpt_for_test or last_checkpoint(trainer)
         finish_wandb(exit_code=EXIT_USER_ERROR)  # the W&B run keeps the fit's curves, closed
         raise UntestedFitError(untested_fit_message(err, run_dir, weights)) from err
+    refuse_all_unreadable(module)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:
         print_metrics_table(
@@ -280,10 +402,20 @@ def evaluate(
     ``untrained`` asks for its freshly initialised weights on purpose (a before-training baseline).
     ``dump`` writes the test's raw scores into the eval folder (:mod:`stop_lightning.tasks.scores_dump`).
     """
+    check_device_settings(cfg)
     bundle = load_clip(cfg.model.clip, cfg.paths.cache_dir)
     if ckpt is None and not untrained:
         refuse_untrained(cfg, bundle)
     run_dir, _ = run_folder(Path(cfg.paths.run_dir))
+    try:
+        return _test(cfg, run_dir, bundle, ckpt, untrained, dump)
+    finally:
+        release_run_locks()
+
+
+def _test(
+    cfg: DictConfig, run_dir: Path, bundle, ckpt: str | None, untrained: bool, dump: bool
+) -> dict[str, float]:
     cfg, bundle, datamodule = setup_run(cfg, run_dir, reads=("test",), bundle=bundle)
     run_dir = Path(cfg.paths.run_dir)
     module = build_module(cfg, datamodule, bundle)
@@ -297,6 +429,7 @@ def evaluate(
     module.keep_test_scores = dump
     trainer = build_trainer(cfg, run_dir, "test")
     results = trainer.test(module, datamodule=datamodule, verbose=False)
+    refuse_all_unreadable(module)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:
         print_metrics_table(metrics, title=f"{cfg.name}: evaluation ({ckpt or scored['what']})")

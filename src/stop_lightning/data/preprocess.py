@@ -26,6 +26,7 @@ from pathlib import Path
 
 import av
 
+from ..fileio import WRITE_ONLY_ERRNOS, atomic_write, storage_error
 from .decode import VideoDecodeError, VideoFile, probe_video
 from .manifest import CLASSES_FILE, ManifestError, read_manifest, resolve_video_path, write_manifest
 from .stored_copies import StoreSettings, manifest_files, ordered_map, stored_frames, timeline, unique_paths
@@ -117,6 +118,9 @@ class _Job:
             os.replace(tmp, final)
             return Outcome(rel, out_rel, "done", n, fps)
         except (VideoDecodeError, ManifestError, av.error.FFmpegError, OSError, ValueError) as err:
+            if isinstance(err, OSError) and err.errno in WRITE_ONLY_ERRNOS:  # the disk, not this video
+                tmp.unlink(missing_ok=True)
+                raise storage_error(err, final) from err
             return Outcome(rel, out_rel, "failed", reason=str(err))
         finally:
             tmp.unlink(missing_ok=True)
@@ -184,7 +188,5 @@ def preprocess(
         "video_root": str(out_videos),
         "manifest_dir": str(out_manifests),
     }
-    tmp = out_dir / f".{REPORT}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp, out_dir / REPORT)
+    atomic_write(out_dir / REPORT, json.dumps(report, indent=1) + "\n")
     return report

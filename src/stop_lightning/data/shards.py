@@ -43,6 +43,7 @@ import av
 import numpy as np
 import torch
 
+from ..fileio import writing
 from .datasets import VideoCaptionDataset, VideoClipDataset
 from .decode import VideoDecodeError, VideoFile
 from .manifest import ClipRecord, ManifestError, resolve_video_path
@@ -117,20 +118,21 @@ def write_items(out: Path, items, chunk_bytes: str = CHUNK_BYTES) -> int:
     from litdata.streaming.writer import BinaryWriter
 
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.partial")
-    try:
-        writer = BinaryWriter(str(tmp), chunk_bytes=chunk_bytes)
-        n = 0
-        for n, item in enumerate(items, start=1):
-            writer.add_item(n - 1, item)
-        writer.done()
-        writer.merge(num_workers=1)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-        return n
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with writing(out):
+        try:
+            writer = BinaryWriter(str(tmp), chunk_bytes=chunk_bytes)
+            n = 0
+            for n, item in enumerate(items, start=1):
+                writer.add_item(n - 1, item)
+            writer.done()
+            writer.merge(num_workers=1)
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+            return n
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _note_bad(items, bad: list[dict[str, str]]):
