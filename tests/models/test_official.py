@@ -413,7 +413,11 @@ def test_loaded_model_computes_the_authors_module(tiny_clip, model_cfg, make_vid
         delta, mask = spatial(video, None)
         want_delta, want_mask = authors_spatial(sd, video, patch, grid, k)
         torch.testing.assert_close(mask.bool(), want_mask)
-        torch.testing.assert_close(delta, want_delta, rtol=1e-4, atol=1e-5)
+        # Four stacked (3, 11, 11) convolutions (ours channels-last, a different oneDNN kernel) round
+        # differently from these:
+        # measured max |diff| / max |want| 2.2e-6 to 3.6e-6 over 6 seeds x 1-2 threads (values up to
+        # ~12), so the absolute bound scales with the output; a wrong formula is off by O(1) of it.
+        torch.testing.assert_close(delta, want_delta, rtol=1e-4, atol=2e-5 * want_delta.abs().max().item())
         tokens = torch.randn(2, FRAMES, grid * grid, model.width)
         temporal: TemporalPrompter = model.temporal
         prompts, w = temporal(tokens, mask.flatten(2))
