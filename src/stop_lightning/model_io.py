@@ -19,8 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 
 from stop_lightning.checkpoint_io import CheckpointReadError, load_trained_weights, read_checkpoint
+from stop_lightning.config import read_yaml
 from stop_lightning.models.backbone import ClipBundle, load_clip
 from stop_lightning.provenance import collect_run_info, warn_on_differences
+from stop_lightning.reading import check_file, problem, read_text
 from stop_lightning.tasks.base import VideoTaskModule
 from stop_lightning.tasks.recognition import RecognitionModule
 from stop_lightning.tasks.registry import get_task
@@ -128,23 +130,55 @@ def is_export(path: str | Path) -> bool:
     return Path(path).is_dir() and (Path(path) / META_FILE).is_file()
 
 
+EXPORT_TODO = "export it again with `stop-lightning export CKPT DIR`"
+META_KEYS = ("format_version", "task", "hparams", "clip", "run_info")  # what stop_lightning.json holds
+
+
 def read_export_meta(folder: Path) -> dict[str, Any]:
     for name in (WEIGHTS_FILE, CONFIG_FILE, META_FILE):
-        if not (folder / name).is_file():
+        if not (folder / name).exists():
             raise ExportError(
                 f"{folder} is not a stop-lightning export: {name} is missing "
                 "(write one with `stop-lightning export CKPT DIR`)"
             )
+    path = folder / META_FILE
+    text = read_text(path, "export description", ExportError, EXPORT_TODO)
     try:
-        meta = json.loads((folder / META_FILE).read_text())
+        meta = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ExportError(f"{folder / META_FILE}: not valid JSON ({err.msg}, line {err.lineno})") from err
-    if meta.get("format_version") != FORMAT_VERSION:
         raise ExportError(
-            f"{folder / META_FILE}: format_version {meta.get('format_version')!r}, "
-            f"this stop_lightning reads {FORMAT_VERSION}"
+            problem(
+                path,
+                f"not valid JSON ({err.msg}, line {err.lineno}): cut short or not an export's",
+                EXPORT_TODO,
+            )
+        ) from err
+    if not isinstance(meta, dict) or not all(key in meta for key in META_KEYS):
+        raise ExportError(
+            problem(path, f"not an export description (needs {', '.join(META_KEYS)})", EXPORT_TODO)
+        )
+    if meta["format_version"] != FORMAT_VERSION:
+        raise ExportError(
+            f"{path}: format_version {meta['format_version']!r}, this stop_lightning reads {FORMAT_VERSION}"
         )
     return meta
+
+
+def read_export_weights(path: Path) -> dict[str, torch.Tensor]:
+    """An export's ``model.safetensors``; a cut-short file and another program's file are told apart
+    by its start (8 bytes of header length, then the JSON header)."""
+    check_file(path, "safetensors file", ExportError, EXPORT_TODO)
+    try:
+        return load_file(str(path))
+    except Exception as err:
+        with open(path, "rb") as fh:
+            header = fh.read(9)
+        what = (
+            "cut short or damaged (safetensors says: " + str(err).splitlines()[0] + ")"
+            if header[8:9] == b"{"
+            else "not a safetensors file (another program's file?)"
+        )
+        raise ExportError(problem(path, what, EXPORT_TODO)) from err
 
 
 def from_pretrained(
@@ -156,14 +190,8 @@ def from_pretrained(
     the folder was exported from, and predicts the same."""
     folder = Path(folder)
     meta = read_export_meta(folder)
-    try:
-        cfg = OmegaConf.load(folder / CONFIG_FILE)
-        state = load_file(str(folder / WEIGHTS_FILE))
-    except Exception as err:
-        raise ExportError(
-            f"cannot read the export {folder}: {type(err).__name__}: {str(err).splitlines()[0]} "
-            "(export it again)"
-        ) from err
+    cfg = read_yaml(folder / CONFIG_FILE, ExportError, EXPORT_TODO)
+    state = read_export_weights(folder / WEIGHTS_FILE)
     if clip_source is not None:
         cfg.model.clip.source = str(clip_source)
     OmegaConf.set_readonly(cfg, True)

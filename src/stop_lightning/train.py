@@ -6,6 +6,7 @@ Read top to bottom, this is everything ``make train EXP=<name>`` does.
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from lightning.pytorch.callbacks import EarlyStopping
 from omegaconf import DictConfig
 
 from stop_lightning.callbacks import build_callbacks
-from stop_lightning.checkpoint_io import AtomicCheckpointIO, load_trained_weights
+from stop_lightning.checkpoint_io import AtomicCheckpointIO, load_trained_weights, read_checkpoint
+from stop_lightning.config import read_yaml
 from stop_lightning.data.class_lists import write_protocol_files
 from stop_lightning.loggers import build_loggers, finish_wandb, wandb_mode
 from stop_lightning.measured import measured_line
@@ -33,7 +35,7 @@ from stop_lightning.run_folder import (
     with_run_dir,
 )
 from stop_lightning.schema import ConfigError, save_config
-from stop_lightning.tasks.base import VideoTaskModule
+from stop_lightning.tasks.base import CheckpointMismatchError, VideoTaskModule
 from stop_lightning.tasks.factory import build_module, run_datamodule
 
 log = logging.getLogger(__name__)
@@ -137,12 +139,13 @@ def setup_run(
     Every video file of the splits in ``reads`` is checked before the run folder is made. A new
     run's folder is claimed atomically (:func:`stop_lightning.run_folder.claim_run_dir`); a resumed run
     keeps its folder and its ``config.yaml`` (a change outside ``allow_change`` stops it)."""
-    if resuming and (run_dir / "config.yaml").is_file():
-        from omegaconf import OmegaConf
-
-        changed = check_resume_config(
-            OmegaConf.load(run_dir / "config.yaml"), with_run_dir(cfg, run_dir), allow_change
+    if resuming and (run_dir / "config.yaml").exists():
+        saved = read_yaml(
+            run_dir / "config.yaml",
+            ConfigError,
+            "the run's own config is damaged: resume from a copy of the run, or start a new run",
         )
+        changed = check_resume_config(saved, with_run_dir(cfg, run_dir), allow_change)
         if changed:
             log.info("resuming with allowed config changes: %s", ", ".join(changed))
     # Weights and data first: a run that cannot start leaves no empty run folder behind.
@@ -230,6 +233,7 @@ def evaluate(cfg: DictConfig, ckpt: str | None = None, untrained: bool = False) 
     Without ``ckpt`` a preset with trainable parts is refused (:func:`refuse_untrained`) unless
     ``untrained`` asks for its freshly initialised weights on purpose (a before-training baseline).
     """
+    checkpoint = read_checkpoint(ckpt) if ckpt is not None else None  # a bad file ends before any folder
     bundle = load_clip(cfg.model.clip, cfg.paths.cache_dir)
     if ckpt is None and not untrained:
         refuse_untrained(cfg, bundle)
@@ -238,7 +242,12 @@ def evaluate(cfg: DictConfig, ckpt: str | None = None, untrained: bool = False) 
     run_dir = Path(cfg.paths.run_dir)
     module = build_module(cfg, datamodule, bundle)
     if ckpt is not None:
-        load_trained_weights(module, ckpt, run_info=collect_run_info(cfg, bundle, datamodule))
+        run_info = collect_run_info(cfg, bundle, datamodule)
+        try:
+            load_trained_weights(module, ckpt, run_info=run_info, checkpoint=checkpoint)
+        except CheckpointMismatchError:
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing was evaluated: no folder says otherwise
+            raise
     scored = {  # what this evaluation scored, kept with its results
         "what": "checkpoint" if ckpt is not None else ("untrained" if untrained else "zero-shot"),
         "checkpoint": str(Path(ckpt).resolve()) if ckpt is not None else None,
