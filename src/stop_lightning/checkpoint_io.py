@@ -51,24 +51,16 @@ ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive holding <name>/data
 CHECKPOINT_TODO = "pass a .ckpt written by `stop-lightning train`, e.g. the run's checkpoints/last.ckpt"
 
 
-def _not_loadable(path: Path, err: Exception) -> CheckpointReadError:
-    """Why ``torch.load`` refused ``path``, told by the file's shape: a cut-short zip, another
-    program's zip, or no zip at all (a plain pickle, text)."""
+def unloadable(path: Path, err: Exception, kind: str) -> str:
+    """Why ``torch.load`` (or ``np.load``) refused ``path``, told by the file's shape: a cut-short zip,
+    another program's zip, or no zip at all (a plain pickle, text)."""
     with open(path, "rb") as fh:
         head = fh.read(len(ZIP_MAGIC))
     if head != ZIP_MAGIC:
-        what = "not a PyTorch checkpoint (not a zip archive: a plain pickle, text or another program's file)"
-    elif not zipfile.is_zipfile(path):
-        what = "cut short (a zip archive without its end: an interrupted copy or a full disk)"
-    else:
-        with zipfile.ZipFile(path) as archive:
-            torch_written = any(name.endswith("/data.pkl") for name in archive.namelist())
-        what = (
-            f"a PyTorch file that cannot be loaded safely ({first_line(err)})"
-            if torch_written
-            else "a zip archive of another program, not a PyTorch checkpoint"
-        )
-    return CheckpointReadError(problem(path, what, CHECKPOINT_TODO))
+        return f"not a {kind} (not a zip archive: a plain pickle, text or another program's file)"
+    if not zipfile.is_zipfile(path):
+        return "cut short (a zip archive without its end: an interrupted copy or a full disk)"
+    return f"a zip archive that is not a {kind} ({first_line(err)})"
 
 
 def read_checkpoint(path, map_location=None) -> dict[str, Any]:
@@ -80,7 +72,9 @@ def read_checkpoint(path, map_location=None) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             checkpoint = torch.load(path, map_location=map_location or "cpu", weights_only=True)
     except Exception as err:
-        raise _not_loadable(path, err) from err
+        raise CheckpointReadError(
+            problem(path, unloadable(path, err, "checkpoint"), CHECKPOINT_TODO)
+        ) from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         held = (
             "a dict without 'state_dict'"

@@ -41,11 +41,11 @@ def check_file(path: str | Path, kind: str, error: type[Exception], todo: str) -
     except OSError as err:
         raise error(problem(path, f"cannot be read as a {kind}: {err.strerror or err}", todo)) from err
     if stat.S_ISDIR(mode.st_mode):
-        raise error(problem(path, f"is a folder, not a {kind}", todo))
+        raise error(problem(path, f"is a folder where the {kind} should be", todo))
     if not os.access(path, os.R_OK):
         raise error(problem(path, f"cannot be read as a {kind}: permission denied", todo))
     if stat.S_ISREG(mode.st_mode) and mode.st_size == 0:
-        raise error(problem(path, f"is empty (0 bytes), not a {kind}", todo))
+        raise error(problem(path, "is empty (0 bytes)", todo))
     return path
 
 
@@ -68,9 +68,11 @@ def read_text(path: str | Path, kind: str, error: type[Exception], todo: str) ->
         line = data.count(b"\n", 0, err.start) + 1
         raise error(
             problem(
-                path, f"not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}), so not a {kind}", todo
+                path,
+                f"not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}): not a readable {kind}",
+                todo,
             )
         ) from err
     if not text.strip():
-        raise error(problem(path, f"holds only blank space, not a {kind}", todo))
+        raise error(problem(path, "holds only blank space", todo))
     return text

@@ -140,7 +140,7 @@ class VideoDataModule(L.LightningDataModule):
         return batch
 
     def _read(self, path: Path) -> list[ClipRecord]:
-        if not path.is_file():
+        if not path.exists():  # a folder, an empty or unreadable file: read_manifest names it
             raise ManifestError(self._missing_message(path))
         return read_manifest(path)
 
@@ -335,7 +335,7 @@ class RecognitionDataModule(VideoDataModule):
 
     def _classes(self) -> list[str]:
         for place in (self.manifest_dir / CLASSES_FILE, self.manifest_path("train").parent / CLASSES_FILE):
-            if place.is_file():
+            if place.exists():  # a folder, an empty or unreadable file: read_classes names it
                 return read_classes(place)
         raise ManifestError(self._missing_message(self.manifest_dir / CLASSES_FILE))
 
