@@ -14,7 +14,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from stop_lightning.errors import UserError
 from stop_lightning.fileio import atomic_path
 from stop_lightning.provenance import warn_on_differences
-from stop_lightning.reading import check_file, first_line, problem
+from stop_lightning.reading import check_file, problem
 from stop_lightning.run_folder import StorageError, free_space, storage_error
 from stop_lightning.tasks.base import CheckpointMismatchError
 
@@ -51,7 +51,7 @@ ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive holding <name>/data
 CHECKPOINT_TODO = "pass a .ckpt written by `stop-lightning train`, e.g. the run's checkpoints/last.ckpt"
 
 
-def unloadable(path: Path, err: Exception, kind: str) -> str:
+def unloadable(path: Path, kind: str) -> str:
     """Why ``torch.load`` (or ``np.load``) refused ``path``, told by the file's shape: a cut-short zip,
     another program's zip, or no zip at all (a plain pickle, text)."""
     with open(path, "rb") as fh:
@@ -60,7 +60,12 @@ def unloadable(path: Path, err: Exception, kind: str) -> str:
         return f"not a {kind} (not a zip archive: a plain pickle, text or another program's file)"
     if not zipfile.is_zipfile(path):
         return "cut short (a zip archive without its end: an interrupted copy or a full disk)"
-    return f"a zip archive that is not a {kind} ({first_line(err)})"
+    with zipfile.ZipFile(path) as archive:
+        if any(name.endswith("/data.pkl") for name in archive.namelist()):  # torch.save wrote it
+            return (
+                f"a PyTorch file that holds more than tensors and plain data, not a {kind} (refused unread)"
+            )
+    return f"a zip archive of another program, not a {kind}"
 
 
 def read_checkpoint(path, map_location=None) -> dict[str, Any]:
@@ -72,9 +77,7 @@ def read_checkpoint(path, map_location=None) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             checkpoint = torch.load(path, map_location=map_location or "cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointReadError(
-            problem(path, unloadable(path, err, "checkpoint"), CHECKPOINT_TODO)
-        ) from err
+        raise CheckpointReadError(problem(path, unloadable(path, "checkpoint"), CHECKPOINT_TODO)) from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         held = (
             "a dict without 'state_dict'"

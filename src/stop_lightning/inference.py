@@ -58,8 +58,20 @@ def _common_root(paths: list[Path]) -> tuple[Path, list[str]]:
     return root, [p.relative_to(root).as_posix() for p in resolved]
 
 
+# What predict and embed can do about a video they cannot read (they take no data.bad_video).
+FILES_ADVICE = "leave the file out, or re-encode it (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4)"
+EMBED_ADVICE = (
+    "remove its row from the manifest, or rebuild the manifest with "
+    "`stop-lightning manifest DATASET ... --probe --drop-unreadable`, which leaves out every unreadable video"
+)
+
+
 def clip_dataset(
-    loaded: LoadedCheckpoint, records: list[ClipRecord], video_root: str | Path, views: bool = True
+    loaded: LoadedCheckpoint,
+    records: list[ClipRecord],
+    video_root: str | Path,
+    views: bool = True,
+    advice: str = FILES_ADVICE,
 ) -> VideoClipDataset:
     """The evaluation dataset of the checkpoint's data config over ``records``.
 
@@ -79,7 +91,15 @@ def clip_dataset(
     )
     records = [r if r.label is not None else replace(r, label=NO_LABEL) for r in records]
     return VideoClipDataset(
-        records, video_root, "test", sampling, transform, bad_video="raise", num_clips=clips, num_crops=crops
+        records,
+        video_root,
+        "test",
+        sampling,
+        transform,
+        bad_video="raise",
+        bad_video_advice=advice,
+        num_clips=clips,
+        num_crops=crops,
     )
 
 
@@ -286,7 +306,7 @@ def embed(
             "(data.video_root of the checkpoint's config), "
             "which is not a directory; pass --video-root <folder the manifest paths are relative to>"
         )
-    embeddings = embed_dataset(loaded, clip_dataset(loaded, records, root, views=False))
+    embeddings = embed_dataset(loaded, clip_dataset(loaded, records, root, views=False, advice=EMBED_ADVICE))
     ids = [r.video_id or r.path for r in records]
     # The fingerprint names the model whose text side belongs with these features (`stop-lightning search`).
     meta = {
@@ -330,6 +350,7 @@ def embed_main(
     """``stop-lightning embed --ckpt C --manifest M --out F``: write the videos' features to a .pt or .npz."""
     try:
         check_embedding_path(out)  # before minutes of work, not after
+        manifest_videos(manifest)  # so is a bad manifest: before the model is loaded
         path = embed(load_model(ckpt, clip_source), manifest, out, video_root)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)

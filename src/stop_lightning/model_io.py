@@ -149,7 +149,7 @@ def read_export_meta(folder: Path) -> dict[str, Any]:
         raise ExportError(
             problem(
                 path,
-                f"not valid JSON ({err.msg}, line {err.lineno}): cut short or not an export's",
+                f"not valid JSON ({err.msg}, line {err.lineno}): cut short or damaged",
                 EXPORT_TODO,
             )
         ) from err

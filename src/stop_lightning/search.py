@@ -72,7 +72,7 @@ def load_collection(path: str | Path) -> Collection:
             with np.load(path, allow_pickle=False) as npz:
                 saved = {name: npz[name] for name in npz.files}
     except Exception as err:
-        raise SearchError(problem(path, unloadable(path, err, kind), todo)) from err
+        raise SearchError(problem(path, unloadable(path, kind), todo)) from err
     missing = [k for k in EMBEDDING_FIELDS if k not in saved] if isinstance(saved, dict) else EMBEDDING_FIELDS
     if missing:
         held = "" if isinstance(saved, dict) else f"holds a {type(saved).__name__}, "

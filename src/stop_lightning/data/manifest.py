@@ -168,10 +168,8 @@ def utf8_lines(path: Path, kind: str, todo: str) -> list[str]:
         try:
             lines.append(raw.decode("utf-8"))
         except UnicodeDecodeError as err:
-            raise ManifestError(
-                f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
-                "save the file as UTF-8"
-            ) from err
+            what = f"not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1})"
+            raise ManifestError(problem(f"{path}:{lineno}", what, f"save the file as UTF-8; {todo}")) from err
     return lines
 
 
@@ -193,7 +191,8 @@ def read_manifest(
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as err:
-            if lineno == len(lines) and err.pos >= len(line.rstrip()):  # the last row stops mid-value
+            ends_early = err.pos >= len(line.rstrip()) or err.msg.startswith("Unterminated string")
+            if lineno == len(lines) and ends_early:  # the last row stops mid-value
                 raise ManifestError(
                     problem(path, f"cut short: line {lineno} ends mid-row", MANIFEST_TODO)
                 ) from err

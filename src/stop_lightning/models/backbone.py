@@ -27,6 +27,7 @@ from stop_lightning.errors import UserError
 from stop_lightning.models.hooks import freeze
 from stop_lightning.models.layers import attention_heads
 from stop_lightning.models.tiny_clip import CLIP_MEAN, CLIP_STD, make_tiny_clip
+from stop_lightning.reading import first_line, problem
 from stop_lightning.schema import ClipSource
 
 # Config keys that change with the transformers release or the runtime, not with the weights.
@@ -79,7 +80,17 @@ def load_clip(clip_cfg: ClipSource, cache_dir: str | Path) -> ClipBundle:
 
     if source == "tiny":
         model_dir = _tiny_clip_dir(clip_cfg, Path(cache_dir))
-        model = _from_pretrained(str(model_dir), attn)
+        try:
+            model = _from_pretrained(str(model_dir), attn)
+        except ClipLoadError as err:  # the cache was cut short (a full disk, a killed copy) or edited
+            cause = first_line(err.__cause__) if err.__cause__ else str(err)
+            raise ClipLoadError(
+                problem(
+                    model_dir,
+                    f"the cached tiny CLIP is damaged ({cause})",
+                    "delete the folder; the next run makes it again",
+                )
+            ) from err
         model_dir_for_extras: Path | None = model_dir
     elif path.is_dir():
         model = _from_pretrained(str(path), attn)
@@ -118,15 +129,17 @@ def load_clip(clip_cfg: ClipSource, cache_dir: str | Path) -> ClipBundle:
 def _from_pretrained(name_or_dir: str, attn: str) -> CLIPModel:
     try:
         return CLIPModel.from_pretrained(name_or_dir, attn_implementation=attn)
-    except OSError as err:
+    except Exception as err:  # a damaged folder raises what its files' parsers raise, not only OSError
         if Path(name_or_dir).is_dir():
             raise ClipLoadError(
                 f"{name_or_dir}: not a loadable CLIP directory "
-                f"(expected config.json and model weights written by save_pretrained): {err}"
+                f"(expected config.json and model weights written by save_pretrained): {first_line(err)}"
             ) from err
+        if not isinstance(err, OSError):
+            raise
         raise ClipLoadError(
             f"cannot load CLIP '{name_or_dir}' from the HuggingFace hub "
-            f"(no network or not in the local cache): {err}\n"
+            f"(no network or not in the local cache): {first_line(err)}; "
             f"Download it on a connected machine (huggingface-cli download {name_or_dir}) "
             f"and copy the cache over, "
             f"or point model.clip.source to a local directory (CLIPModel.save_pretrained) "
