@@ -179,6 +179,8 @@ def train(cfg: DictConfig, resume: str | None = None, allow_change: tuple[str, .
     preemption signal ends the fit with a checkpoint and :class:`stop_lightning.preemption.Preempted`
     (no test)."""
     run_dir, resume_ckpt = run_folder(Path(cfg.paths.run_dir), resume)
+    if resume_ckpt is not None:
+        read_checkpoint(resume_ckpt)  # an empty, cut or foreign checkpoint ends here, before any work
     cfg, bundle, datamodule = setup_run(
         cfg, run_dir, resuming=resume_ckpt is not None, allow_change=allow_change
     )

@@ -82,6 +82,16 @@ def checkpoint_case(content: Callable[[Context], bytes | None]):
     return make
 
 
+def resume_case(content: Callable[[Context], bytes | None]):
+    def make(ctx: Context):
+        run = ctx.out / "demo" / "r"  # the resumed run: nothing may be written in it
+        bad = write(run / "checkpoints" / "last.ckpt", content(ctx))
+        overrides = [f"paths.cache_dir={ctx.cache_dir}", f"paths.output_dir={ctx.out}"]
+        return ["train", "demo", "--resume", str(bad), *overrides], bad
+
+    return make
+
+
 # ---------------------------------------------------------------- export folders (predict --ckpt)
 def export_case(name: str, content: Callable[[Context], bytes | None]):
     def make(ctx: Context):
@@ -94,8 +104,15 @@ def export_case(name: str, content: Callable[[Context], bytes | None]):
     return make
 
 
-def export_file(ctx: Context, name: str) -> bytes:
-    return (ctx.exported / name).read_bytes()
+def export_cases(reader: str, name: str, foreign: bytes) -> list[Case]:
+    return [
+        Case(reader, "empty", export_case(name, lambda ctx: b"")),
+        Case(
+            reader, "truncated", export_case(name, lambda ctx: truncated((ctx.exported / name).read_bytes()))
+        ),
+        Case(reader, "foreign", export_case(name, lambda ctx: foreign)),
+        Case(reader, "unreadable", export_case(name, lambda ctx: None)),
+    ]
 
 
 # ---------------------------------------------------------------- embeddings (search)
@@ -229,25 +246,11 @@ CASES = [
     Case("checkpoint", "foreign-dict", checkpoint_case(lambda ctx: torch_bytes({"weights": torch.ones(3)}))),
     Case("checkpoint", "foreign-object", checkpoint_case(lambda ctx: torch_bytes(Case("a", "b", print)))),
     Case("checkpoint", "unreadable", checkpoint_case(lambda ctx: None)),
-    Case("export-weights", "empty", export_case("model.safetensors", lambda ctx: b"")),
-    Case(
-        "export-weights",
-        "truncated",
-        export_case("model.safetensors", lambda ctx: truncated(export_file(ctx, "model.safetensors"))),
-    ),
-    Case("export-weights", "foreign", export_case("model.safetensors", lambda ctx: b"GIF89a not weights")),
-    Case("export-weights", "unreadable", export_case("model.safetensors", lambda ctx: None)),
-    Case("export-meta", "empty", export_case("stop_lightning.json", lambda ctx: b"")),
-    Case(
-        "export-meta",
-        "truncated",
-        export_case("stop_lightning.json", lambda ctx: truncated(export_file(ctx, "stop_lightning.json"))),
-    ),
-    Case("export-meta", "foreign", export_case("stop_lightning.json", lambda ctx: b'["a", "list"]')),
-    Case("export-meta", "unreadable", export_case("stop_lightning.json", lambda ctx: None)),
-    Case("export-config", "empty", export_case("config.yaml", lambda ctx: b"")),
-    Case("export-config", "foreign", export_case("config.yaml", lambda ctx: b"- a\n- list\n")),
-    Case("export-config", "unreadable", export_case("config.yaml", lambda ctx: None)),
+    Case("resumed-checkpoint", "empty", resume_case(lambda ctx: b"")),
+    Case("resumed-checkpoint", "truncated", resume_case(lambda ctx: truncated(ctx.demo_ckpt.read_bytes()))),
+    *export_cases("export-weights", "model.safetensors", b"GIF89a not weights"),
+    *export_cases("export-meta", "stop_lightning.json", b'["a", "list"]'),
+    *export_cases("export-config", "config.yaml", b"- a\n- list\n"),
     Case("embeddings-pt", "empty", embeddings_case(".pt", lambda ctx, good: b"")),
     Case(
         "embeddings-pt", "truncated", embeddings_case(".pt", lambda ctx, good: truncated(good.read_bytes()))
@@ -288,7 +291,7 @@ CASES = [
     Case("tiny-clip-cache", "empty", cache_case("model.safetensors", lambda data: b"")),
     Case("tiny-clip-cache", "truncated", cache_case("model.safetensors", truncated)),
     Case("tiny-clip-cache", "foreign", cache_case("config.json", lambda data: b"[1, 2, 3]")),
-    Case("tiny-clip-cache", "unreadable", cache_case("config.json", lambda data: None)),
+    Case("tiny-clip-cache", "unreadable", cache_case("model.safetensors", lambda data: None)),
 ]
 
 
