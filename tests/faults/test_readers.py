@@ -55,6 +55,12 @@ def truncated(data: bytes) -> bytes:
     return data[: len(data) // 2]
 
 
+def torch_bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
 def zip_of_text() -> bytes:
     """A zip archive of another program: same magic number as a torch file, no data.pkl."""
     buffer = io.BytesIO()
@@ -237,6 +243,15 @@ def cache_case(name: str, content: Callable[[bytes], bytes | None]):
     return make
 
 
+# ---------------------------------------------------------------- an OpenAI CLIP .pt (model.clip.source)
+def clip_file_case(content: Callable[[Context], bytes | None]):
+    def make(ctx: Context):
+        bad = write(ctx.tmp / "ViT-B-32.pt", content(ctx))
+        return ["eval", "demo", *ctx.overrides("model.preset=zero_shot", f"model.clip.source={bad}")], bad
+
+    return make
+
+
 CASES = [
     Case("checkpoint", "empty", checkpoint_case(lambda ctx: b"")),
     Case("checkpoint", "truncated", checkpoint_case(lambda ctx: truncated(ctx.demo_ckpt.read_bytes()))),
@@ -288,17 +303,15 @@ CASES = [
     Case("shard-index", "foreign", shard_case(b'["not", "litdata"]')),
     Case("shard-index", "unreadable", shard_case(None)),
     Case("shard-index", "chunk-missing", shard_case(LITDATA_INDEX.encode())),
+    Case("clip-checkpoint", "empty", clip_file_case(lambda ctx: b"")),
+    Case("clip-checkpoint", "truncated", clip_file_case(lambda ctx: truncated(ctx.demo_ckpt.read_bytes()))),
+    Case("clip-checkpoint", "foreign", clip_file_case(lambda ctx: torch_bytes(torch.ones(3)))),
+    Case("clip-checkpoint", "unreadable", clip_file_case(lambda ctx: None)),
     Case("tiny-clip-cache", "empty", cache_case("model.safetensors", lambda data: b"")),
     Case("tiny-clip-cache", "truncated", cache_case("model.safetensors", truncated)),
     Case("tiny-clip-cache", "foreign", cache_case("config.json", lambda data: b"[1, 2, 3]")),
     Case("tiny-clip-cache", "unreadable", cache_case("model.safetensors", lambda data: None)),
 ]
-
-
-def torch_bytes(obj) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -331,6 +344,16 @@ def test_a_bad_file_is_one_line_naming_it_and_exit_2(case, ctx, capsys):
     code = main(argv)
     line = assert_one_line(code, capsys.readouterr().err, names, ctx.out)
     assert "(" in line and line.rstrip().endswith(")") or "does not exist" in line, line  # says what to do
+
+
+@pytest.mark.parametrize(
+    "content", [b"", truncated(torch_bytes({"Conv.weight": torch.ones(4)})), pickle.dumps([1]), None]
+)
+def test_a_bad_authors_checkpoint_is_one_line(content, tmp_path, capsys):
+    from stop_lightning.models.official import main as official_main
+
+    bad = write(tmp_path / "authors.pth", content)
+    assert_one_line(official_main([str(bad)]), capsys.readouterr().err, bad, tmp_path / "runs")
 
 
 @pytest.mark.skipif(AS_ROOT, reason="root reads a file whatever its mode; the folder cases cover unreadable")
