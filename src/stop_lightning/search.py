@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,9 @@ def load_collection(path: str | Path) -> Collection:
     kind = f"{path.suffix} embeddings file"
     try:
         if path.suffix == ".pt":
-            saved = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's notes on a foreign pickle would add lines
+                warnings.simplefilter("ignore")
+                saved = torch.load(path, map_location="cpu", weights_only=True)
         else:
             with np.load(path, allow_pickle=False) as npz:
                 saved = {name: npz[name] for name in npz.files}

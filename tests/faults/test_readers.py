@@ -427,3 +427,19 @@ def test_repeated_test_rows_are_counted_and_scored_once(ctx, demo_run, capsys):
     assert repeated == once
     assert f"{test}: 2 of {len(rows) + 2} rows repeat an earlier row" in said, said
     assert "repeat an earlier row" not in said_once
+
+
+def test_a_foreign_pickle_is_one_line_in_a_fresh_process(tmp_path):
+    """As a user runs it: torch's warnings about a foreign pickle would reach stderr here (pytest
+    captures them in process)."""
+    import subprocess
+    import sys
+
+    bad = write(tmp_path / "authors.pth", pickle.dumps({"Conv.weight": [1.0]}))
+    run = subprocess.run(  # the lightest command that reads a torch file: torch and no Lightning
+        [sys.executable, "-m", "stop_lightning.models.official", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert_one_line(run.returncode, run.stderr, bad, tmp_path / "runs")

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,7 +216,9 @@ def read_openai_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         if _is_torchscript(path):
             state = torch.jit.load(str(path), map_location="cpu").state_dict()
         else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's notes on a foreign pickle would add lines
+                warnings.simplefilter("ignore")
+                state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure here means the file is not what we can read
         reason = first_line(err).split(". ")[0]  # torch's first sentence; the rest is advice for torch users
         raise ClipLoadError(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,11 +173,12 @@ def read_official_checkpoint(path: Path) -> dict[str, Any]:
     todo = "download the authors' checkpoint again"
     check_file(path, "checkpoint", OfficialWeightsError, todo)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on a foreign pickle would add lines to the error
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise OfficialWeightsError(
-            problem(path, f"not a loadable PyTorch file ({first_line(err)})", todo)
-        ) from err
+        reason = first_line(err).split(". ")[0]  # torch's first sentence; the rest is advice for torch users
+        raise OfficialWeightsError(problem(path, f"not a loadable PyTorch file ({reason})", todo)) from err
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict):
         raise OfficialWeightsError(problem(path, f"holds a {type(state).__name__}, not a state dict", todo))
