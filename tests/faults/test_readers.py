@@ -263,6 +263,8 @@ CASES = [
     Case("checkpoint", "unreadable", checkpoint_case(lambda ctx: None)),
     Case("resumed-checkpoint", "empty", resume_case(lambda ctx: b"")),
     Case("resumed-checkpoint", "truncated", resume_case(lambda ctx: truncated(ctx.demo_ckpt.read_bytes()))),
+    Case("resumed-checkpoint", "foreign", resume_case(lambda ctx: zip_of_text())),
+    Case("resumed-checkpoint", "unreadable", resume_case(lambda ctx: None)),
     *export_cases("export-weights", "model.safetensors", b"GIF89a not weights"),
     *export_cases("export-meta", "stop_lightning.json", b'["a", "list"]'),
     *export_cases("export-config", "config.yaml", b"- a\n- list\n"),
