@@ -18,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "stop_lightning"
 FLOORS = {
     "stop_lightning.errors": 0,
     "stop_lightning.fileio": 0,
+    "stop_lightning.reading": 0,
     "stop_lightning.choices": 0,
     "stop_lightning.schema": 0,
     "stop_lightning.models": 1,

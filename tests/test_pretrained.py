@@ -92,7 +92,7 @@ def test_export_refuses_a_non_empty_folder_and_from_pretrained_a_partial_one(
     torn = tmp_path / "torn"
     shutil.copytree(exported, torn)
     (torn / "model.safetensors").write_bytes((exported / "model.safetensors").read_bytes()[:100])
-    with pytest.raises(ExportError, match="cannot read the export"):
+    with pytest.raises(ExportError, match=r"model\.safetensors: cut short"):
         from_pretrained(torn)
 
 

@@ -16,6 +16,7 @@ the registries themselves import only the schema.
 from __future__ import annotations
 
 import difflib
+import io
 import re
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from omegaconf.errors import (
 
 from stop_lightning.config_entries import check_components
 from stop_lightning.data.registry import dataset_names, get_dataset
+from stop_lightning.reading import first_line, problem, read_text
 from stop_lightning.schema import (
     CHOICES,
     EXPERIMENTS_DIR,
@@ -70,16 +72,23 @@ def available_experiments(exp_dir: Path = EXPERIMENTS_DIR) -> list[str]:
     return sorted(p.stem for p in exp_dir.glob("*.yaml") if p.stem != "base")
 
 
-def _load_yaml(path: Path) -> DictConfig:
+def read_yaml(path: str | Path, error: type[Exception], todo: str) -> DictConfig:
+    """The mapping in a YAML file (an experiment, a preset, a run's ``config.yaml``, an export's, a
+    sweep); an empty, unreadable or non-YAML file, or one whose top level is not a mapping, ends in
+    ``error`` with one line naming it (:mod:`stop_lightning.reading`)."""
+    text = read_text(path, "YAML config", error, todo)
     try:
-        cfg = OmegaConf.load(path)
-    except OmegaConfBaseException as err:  # pragma: no cover - yaml syntax errors
-        raise ConfigError(f"{path}: cannot parse YAML: {err}") from err
-    except Exception as err:
-        raise ConfigError(f"{path}: cannot parse YAML: {err}") from err
+        cfg = OmegaConf.load(io.StringIO(text))
+    except Exception as err:  # yaml's parser and OmegaConf's checks both
+        raise error(problem(path, f"cannot parse YAML ({first_line(err)})", todo)) from err
     if not isinstance(cfg, DictConfig):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(cfg).__name__}")
+        held = "a list" if isinstance(cfg, ListConfig) else f"a {type(cfg).__name__}"
+        raise error(problem(path, f"holds {held} at the top level, not a mapping of config keys", todo))
     return cfg
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    return read_yaml(path, ConfigError, "write it as `key: value` lines, as in experiments/base.yaml")
 
 
 def _schema_keys(schema: Any, prefix: str = "") -> dict[str, Any]:
@@ -233,7 +242,7 @@ def experiment_path(experiment: str | Path, exp_dir: Path) -> Path:
     exp_path = Path(experiment)
     if exp_path.suffix not in (".yaml", ".yml"):
         exp_path = exp_dir / f"{experiment}.yaml"
-    if not exp_path.is_file():
+    if not exp_path.exists():  # a folder or an unreadable file is told by read_yaml
         names = available_experiments(exp_dir)
         close = difflib.get_close_matches(str(experiment), names, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""

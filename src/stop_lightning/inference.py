@@ -59,8 +59,20 @@ def _common_root(paths: list[Path]) -> tuple[Path, list[str]]:
     return root, [p.relative_to(root).as_posix() for p in resolved]
 
 
+# What predict and embed can do about a video they cannot read (they take no data.bad_video).
+FILES_ADVICE = "leave the file out, or re-encode it (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4)"
+EMBED_ADVICE = (
+    "remove its row from the manifest, or rebuild the manifest with "
+    "`stop-lightning manifest DATASET ... --probe --drop-unreadable`, which leaves out every unreadable video"
+)
+
+
 def clip_dataset(
-    loaded: LoadedCheckpoint, records: list[ClipRecord], video_root: str | Path, views: bool = True
+    loaded: LoadedCheckpoint,
+    records: list[ClipRecord],
+    video_root: str | Path,
+    views: bool = True,
+    advice: str = FILES_ADVICE,
 ) -> VideoClipDataset:
     """The evaluation dataset of the checkpoint's data config over ``records``.
 
@@ -80,7 +92,15 @@ def clip_dataset(
     )
     records = [r if r.label is not None else replace(r, label=NO_LABEL) for r in records]
     return VideoClipDataset(
-        records, video_root, "test", sampling, transform, bad_video="raise", num_clips=clips, num_crops=crops
+        records,
+        video_root,
+        "test",
+        sampling,
+        transform,
+        bad_video="raise",
+        bad_video_advice=advice,
+        num_clips=clips,
+        num_crops=crops,
     )
 
 
@@ -312,7 +332,8 @@ def embed_records(
 ) -> Path:
     """Features of the videos ``records`` name (paths relative to ``video_root``) saved to ``out``;
     ``source`` (where the list came from) goes into the file's metadata."""
-    embeddings = embed_dataset(loaded, clip_dataset(loaded, records, video_root, views=False))
+    dataset = clip_dataset(loaded, records, video_root, views=False, advice=EMBED_ADVICE)
+    embeddings = embed_dataset(loaded, dataset)
     ids = [r.video_id or r.path for r in records]
     # The fingerprint names the model whose text side belongs with these features (`stop-lightning search`).
     meta = {
@@ -410,6 +431,8 @@ def embed_main(
                 "--video-root is for the paths of a --manifest; video files are read where they are"
             )
         check_embedding_path(out)  # before minutes of work, not after
+        if manifest is not None:
+            manifest_videos(manifest)  # a bad manifest is found before the model is loaded
         loaded = load_model(ckpt, clip_source, device)
         if videos:
             path = embed_files(loaded, list(videos), out)

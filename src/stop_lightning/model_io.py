@@ -22,10 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 
 from stop_lightning.checkpoint_io import CheckpointReadError, load_trained_weights, read_checkpoint
+from stop_lightning.config import read_yaml
 from stop_lightning.errors import UserError
 from stop_lightning.models.backbone import ClipBundle, load_clip
 from stop_lightning.models.video_encoder import STOPVideoModel
 from stop_lightning.provenance import collect_run_info, warn_on_differences
+from stop_lightning.reading import check_file, problem, read_text
 from stop_lightning.schema import project_root, rooted_paths
 from stop_lightning.tasks.base import VideoTaskModule, frozen_prefixes
 from stop_lightning.tasks.recognition import RecognitionModule
@@ -166,36 +168,63 @@ def is_export(path: str | Path) -> bool:
     return Path(path).is_dir() and (Path(path) / META_FILE).is_file()
 
 
+EXPORT_TODO = "export it again with `stop-lightning export CKPT DIR`"
+META_KEYS = ("format_version", "task", "hparams", "clip", "run_info")  # what stop_lightning.json holds
+
+
 def read_export_meta(folder: Path) -> dict[str, Any]:
     for name in (WEIGHTS_FILE, CONFIG_FILE, META_FILE):
-        if not (folder / name).is_file():
+        if not (folder / name).exists():
             raise ExportError(
                 f"{folder} is not a stop-lightning export: {name} is missing "
                 "(write one with `stop-lightning export CKPT DIR`)"
             )
+    path = folder / META_FILE
+    text = read_text(path, "export description", ExportError, EXPORT_TODO)
     try:
-        meta = json.loads((folder / META_FILE).read_text())
+        meta = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ExportError(f"{folder / META_FILE}: not valid JSON ({err.msg}, line {err.lineno})") from err
-    if meta.get("format_version") != FORMAT_VERSION:
         raise ExportError(
-            f"{folder / META_FILE}: format_version {meta.get('format_version')!r}, "
-            f"this stop_lightning reads {FORMAT_VERSION}"
+            problem(
+                path,
+                f"not valid JSON ({err.msg}, line {err.lineno}): cut short or damaged",
+                EXPORT_TODO,
+            )
+        ) from err
+    if not isinstance(meta, dict) or not all(key in meta for key in META_KEYS):
+        raise ExportError(
+            problem(path, f"not an export description (needs {', '.join(META_KEYS)})", EXPORT_TODO)
+        )
+    if meta["format_version"] != FORMAT_VERSION:
+        raise ExportError(
+            f"{path}: format_version {meta['format_version']!r}, this stop_lightning reads {FORMAT_VERSION}"
         )
     return meta
 
 
 def read_export(folder: Path) -> tuple[dict[str, Any], DictConfig, dict[str, torch.Tensor]]:
-    """An export folder's (meta, config, trained tensors); one line naming the folder if unreadable."""
+    """An export folder's (meta, config, trained tensors); one line naming the file if unreadable."""
     meta = read_export_meta(folder)
+    cfg = read_yaml(folder / CONFIG_FILE, ExportError, EXPORT_TODO)
+    cfg = rooted_paths(cfg, project_root())  # the export's folders are relative to its project
+    return meta, cfg, read_export_weights(folder / WEIGHTS_FILE)
+
+
+def read_export_weights(path: Path) -> dict[str, torch.Tensor]:
+    """An export's ``model.safetensors``; a cut-short file and another program's file are told apart
+    by its start (8 bytes of header length, then the JSON header)."""
+    check_file(path, "safetensors file", ExportError, EXPORT_TODO)
     try:
-        cfg = rooted_paths(OmegaConf.load(folder / CONFIG_FILE), project_root())  # the export's are relative
-        return meta, cfg, load_file(str(folder / WEIGHTS_FILE))
+        return load_file(str(path))
     except Exception as err:
-        raise ExportError(
-            f"cannot read the export {folder}: {type(err).__name__}: {str(err).splitlines()[0]} "
-            "(export it again)"
-        ) from err
+        with open(path, "rb") as fh:
+            header = fh.read(9)
+        what = (
+            "cut short or damaged (safetensors says: " + str(err).splitlines()[0] + ")"
+            if header[8:9] == b"{"
+            else "not a safetensors file (another program's file?)"
+        )
+        raise ExportError(problem(path, what, EXPORT_TODO)) from err
 
 
 def from_pretrained(

@@ -62,7 +62,7 @@ def run_folder(experiment_dir: Path, resume: str | None = None) -> tuple[Path, s
             )
     elif resume:
         ckpt = Path(resume)
-        if not ckpt.is_file():
+        if not ckpt.exists():  # a folder or an unreadable file is told by the checkpoint reader
             raise FileNotFoundError(f"cannot resume: checkpoint {ckpt} does not exist")
         return ckpt.resolve().parent.parent, str(ckpt)
     if _launched_with_other_ranks() and RUN_STAMP_ENV not in os.environ:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from stop_lightning.checkpoint_io import unloadable
 from stop_lightning.errors import USER_ERRORS, UserError
 from stop_lightning.inference import EMBEDDING_SUFFIXES
 from stop_lightning.model_io import LoadedCheckpoint, load_model, model_fingerprint
+from stop_lightning.reading import check_file, problem
 
 DEFAULT_CHUNK_ROWS = 1 << 16
+EMBEDDING_FIELDS = ("embeddings", "ids", "paths")  # what every embed output holds, .pt or .npz
 
 
 class SearchError(UserError, ValueError):
@@ -54,37 +58,40 @@ class Hit:
 def load_collection(path: str | Path) -> Collection:
     """Read an ``embed`` output (.pt or .npz), checking its shape and fields."""
     path = Path(path)
-    if not path.is_file():
-        raise SearchError(
-            f"embeddings file {path} does not exist "
-            f"(write it with `stop-lightning embed --ckpt C --manifest M --out {path.name}`)"
-        )
+    todo = f"write it with `stop-lightning embed --ckpt C --manifest M --out {path.name}`"
+    check_file(path, "embeddings file", SearchError, todo)
     if path.suffix not in EMBEDDING_SUFFIXES:
         raise SearchError(
             f"embeddings file {path}: unknown format '{path.suffix}', "
             f"expected {' or '.join(EMBEDDING_SUFFIXES)} from `stop-lightning embed`"
         )
+    kind = f"{path.suffix} embeddings file"
     try:
         if path.suffix == ".pt":
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            meta = {k: v for k, v in saved.items() if k not in ("embeddings", "ids", "paths")}
-            emb, ids, paths = saved["embeddings"], list(saved["ids"]), list(saved["paths"])
+            with warnings.catch_warnings():  # torch's notes on a foreign pickle would add lines
+                warnings.simplefilter("ignore")
+                saved = torch.load(path, map_location="cpu", weights_only=True)
         else:
-            with np.load(path, allow_pickle=False) as saved:
-                emb, ids, paths = (
-                    torch.from_numpy(saved["embeddings"]),
-                    saved["ids"].tolist(),
-                    saved["paths"].tolist(),
-                )
-                meta = json.loads(str(saved["meta"])) if "meta" in saved.files else {}
-    except KeyError as err:
-        raise SearchError(
-            f"embeddings file {path} has no field {err}; write it with `stop-lightning embed`"
-        ) from err
+            with np.load(path, allow_pickle=False) as npz:
+                saved = {name: npz[name] for name in npz.files}
     except Exception as err:
+        raise SearchError(problem(path, unloadable(path, kind), todo)) from err
+    missing = [k for k in EMBEDDING_FIELDS if k not in saved] if isinstance(saved, dict) else EMBEDDING_FIELDS
+    if missing:
+        held = "" if isinstance(saved, dict) else f"holds a {type(saved).__name__}, "
         raise SearchError(
-            f"cannot read embeddings file {path}: {type(err).__name__}: {str(err).splitlines()[0]}"
-        ) from err
+            problem(path, f"{held}has no {', '.join(missing)}: not `stop-lightning embed` output", todo)
+        )
+    emb = torch.as_tensor(saved["embeddings"])  # [N, E]
+    ids, paths = np.asarray(saved["ids"]).tolist(), np.asarray(saved["paths"]).tolist()
+    meta = {k: v for k, v in saved.items() if k not in EMBEDDING_FIELDS}
+    if path.suffix == ".npz":  # the meta dict travels as one JSON string
+        try:
+            meta = json.loads(str(saved["meta"])) if "meta" in saved else {}
+        except json.JSONDecodeError as err:
+            raise SearchError(
+                problem(path, f"its meta is not JSON ({err.msg}): not `stop-lightning embed` output", todo)
+            ) from err
     if emb.ndim != 2 or len(ids) != emb.shape[0] or len(paths) != emb.shape[0]:
         raise SearchError(
             f"embeddings file {path}: embeddings {tuple(emb.shape)} do not match "

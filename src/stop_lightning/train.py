@@ -20,7 +20,8 @@ from lightning.pytorch.trainer.connectors.accelerator_connector import _Accelera
 from omegaconf import DictConfig
 
 from stop_lightning.callbacks import build_callbacks
-from stop_lightning.checkpoint_io import AtomicCheckpointIO, load_trained_weights
+from stop_lightning.checkpoint_io import AtomicCheckpointIO, load_trained_weights, read_checkpoint
+from stop_lightning.config import read_yaml
 from stop_lightning.data.class_lists import write_protocol_files
 from stop_lightning.data.datasets import SKIP_ADVICE
 from stop_lightning.data.decode import VideoDecodeError
@@ -45,7 +46,7 @@ from stop_lightning.run_folder import (
     with_run_dir,
 )
 from stop_lightning.schema import ConfigError, save_config
-from stop_lightning.tasks.base import VideoTaskModule
+from stop_lightning.tasks.base import CheckpointMismatchError, VideoTaskModule
 from stop_lightning.tasks.factory import build_module, run_datamodule
 
 log = logging.getLogger(__name__)
@@ -244,12 +245,13 @@ def setup_run(
     locked (:func:`stop_lightning.run_folder.lock_run`) until the caller's ``unlock_run``."""
     if resuming:
         lock_run(run_dir)  # first: a second process on this run stops before it writes anything
-    if resuming and (run_dir / "config.yaml").is_file():
-        from omegaconf import OmegaConf
-
-        changed = check_resume_config(
-            OmegaConf.load(run_dir / "config.yaml"), with_run_dir(cfg, run_dir), allow_change
+    if resuming and (run_dir / "config.yaml").exists():
+        saved = read_yaml(
+            run_dir / "config.yaml",
+            ConfigError,
+            "the run's own config is damaged: resume from a copy of the run, or start a new run",
         )
+        changed = check_resume_config(saved, with_run_dir(cfg, run_dir), allow_change)
         if changed:
             log.info("resuming with allowed config changes: %s", ", ".join(changed))
     # Weights and data first: a run that cannot start leaves no empty run folder behind.
@@ -302,6 +304,8 @@ def train(cfg: DictConfig, resume: str | None = None, allow_change: tuple[str, .
 def _fit_and_test(
     cfg: DictConfig, run_dir: Path, resume_ckpt: str | None, allow_change: tuple[str, ...]
 ) -> dict[str, float]:
+    if resume_ckpt is not None:
+        read_checkpoint(resume_ckpt)  # an empty, cut or foreign checkpoint ends here, before any work
     bundle, init = None, None
     if cfg.model.init_from and resume_ckpt is None:  # a resumed run has its own weights already
         bundle = load_clip(cfg.model.clip, cfg.paths.cache_dir)
@@ -367,7 +371,7 @@ def last_checkpoint(trainer: L.Trainer) -> str | None:
 def untested_fit_message(err: VideoDecodeError, run_dir: Path, ckpt: str | None) -> str:
     """One line: the video that failed the test after the fit, where the trained weights are and the
     ``eval`` command that scores them with the run's own config, skipping the bad video."""
-    reason = err.reason.removesuffix(SKIP_ADVICE).rstrip()
+    reason = err.reason.removesuffix(f"({SKIP_ADVICE})").rstrip()
     failed = f"{err.path}: {reason}; the fit finished but its test did not"
     if ckpt is None:
         return f"{failed}, and it kept no checkpoint (checkpoint.save_last=false, save_top_k=0)"
@@ -403,24 +407,36 @@ def evaluate(
     ``dump`` writes the test's raw scores into the eval folder (:mod:`stop_lightning.tasks.scores_dump`).
     """
     check_device_settings(cfg)
+    checkpoint = read_checkpoint(ckpt) if ckpt is not None else None  # a bad file ends before any folder
     bundle = load_clip(cfg.model.clip, cfg.paths.cache_dir)
     if ckpt is None and not untrained:
         refuse_untrained(cfg, bundle)
     run_dir, _ = run_folder(Path(cfg.paths.run_dir))
     try:
-        return _test(cfg, run_dir, bundle, ckpt, untrained, dump)
+        return _test(cfg, run_dir, bundle, ckpt, checkpoint, untrained, dump)
     finally:
         release_run_locks()
 
 
 def _test(
-    cfg: DictConfig, run_dir: Path, bundle, ckpt: str | None, untrained: bool, dump: bool
+    cfg: DictConfig,
+    run_dir: Path,
+    bundle: ClipBundle,
+    ckpt: str | None,
+    checkpoint: dict | None,
+    untrained: bool,
+    dump: bool,
 ) -> dict[str, float]:
     cfg, bundle, datamodule = setup_run(cfg, run_dir, reads=("test",), bundle=bundle)
     run_dir = Path(cfg.paths.run_dir)
     module = build_module(cfg, datamodule, bundle)
     if ckpt is not None:
-        load_trained_weights(module, ckpt, run_info=collect_run_info(cfg, bundle, datamodule))
+        run_info = collect_run_info(cfg, bundle, datamodule)
+        try:
+            load_trained_weights(module, ckpt, run_info=run_info, checkpoint=checkpoint)
+        except CheckpointMismatchError:
+            remove_unstarted(run_dir)  # nothing was evaluated: no folder says otherwise
+            raise
     scored = {  # what this evaluation scored, kept with its results
         "what": "checkpoint" if ckpt is not None else ("untrained" if untrained else "zero-shot"),
         "checkpoint": str(Path(ckpt).resolve()) if ckpt is not None else None,

@@ -105,11 +105,15 @@ def test_errors_name_what_is_wrong(tmp_path, capsys):
         tmp_path / "u", "ucf101", num_classes=2, clips_per_class=3, num_frames=4, size=16
     )
     bad = root / UCF_LIST_DIR / "trainlist01.txt"
+    listed = bad.read_text()
     bad.write_text("MoveLeft/v_MoveLeft_g01_c01.avi 7\r\n")
     with pytest.raises(BuildError, match=r"trainlist01\.txt:1"):
         build_manifests("ucf101", root, None, tmp_path / "o", progress=False)
     shutil.rmtree(root / "UCF-101")
     bad.write_text("")
+    with pytest.raises(BuildError, match=r"trainlist01\.txt: is empty \(0 bytes\)"):
+        build_manifests("ucf101", root, root / UCF_LIST_DIR, tmp_path / "o", progress=False)
+    bad.write_text(listed)
     with pytest.raises(BuildError, match="none of the videos"):
         build_manifests("ucf101", root, root / UCF_LIST_DIR, tmp_path / "o", progress=False)
 

@@ -125,7 +125,7 @@ def test_errors_name_the_file_and_the_fix(tmp_path):
         load_clip(ClipSource(source=str(tmp_path / "missing.pt")), tmp_path)
     bad = tmp_path / "notes.pt"
     bad.write_text("not a checkpoint")
-    with pytest.raises(ClipLoadError, match="notes.pt.*OpenAI CLIP checkpoint"):
+    with pytest.raises(ClipLoadError, match="notes.pt: cannot be read as an OpenAI CLIP checkpoint"):
         load_clip(ClipSource(source=str(bad)), tmp_path)
     other = tmp_path / "other.pt"
     torch.save({"weight": torch.zeros(2)}, other)

@@ -17,6 +17,7 @@ import random
 from pathlib import Path
 
 from ..fileio import atomic_write
+from ..reading import read_text
 from .manifest import ManifestError, readable_class_name
 
 CSV_HEADER = "id,name"
@@ -25,10 +26,9 @@ CSV_HEADER = "id,name"
 def read_class_list(path: str | Path) -> list[str]:
     """The class names listed in ``path`` (order kept, duplicates refused)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as err:
-        raise ManifestError(f"class-list file {path} cannot be read ({err.strerror or err})") from err
+    text = read_text(
+        path, "class-list file", ManifestError, "give one class name per line, or 'id,name' rows"
+    )
     lines = [line.strip() for line in text.splitlines()]
     lines = [line for line in lines if line and not line.startswith("#")]
     if lines and lines[0].replace(" ", "").lower() == CSV_HEADER:

@@ -84,6 +84,23 @@ def eval_batch_size(cfg: Any) -> int:
     return int(cfg.eval_batch_size) if int(cfg.eval_batch_size) > 0 else int(cfg.batch_size)
 
 
+def scored_once(records: list[ClipRecord], path: Path) -> list[ClipRecord]:
+    """An evaluation split's rows without the rows that repeat an earlier one exactly (same file,
+    span, label and captions), with a warning that counts them: a clip listed three times is scored
+    once, so no clip weighs more than another in the metrics. (Training keeps repeats: they may be
+    deliberate oversampling.)"""
+    unique = list(dict.fromkeys(records))
+    if len(unique) < len(records):
+        log.warning(
+            "%s: %d of %d rows repeat an earlier row; each clip is scored once (%d clips)",
+            path,
+            len(records) - len(unique),
+            len(records),
+            len(unique),
+        )
+    return unique
+
+
 class VideoDataModule(L.LightningDataModule):
     """What recognition and retrieval share: config, transforms, loaders, data-health counters."""
 
@@ -140,10 +157,11 @@ class VideoDataModule(L.LightningDataModule):
             batch = {**batch, "video": self._device_norm(batch["video"])}
         return batch
 
-    def _read(self, path: Path) -> list[ClipRecord]:
-        if not path.is_file():
+    def _read(self, path: Path, stage: str) -> list[ClipRecord]:
+        if not path.exists():  # a folder, an empty or unreadable file: read_manifest names it
             raise ManifestError(self._missing_message(path))
-        return read_manifest(path)
+        records = read_manifest(path)
+        return records if stage == "train" else scored_once(records, path)
 
     def _missing_message(self, path: Path) -> str:
         msg = (
@@ -356,7 +374,7 @@ class RecognitionDataModule(VideoDataModule):
 
     def _classes(self) -> list[str]:
         for place in (self.manifest_dir / CLASSES_FILE, self.manifest_path("train").parent / CLASSES_FILE):
-            if place.is_file():
+            if place.exists():  # a folder, an empty or unreadable file: read_classes names it
                 return read_classes(place)
         raise ManifestError(self._missing_message(self.manifest_dir / CLASSES_FILE))
 
@@ -385,7 +403,7 @@ class RecognitionDataModule(VideoDataModule):
                 self.datasets["train"] = None
                 continue
             path = self.manifest_path(name)
-            records = self._read(path)
+            records = self._read(path, name)
             check_labels(records, all_classes, str(path))
             records = self._keep_subset(records)
             if name == "train":
@@ -460,7 +478,7 @@ class RetrievalDataModule(VideoDataModule):
         self._check_video_root()
         for name in self._splits_to_build(stage):
             path = retrieval_manifest_path(self.manifest_dir, name)
-            records = self._read(path)
+            records = self._read(path, name)
             self.health[name] = DataHealth()  # per process: a DDP rank counts its own clips
             self.datasets[name] = self._dataset(VideoCaptionDataset, records, name)
 

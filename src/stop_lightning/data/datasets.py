@@ -33,7 +33,7 @@ from .manifest import ClipRecord, resolve_video_path
 log = logging.getLogger(__name__)
 
 MAX_REPLACEMENTS = 20
-SKIP_ADVICE = "(set data.bad_video=skip to skip bad videos)"  # ends a bad video's line with bad_video=raise
+SKIP_ADVICE = "set data.bad_video=skip to skip bad videos"  # a bad video's advice under bad_video=raise
 _SPAWN = mp.get_context("spawn")
 
 
@@ -140,6 +140,7 @@ class VideoDataset(Dataset):
         transform: Callable[[torch.Tensor], torch.Tensor],
         bad_video: str = "raise",
         health: DataHealth | None = None,
+        bad_video_advice: str = SKIP_ADVICE,
     ):
         if bad_video not in ("raise", "skip"):
             raise ValueError(f"bad_video must be 'raise' or 'skip', got {bad_video!r}")
@@ -154,6 +155,7 @@ class VideoDataset(Dataset):
         self.sampling = sampling
         self.transform = transform
         self.bad_video = bad_video
+        self.bad_video_advice = bad_video_advice  # what the reader of a raised bad video can do
         self.health = health if health is not None else DataHealth()
         self._known_bad: dict[int, str] = {}
 
@@ -251,7 +253,7 @@ class VideoDataset(Dataset):
                 return {**item, "unreadable": False}
             except VideoDecodeError as err:
                 if self.bad_video == "raise":
-                    raise VideoDecodeError(err.path, f"{err.reason} {SKIP_ADVICE}") from err
+                    raise VideoDecodeError(err.path, f"{err.reason} ({self.bad_video_advice})") from err
                 if i not in self._known_bad:
                     self._known_bad[i] = err.reason
                     log.warning("skipping bad video %s: %s", err.path, err.reason)

@@ -28,6 +28,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..fileio import atomic_write
+from ..reading import problem, read_bytes
 
 STAGES = ("train", "val", "test")
 CLASSES_FILE = "classes.txt"
@@ -155,36 +156,54 @@ def parse_row(obj: Any, where: str, require_target: bool = True) -> ClipRecord:
     )
 
 
-def utf8_lines(path: Path) -> list[str]:
-    """The lines of a UTF-8 text file; a line that is not UTF-8 ends in one error naming file and line."""
+MANIFEST_TODO = "write one JSON object per line, as data_manifests/README.md shows, or build it again"
+CLASSES_TODO = "write one class name per line (line i names label i), or build the manifests again"
+
+
+def utf8_lines(path: Path, kind: str, todo: str) -> list[str]:
+    """The lines of a UTF-8 text file (:func:`stop_lightning.reading.read_bytes`: missing, a folder,
+    unreadable or empty is one line); a line that is not UTF-8 ends in one error naming file and line."""
     lines = []
-    for lineno, raw in enumerate(path.read_bytes().splitlines(), start=1):
+    for lineno, raw in enumerate(read_bytes(path, kind, ManifestError, todo).splitlines(), start=1):
         try:
             lines.append(raw.decode("utf-8"))
         except UnicodeDecodeError as err:
-            raise ManifestError(
-                f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
-                "save the file as UTF-8"
-            ) from err
+            what = f"not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1})"
+            raise ManifestError(problem(f"{path}:{lineno}", what, f"save the file as UTF-8; {todo}")) from err
     return lines
 
 
-def read_manifest(path: str | Path, require_target: bool = True) -> list[ClipRecord]:
-    """Read and validate every row of a JSONL manifest. Blank lines are ignored.
-    ``require_target=False`` accepts rows without ``label`` or ``captions``."""
+def read_manifest(
+    path: str | Path, require_target: bool = True, allow_empty: bool = False
+) -> list[ClipRecord]:
+    """Read and validate every row of a JSONL manifest. Blank lines are ignored; a manifest without a
+    row is refused unless ``allow_empty``. ``require_target=False`` accepts rows without ``label`` or
+    ``captions``."""
     path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"manifest file {path} does not exist")
+    if allow_empty and path.is_file() and path.stat().st_size == 0:
+        return []
+    lines = utf8_lines(path, "manifest file", MANIFEST_TODO)
     records = []
-    for lineno, line in enumerate(utf8_lines(path), start=1):
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as err:
+            ends_early = err.pos >= len(line.rstrip()) or err.msg.startswith("Unterminated string")
+            if lineno == len(lines) and ends_early:  # the last row stops mid-value
+                raise ManifestError(
+                    problem(path, f"cut short: line {lineno} ends mid-row", MANIFEST_TODO)
+                ) from err
+            if not records:  # not one row read: another program's file (a CSV, a JSON array)
+                raise ManifestError(
+                    problem(where, f"not JSONL (not a JSON object per line: {err.msg})", MANIFEST_TODO)
+                ) from err
             raise ManifestError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from err
         records.append(parse_row(obj, where, require_target))
+    if not records and not allow_empty:
+        raise ManifestError(problem(path, "holds no rows", MANIFEST_TODO))
     return records
 
 
@@ -200,11 +219,13 @@ def write_manifest(path: str | Path, records: Iterable[ClipRecord]) -> Path:
 
 def read_classes(path: str | Path) -> list[str]:
     path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"class list {path} does not exist")
-    names = [line.strip() for line in utf8_lines(path)]
+    names = [line.strip() for line in utf8_lines(path, "class list", CLASSES_TODO)]
     while names and not names[-1]:
         names.pop()
+    if not names:
+        raise ManifestError(problem(path, "holds no class names", CLASSES_TODO))
+    if any(name.startswith(("{", "[")) for name in names):  # a JSON file or a manifest in its place
+        raise ManifestError(problem(path, "holds JSON, not a class list", CLASSES_TODO))
     for i, name in enumerate(names, start=1):
         if not name:
             raise ManifestError(f"{path}:{i}: empty class name")

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from ..fileio import writing
+from ..reading import problem, read_text
 from .datasets import VideoCaptionDataset, VideoClipDataset
 from .decode import VideoDecodeError, VideoFile
 from .manifest import ClipRecord, ManifestError, resolve_video_path
@@ -174,6 +175,34 @@ def write_shards(
 # ---------------------------------------------------------------------------------------------
 
 
+SHARD_TODO = (
+    "write them again with `stop-lightning shard EXPERIMENT --out SHARD_DIR`, or set data.format=video"
+)
+
+
+def check_shard_index(folder: Path) -> None:
+    """A local shard folder's ``index.json`` is LitData's (``chunks`` and ``config``) and every chunk it
+    lists is there; otherwise one line naming the file (:mod:`stop_lightning.reading`)."""
+    index = folder / "index.json"
+    if not index.exists():
+        raise ManifestError(f"no shards at {folder} (data.shard_dir): {SHARD_TODO}")
+    text = read_text(index, "shard index", ManifestError, SHARD_TODO)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ManifestError(
+            problem(index, f"not valid JSON ({err.msg}): cut short or damaged", SHARD_TODO)
+        ) from err
+    if not isinstance(data, dict) or not isinstance(data.get("chunks"), list) or "config" not in data:
+        raise ManifestError(problem(index, "not a LitData index (no 'chunks' and 'config')", SHARD_TODO))
+    for chunk in data["chunks"]:
+        name = chunk.get("filename") if isinstance(chunk, dict) else None
+        if not name or not (folder / name).is_file():
+            raise ManifestError(
+                problem(index, f"lists the chunk {name!r}, which is not in {folder}", SHARD_TODO)
+            )
+
+
 class ShardReader:
     """Items of one shard folder by number; LitData's dataset is opened lazily in each process."""
 
@@ -188,11 +217,8 @@ class ShardReader:
         if self._ds is None:
             from litdata import StreamingDataset
 
-            if not is_remote(self.location) and not (Path(self.location) / "index.json").is_file():
-                raise ManifestError(
-                    f"no shards at {self.location} (data.shard_dir): write them with "
-                    "`stop-lightning shard EXPERIMENT --out SHARD_DIR`, or set data.format=video"
-                )
+            if not is_remote(self.location):
+                check_shard_index(Path(self.location))
             self._ds = StreamingDataset(self.location)
         return self._ds
 

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from stop_lightning.errors import UserError
 from stop_lightning.models.hooks import freeze
 from stop_lightning.models.layers import attention_heads
 from stop_lightning.models.tiny_clip import CLIP_MEAN, CLIP_STD, make_tiny_clip
+from stop_lightning.reading import check_file, first_line, problem
 from stop_lightning.schema import ClipSource
 
 # Config keys that change with the transformers release or the runtime, not with the weights.
@@ -79,7 +81,17 @@ def load_clip(clip_cfg: ClipSource, cache_dir: str | Path) -> ClipBundle:
 
     if source == "tiny":
         model_dir = _tiny_clip_dir(clip_cfg, Path(cache_dir))
-        model = _from_pretrained(str(model_dir), attn)
+        try:
+            model = _from_pretrained(str(model_dir), attn)
+        except ClipLoadError as err:  # the cache was cut short (a full disk, a killed copy) or edited
+            cause = first_line(err.__cause__) if err.__cause__ else str(err)
+            raise ClipLoadError(
+                problem(
+                    model_dir,
+                    f"the cached tiny CLIP is damaged ({cause})",
+                    "delete the folder; the next run makes it again",
+                )
+            ) from err
         model_dir_for_extras: Path | None = model_dir
     elif path.is_dir():
         model = _from_pretrained(str(path), attn)
@@ -118,15 +130,21 @@ def load_clip(clip_cfg: ClipSource, cache_dir: str | Path) -> ClipBundle:
 def _from_pretrained(name_or_dir: str, attn: str) -> CLIPModel:
     try:
         return CLIPModel.from_pretrained(name_or_dir, attn_implementation=attn)
-    except OSError as err:
+    except Exception as err:  # a damaged folder raises what its files' parsers raise, not only OSError
         if Path(name_or_dir).is_dir():
             raise ClipLoadError(
-                f"{name_or_dir}: not a loadable CLIP directory "
-                f"(expected config.json and model weights written by save_pretrained): {err}"
+                problem(
+                    name_or_dir,
+                    f"not a loadable CLIP folder ({first_line(err)})",
+                    "point model.clip.source at a folder written by CLIPModel.save_pretrained "
+                    "(config.json and the weights)",
+                )
             ) from err
+        if not isinstance(err, OSError):
+            raise
         raise ClipLoadError(
             f"cannot load CLIP '{name_or_dir}' from the HuggingFace hub "
-            f"(no network or not in the local cache): {err}\n"
+            f"(no network or not in the local cache): {first_line(err)}; "
             f"Download it on a connected machine (huggingface-cli download {name_or_dir}) "
             f"and copy the cache over, "
             f"or point model.clip.source to a local directory (CLIPModel.save_pretrained) "
@@ -185,28 +203,33 @@ def _is_torchscript(path: Path) -> bool:
         return any(name.endswith("constants.pkl") or "/code/" in name for name in zf.namelist())
 
 
+OPENAI_TODO = (
+    "point model.clip.source at an OpenAI CLIP checkpoint (TorchScript archive from the clip package, "
+    "or a torch.save'd state dict with visual.* keys), a save_pretrained folder or a hub id"
+)
+
+
 def read_openai_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict of an OpenAI CLIP checkpoint: a TorchScript archive or a plain ``torch.save`` dict."""
-    path = Path(path)
-    expected = (
-        "an OpenAI CLIP checkpoint (TorchScript archive from the clip package, "
-        "or a torch.save'd state dict with visual.* keys)"
-    )
+    path = check_file(path, "CLIP checkpoint", ClipLoadError, OPENAI_TODO)
     try:
         if _is_torchscript(path):
             state = torch.jit.load(str(path), map_location="cpu").state_dict()
         else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's notes on a foreign pickle would add lines
+                warnings.simplefilter("ignore")
+                state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure here means the file is not what we can read
-        raise ClipLoadError(f"{path}: cannot read it as {expected}: {err}") from err
+        reason = first_line(err).split(". ")[0]  # torch's first sentence; the rest is advice for torch users
+        raise ClipLoadError(
+            problem(path, f"cannot be read as an OpenAI CLIP checkpoint ({reason})", OPENAI_TODO)
+        ) from err
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or "visual.conv1.weight" not in state:
         keys = list(state)[:5] if isinstance(state, dict) else type(state).__name__
-        raise ClipLoadError(
-            f"{path}: expected {expected}; found no 'visual.conv1.weight' (first keys: {keys}). "
-            f"Only ViT CLIP checkpoints are supported."
-        )
+        what = f"found no 'visual.conv1.weight' (first keys: {keys}): not a ViT CLIP checkpoint"
+        raise ClipLoadError(problem(path, what, OPENAI_TODO))
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 

@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from stop_lightning.errors import UserError
+from stop_lightning.reading import check_file, first_line, problem
 
 # The authors' module name (``Sequential`` index included) -> the stop_official module.
 # Their spatial ``Conv`` is conv, conv, PReLU, conv, PReLU, conv; ours keeps an Identity where
@@ -164,17 +167,35 @@ def official_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {authors_key(n): t.detach().clone() for n, t in own.items() if n.startswith(prefixes)}
 
 
+def read_official_checkpoint(path: Path) -> dict[str, Any]:
+    """The state dict of one of the authors' checkpoints (``weights_only=True``); a missing, empty,
+    cut-short or foreign file is one line naming it (:mod:`stop_lightning.reading`)."""
+    todo = "download the authors' checkpoint again"
+    check_file(path, "checkpoint", OfficialWeightsError, todo)
+    try:
+        with warnings.catch_warnings():  # torch's notes on a foreign pickle would add lines to the error
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        reason = first_line(err).split(". ")[0]  # torch's first sentence; the rest is advice for torch users
+        raise OfficialWeightsError(problem(path, f"not a loadable PyTorch file ({reason})", todo)) from err
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise OfficialWeightsError(problem(path, f"holds a {type(state).__name__}, not a state dict", todo))
+    return state
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="List which keys of an authors' checkpoint map to stop_official."
     )
     parser.add_argument("checkpoint", type=Path)
     args = parser.parse_args(argv)
-    if not args.checkpoint.is_file():
-        print(f"error: no checkpoint at {args.checkpoint}", file=sys.stderr)
+    try:
+        state = read_official_checkpoint(args.checkpoint)
+    except OfficialWeightsError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
-    state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
     for key in state:
         print(f"{key} -> {official_target(key) or 'unplaced'}")
     return 0

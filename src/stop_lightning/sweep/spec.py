@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from stop_lightning.config import read_yaml
 from stop_lightning.schema import PROJECT_ROOT, ConfigError
 
 SWEEPS_DIR = Path(os.environ.get("STOP_SWEEPS_DIR", PROJECT_ROOT / "sweeps"))
@@ -71,7 +72,7 @@ def sweep_path(name_or_path: str | Path, sweeps_dir: Path = SWEEPS_DIR) -> Path:
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = sweeps_dir / f"{name_or_path}.yaml"
-    if not path.is_file():
+    if not path.exists():  # a folder or an unreadable file is told by read_yaml
         raise SweepError(
             f"no sweep '{name_or_path}' ({path} does not exist). "
             f"Available: {', '.join(available_sweeps(sweeps_dir)) or 'none'}"
@@ -82,12 +83,9 @@ def sweep_path(name_or_path: str | Path, sweeps_dir: Path = SWEEPS_DIR) -> Path:
 def load_sweep(name_or_path: str | Path, sweeps_dir: Path = SWEEPS_DIR) -> SweepSpec:
     """Read and check a sweep file; every problem names the file and the key."""
     path = sweep_path(name_or_path, sweeps_dir)
-    try:
-        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    except Exception as err:
-        raise SweepError(f"{path}: cannot parse YAML: {err}") from err
-    if not isinstance(raw, dict):
-        raise SweepError(f"{path}: expected a mapping at the top level")
+    raw = OmegaConf.to_container(
+        read_yaml(path, SweepError, "write it as the files in sweeps/ are written"), resolve=False
+    )
     unknown = sorted(set(raw) - set(OUR_KEYS) - set(WANDB_KEYS))
     if unknown:
         raise SweepError(f"{path}: unknown key '{unknown[0]}' (valid: {', '.join(OUR_KEYS + WANDB_KEYS)})")

@@ -19,6 +19,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ...fileio import atomic_write
+from ...reading import read_text
 from ..manifest import CLASSES_FILE, ClipRecord, ManifestError, write_classes, write_manifest
 
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v")
@@ -63,11 +64,15 @@ class BuildReport:
 
 def read_text_lines(path: Path) -> list[str]:
     """Non-empty stripped lines; tolerant of a BOM and Windows line endings."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError as err:
-        raise BuildError(f"annotation file {path} does not exist") from err
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return [line.strip() for line in annotation_text(path).splitlines() if line.strip()]
+
+
+def annotation_text(path: Path) -> str:
+    """An annotation file's text (split lists, CSVs); missing, a folder, unreadable, empty or not
+    UTF-8 is one BuildError line naming it (:mod:`stop_lightning.reading`)."""
+    return read_text(
+        path, "annotation file", BuildError, "re-download or re-extract the dataset's annotations"
+    )
 
 
 # Python types by their JSON names, for messages ("expected ..., got a JSON array").
@@ -215,7 +220,7 @@ def probe_manifests(report: BuildReport, drop: bool, progress: bool) -> ProbeRep
     cache: dict[str, tuple[int, float] | str] = {}
     found = ProbeReport()
     for path in [p for p in report.written if p.suffix == ".jsonl"]:
-        rows = probe_records(read_manifest(path), report.root, progress, cache)
+        rows = probe_records(read_manifest(path, allow_empty=True), report.root, progress, cache)
         bad = [r for r in rows if isinstance(cache[r.path], str)]
         for r in bad:
             found.unreadable.setdefault(r.path, str(cache[r.path]))

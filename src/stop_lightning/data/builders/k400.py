@@ -38,7 +38,7 @@ from pathlib import Path
 
 from ..manifest import ClipRecord
 from ..registry import DatasetSpec, SyntheticClips, register_dataset
-from . import VIDEO_SUFFIXES, BuildError, BuildReport, finish_recognition
+from . import VIDEO_SUFFIXES, BuildError, BuildReport, annotation_text, finish_recognition
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +85,7 @@ def _annotation_file(names: tuple[str, ...], places: list[Path]) -> Path | None:
 
 def read_split_csv(path: Path) -> list[tuple[str | None, str, int]]:
     """``(label or None, clip stem, line number)`` per row of a Kinetics csv."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as err:
-        raise BuildError(f"cannot read {path}: {err}") from err
-    reader = csv.DictReader(io.StringIO(text), skipinitialspace=True)
+    reader = csv.DictReader(io.StringIO(annotation_text(path)), skipinitialspace=True)
     columns = [c.strip() for c in reader.fieldnames or []]
     absent = [c for c in REQUIRED_COLUMNS if c not in columns]
     if absent:

@@ -9,6 +9,7 @@ sentence. ``val.jsonl`` is the 1k-A test set as well (the standard protocol has 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from tqdm import tqdm
 
 from ..manifest import ClipRecord
 from ..registry import DatasetSpec, SyntheticClips, register_dataset
-from . import VIDEO_SUFFIXES, BuildError, BuildReport, find_file, read_json, write_splits
+from . import VIDEO_SUFFIXES, BuildError, BuildReport, annotation_text, find_file, read_json, write_splits
 
 NAME = "msrvtt"  # the registered name: data.dataset, `stop-lightning manifest <name>`
 DATA_FILE = "MSRVTT_data.json"  # videos and their 200k sentences
@@ -27,13 +28,12 @@ VIDEO_DIR = "videos/all"
 
 
 def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
-    with path.open(encoding="utf-8-sig", newline="") as fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        for col in required:
-            if col not in header:
-                raise BuildError(f"{path}: missing column {col!r} (header: {','.join(header)})")
-        return list(reader)
+    reader = csv.DictReader(io.StringIO(annotation_text(path), newline=""))
+    header = reader.fieldnames or []
+    for col in required:
+        if col not in header:
+            raise BuildError(f"{path}: missing column {col!r} (header: {','.join(header)})")
+    return list(reader)
 
 
 def _video_files(root: Path) -> dict[str, str]:
