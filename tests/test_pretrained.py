@@ -133,3 +133,22 @@ def test_export_is_readable_by_colleagues_and_its_card_says_which_weights_were_t
     tested = demo_run.cfg.checkpoint.test
     assert ("`checkpoint.test=last`" in card) == (tested == "last")
     assert ("the best by `checkpoint.monitor`" in card) == (tested == "best")
+
+
+def test_eval_scores_an_export_folder_as_it_scores_its_checkpoint(
+    demo_run, exported, cache_dir, tmp_path, capsys
+):
+    """`eval --ckpt` takes an export folder (its help says so): the same metrics and the same model
+    fingerprint as the checkpoint it was exported from."""
+    data = ["data.synthetic_clips_per_class=8", "data.synthetic_classes=4", "data.synthetic_looks=0"]
+    seen = []
+    for ckpt, name in ((demo_run.ckpt, "ckpt"), (exported, "export")):
+        capsys.readouterr()
+        args = ["eval", "demo", "--ckpt", str(ckpt), f"paths.cache_dir={cache_dir}"]
+        args += [f"paths.output_dir={tmp_path / name}", "logger.wandb=false"]
+        args += ["trainer.enable_progress_bar=false"]
+        assert main(args + data) == 0
+        metrics = [line for line in capsys.readouterr().out.splitlines() if line.startswith("test/")]
+        (info,) = (tmp_path / name).rglob("run_info.json")
+        seen.append((metrics, json.loads(info.read_text())["evaluated"]["fingerprint"]))
+    assert seen[0][0] and seen[0] == seen[1]

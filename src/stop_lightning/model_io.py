@@ -227,6 +227,25 @@ def read_export_weights(path: Path) -> dict[str, torch.Tensor]:
         raise ExportError(problem(path, what, EXPORT_TODO)) from err
 
 
+def export_as_checkpoint(meta: dict[str, Any], cfg: DictConfig, state: dict[str, torch.Tensor]) -> dict:
+    """An export read back as the checkpoint it was exported from: its trained tensors and what a
+    module's ``on_load_checkpoint`` and :func:`stop_lightning.checkpoint_io.load_trained_weights` check."""
+    return {
+        "state_dict": state,
+        "hyper_parameters": {"cfg": OmegaConf.to_container(cfg)},
+        "stop_lightning": {"clip": meta["clip"], "run_info": meta["run_info"]},
+    }
+
+
+def read_trained(path: str | Path) -> dict[str, Any]:
+    """What ``--ckpt`` names, read as a checkpoint: a ``.ckpt`` file, or an export folder as the
+    checkpoint it was exported from; one line naming the file when it cannot be read."""
+    path = Path(path)
+    if path.is_dir():
+        return export_as_checkpoint(*read_export(path))
+    return read_checkpoint(path)
+
+
 def from_pretrained(
     folder: str | Path, clip_source: str | None = None, device: str | torch.device = "auto"
 ) -> LoadedCheckpoint:
@@ -243,7 +262,7 @@ def from_pretrained(
     bundle = load_clip(cfg.model.clip, cfg.paths.cache_dir)
     # A LightningModule's hyper-parameters are its constructor's arguments.
     module = get_task(meta["task"]).load_module(cfg, meta["hparams"], bundle)
-    checkpoint = {"state_dict": state, "stop_lightning": {"clip": meta["clip"], "run_info": meta["run_info"]}}
+    checkpoint = export_as_checkpoint(meta, cfg, state)
     module.on_load_checkpoint(checkpoint)  # refuses a CLIP of another config hash
     module.load_state_dict(state)
     warn_on_differences(checkpoint, collect_run_info(cfg, bundle), str(folder))
@@ -277,10 +296,7 @@ class InitialWeights:
 def read_trained_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(trained tensors, the CLIP they were trained on: ``{"source", "config_hash"}``) of a ``.ckpt``
     or an export folder; nothing else of the checkpoint (optimiser, epoch, loops) is kept."""
-    if path.is_dir():
-        meta, _, state = read_export(path)
-        return state, dict(meta.get("clip") or {})
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_trained(path)
     if "state_dict" not in checkpoint:
         raise CheckpointReadError(f"checkpoint {path} holds no state_dict; it was not written by `train`")
     return checkpoint["state_dict"], dict(checkpoint.get("stop_lightning", {}).get("clip") or {})

@@ -29,7 +29,12 @@ from stop_lightning.data.manifest import retrieval_manifest_path
 from stop_lightning.errors import EXIT_USER_ERROR, UserError
 from stop_lightning.loggers import build_loggers, finish_wandb, wandb_mode
 from stop_lightning.measured import measured_line
-from stop_lightning.model_io import apply_initial_weights, model_fingerprint, read_initial_weights
+from stop_lightning.model_io import (
+    apply_initial_weights,
+    model_fingerprint,
+    read_initial_weights,
+    read_trained,
+)
 from stop_lightning.models.backbone import ClipBundle, load_clip
 from stop_lightning.models.video_encoder import STOPVideoModel
 from stop_lightning.preemption import EXIT_PREEMPTED, Preempted
@@ -407,7 +412,7 @@ def evaluate(
     ``dump`` writes the test's raw scores into the eval folder (:mod:`stop_lightning.tasks.scores_dump`).
     """
     check_device_settings(cfg)
-    checkpoint = read_checkpoint(ckpt) if ckpt is not None else None  # a bad file ends before any folder
+    checkpoint = read_trained(ckpt) if ckpt is not None else None  # a bad file ends before any folder
     bundle = load_clip(cfg.model.clip, cfg.paths.cache_dir)
     if ckpt is None and not untrained:
         refuse_untrained(cfg, bundle)
