@@ -13,12 +13,13 @@ import hashlib
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from safetensors.torch import load_file
 
 from stop_lightning.checkpoint_io import CheckpointReadError, load_trained_weights, read_checkpoint
@@ -27,8 +28,8 @@ from stop_lightning.errors import UserError
 from stop_lightning.models.backbone import ClipBundle, load_clip
 from stop_lightning.models.video_encoder import STOPVideoModel
 from stop_lightning.provenance import collect_run_info, warn_on_differences
-from stop_lightning.reading import check_file, problem, read_text
-from stop_lightning.schema import project_root, rooted_paths
+from stop_lightning.reading import check_file, first_line, problem, read_text
+from stop_lightning.schema import ExperimentConfig, project_root, rooted_paths
 from stop_lightning.tasks.base import VideoTaskModule, frozen_prefixes
 from stop_lightning.tasks.recognition import RecognitionModule
 from stop_lightning.tasks.registry import get_task
@@ -206,7 +207,15 @@ def read_export(folder: Path) -> tuple[dict[str, Any], DictConfig, dict[str, tor
     """An export folder's (meta, config, trained tensors); one line naming the file if unreadable."""
     meta = read_export_meta(folder)
     cfg = read_yaml(folder / CONFIG_FILE, ExportError, EXPORT_TODO)
-    cfg = rooted_paths(cfg, project_root())  # the export's folders are relative to its project
+    missing = [f.name for f in fields(ExperimentConfig) if f.name not in cfg]
+    if missing:  # an export writes every key of the schema
+        what = f"cut short or not an export's config (no {', '.join(missing)})"
+        raise ExportError(problem(folder / CONFIG_FILE, what, EXPORT_TODO))
+    try:
+        cfg = rooted_paths(cfg, project_root())  # the export's folders are relative to its project
+    except OmegaConfBaseException as err:  # a key it names is not there: cut short or edited
+        what = f"cut short or damaged ({first_line(err)})"
+        raise ExportError(problem(folder / CONFIG_FILE, what, EXPORT_TODO)) from err
     return meta, cfg, read_export_weights(folder / WEIGHTS_FILE)
 
 

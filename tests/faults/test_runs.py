@@ -90,7 +90,9 @@ def test_an_empty_split_stops_before_any_folder(
     args = ["train", "demo", *common(cache_dir, out, *manifest_args(layout, manifests))]
     line = one_line(*run_cli(args, capsys, monkeypatch))
     # The split and its manifest are named (another check may word it; the file is what matters).
-    assert f"the {split} split has no videos (manifest {manifests / f'{split}.jsonl'})" in line, line
+    # The manifest reader's line (docs/reliability.md, "Reading files"): the file, then what is wrong.
+    assert line.startswith(f"error: {manifests / f'{split}.jsonl'}: "), line
+    assert "is empty (0 bytes)" in line or "holds no rows" in line, line
     assert not out.exists() or not any(out.rglob("*")), "a run that never started left a folder"
 
 
@@ -107,7 +109,7 @@ def test_eval_on_an_empty_test_split_stops_before_any_folder(
         *common(cache_dir, out, *manifest_args(layout, manifests), "model.preset=zero_shot"),
     ]
     line = one_line(*run_cli(args, capsys, monkeypatch))
-    assert f"the test split has no videos (manifest {manifests / 'test.jsonl'})" in line, line
+    assert line.startswith(f"error: {manifests / 'test.jsonl'}: is empty (0 bytes)"), line
     assert not out.exists() or not any(out.rglob("*"))
 
 

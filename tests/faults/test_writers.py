@@ -159,7 +159,7 @@ def test_torch_writer_meets_enospc_simulated(tmp_path, monkeypatch):
     """torch.save reports a failed write as ``RuntimeError: [enforce fail at inline_container.cc]
     unexpected pos``; the one line still says disk full and names the checkpoint."""
     target = tmp_path / "last.ckpt"
-    AtomicCheckpointIO().save_checkpoint({"epoch": 0, "x": torch.ones(3)}, target)
+    AtomicCheckpointIO().save_checkpoint({"epoch": 0, "state_dict": {"x": torch.ones(3)}}, target)
     real_open = open
 
     def opens(path, mode):  # the temporary checkpoint gets 4 KiB of room
@@ -167,7 +167,7 @@ def test_torch_writer_meets_enospc_simulated(tmp_path, monkeypatch):
 
     monkeypatch.setattr(fileio, "open", opens, raising=False)
     with pytest.raises(StorageError) as got:
-        AtomicCheckpointIO().save_checkpoint({"epoch": 1, "x": torch.ones(MiB)}, target)
+        AtomicCheckpointIO().save_checkpoint({"epoch": 1, "state_dict": {"x": torch.ones(MiB)}}, target)
     assert_full(got.value, target)
     raised_by_torch = got.value.__cause__.__cause__  # StorageError <- the write's OSError <- torch's
     assert isinstance(raised_by_torch, RuntimeError) and "unexpected pos" in str(raised_by_torch)
