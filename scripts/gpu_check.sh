@@ -8,8 +8,9 @@
 # 1. installs what the machine lacks from wheels downloaded beforehand into .whl/ (ignored by git:
 #    av, omegaconf + antlr4, litdata + boto3/botocore/s3transfer/jmespath/python-dateutil/six),
 # 2. benchmarks/run.py --device cuda --compact: batch 32 x 12 frames, bf16, MFU,
-# 3. the shard training loader with one worker per core, float32 clips and uint8 clips
-#    (data.normalize_on_device): clips/s, per worker, per CPU-second, start-up apart. The manifest is
+# 3. the shard training loader with one worker per core, float32 clips, uint8 clips
+#    (data.normalize_on_device) and JPEG bytes only (data.decode_on=device): clips/s, per worker, per
+#    CPU-second, start-up apart; then the device side of data.decode_on=device timed on its own. The manifest is
 #    repeated so each epoch holds at least 8 batches per worker (the first version timed epochs of
 #    4 batches: the DataLoader gives an epoch's batches to workers 0, 1, 2, ... so 12 of 16 idled),
 # 4. a short bf16 training of the demo on the GPU (tiny CLIP, then a random CLIP of ViT-B/32 size,
@@ -66,6 +67,12 @@ stage bench 150 $PY benchmarks/run.py --device $DEV --compact --sections train,i
 # -- 2. shard loader, one worker per core -----------------------------------------------------------
 stage shard_loader 150 $PY benchmarks/data_formats.py $QUICK --loader-workers $LOADER_W --seconds $LOADER_S --out-dir "$OUT/loader"
 [ -f "$OUT/loader/shard_loader.json" ] && cat "$OUT/loader/shard_loader.json" >> "$SUMMARY"
+
+# -- 2b. data.decode_on=device: the batch's JPEG bytes decoded (nvJPEG), cropped, resized and
+#    normalised on the device after the transfer; ms a batch, clips/s, host CPU a batch, and the
+#    distance from the workers' clips for the same items and crops ----------------------------------
+stage device_decode 120 $PY benchmarks/data_formats.py $QUICK --device-decode $DEV --batches 20 --out-dir "$OUT/loader"
+[ -f "$OUT/loader/device_decode.json" ] && cat "$OUT/loader/device_decode.json" >> "$SUMMARY"
 
 # -- 3. short bf16 training of the demo ------------------------------------------------------------
 COMMON="paths.output_dir=$OUT/train logger.wandb=false trainer.accelerator=$ACC trainer.devices=1 trainer.precision=$PREC
