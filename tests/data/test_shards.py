@@ -284,6 +284,17 @@ def _batches(dm, stage: str, epoch: int, device_side: bool) -> list[dict]:
     return [dm.on_after_batch_transfer(b, 0) for b in batches]
 
 
+def _both_paths(cls, data_cfg, where: tuple, shard_dir, stage=None, mean_std=FLAT, seed=0, **overrides):
+    """``{decode_on: DataModule set up for stage}`` for data.decode_on=worker and =device over the
+    shards at ``shard_dir`` of ``where`` (videos, manifests), otherwise alike."""
+    out = {}
+    for decode_on in ("worker", "device"):
+        cfg = data_cfg(*where, format="shards", shard_dir=str(shard_dir), decode_on=decode_on, **overrides)
+        out[decode_on] = cls(cfg, 24, *mean_std, seed=seed)
+        out[decode_on].setup(stage)
+    return out
+
+
 @pytest.mark.parametrize("module", ["recognition", "retrieval"])
 def test_decode_on_device_gives_the_worker_batches(coded, msrvtt, data_cfg, tmp_path, module):
     """The same crops, flips, resizes and views from the bytes-only path as from decoding in the
@@ -297,26 +308,26 @@ def test_decode_on_device_gives_the_worker_batches(coded, msrvtt, data_cfg, tmp_
         write_shards(videos, manifests, shard_dir, StoreSettings(short_side=48, fps=0), progress=False)
     crops = set()
     for seed in (0, 1, 5):
-        seen = {}
-        for decode_on in ("worker", "device"):
-            cfg = data_cfg(
-                videos,
-                manifests,
-                format="shards",
-                shard_dir=str(shard_dir),
-                decode_on=decode_on,
-                num_frames=3,
-                hflip=True,
-                train_crop_scale=[0.3, 1.0],
-                **views,
-            )
-            dm = cls(cfg, 24, (0.4, 0.5, 0.6), (0.2, 0.3, 0.25), seed=seed)
-            dm.setup()
-            seen[decode_on] = {
+        dms = _both_paths(
+            cls,
+            data_cfg,
+            (videos, manifests),
+            shard_dir,
+            mean_std=((0.4, 0.5, 0.6), (0.2, 0.3, 0.25)),
+            seed=seed,
+            num_frames=3,
+            hflip=True,
+            train_crop_scale=[0.3, 1.0],
+            **views,
+        )
+        seen = {
+            decode_on: {
                 (stage, epoch): _batches(dm, stage, epoch, decode_on == "device")
                 for stage in ("train", "test")
                 for epoch in (0, 1)
             }
+            for decode_on, dm in dms.items()
+        }
         for key, worker in seen["worker"].items():
             device = seen["device"][key]
             assert len(device) == len(worker) > 0
@@ -337,10 +348,8 @@ def test_codec_raises_no_deprecation_warning(coded, data_cfg):
         blob = encode_jpeg(torch.full((3, 8, 16), 7, dtype=torch.uint8), 90)
         (frame,) = decode_jpegs([torch.frombuffer(bytearray(blob), dtype=torch.uint8)])
         assert frame.shape == (3, 8, 16) and jpeg_size(blob) == (8, 16)
-        for decode_on in ("worker", "device"):
-            cfg = data_cfg(videos, manifests, format="shards", shard_dir=str(shards[0]), decode_on=decode_on)
-            dm = RecognitionDataModule(cfg, 32, *FLAT)
-            dm.setup("validate")
+        dms = _both_paths(RecognitionDataModule, data_cfg, (videos, manifests), shards[0], "validate")
+        for dm in dms.values():
             assert dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)["video"].shape[0] == 4
 
 
@@ -366,10 +375,9 @@ def test_corrupt_stored_jpeg_is_the_same_line_on_both_paths(broken_shards, data_
         shards = tmp_path / "cut"
         write_items(shards / "items", items)
     lines = {}
-    for decode_on in ("worker", "device"):
-        cfg = data_cfg(root, manifests, format="shards", shard_dir=str(shards), decode_on=decode_on)
-        dm = RecognitionDataModule(cfg, 32, *FLAT)
-        dm.setup("validate")
+    for decode_on, dm in _both_paths(
+        RecognitionDataModule, data_cfg, (root, manifests), shards, "validate"
+    ).items():
         with pytest.raises(VideoDecodeError) as err:
             dm.on_after_batch_transfer(collate([dm.datasets["val"][3]]), 0)
         lines[decode_on] = str(err.value)
@@ -384,19 +392,17 @@ def test_decode_on_device_skip_keeps_blank_stand_ins(broken_shards, data_cfg):
     undecoded good ones and counted, as when decoding in the worker."""
     root, manifests, shards = broken_shards
     out = {}
-    for decode_on in ("worker", "device"):
-        cfg = data_cfg(
-            root,
-            manifests,
-            format="shards",
-            shard_dir=str(shards),
-            decode_on=decode_on,
-            bad_video="skip",
-            min_video_frames=4,
-            batch_size=5,
-        )
-        dm = RecognitionDataModule(cfg, 32, *FLAT)
-        dm.setup("validate")
+    dms = _both_paths(
+        RecognitionDataModule,
+        data_cfg,
+        (root, manifests),
+        shards,
+        "validate",
+        bad_video="skip",
+        min_video_frames=4,
+        batch_size=5,
+    )
+    for decode_on, dm in dms.items():
         out[decode_on] = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
         assert dm.epoch_summary("val")["skipped"] == 4
     assert torch.equal(out["worker"]["video"], out["device"]["video"])

@@ -31,17 +31,26 @@ class EncodedVideo:
     """One item's stored frames before decoding."""
 
     where: str  # names the item in errors, as the worker path does
-    frames: list[torch.Tensor]  # the distinct wanted frames' JPEG bytes, each 1-D uint8 on the CPU
+    # The distinct wanted frames' JPEG files one after the other, frame k ending at ends[k]: one bytes
+    # object, which crosses from a loader worker as one copy (a tensor a frame would cost a
+    # shared-memory segment each, ~10x the item's own time).
+    data: bytes
+    ends: list[int]
     numbers: list[int]  # their frame numbers in the stored video
     take: list[int]  # [C*T]: which of ``frames`` each frame of the clip(s) is
     num_clips: int
     draws: list[Any]  # the transform's draw for each clip
     stage: str  # whose transform applies them (the dataset of this stage)
 
+    def frames(self) -> list[torch.Tensor]:
+        """Each distinct frame's JPEG bytes as a 1-D uint8 CPU tensor (views of one copy of ``data``)."""
+        whole = torch.frombuffer(bytearray(self.data), dtype=torch.uint8)
+        return [whole[a:b] for a, b in zip([0, *self.ends[:-1]], self.ends)]
+
 
 def _bad_frame(video: EncodedVideo) -> VideoDecodeError:
     """The error naming the first frame of ``video`` that does not decode."""
-    for blob, number in zip(video.frames, video.numbers):
+    for blob, number in zip(video.frames(), video.numbers):
         try:
             decode_jpegs([blob])
         except (RuntimeError, ValueError) as err:
@@ -53,19 +62,20 @@ def _bad_frame(video: EncodedVideo) -> VideoDecodeError:
 
 def _decode(videos: list[EncodedVideo], device: torch.device | str) -> list[list[torch.Tensor]]:
     """Every frame of ``videos`` decoded in one call on ``device``: per video, ``[3, H, W]`` each."""
+    frames = [v.frames() for v in videos]
     try:
-        flat = decode_jpegs([b for v in videos for b in v.frames], device)
+        flat = decode_jpegs([b for f in frames for b in f], device)
     except (RuntimeError, ValueError) as err:
-        for video in videos:
+        for video, blobs in zip(videos, frames):
             try:
-                decode_jpegs(video.frames)
+                decode_jpegs(blobs)
             except (RuntimeError, ValueError):
                 raise _bad_frame(video) from err
         raise
     out, at = [], 0
-    for video in videos:
-        out.append(flat[at : at + len(video.frames)])
-        at += len(video.frames)
+    for f in frames:
+        out.append(flat[at : at + len(f)])
+        at += len(f)
     return out
 
 

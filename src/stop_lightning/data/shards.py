@@ -254,13 +254,12 @@ class ShardSource:
         jpegs = memoryview(item["jpegs"])
         frames, sizes = [], set()
         for j in numbers:
-            # Only the wanted frames' bytes are copied (a writable buffer for torch), not the item's.
-            data = bytearray(jpegs[offsets[j] : offsets[j + 1]])
+            frame = jpegs[offsets[j] : offsets[j + 1]]  # a view: only the wanted frames are copied, once
             try:
-                sizes.add(jpeg_size(data))
+                sizes.add(jpeg_size(frame))
             except ValueError as err:
                 raise VideoDecodeError(where, f"stored frame {j} is not a valid JPEG ({err})") from err
-            frames.append(torch.frombuffer(data, dtype=torch.uint8))
+            frames.append(frame)
         if len(sizes) > 1:
             raise VideoDecodeError(
                 where, f"stored frames of different sizes {sorted(sizes)}: write the shards again"
@@ -269,7 +268,8 @@ class ShardSource:
         (height, width) = sizes.pop()
         video = EncodedVideo(
             where=str(where),
-            frames=frames,
+            data=b"".join(frames),
+            ends=np.cumsum([len(f) for f in frames]).tolist(),
             numbers=numbers,
             take=[position[j] for idx, _ in plans for j in idx],
             num_clips=num_clips,
