@@ -15,7 +15,8 @@
 #    4 batches: the DataLoader gives an epoch's batches to workers 0, 1, 2, ... so 12 of 16 idled),
 # 4. a short bf16 training of the demo on the GPU (tiny CLIP, then a random CLIP of ViT-B/32 size,
 #    B=32 x 12 frames at 224 px, uint8 clips normalised on the GPU: the stage's seconds over its
-#    epochs give the training clips/s).
+#    epochs give the training clips/s), then once more from the demo's frame shards with
+#    data.decode_on=device (JPEG bytes from the workers, decoded on the GPU).
 # Each stage has its own timeout and the script goes on when one fails; results and logs go to $OUT.
 set -u
 OUT=${OUT:-runs/gpu_check}
@@ -84,6 +85,14 @@ else B32="model.clip.tiny_width=768 model.clip.tiny_layers=12 model.clip.tiny_pa
 stage train_b32 150 $PY -m stop_lightning.cli train demo name=gpu_b32 $B32 data.num_frames=12 data.batch_size=32 \
   data.synthetic_size=224 data.normalize_on_device=true trainer.max_epochs=$EP $SMALL $COMMON
 grep -E "test/top1" "$OUT/train_b32.log" | tail -2 >> "$SUMMARY"
+
+# -- 4. the same B/32 demo from its frame shards with data.decode_on=device: the loader workers ship
+#    JPEG bytes and the batch is decoded (nvJPEG), cropped and normalised on the GPU after the transfer
+stage shard_demo 120 $PY -m stop_lightning.cli shard demo --out "$OUT/demo_shards" data.synthetic_size=224 $SMALL
+stage train_b32_bytes 150 $PY -m stop_lightning.cli train demo name=gpu_b32_bytes $B32 data.num_frames=12 \
+  data.batch_size=32 data.synthetic_size=224 data.format=shards data.shard_dir=$OUT/demo_shards data.decode_on=device \
+  trainer.max_epochs=$EP $SMALL $COMMON
+grep -E "test/top1" "$OUT/train_b32_bytes.log" | tail -2 >> "$SUMMARY"
 
 say "done: $OUT/summary.txt, logs $OUT/*.log, JSON in $OUT/bench and $OUT/loader"
 cat "$SUMMARY"
