@@ -385,6 +385,16 @@ def test_corrupt_stored_jpeg_is_the_same_line_on_both_paths(broken_shards, data_
     expected = r".* item 3 \(corrupt.avi\): stored frame \d+ is not a valid JPEG \(.+\) "
     expected += r"\(set data.bad_video=skip to skip bad videos\)"
     assert re.fullmatch(expected, lines["worker"]) and "\n" not in lines["worker"]
+    if damage == "pixels":  # under skip the worker path replaces it; the device path cannot and says so
+        dm = _both_paths(
+            RecognitionDataModule, data_cfg, (root, manifests), shards, "validate", bad_video="skip"
+        )
+        assert dm["worker"].datasets["val"][3]["unreadable"] is True
+        with pytest.raises(
+            VideoDecodeError, match=r"found on the device, .* set data.decode_on=worker"
+        ) as err:
+            dm["device"].on_after_batch_transfer(collate([dm["device"].datasets["val"][3]]), 0)
+        assert str(err.value).startswith(lines["worker"].rsplit(" (set data.bad_video", 1)[0])
 
 
 def test_decode_on_device_skip_keeps_blank_stand_ins(broken_shards, data_cfg):

@@ -70,12 +70,13 @@ from .video_probe import FIX_OR_SKIP, unreadable_summary, unreadable_videos
 log = logging.getLogger(__name__)
 
 # Which manifest splits each Lightning stage reads.
+SPLITS_FOR_STAGE = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+
 # Ends a bad stored frame's line when it is found on the device, after its batch left the loader.
 DEVICE_SKIP_ADVICE = (
     "(found on the device, where data.bad_video=skip cannot replace it; "
     "set data.decode_on=worker to skip bad videos)"
 )
-SPLITS_FOR_STAGE = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
 
 
 def as_data_config(cfg: Any) -> DataConfig:
