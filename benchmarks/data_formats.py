@@ -31,7 +31,7 @@ for p in (ROOT, ROOT / "src"):
 import torch  # noqa: E402
 
 from benchmarks import report  # noqa: E402
-from stop_lightning.data.jpeg import CODEC as JPEG_CODEC  # noqa: E402
+from stop_lightning.data.jpeg import codec_name  # noqa: E402
 
 FRAMES = (8, 12, 16)
 # stop_fast training step, ViT-B/32, 224 px, 12 frames (docs/benchmarks.md, flop counter), and the GPU.
@@ -151,7 +151,7 @@ def measure(quick: bool, log=print) -> dict:
         "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
         "gpu_clips_per_s": gpu_clips,
-        "jpeg_codec": JPEG_CODEC,
+        "jpeg_codec": codec_name(),
         "wall_s": time.time() - started,
     }
 
@@ -420,7 +420,7 @@ def device_decode_rate(
     result = {
         "device": device,
         "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-        "jpeg_codec": JPEG_CODEC,
+        "jpeg_codec": codec_name(),
         "batch": batch,
         "frames": frames,
         "batches": batches,

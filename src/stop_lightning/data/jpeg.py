@@ -18,6 +18,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
+from functools import cache
 
 import torch
 
@@ -25,7 +26,10 @@ import torch
 _TORCHVISION_NOTICE = r"The image decoding and encoding capabilities of TorchVision are deprecated"
 
 
+@cache
 def _torchcodec():
+    """TorchCodec's ``(decode_jpeg, JpegEncoder)``, or None; looked up at the first use, so that
+    importing this module (every DataModule does) loads nothing."""
     try:
         from torchcodec.decoders import decode_jpeg
         from torchcodec.encoders import JpegEncoder
@@ -34,8 +38,9 @@ def _torchcodec():
     return decode_jpeg, JpegEncoder
 
 
-_CODEC = _torchcodec()
-CODEC = "torchcodec" if _CODEC is not None else "torchvision"  # recorded by the benchmarks
+def codec_name() -> str:
+    """Which library encodes and decodes here (the benchmarks record it)."""
+    return "torchcodec" if _torchcodec() is not None else "torchvision"
 
 
 @contextmanager
@@ -49,8 +54,8 @@ def decode_jpegs(blobs: Sequence[torch.Tensor], device: str | torch.device = "cp
     """Each 1-D uint8 CPU tensor of ``blobs`` as RGB ``uint8 [3, H, W]`` on ``device`` (one call)."""
     if not blobs:
         return []
-    if _CODEC is not None:
-        return list(_CODEC[0](list(blobs), mode="RGB", device=device))
+    if _torchcodec() is not None:
+        return list(_torchcodec()[0](list(blobs), mode="RGB", device=device))
     from torchvision.io import ImageReadMode, decode_jpeg
 
     with _quiet_torchvision():
@@ -59,8 +64,8 @@ def decode_jpegs(blobs: Sequence[torch.Tensor], device: str | torch.device = "cp
 
 def encode_jpeg(image: torch.Tensor, quality: int) -> bytes:
     """``uint8 [3, H, W]`` -> the JPEG file's bytes."""
-    if _CODEC is not None:
-        return _CODEC[1](image).to_tensor(quality=quality).numpy().tobytes()
+    if _torchcodec() is not None:
+        return _torchcodec()[1](image).to_tensor(quality=quality).numpy().tobytes()
     from torchvision.io import encode_jpeg as tv_encode
 
     with _quiet_torchvision():
