@@ -31,6 +31,7 @@ for p in (ROOT, ROOT / "src"):
 import torch  # noqa: E402
 
 from benchmarks import report  # noqa: E402
+from stop_lightning.data.jpeg import codec_name  # noqa: E402
 
 FRAMES = (8, 12, 16)
 # stop_fast training step, ViT-B/32, 224 px, 12 frames (docs/benchmarks.md, flop counter), and the GPU.
@@ -40,6 +41,9 @@ GPU_PEAK_TFLOPS = 990.0
 UTILISATION = 0.40
 TARGET_SHARDS = 150.0  # clips/s per core at 12 frames
 TARGET_PREPROCESSED_RATIO = 2.5  # MSRVTT-like preprocessed vs raw
+# What the shard training loader hands over: normalised float32 clips (the default), uint8 clips
+# (data.normalize_on_device=true) or only the stored JPEG bytes (data.decode_on=device).
+LOADER_CLIPS = ("float32", "uint8", "bytes")
 
 
 def _write_video(job: tuple) -> Path:
@@ -134,8 +138,8 @@ def measure(quick: bool, log=print) -> dict:
         item = train_items_per_core(where["shards"], 12, min_s=0.5 if quick else 2.0)
         log(f"  {name} shards training item T=12: {item:.1f} clips/s per core")
         loaders = {
-            dtype: loader_rate(where["shards"], 1, 4.0 if quick else 10.0, on_device=on, log=log)
-            for dtype, on in (("float32", False), ("uint8", True))
+            clips: loader_rate(where["shards"], 1, 4.0 if quick else 10.0, clips=clips, log=log)
+            for clips in LOADER_CLIPS
         }
         train_path.append({"encoding": name, "train_item_per_core_s": item, "loader_1_worker": loaders})
     gpu_clips = GPU_PEAK_TFLOPS * 1e12 * UTILISATION / (GFLOP_PER_CLIP * 1e9)
@@ -147,6 +151,7 @@ def measure(quick: bool, log=print) -> dict:
         "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
         "gpu_clips_per_s": gpu_clips,
+        "jpeg_codec": codec_name(),
         "wall_s": time.time() - started,
     }
 
@@ -197,28 +202,33 @@ def render(r: dict) -> str:
 
 
 def render_train_path(r: dict, rate: dict) -> str:
-    """The shard rows followed through training: the decode step, the whole item, the real loader."""
+    """The shard rows followed through training: the decode step, the whole item, the real loader
+    with each of :data:`LOADER_CLIPS`, and the loader cores one GPU needs with each."""
+    names = {"float32": "float32 clips", "uint8": "uint8 clips", "bytes": "JPEG bytes"}
     header = [
         "video",
         "decode only",
         "training item",
-        "loader, float32 clips",
-        "loader, uint8 clips",
-        "wall clips/s (uint8)",
+        *(f"loader, {names[c]}" for c in LOADER_CLIPS),
+        "wall clips/s (bytes)",
         "start-up s",
+        f"loader cores for one GPU ({' / '.join(LOADER_CLIPS)})",
     ]
     body = []
     for x in r["train_path"]:
         loaders = x["loader_1_worker"]
-        per_cpu = [loaders[d]["clips_per_cpu_s"] for d in ("float32", "uint8")]
+        per_cpu = [(loaders.get(c) or {}).get("clips_per_cpu_s") for c in LOADER_CLIPS]
+        cores = ["n/a" if not v else f"{r['gpu_clips_per_s'] / v:.0f}" for v in per_cpu]
+        wall = (loaders.get("bytes") or {}).get("clips_per_s")
         body.append(
             [
                 x["encoding"],
                 f"{rate[(x['encoding'], 'shards', 12)]:.1f}",
                 f"{x['train_item_per_core_s']:.1f}",
                 *("n/a" if v is None else f"{v:.1f}" for v in per_cpu),
-                f"{loaders['uint8']['clips_per_s']:.1f}",
+                "n/a" if wall is None else f"{wall:.1f}",
                 f"{loaders['float32']['startup_s']:.1f}",
+                " / ".join(cores),
             ]
         )
     return "\n".join(
@@ -228,10 +238,15 @@ def render_train_path(r: dict, rate: dict) -> str:
             "resized crop to 224, normalisation to float32: what a loader worker does per clip before "
             "collation) in one process; the DataModule's train loader with one worker process, per "
             "CPU-second of the worker and the main process together (collation and the transfer through "
-            "shared memory included), yielding float32 clips (the default) or uint8 clips "
-            "(`data.normalize_on_device=true`: the normalisation then runs on the GPU, not counted here); "
-            "its wall rate; start-up is the time to the first batch, not in the rates.\n",
-            report._table(header, body, "lrrrrrr"),
+            "shared memory included), yielding float32 clips (the default), uint8 clips "
+            "(`data.normalize_on_device=true`: the normalisation then runs on the GPU) or only the "
+            "stored JPEG bytes of the sampled frames and the crop draws (`data.decode_on=device`: "
+            "decode, crop, resize and normalisation then run on the GPU; `scripts/gpu_check.sh` times "
+            "them there); the GPU's part is not counted here. Its wall rate; start-up is the time to the "
+            f"first batch, not in the rates. The last column divides the {r['gpu_clips_per_s']:,.0f} "
+            "clips/s one GPU consumes (above) by each loader rate. JPEG codec: "
+            f"{r.get('jpeg_codec', 'torchvision')}.\n",
+            report._table(header, body, "l" + "r" * (len(header) - 1)),
         ]
     )
 
@@ -256,12 +271,12 @@ def bench_datamodule(
     batch: int = 32,
     workers: int = 0,
     manifests: Path | None = None,
-    on_device: bool = False,
+    clips: str = "float32",
 ):
     """The recognition DataModule over ``where`` (``make_sets``: video root, manifests[, shards]) in
     ``fmt`` (video | shards), set up for fitting with the real training transforms (random resized
-    crop to 224, normalisation; ``on_device``: ``data.normalize_on_device``, uint8 clips); memory
-    pinned when there is a GPU, as in training; ``manifests`` replaces the set's own lists."""
+    crop to 224, normalisation), its loader yielding ``clips`` (:data:`LOADER_CLIPS`); memory pinned
+    when there is a GPU, as in training; ``manifests`` replaces the set's own lists."""
     from stop_lightning.data.datamodules import RecognitionDataModule
     from stop_lightning.schema import DataConfig
 
@@ -274,7 +289,8 @@ def bench_datamodule(
         num_workers=workers,
         pin_memory=True,  # the DataLoader pins only when CUDA is available
         persistent_workers=workers > 0,
-        normalize_on_device=on_device,
+        normalize_on_device=clips == "uint8",
+        decode_on="device" if clips == "bytes" else "worker",
         format=fmt,
         shard_dir=str(where[2]) if fmt == "shards" else "",
     )
@@ -311,12 +327,12 @@ def loader_rate(
     seconds: float,
     batch: int = 32,
     frames: int = 12,
-    on_device: bool = False,
+    clips: str = "float32",
     log=print,
 ) -> dict:
     """The full training loader on the shards of ``where`` with ``workers`` processes: clips/s of
-    wall time and per CPU-second of all its processes, after start-up (timed apart). ``on_device``:
-    uint8 clips (``data.normalize_on_device``), normalised later on the GPU, not here.
+    wall time and per CPU-second of all its processes, after start-up (timed apart), yielding
+    ``clips`` (:data:`LOADER_CLIPS`; what the GPU does after the transfer is not counted here).
 
     The manifest is repeated so that an epoch holds at least 8 batches per worker: the DataLoader
     hands each epoch's batches to workers 0, 1, 2, ... from the start, so an epoch of fewer batches
@@ -326,7 +342,7 @@ def loader_rate(
     rows = len(read_manifest(Path(where[1]) / "split1" / "train.jsonl"))
     times = -(-8 * max(1, workers) * batch // rows)
     listed = repeated_manifests(where[1], Path(where[2]).parent / f"manifests_x{times}", times)
-    loader = bench_datamodule(where, "shards", frames, batch, workers, listed, on_device).train_dataloader()
+    loader = bench_datamodule(where, "shards", frames, batch, workers, listed, clips).train_dataloader()
     started = time.perf_counter()
     it = iter(loader)
     for _ in range(max(1, workers)):  # every worker's first batch: start-up and warm-up
@@ -334,10 +350,10 @@ def loader_rate(
     startup = time.perf_counter() - started
     pids = [os.getpid()] + [w.pid for w in getattr(it, "_workers", [])]
     cpu0 = [_cpu_seconds(p) for p in pids]
-    clips, start, epoch = 0, time.perf_counter(), 0
+    served, start, epoch = 0, time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
         try:
-            clips += next(it)["video"].shape[0]
+            served += len(next(it)["video"])  # a tensor's first dimension, or an EncodedBatch's items
         except StopIteration:
             epoch += 1
             loader.sampler.set_epoch(epoch)
@@ -347,22 +363,79 @@ def loader_rate(
     cpu = None if None in cpu0 + cpu1 else sum(b - a for a, b in zip(cpu0, cpu1))  # type: ignore[operator]
     result = {
         "workers": workers,
-        "clips_dtype": "uint8" if on_device else "float32",
+        "clips_dtype": clips,
         "batch": batch,
         "frames": frames,
         "batches_per_epoch": len(loader),
         "startup_s": startup,
-        "clips": clips,
+        "clips": served,
         "seconds": elapsed,
-        "clips_per_s": clips / elapsed,
-        "per_worker": clips / elapsed / max(1, workers),
-        "clips_per_cpu_s": clips / cpu if cpu else None,
+        "clips_per_s": served / elapsed,
+        "per_worker": served / elapsed / max(1, workers),
+        "clips_per_cpu_s": served / cpu if cpu else None,
     }
     log(
         f"[loader] shards, {workers} workers, {result['clips_dtype']}, B={batch}, T={frames}: "
         f"{result['clips_per_s']:.0f} clips/s "
         f"({result['per_worker']:.0f} per worker, "
         f"{result['clips_per_cpu_s'] or float('nan'):.0f} per CPU-second), start-up {startup:.1f} s"
+    )
+    return result
+
+
+def device_decode_rate(
+    where: tuple, device: str, batches: int, batch: int = 32, frames: int = 12, log=print
+) -> dict:
+    """``data.decode_on=device`` on ``device``: the time of the DataModule's after-transfer step
+    (decode with nvJPEG on a GPU, crop, resize, flip, normalise) per batch of the shard loader, its
+    clips/s, the CPU-seconds the main process spends on it, and how far its clips are from the
+    workers' (libjpeg-turbo and the CPU resize) for the same items and draws."""
+    from stop_lightning.data.manifest import read_manifest
+
+    rows = len(read_manifest(Path(where[1]) / "split1" / "train.jsonl"))
+    times = -(-(batches + 1) * batch // rows)  # one epoch holds every timed batch and the compared one
+    listed = repeated_manifests(where[1], Path(where[2]).parent / f"manifests_x{times}", times)
+    dms = {
+        clips: bench_datamodule(where, "shards", frames, batch, 0, listed, clips)
+        for clips in ("float32", "bytes")
+    }
+    loaders = {clips: iter(dm.train_dataloader()) for clips, dm in dms.items()}
+    dm = dms["bytes"]
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def step(encoded: dict) -> torch.Tensor:
+        moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in encoded.items()}
+        return dm.on_after_batch_transfer(moved, 0)["video"]
+
+    reference, encoded = next(loaders["float32"]), next(loaders["bytes"])  # the same items and draws
+    diff = (step(encoded).float().cpu() - reference["video"]).abs()  # [B, T, 3, S, S], normalised units
+    pending = [next(loaders["bytes"]) for _ in range(batches)]
+    sync()
+    wall, cpu = time.perf_counter(), time.process_time()
+    for b in pending:
+        step(b)
+    sync()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    clips = sum(len(b["video"]) for b in pending)
+    result = {
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+        "jpeg_codec": codec_name(),
+        "batch": batch,
+        "frames": frames,
+        "batches": batches,
+        "ms_per_batch": 1e3 * wall / batches,
+        "clips_per_s": clips / wall,
+        "host_cpu_s_per_batch": cpu / batches,
+        "max_abs_diff_vs_worker": float(diff.max()),
+        "mean_abs_diff_vs_worker": float(diff.mean()),
+    }
+    log(
+        f"[device decode] {device}, B={batch}, T={frames}: {result['ms_per_batch']:.1f} ms a batch, "
+        f"{result['clips_per_s']:.0f} clips/s, "
+        f"host CPU {result['host_cpu_s_per_batch'] * 1e3:.1f} ms a batch; "
+        f"vs the workers' clips: max |diff| {result['max_abs_diff_vs_worker']:.3f}, "
+        f"mean {result['mean_abs_diff_vs_worker']:.4f}"
     )
     return result
 
@@ -382,15 +455,32 @@ def main(argv: list[str] | None = None) -> int:
         help="instead: the shard training loader with N workers (B=32, T=12, 224 px), clips/s -> JSON",
     )
     parser.add_argument("--seconds", type=float, default=20.0, help="with --loader-workers: how long to time")
+    parser.add_argument(
+        "--device-decode",
+        default="",
+        metavar="DEVICE",
+        help="instead: time data.decode_on=device's after-transfer step on DEVICE (cuda, cpu) -> JSON",
+    )
+    parser.add_argument("--batches", type=int, default=10, help="with --device-decode: batches to time")
     args, _ = parser.parse_known_args(argv)  # `make bench ARGS=...` passes run.py's options too
+    if args.device_decode:
+        import json
+
+        work = ROOT / ".cache" / "stop_lightning" / "bench_formats"
+        sets = make_sets(work, args.quick, videos=6, workers=2, encodings=("kinetics",))
+        result = device_decode_rate(sets["kinetics"]["shards"], args.device_decode, args.batches)
+        out_dir = args.out_dir or ROOT / "runs" / "bench"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "device_decode.json").write_text(json.dumps(result, indent=1) + "\n")
+        return 0
     if args.loader_workers > 0:
         import json
 
         work = ROOT / ".cache" / "stop_lightning" / "bench_formats"
         sets = make_sets(work, args.quick, videos=6, workers=args.loader_workers, encodings=("kinetics",))
         result = {
-            dtype: loader_rate(sets["kinetics"]["shards"], args.loader_workers, args.seconds, on_device=on)
-            for dtype, on in (("float32", False), ("uint8", True))
+            clips: loader_rate(sets["kinetics"]["shards"], args.loader_workers, args.seconds, clips=clips)
+            for clips in LOADER_CLIPS
         }
         out_dir = args.out_dir or ROOT / "runs" / "bench"
         out_dir.mkdir(parents=True, exist_ok=True)

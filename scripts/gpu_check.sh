@@ -8,13 +8,15 @@
 # 1. installs what the machine lacks from wheels downloaded beforehand into .whl/ (ignored by git:
 #    av, omegaconf + antlr4, litdata + boto3/botocore/s3transfer/jmespath/python-dateutil/six),
 # 2. benchmarks/run.py --device cuda --compact: batch 32 x 12 frames, bf16, MFU,
-# 3. the shard training loader with one worker per core, float32 clips and uint8 clips
-#    (data.normalize_on_device): clips/s, per worker, per CPU-second, start-up apart. The manifest is
+# 3. the shard training loader with one worker per core, float32 clips, uint8 clips
+#    (data.normalize_on_device) and JPEG bytes only (data.decode_on=device): clips/s, per worker, per
+#    CPU-second, start-up apart; then the device side of data.decode_on=device timed on its own. The manifest is
 #    repeated so each epoch holds at least 8 batches per worker (the first version timed epochs of
 #    4 batches: the DataLoader gives an epoch's batches to workers 0, 1, 2, ... so 12 of 16 idled),
 # 4. a short bf16 training of the demo on the GPU (tiny CLIP, then a random CLIP of ViT-B/32 size,
 #    B=32 x 12 frames at 224 px, uint8 clips normalised on the GPU: the stage's seconds over its
-#    epochs give the training clips/s).
+#    epochs give the training clips/s), then once more from the demo's frame shards with
+#    data.decode_on=device (JPEG bytes from the workers, decoded on the GPU).
 # Each stage has its own timeout and the script goes on when one fails; results and logs go to $OUT.
 set -u
 OUT=${OUT:-runs/gpu_check}
@@ -67,6 +69,12 @@ stage bench 150 $PY benchmarks/run.py --device $DEV --compact --sections train,i
 stage shard_loader 150 $PY benchmarks/data_formats.py $QUICK --loader-workers $LOADER_W --seconds $LOADER_S --out-dir "$OUT/loader"
 [ -f "$OUT/loader/shard_loader.json" ] && cat "$OUT/loader/shard_loader.json" >> "$SUMMARY"
 
+# -- 2b. data.decode_on=device: the batch's JPEG bytes decoded (nvJPEG), cropped, resized and
+#    normalised on the device after the transfer; ms a batch, clips/s, host CPU a batch, and the
+#    distance from the workers' clips for the same items and crops ----------------------------------
+stage device_decode 120 $PY benchmarks/data_formats.py $QUICK --device-decode $DEV --batches 20 --out-dir "$OUT/loader"
+[ -f "$OUT/loader/device_decode.json" ] && cat "$OUT/loader/device_decode.json" >> "$SUMMARY"
+
 # -- 3. short bf16 training of the demo ------------------------------------------------------------
 COMMON="paths.output_dir=$OUT/train logger.wandb=false trainer.accelerator=$ACC trainer.devices=1 trainer.precision=$PREC
   trainer.enable_progress_bar=false data.num_workers=$((CORES < 8 ? CORES : 8)) data.persistent_workers=true"
@@ -77,6 +85,14 @@ else B32="model.clip.tiny_width=768 model.clip.tiny_layers=12 model.clip.tiny_pa
 stage train_b32 150 $PY -m stop_lightning.cli train demo name=gpu_b32 $B32 data.num_frames=12 data.batch_size=32 \
   data.synthetic_size=224 data.normalize_on_device=true trainer.max_epochs=$EP $SMALL $COMMON
 grep -E "test/top1" "$OUT/train_b32.log" | tail -2 >> "$SUMMARY"
+
+# -- 4. the same B/32 demo from its frame shards with data.decode_on=device: the loader workers ship
+#    JPEG bytes and the batch is decoded (nvJPEG), cropped and normalised on the GPU after the transfer
+stage shard_demo 120 $PY -m stop_lightning.cli shard demo --out "$OUT/demo_shards" data.synthetic_size=224 $SMALL
+stage train_b32_bytes 150 $PY -m stop_lightning.cli train demo name=gpu_b32_bytes $B32 data.num_frames=12 \
+  data.batch_size=32 data.synthetic_size=224 data.format=shards data.shard_dir=$OUT/demo_shards data.decode_on=device \
+  trainer.max_epochs=$EP $SMALL $COMMON
+grep -E "test/top1" "$OUT/train_b32_bytes.log" | tail -2 >> "$SUMMARY"
 
 say "done: $OUT/summary.txt, logs $OUT/*.log, JSON in $OUT/bench and $OUT/loader"
 cat "$SUMMARY"

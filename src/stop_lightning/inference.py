@@ -26,7 +26,7 @@ from stop_lightning.data.datasets import SamplingConfig, VideoClipDataset, seed_
 from stop_lightning.data.decode import VideoDecodeError
 from stop_lightning.data.manifest import ClipRecord, ManifestError, read_manifest
 from stop_lightning.data.sources import video_sources
-from stop_lightning.data.transforms import eval_transform
+from stop_lightning.data.transforms import EvalTransform
 from stop_lightning.errors import USER_ERRORS, UserError
 from stop_lightning.fileio import atomic_file
 from stop_lightning.model_io import LoadedCheckpoint, load_model, model_fingerprint
@@ -87,7 +87,7 @@ def clip_dataset(
         fps=float(d.fps),
         min_video_frames=int(d.min_video_frames),
     )
-    transform = eval_transform(
+    transform = EvalTransform(
         loaded.bundle.image_size, loaded.bundle.image_mean, loaded.bundle.image_std, crops=crops
     )
     records = [r if r.label is not None else replace(r, label=NO_LABEL) for r in records]

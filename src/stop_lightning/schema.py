@@ -278,6 +278,10 @@ class DataConfig:
     # Storage (data/preprocess.py, data/shards.py): read the videos as they are, or frames from JPEG
     # shards written by `stop-lightning shard` (a local folder or an s3:// / gs:// URL, LitData).
     format: str = "video"  # video | shards
+    # Where shard frames are decoded: in the loader workers (worker), or, for GPU training, only
+    # their JPEG bytes leave the workers and the batch is decoded (nvJPEG), cropped, resized and
+    # normalised on the model's device after the transfer (device; data.format=shards only).
+    decode_on: str = "worker"  # worker | device
     shard_dir: str = "${paths.data_root}/${data.dataset}/shards"
     # What `stop-lightning preprocess` and `stop-lightning shard` store: short side in pixels, frame
     # rate (-1: data.fps under fps sampling, every source frame under segment sampling; 0: every
@@ -462,6 +466,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.sampling": ("segment", "fps"),
     "data.bad_video": ("raise", "skip"),
     "data.format": ("video", "shards"),
+    "data.decode_on": ("worker", "device"),
     "data.store_codec": ("h264", "mpeg4"),
     "data.protocol": ("supervised", "few_shot", "base_to_novel", "zero_shot"),
     "optim.scheduler": ("cosine", "constant"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -12,10 +14,13 @@ import torch
 from stop_lightning.data.datamodules import RecognitionDataModule, RetrievalDataModule
 from stop_lightning.data.decode import VideoDecodeError
 from stop_lightning.data.item_order import EpochSampler
+from stop_lightning.data.jpeg import decode_jpegs, encode_jpeg, jpeg_size
+from stop_lightning.data.jpeg_clips import EncodedBatch, collate
 from stop_lightning.data.manifest import ClipRecord, read_manifest, write_classes, write_manifest
 from stop_lightning.data.shards import encode_item, write_items, write_shards
 from stop_lightning.data.stored_copies import StoreSettings
 from stop_lightning.data.synthetic import frame_code_frames, read_frame_code, write_video
+from stop_lightning.schema import ConfigError
 
 FLAT = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # no normalisation: pixels stay readable
 
@@ -92,12 +97,12 @@ def test_shard_items_hold_the_stored_timeline(coded):
     meta = json.loads(item["meta"])
     # 40 frames at 8 fps kept at 3 fps: source frames round(k * 8/3) for k = 0..14
     assert (meta["num_frames"], meta["fps"], meta["source_frames"]) == (15, 3.0, 40)
-    from torchvision.io import decode_jpeg
-
-    frames = [
-        decode_jpeg(torch.frombuffer(bytearray(item["jpegs"][a:b]), dtype=torch.uint8))
-        for a, b in zip(item["offsets"][:-1], item["offsets"][1:])
-    ]
+    frames = decode_jpegs(
+        [
+            torch.frombuffer(bytearray(item["jpegs"][a:b]), dtype=torch.uint8)
+            for a, b in zip(item["offsets"][:-1], item["offsets"][1:])
+        ]
+    )
     assert frames[0].shape == (3, 16, 16)
 
 
@@ -262,3 +267,201 @@ def test_demo_from_shards_reaches_the_same_accuracy(cache_dir, tmp_path):
     from_shards = train(cfg("name=shards", "data.format=shards", f"data.shard_dir={tmp_path / 'shards'}"))
     test_clips = len(read_manifest(manifests / "split1" / "test.jsonl"))
     assert abs(from_shards["test/top1"] - from_videos["test/top1"]) <= 1 / test_clips
+
+
+# ---------------------------------------------------------------------------------------------
+# data.decode_on=device: only the JPEG bytes leave the workers; the batch is decoded after the transfer
+# ---------------------------------------------------------------------------------------------
+
+
+def _batches(dm, stage: str, epoch: int, device_side: bool) -> list[dict]:
+    """Every batch of ``stage``'s loader in ``epoch``, passed through the DataModule's after-transfer
+    hook (the 'device' is the CPU here) as the Trainer does."""
+    loader = {"train": dm.train_dataloader, "test": dm.test_dataloader}[stage]()
+    loader.sampler.set_epoch(epoch)
+    batches = list(loader)
+    assert all(isinstance(b["video"], EncodedBatch) == device_side for b in batches)
+    return [dm.on_after_batch_transfer(b, 0) for b in batches]
+
+
+def _both_paths(cls, data_cfg, where: tuple, shard_dir, stage=None, mean_std=FLAT, seed=0, **overrides):
+    """``{decode_on: DataModule set up for stage}`` for data.decode_on=worker and =device over the
+    shards at ``shard_dir`` of ``where`` (videos, manifests), otherwise alike."""
+    out = {}
+    for decode_on in ("worker", "device"):
+        cfg = data_cfg(*where, format="shards", shard_dir=str(shard_dir), decode_on=decode_on, **overrides)
+        out[decode_on] = cls(cfg, 24, *mean_std, seed=seed)
+        out[decode_on].setup(stage)
+    return out
+
+
+@pytest.mark.parametrize("module", ["recognition", "retrieval"])
+def test_decode_on_device_gives_the_worker_batches(coded, msrvtt, data_cfg, tmp_path, module):
+    """The same crops, flips, resizes and views from the bytes-only path as from decoding in the
+    worker, for several seeds and epochs, training and multi-view testing."""
+    if module == "recognition":
+        videos, manifests, shards = coded
+        shard_dir, cls, views = shards[0], RecognitionDataModule, {"test_clips": 2, "test_crops": 3}
+    else:
+        videos, manifests = msrvtt
+        shard_dir, cls, views = tmp_path / "s", RetrievalDataModule, {"sampling": "fps", "fps": 3.0}
+        write_shards(videos, manifests, shard_dir, StoreSettings(short_side=48, fps=0), progress=False)
+    crops = set()
+    for seed in (0, 1, 5):
+        dms = _both_paths(
+            cls,
+            data_cfg,
+            (videos, manifests),
+            shard_dir,
+            mean_std=((0.4, 0.5, 0.6), (0.2, 0.3, 0.25)),
+            seed=seed,
+            num_frames=3,
+            hflip=True,
+            train_crop_scale=[0.3, 1.0],
+            **views,
+        )
+        seen = {
+            decode_on: {
+                (stage, epoch): _batches(dm, stage, epoch, decode_on == "device")
+                for stage in ("train", "test")
+                for epoch in (0, 1)
+            }
+            for decode_on, dm in dms.items()
+        }
+        for key, worker in seen["worker"].items():
+            device = seen["device"][key]
+            assert len(device) == len(worker) > 0
+            for a, b in zip(worker, device):
+                assert a["video"].dtype == b["video"].dtype == torch.float32
+                assert torch.equal(a["video"], b["video"]), key
+                assert torch.equal(a["index"], b["index"])
+        crops.add(float(seen["worker"][("train", 0)][0]["video"].sum()))
+    assert len(crops) == 3  # the seeds draw different crops: the comparison is not vacuous
+
+
+def test_codec_raises_no_deprecation_warning(coded, data_cfg):
+    """torchvision 0.29 deprecates its image functions (a DeprecationWarning at every call): the
+    codec the shards use raises none, writing or reading, on either path."""
+    videos, manifests, shards = coded
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        blob = encode_jpeg(torch.full((3, 8, 16), 7, dtype=torch.uint8), 90)
+        (frame,) = decode_jpegs([torch.frombuffer(bytearray(blob), dtype=torch.uint8)])
+        assert frame.shape == (3, 8, 16) and jpeg_size(blob) == (8, 16)
+        dms = _both_paths(RecognitionDataModule, data_cfg, (videos, manifests), shards[0], "validate")
+        for dm in dms.values():
+            assert dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)["video"].shape[0] == 4
+
+
+def _cut_frames(item: dict) -> dict:
+    """``item`` with every stored frame cut short after its scan header: its size still reads, its
+    pixels do not decode."""
+    jpegs, offsets = bytes(item["jpegs"]), item["offsets"]
+    frames = [jpegs[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    cut = [f[: f.index(b"\xff\xda") + 24] for f in frames]
+    new = np.zeros_like(offsets)
+    new[1:] = np.cumsum([len(f) for f in cut])
+    return {**item, "jpegs": b"".join(cut), "offsets": new}
+
+
+@pytest.mark.parametrize("damage", ["header", "pixels"])
+def test_corrupt_stored_jpeg_is_the_same_line_on_both_paths(broken_shards, data_cfg, tmp_path, damage):
+    root, manifests, shards = broken_shards
+    if damage == "pixels":  # the header is whole: only the decoder, on the device, finds it
+        settings = StoreSettings(short_side=64, fps=0)
+        names = ("good.avi", "garbage.avi", "short.avi", "corrupt.avi", "hole.avi")
+        items = [encode_item(root / n, n, settings) for n in names]
+        items[3] = _cut_frames(items[3])
+        shards = tmp_path / "cut"
+        write_items(shards / "items", items)
+    lines = {}
+    for decode_on, dm in _both_paths(
+        RecognitionDataModule, data_cfg, (root, manifests), shards, "validate"
+    ).items():
+        with pytest.raises(VideoDecodeError) as err:
+            dm.on_after_batch_transfer(collate([dm.datasets["val"][3]]), 0)
+        lines[decode_on] = str(err.value)
+    assert lines["worker"] == lines["device"], lines
+    expected = r".* item 3 \(corrupt.avi\): stored frame \d+ is not a valid JPEG \(.+\) "
+    expected += r"\(set data.bad_video=skip to skip bad videos\)"
+    assert re.fullmatch(expected, lines["worker"]) and "\n" not in lines["worker"]
+    if damage == "pixels":  # under skip the worker path replaces it; the device path cannot and says so
+        dm = _both_paths(
+            RecognitionDataModule, data_cfg, (root, manifests), shards, "validate", bad_video="skip"
+        )
+        assert dm["worker"].datasets["val"][3]["unreadable"] is True
+        with pytest.raises(
+            VideoDecodeError, match=r"found on the device, .* set data.decode_on=worker"
+        ) as err:
+            dm["device"].on_after_batch_transfer(collate([dm["device"].datasets["val"][3]]), 0)
+        assert str(err.value).startswith(lines["worker"].rsplit(" (set data.bad_video", 1)[0])
+
+
+def test_decode_on_device_skip_keeps_blank_stand_ins(broken_shards, data_cfg):
+    """data.bad_video=skip: the items found bad in the worker are blank stand-ins, batched with the
+    undecoded good ones and counted, as when decoding in the worker."""
+    root, manifests, shards = broken_shards
+    out = {}
+    dms = _both_paths(
+        RecognitionDataModule,
+        data_cfg,
+        (root, manifests),
+        shards,
+        "validate",
+        bad_video="skip",
+        min_video_frames=4,
+        batch_size=5,
+    )
+    for decode_on, dm in dms.items():
+        out[decode_on] = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
+        assert dm.epoch_summary("val")["skipped"] == 4
+    assert torch.equal(out["worker"]["video"], out["device"]["video"])
+    assert torch.equal(out["device"]["unreadable"], torch.tensor([False, True, True, True, True]))
+
+
+def test_decode_on_device_needs_shards(coded, data_cfg):
+    videos, manifests, _ = coded
+    with pytest.raises(ConfigError, match="data.decode_on=device .* set data.format=shards"):
+        RecognitionDataModule(data_cfg(videos, manifests, decode_on="device"), 32, *FLAT)
+
+
+@pytest.mark.slow
+def test_demo_trains_to_the_same_weights_decoding_on_device(cache_dir, tmp_path):
+    """The bytes-only path (2 loader workers, decoded after the transfer) trains the demo from its
+    shards to bitwise the weights that decoding in the workers gives, for the same seed."""
+    from stop_lightning.checkpoint_io import read_checkpoint
+    from stop_lightning.config import load_config
+    from stop_lightning.data.sources import video_sources
+    from stop_lightning.train import train
+
+    def cfg(decode_on: str):
+        return load_config(
+            "demo",
+            [
+                f"paths.cache_dir={cache_dir}",
+                f"paths.output_dir={tmp_path / decode_on}",
+                "trainer.max_epochs=1",
+                "trainer.enable_progress_bar=false",
+                "data.synthetic_clips_per_class=8",
+                "data.train_crop_scale=[0.5,1.0]",  # random crops: the draws must agree
+                "data.num_workers=2",
+                "data.format=shards",
+                f"data.shard_dir={tmp_path / 'shards'}",
+                f"data.decode_on={decode_on}",
+            ],
+        )
+
+    c = cfg("worker")
+    videos, manifests = video_sources(c.data, c.task.name, c.paths.cache_dir)
+    write_shards(videos, manifests, tmp_path / "shards", StoreSettings(short_side=64, fps=0), progress=False)
+    metrics, weights = {}, {}
+    for decode_on in ("worker", "device"):
+        metrics[decode_on] = train(cfg(decode_on))
+        (ckpt,) = (tmp_path / decode_on).rglob("last.ckpt")
+        saved = read_checkpoint(ckpt)
+        assert saved["global_step"] > 0  # it trained
+        weights[decode_on] = saved["state_dict"]
+    assert weights["worker"].keys() == weights["device"].keys() and weights["worker"]
+    for key, value in weights["worker"].items():
+        assert torch.equal(value, weights["device"][key]), key
+    assert metrics["worker"]["test/top1"] == metrics["device"]["test/top1"]

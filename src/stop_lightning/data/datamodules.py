@@ -38,9 +38,18 @@ from torch.utils.data import DataLoader, Dataset
 from ..schema import ConfigError, DataConfig
 from .class_lists import class_ids, class_list_text, read_class_list, seeded_subset
 from .class_splits import base_novel_split, few_shot_records
-from .datasets import DataHealth, SamplingConfig, VideoCaptionDataset, VideoClipDataset, seed_worker
+from .datasets import (
+    SKIP_ADVICE,
+    DataHealth,
+    SamplingConfig,
+    VideoCaptionDataset,
+    VideoClipDataset,
+    seed_worker,
+)
+from .decode import VideoDecodeError
 from .file_check import missing_files, missing_files_message
 from .item_order import EpochSampler
+from .jpeg_clips import EncodedBatch, collate
 from .manifest import (
     CLASSES_FILE,
     STAGES,
@@ -55,13 +64,19 @@ from .manifest import (
     retrieval_manifest_path,
 )
 from .registry import DatasetSpec, get_dataset
-from .transforms import eval_transform, normalize, train_transform
+from .transforms import EvalTransform, TrainTransform, normalize
 from .video_probe import FIX_OR_SKIP, unreadable_summary, unreadable_videos
 
 log = logging.getLogger(__name__)
 
 # Which manifest splits each Lightning stage reads.
 SPLITS_FOR_STAGE = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+
+# Ends a bad stored frame's line when it is found on the device, after its batch left the loader.
+DEVICE_SKIP_ADVICE = (
+    "found on the device, where data.bad_video=skip cannot replace it; "
+    "set data.decode_on=worker to skip bad videos"
+)
 
 
 def as_data_config(cfg: Any) -> DataConfig:
@@ -115,6 +130,11 @@ class VideoDataModule(L.LightningDataModule):
                 "data.hflip=true ignored: a horizontal flip changes the class of %s clips", self.spec.name
             )
             self.cfg = replace(self.cfg, hflip=False)
+        if self.cfg.decode_on == "device" and self.cfg.format != "shards":
+            raise ConfigError(
+                f"data.decode_on=device decodes stored JPEG frames, which data.format={self.cfg.format} has "
+                "none: set data.format=shards (written by `stop-lightning shard`) or data.decode_on=worker"
+            )
         self.image_size = int(image_size)
         self.mean, self.std = tuple(mean), tuple(std)
         self.seed = seed
@@ -138,7 +158,7 @@ class VideoDataModule(L.LightningDataModule):
     def _transform(self, stage: str, crops: int = 1):
         normalise = not self.cfg.normalize_on_device  # else: uint8 clips, see on_after_batch_transfer
         if stage == "train":
-            return train_transform(
+            return TrainTransform(
                 self.image_size,
                 self.mean,
                 self.std,
@@ -146,16 +166,28 @@ class VideoDataModule(L.LightningDataModule):
                 scale=self.cfg.train_crop_scale,
                 normalise=normalise,
             )
-        return eval_transform(self.image_size, self.mean, self.std, crops=crops, normalise=normalise)
+        return EvalTransform(self.image_size, self.mean, self.std, crops=crops, normalise=normalise)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """With ``data.normalize_on_device``: the batch's uint8 clips, now on the model's device, as
-        normalised float32 (the Trainer calls this before the model or any callback sees the batch)."""
+        """With ``data.decode_on=device``: the batch's stored JPEG frames decoded and transformed on
+        the model's device (data/jpeg_clips.py); with ``data.normalize_on_device``: the batch's uint8
+        clips, now on the model's device, as normalised float32 (the Trainer calls this before the
+        model or any callback sees the batch)."""
+        if isinstance(batch, dict) and isinstance(batch.get("video"), EncodedBatch):
+            batch = {**batch, "video": self._decode_on_device(batch["video"], batch["index"].device)}
         if isinstance(batch, dict) and batch.get("video") is not None and batch["video"].dtype == torch.uint8:
             if self._device_norm is None:
                 self._device_norm = normalize(self.mean, self.std)
             batch = {**batch, "video": self._device_norm(batch["video"])}
         return batch
+
+    def _decode_on_device(self, videos: EncodedBatch, device: torch.device) -> torch.Tensor:
+        transforms = {stage: ds.transform for stage, ds in self.datasets.items() if ds is not None}
+        try:
+            return videos.decode(device, transforms, self.cfg.num_frames)
+        except VideoDecodeError as err:
+            advice = SKIP_ADVICE if self.cfg.bad_video == "raise" else DEVICE_SKIP_ADVICE
+            raise VideoDecodeError(err.path, f"{err.reason} ({advice})") from err
 
     def _read(self, path: Path, stage: str) -> list[ClipRecord]:
         if not path.exists():  # a folder, an empty or unreadable file: read_manifest names it
@@ -202,7 +234,15 @@ class VideoDataModule(L.LightningDataModule):
         if self.cfg.format == "shards":
             from .shards import shard_dataset
 
-            return shard_dataset(cls, records, self.cfg.shard_dir, self.manifest_dir, *args, **kwargs)
+            return shard_dataset(
+                cls,
+                records,
+                self.cfg.shard_dir,
+                self.manifest_dir,
+                *args,
+                decode_on=self.cfg.decode_on,
+                **kwargs,
+            )
         return cls(records, self.video_root, *args, **kwargs)
 
     def check_files(self, splits: tuple[str, ...] = STAGES) -> None:
@@ -273,6 +313,7 @@ class VideoDataModule(L.LightningDataModule):
             persistent_workers=c.persistent_workers and c.num_workers > 0,
             pin_memory=c.pin_memory and torch.cuda.is_available(),
             worker_init_fn=seed_worker,
+            collate_fn=collate,  # keeps data.decode_on=device's undecoded frames out of the collation
             generator=generator,
         )
 

@@ -128,6 +128,15 @@ def seed_worker(worker_id: int) -> None:
     configure_ffmpeg_logging()
 
 
+def assemble_views(views: list[torch.Tensor]) -> torch.Tensor:
+    """The views of one item's clips, each ``[T, 3, S, S]`` or ``[crops, T, 3, S, S]``: one view as
+    it is (training: no copy of the clip), more as ``[C*crops, T, 3, S, S]``."""
+    if len(views) == 1 and views[0].dim() == 4:
+        return views[0]
+    video = torch.cat([v.reshape(-1, *v.shape[-4:]) for v in views])  # [C*crops, T, 3, S, S]
+    return video[0] if video.shape[0] == 1 else video
+
+
 class VideoDataset(Dataset):
     """Shared machinery: path checks, decoding, sampling, the bad-video policy."""
 
@@ -212,6 +221,12 @@ class VideoDataset(Dataset):
         mask = torch.tensor([m for _, m in plans], dtype=torch.bool)
         return clips, mask
 
+    def views(self, i: int, num_clips: int = 1) -> tuple[Any, torch.Tensor]:
+        """Item ``i``'s clip(s) through the transform (:func:`assemble_views`) and the frame mask
+        ``[num_clips, T]``; the random draws happen here, clip by clip."""
+        clips, mask = self.decode(i, num_clips)  # [C, T, 3, H, W]
+        return assemble_views([self.transform(c) for c in clips]), mask
+
     def _record_stats(self, path: Path, stats: Any) -> None:
         if stats.missing_frames:
             self.health.add(missing_frames=stats.missing_frames, files_with_missing_frames=1)
@@ -283,14 +298,7 @@ class VideoClipDataset(VideoDataset):
         return [int(r.label) for r in self.records]  # type: ignore[arg-type]
 
     def load(self, i: int) -> dict[str, Any]:
-        clips, _ = self.decode(i, self.num_clips)  # [C, T, 3, H, W]
-        views = [self.transform(c) for c in clips]  # each [T, 3, S, S] or [crops, T, 3, S, S]
-        if len(views) == 1 and views[0].dim() == 4:  # one view (training): no copy of the clip
-            video = views[0]  # [T, 3, S, S]
-        else:
-            video = torch.cat([v.reshape(-1, *v.shape[-4:]) for v in views])  # [C*crops, T, 3, S, S]
-            if video.shape[0] == 1:
-                video = video[0]
+        video, _ = self.views(i, self.num_clips)
         return {"video": video, "label": int(self.records[i].label), "index": i}  # type: ignore[arg-type]
 
     def placeholder(self, i: int) -> dict[str, Any]:
@@ -327,8 +335,8 @@ class VideoCaptionDataset(VideoDataset):
         return texts, owners
 
     def load(self, i: int) -> dict[str, Any]:
-        clips, mask = self.decode(i)
-        item = {"video": self.transform(clips[0]), "frame_mask": mask[0], "index": i}
+        video, mask = self.views(i)
+        item = {"video": video, "frame_mask": mask[0], "index": i}
         if self.train:
             caps = self.captions[i]
             item["caption"] = caps[int(torch.randint(len(caps), ()).item())]

@@ -47,6 +47,8 @@ from ..fileio import writing
 from ..reading import problem, read_text
 from .datasets import VideoCaptionDataset, VideoClipDataset
 from .decode import VideoDecodeError, VideoFile
+from .jpeg import encode_jpeg, jpeg_size
+from .jpeg_clips import EncodedVideo, decode_clips, decode_views
 from .manifest import ClipRecord, ManifestError, resolve_video_path
 from .stored_copies import StoreSettings, manifest_files, ordered_map, stored_frames, timeline, videos_of
 
@@ -75,18 +77,13 @@ def shard_location(shard_dir: str) -> str:
 
 def encode_item(video_path: Path, rel: str, settings: StoreSettings) -> dict[str, Any]:
     """The shard item of one video (``meta`` carries ``error`` instead of frames when it cannot be read)."""
-    from torchvision.io import encode_jpeg
-
     try:
         with VideoFile(video_path) as video:
             plan = timeline(video, settings)
             blobs = [
                 encode_jpeg(
-                    torch.from_numpy(f.to_ndarray()).permute(2, 0, 1).contiguous(),
-                    quality=settings.jpeg_quality,
+                    torch.from_numpy(f.to_ndarray()).permute(2, 0, 1).contiguous(), settings.jpeg_quality
                 )
-                .numpy()
-                .tobytes()
                 for f in stored_frames(video, plan, "rgb24")
             ]
         meta = {
@@ -253,11 +250,11 @@ class ShardSource:
         self.items = [number[r.path] for r in self.records]
         self.paths = [f"{reader.location} item {k} ({r.path})" for k, r in zip(self.items, self.records)]
 
-    def decode(self, i: int, num_clips: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """As ``VideoDataset.decode``, over the stored frames: uint8 ``[num_clips, T, 3, H, W]``,
-        mask ``[num_clips, T]``."""
-        from torchvision.io import decode_jpeg
+    decode_on = "worker"  # data.decode_on: "device" ships the frames undecoded (data/jpeg_clips.py)
 
+    def encoded(self, i: int, num_clips: int = 1) -> tuple[EncodedVideo, torch.Tensor]:
+        """Item ``i``'s wanted frames as stored (checked, not decoded) with the transform's draws for
+        each clip, and the frame mask ``[num_clips, T]``."""
         where = self.paths[i]
         try:
             item = self.reader[self.items[i]]
@@ -281,23 +278,47 @@ class ShardSource:
                 f"< data.min_video_frames={self.sampling.min_video_frames}",
             )
         plans = [self.frame_indices(i, n, float(meta["fps"]), c, num_clips) for c in range(num_clips)]
+        numbers = sorted({j for idx, _ in plans for j in idx})
         jpegs = memoryview(item["jpegs"])
-        decoded: dict[int, torch.Tensor] = {}
-        for j in sorted({j for idx, _ in plans for j in idx}):
+        frames, sizes = [], set()
+        for j in numbers:
+            frame = jpegs[offsets[j] : offsets[j + 1]]  # a view: only the wanted frames are copied, once
             try:
-                # Only the wanted frames' bytes are copied (a writable buffer for torch), not the item's.
-                data = torch.frombuffer(bytearray(jpegs[offsets[j] : offsets[j + 1]]), dtype=torch.uint8)
-                # [3, H, W] as a view of an [H, W, 3] buffer: kept as [H, W, 3], so stacking is a plain copy
-                decoded[j] = decode_jpeg(data).permute(1, 2, 0)
-            except (RuntimeError, ValueError) as err:  # ValueError: an empty frame
-                raise VideoDecodeError(
-                    where, f"stored frame {j} is not a valid JPEG ({str(err).splitlines()[0]})"
-                ) from err
-        frames = torch.stack([decoded[j] for idx, _ in plans for j in idx])  # [num_clips*T, H, W, 3]
-        # [num_clips, T, 3, H, W], channels-last in memory like the video path's PyAV frames
-        clips = frames.permute(0, 3, 1, 2).reshape(num_clips, self.sampling.num_frames, 3, *frames.shape[1:3])
-        mask = torch.tensor([m for _, m in plans], dtype=torch.bool)
-        return clips, mask
+                sizes.add(jpeg_size(frame))
+            except ValueError as err:
+                raise VideoDecodeError(where, f"stored frame {j} is not a valid JPEG ({err})") from err
+            frames.append(frame)
+        if len(sizes) > 1:
+            raise VideoDecodeError(
+                where, f"stored frames of different sizes {sorted(sizes)}: write the shards again"
+            )
+        position = {j: k for k, j in enumerate(numbers)}
+        (height, width) = sizes.pop()
+        video = EncodedVideo(
+            where=str(where),
+            data=b"".join(frames),
+            ends=np.cumsum([len(f) for f in frames]).tolist(),
+            numbers=numbers,
+            take=[position[j] for idx, _ in plans for j in idx],
+            num_clips=num_clips,
+            draws=[self.transform.draw(height, width) for _ in range(num_clips)],
+            stage=self.stage,
+        )
+        return video, torch.tensor([m for _, m in plans], dtype=torch.bool)
+
+    def decode(self, i: int, num_clips: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """As ``VideoDataset.decode``, over the stored frames: uint8 ``[num_clips, T, 3, H, W]``,
+        mask ``[num_clips, T]`` (the transform's draws are made and dropped)."""
+        video, mask = self.encoded(i, num_clips)
+        return decode_clips(video, self.sampling.num_frames), mask
+
+    def views(self, i: int, num_clips: int = 1) -> tuple[Any, torch.Tensor]:
+        """As ``VideoDataset.views`` over the stored frames; with ``decode_on="device"`` the item's
+        :class:`~stop_lightning.data.jpeg_clips.EncodedVideo`, decoded after the transfer."""
+        video, mask = self.encoded(i, num_clips)
+        if self.decode_on == "device":
+            return video, mask
+        return decode_views(video, self.transform, self.sampling.num_frames), mask
 
 
 class ShardClipDataset(ShardSource, VideoClipDataset):
@@ -312,11 +333,18 @@ SHARD_CLASSES = {VideoClipDataset: ShardClipDataset, VideoCaptionDataset: ShardC
 
 
 def shard_dataset(
-    cls: type, records: list[ClipRecord], shard_dir: str, manifest_dir: Path, *args: Any, **kwargs: Any
+    cls: type,
+    records: list[ClipRecord],
+    shard_dir: str,
+    manifest_dir: Path,
+    *args: Any,
+    decode_on: str = "worker",
+    **kwargs: Any,
 ):
     """The shard twin of dataset class ``cls`` over ``records``, reading the shards under
-    ``shard_dir`` written from the manifests in ``manifest_dir``."""
+    ``shard_dir`` written from the manifests in ``manifest_dir``; ``decode_on``: data.decode_on."""
     dataset = SHARD_CLASSES[cls](records, Path("."), *args, **kwargs)
+    dataset.decode_on = decode_on
     order = videos_of(manifest_files(Path(manifest_dir)))
     dataset.attach(ShardReader(shard_location(shard_dir)), order, str(manifest_dir))
     return dataset

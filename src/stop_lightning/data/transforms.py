@@ -40,32 +40,47 @@ def _unnormalised(video: torch.Tensor) -> torch.Tensor:
     return video  # uint8, any memory layout: the batch collation makes the one contiguous copy
 
 
-def train_transform(
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    hflip: bool = False,
-    scale: Sequence[float] = (0.4, 1.0),
-    normalise: bool = True,
-) -> VideoTransform:
+class TrainTransform:
     """Random resized crop (+ optional horizontal flip): ``uint8 [T, 3, H, W] -> float32 [T, 3, S, S]``
     (``normalise=False``: uint8 ``[T, 3, S, S]``, normalised later by :func:`normalize`).
 
-    ``hflip`` defaults to off: on motion data a flip turns "move left" into "move right".
+    Two halves, so the random draw can happen where the clip is not: :meth:`draw` takes the frame
+    size and draws the crop and flip exactly as torchvision's ``v2.RandomResizedCrop`` +
+    ``v2.RandomHorizontalFlip`` do (same generator calls in the same order), :meth:`apply` crops,
+    resizes, flips and normalises with them on any device. ``hflip`` defaults to off: on motion data
+    a flip turns "move left" into "move right".
     """
-    steps: list[v2.Transform] = [
-        v2.RandomResizedCrop(
-            image_size, scale=(float(scale[0]), float(scale[1])), ratio=(3 / 4, 4 / 3), antialias=True
+
+    def __init__(
+        self,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        hflip: bool = False,
+        scale: Sequence[float] = (0.4, 1.0),
+        normalise: bool = True,
+    ):
+        self.size = int(image_size)
+        self.crop = v2.RandomResizedCrop(
+            self.size, scale=(float(scale[0]), float(scale[1])), ratio=(3 / 4, 4 / 3), antialias=True
         )
-    ]
-    if hflip:
-        steps.append(v2.RandomHorizontalFlip())
-    geometry, norm = v2.Compose(steps), normalize(mean, std) if normalise else _unnormalised
+        self.flip = v2.RandomHorizontalFlip() if hflip else None
+        self.norm = normalize(mean, std) if normalise else _unnormalised
 
-    def apply(video: torch.Tensor) -> torch.Tensor:
-        return norm(geometry(tv_tensors.Video(video)).as_subclass(torch.Tensor))  # crop/flip on uint8
+    def draw(self, height: int, width: int) -> tuple[int, int, int, int, bool]:
+        """``(top, left, crop height, crop width, flip)`` for a clip of ``height x width`` frames."""
+        where = [tv_tensors.Video(torch.empty(1, 3, height, width, dtype=torch.uint8, device="meta"))]
+        box = self.crop.make_params(where)
+        flip = self.flip is not None and bool(torch.rand(1) < self.flip.p)
+        return box["top"], box["left"], box["height"], box["width"], flip
 
-    return apply
+    def apply(self, video: torch.Tensor, params: tuple[int, int, int, int, bool]) -> torch.Tensor:
+        top, left, height, width, flip = params
+        out = F.resized_crop(video, top, left, height, width, [self.size, self.size], antialias=True)
+        return self.norm(F.horizontal_flip(out) if flip else out)
+
+    def __call__(self, video: torch.Tensor) -> torch.Tensor:
+        return self.apply(video, self.draw(*video.shape[-2:]))
 
 
 def three_crops(video: torch.Tensor, size: int) -> list[torch.Tensor]:
@@ -78,21 +93,33 @@ def three_crops(video: torch.Tensor, size: int) -> list[torch.Tensor]:
     return [F.crop(video, t, left, size, size) for t, left in zip(tops, lefts)]
 
 
-def eval_transform(
-    image_size: int, mean: Sequence[float], std: Sequence[float], crops: int = 1, normalise: bool = True
-) -> VideoTransform:
+class EvalTransform:
     """Resize the short side to ``image_size``, then a centre crop (``crops=1``: ``[T, 3, S, S]``)
     or three crops (``crops=3``: ``[3, T, 3, S, S]``), as normalised float32 (``normalise=False``:
-    uint8)."""
-    if crops not in (1, 3):
-        raise ValueError(f"eval crops must be 1 (centre) or 3 (start/centre/end), got {crops}")
-    resize = v2.Resize(image_size, antialias=True)
-    norm = normalize(mean, std) if normalise else _unnormalised
+    uint8). Nothing random: :meth:`draw` gives ``None``; the same two halves as :class:`TrainTransform`."""
 
-    def apply(video: torch.Tensor) -> torch.Tensor:
-        video = resize(tv_tensors.Video(video)).as_subclass(torch.Tensor)  # short side -> image_size
-        if crops == 1:
-            return norm(F.center_crop(video, [image_size, image_size]))
-        return torch.stack([norm(c) for c in three_crops(video, image_size)])
+    def __init__(
+        self,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        crops: int = 1,
+        normalise: bool = True,
+    ):
+        if crops not in (1, 3):
+            raise ValueError(f"eval crops must be 1 (centre) or 3 (start/centre/end), got {crops}")
+        self.size, self.crops = int(image_size), crops
+        self.resize = v2.Resize(self.size, antialias=True)
+        self.norm = normalize(mean, std) if normalise else _unnormalised
 
-    return apply
+    def draw(self, height: int, width: int) -> None:
+        return None
+
+    def apply(self, video: torch.Tensor, params: None = None) -> torch.Tensor:
+        video = self.resize(tv_tensors.Video(video)).as_subclass(torch.Tensor)  # short side -> image_size
+        if self.crops == 1:
+            return self.norm(F.center_crop(video, [self.size, self.size]))
+        return torch.stack([self.norm(c) for c in three_crops(video, self.size)])
+
+    def __call__(self, video: torch.Tensor) -> torch.Tensor:
+        return self.apply(video)
