@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-SHOWN = 20  # missing paths printed in the error
+SHOWN = 5  # missing paths named in the error line
 
 
 def missing_files(paths: Iterable[Path]) -> list[Path]:
@@ -30,15 +30,13 @@ def missing_files(paths: Iterable[Path]) -> list[Path]:
 
 
 def missing_files_message(missing: list[tuple[str, Path]], total: int, video_root: Path) -> str:
-    """One message for ``missing`` ``(splits, path)`` pairs (``splits``: the manifests listing the path)
-    out of ``total`` listed files."""
-    lines = [
+    """One line for ``missing`` ``(splits, path)`` pairs (``splits``: the manifests listing the path)
+    out of ``total`` listed files: the count, the first :data:`SHOWN` with their splits, what to do."""
+    shown = ", ".join(f"[{split}] {path}" for split, path in missing[:SHOWN])
+    more = f" and {len(missing) - SHOWN} more" if len(missing) > SHOWN else ""
+    return (
         f"{len(missing)} of {total} video files listed in the manifests are missing under "
-        f"data.video_root={video_root} (first {min(SHOWN, len(missing))}):"
-    ]
-    lines += [f"  [{split}] {path}" for split, path in missing[:SHOWN]]
-    lines.append(
-        "Restore the files, point data.video_root at the folder the manifest paths are relative to, "
-        "or rebuild the manifests (stop-lightning manifest ... leaves missing files out)."
+        f"data.video_root={video_root}: {shown}{more} (restore the files, point data.video_root at "
+        "the folder the manifest paths are relative to, or rebuild the manifests: "
+        "stop-lightning manifest ... leaves missing files out)"
     )
-    return "\n".join(lines)
