@@ -131,11 +131,21 @@ def test_lightning_debug_and_time_knobs_reach_the_trainer(tmp_path):
         ("trainer.overfit_batches=1.5", "'trainer.overfit_batches' = 1.5: give a number of batches"),
         ("trainer.max_time=90m", "'trainer.max_time' = '90m': give DD:HH:MM:SS"),
         ("trainer.profiler=fancy", "'trainer.profiler' = 'fancy' in command-line overrides is not one of"),
+        ("trainer.compile=reduce_overhead", "'trainer.compile' = 'reduce_overhead': give false"),
+        ("trainer.compile=maxautotune", "max-autotune. Did you mean 'max-autotune'?"),
+        ("trainer.compile=true", "'trainer.compile' = True: give false"),
+        ("trainer.compile_backend=inductr", "'trainer.compile_backend' = 'inductr' in command-line"),
     ],
 )
 def test_lightning_knobs_are_checked_before_any_work(override, says):
     with pytest.raises(ConfigError, match=re.escape(says)):
         load_config("demo", [override])
+
+
+@pytest.mark.parametrize("value", ["false", "default", "reduce-overhead", "max-autotune"])
+def test_compile_takes_false_or_a_torch_compile_mode(value):
+    cfg = load_config("demo", [f"trainer.compile={value}", "trainer.compile_backend=aot_eager"])
+    assert cfg.trainer.compile == (False if value == "false" else value)
 
 
 def test_debug_is_a_one_batch_smoke_run_without_wandb(capsys):

@@ -29,6 +29,12 @@ GLOBAL_PER_LAYER = ("add", "replace")  # model.global_prompts.per_layer
 SHARED_LATENT = ("none", "linear", "transformer")  # model.shared_latent
 OUTPUTS = ("global_prompt0", "global_mean", "mean_cls", "global_and_cls")  # model.aggregation.output
 
+# trainer.compile: false (eager) or one of torch.compile's modes (models/compile.py).
+# trainer.compile_backend: inductor generates kernels; aot_eager / eager only trace (for the tests and
+# for telling an inductor fault from a tracing one).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
+
 # Config key -> its choices, merged into config.CHOICES.
 MODEL_CHOICES: dict[str, tuple[str, ...]] = {
     "model.clip.attn_implementation": ATTN_IMPLEMENTATIONS,

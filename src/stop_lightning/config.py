@@ -31,6 +31,7 @@ from omegaconf.errors import (
     ValidationError,
 )
 
+from stop_lightning.choices import COMPILE_MODES
 from stop_lightning.config_entries import check_components
 from stop_lightning.data.registry import dataset_names, get_dataset
 from stop_lightning.reading import first_line, problem, read_text
@@ -190,6 +191,11 @@ def _check_trainer(t: DictConfig) -> None:
         raise ConfigError(
             f"config key 'trainer.max_time' = {t.max_time!r}: give DD:HH:MM:SS (e.g. 00:03:50:00 for a "
             "4-hour slot less 10 minutes), or leave it empty for no limit"
+        )
+    if t.compile is not False and t.compile not in COMPILE_MODES:
+        raise ConfigError(
+            f"config key 'trainer.compile' = {t.compile!r}: give false (eager) or one of: "
+            f"{', '.join(COMPILE_MODES)}.{did_you_mean(t.compile, COMPILE_MODES)}"
         )
     devices = t.devices
     items = list(devices) if isinstance(devices, ListConfig) else [devices]

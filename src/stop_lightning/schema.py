@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from stop_lightning.choices import MODEL_CHOICES
+from stop_lightning.choices import COMPILE_BACKENDS, MODEL_CHOICES
 from stop_lightning.errors import UserError
 from stop_lightning.fileio import atomic_write
 
@@ -352,6 +352,11 @@ class TrainerConfig:
     overfit_batches: Any = 0.0  # an int (batches) or a float (fraction) of the training set, reused
     max_time: str = ""  # "DD:HH:MM:SS": stop the fit (with a checkpoint) after this long, e.g. a SLURM slot
     profiler: str = ""  # "" (none) | simple | advanced | pytorch
+    # torch.compile of the video model and the prompted text side: false | default | reduce-overhead |
+    # max-autotune (README "Multi-GPU and precision"); compile_backend: inductor, or aot_eager / eager
+    # (trace only).
+    compile: Any = False
+    compile_backend: str = "inductor"
     detect_anomaly: bool = False  # torch.autograd anomaly detection (slow: for finding NaNs)
     benchmark: bool = False  # cudnn.benchmark: pick the fastest convolution kernels for fixed shapes
     deterministic: bool = False
@@ -477,6 +482,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "checkpoint.mode": ("min", "max"),
     "checkpoint.test": ("best", "last"),
     "trainer.profiler": ("", "simple", "advanced", "pytorch"),
+    "trainer.compile_backend": COMPILE_BACKENDS,
 }
 
 

@@ -227,6 +227,19 @@ class PromptedTextEncoder(nn.Module):
             S = int(eot.max()) + 1
             input_ids, attention_mask = input_ids[:, :S], attention_mask[:, :S]
         layout = PromptLayout.build(eot, S, self.num_prefix, self.num_postfix)
+        return self._encode(input_ids, attention_mask, layout, prompts)
+
+    def _encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        layout: PromptLayout,
+        prompts: torch.Tensor,
+    ) -> torch.Tensor:
+        """:meth:`forward`'s tensor work once the captions are checked and laid out, free of host
+        synchronisation: the part ``trainer.compile`` compiles (:mod:`stop_lightning.models.compile`).
+        ``input_ids``, ``attention_mask`` ``[N, S]`` -> ``[N, E]``."""
+        tower, projection = self._parts.tower, self._parts.projection
         wide_mask = attention_mask.gather(1, layout.token_index).masked_fill(layout.is_prompt, 1)  # [N, S']
         self._active = (layout, prompts)
         try:
@@ -235,5 +248,5 @@ class PromptedTextEncoder(nn.Module):
             ).last_hidden_state  # [N, S', D], final LN applied
         finally:
             self._active = None
-        pooled = hidden[torch.arange(N, device=hidden.device), layout.pool_index]  # [N, D]
+        pooled = hidden[torch.arange(len(hidden), device=hidden.device), layout.pool_index]  # [N, D]
         return projection(pooled)

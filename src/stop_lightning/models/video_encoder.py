@@ -473,11 +473,19 @@ class STOPVideoModel(nn.Module):
         :class:`VideoOutput`."""
         if video.dim() != 5:
             raise ValueError(f"expected a video batch [B, T, 3, H, W], got shape {tuple(video.shape)}")
-        B, T = video.shape[:2]
-        st = self._state = _ForwardState(batch=B, frames=T)
+        padded = None  # [B, T] bool for VoP-C / VoP-F when some frame is padding, else None
         if frame_mask is not None and (self.context_prompts is not None or self.function_prompts is not None):
             mask = frame_mask.to(video.device).bool()
-            st.frame_mask = None if bool(mask.all()) else mask  # checked once here, not at every layer
+            padded = None if bool(mask.all()) else mask  # checked once here, not at every layer
+        return self._encode(video, frame_mask, padded)
+
+    def _encode(
+        self, video: torch.Tensor, frame_mask: torch.Tensor | None, padded: torch.Tensor | None
+    ) -> VideoOutput:
+        """:meth:`forward`'s tensor work, free of host synchronisation and data-dependent branches: the
+        part ``trainer.compile`` compiles into one graph (:mod:`stop_lightning.models.compile`)."""
+        B, T = video.shape[:2]
+        st = self._state = _ForwardState(batch=B, frames=T, frame_mask=padded)
         try:
             if self.shared_space is not None:
                 visual, _ = self.shared_space()

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from stop_lightning.schema import ContextPromptConfig
 
@@ -56,16 +55,19 @@ class ContextPrompts(nn.Module):
         if frame_mask is None:
             modulated, _ = self.context(cls)  # [B, T, 2H]
         else:
-            # Real frames first, in their order: a stable sort of "is padded" (False before True).
-            order = torch.sort((~frame_mask).to(torch.uint8), dim=1, stable=True).indices  # [B, T]
-            lengths = frame_mask.sum(1).clamp_min(1).cpu()  # a clip with no real frame: 1 (discarded later)
-            gathered = cls.gather(1, order.unsqueeze(-1).expand(B, T, D))
-            packed = pack_padded_sequence(gathered, lengths, batch_first=True, enforce_sorted=False)
-            out, _ = self.context(packed)
-            out, _ = pad_packed_sequence(
-                out, batch_first=True, total_length=T
-            )  # [B, T, 2H], zeros past length
-            modulated = torch.empty_like(out).scatter_(1, order.unsqueeze(-1).expand_as(out), out)
+            # The real frames in their order, first in the clip for the forward direction (which reads
+            # from the start, so the padding after them cannot reach them) and last for the backward
+            # direction (which reads from the end): stable sorts of "is padded" and of "is real". Same
+            # numbers as a packed sequence, without its lengths on the host (trainer.compile traces it).
+            H = self.context.hidden_size
+            halves = []
+            for key, half in ((~frame_mask, slice(None, H)), (frame_mask, slice(H, None))):
+                order = torch.sort(key.to(torch.uint8), dim=1, stable=True).indices  # [B, T]
+                both, _ = self.context(cls.gather(1, order.unsqueeze(-1).expand(B, T, D)))  # [B, T, 2H]
+                out = both[..., half]  # [B, T, H]: this pass's direction
+                halves.append(torch.empty_like(out).scatter_(1, order.unsqueeze(-1).expand_as(out), out))
+            # [B, T, 2H]; a padded frame gets a zero output
+            modulated = torch.cat(halves, dim=-1) * frame_mask.unsqueeze(-1).to(cls.dtype)
         return self.fc(modulated).view(B, T, self.num_tokens, D)  # [B, T, 2H] -> [B, T, P*D] -> [B, T, P, D]
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from stop_lightning.data.datamodules import VideoDataModule, as_data_config
 from stop_lightning.data.sources import video_sources
 from stop_lightning.models.backbone import ClipBundle
+from stop_lightning.models.compile import compile_model
 from stop_lightning.tasks.base import VideoTaskModule
 from stop_lightning.tasks.registry import get_task
 
@@ -50,5 +51,9 @@ def run_datamodule(cfg: Any, bundle: ClipBundle) -> VideoDataModule:
 
 
 def build_module(cfg: Any, datamodule: VideoDataModule, bundle: ClipBundle) -> VideoTaskModule:
-    """The ``task.name`` module, given what it needs from the set-up DataModule."""
-    return get_task(cfg.task.name).build_module(cfg, datamodule, bundle)
+    """The ``task.name`` module, given what it needs from the set-up DataModule; its video model (and
+    prompted text side) compiled when ``trainer.compile`` asks (a trained model loaded for inference stays
+    eager)."""
+    module = get_task(cfg.task.name).build_module(cfg, datamodule, bundle)
+    compile_model(module.model, cfg.trainer.compile, cfg.trainer.compile_backend)
+    return module

@@ -1,0 +1,109 @@
+"""``trainer.compile``: ``torch.compile`` of the video model's step, its hooks included, in place.
+
+:meth:`STOPVideoModel.forward` and :meth:`PromptedTextEncoder.forward` check their inputs and do the
+host-side work (the padded-frame check, the captions' end-of-text positions and layout) eagerly, then
+call a tensor-only core, ``_encode``, that runs the frozen CLIP with every prompt hook. Only those
+cores are compiled, each into one graph (``fullgraph=True``): a part that would split the graph stops
+the first step with one line naming it instead of silently running half eager.
+
+Compiling in place replaces a bound method on the instance, so the modules, their parameters and
+their state-dict keys stay as they are (no ``_orig_mod.`` prefix): a compiled run's checkpoints and
+exports load into an eager model and back.
+
+The video core marks the batch dimension dynamic, so an uneven last batch reuses the graph instead
+of compiling another; the text side keeps PyTorch's automatic dynamic shapes (captions of a new
+length compile once more, as dynamic, then never again).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from stop_lightning.choices import COMPILE_BACKENDS, COMPILE_MODES
+from stop_lightning.errors import UserError
+
+CORE = "_encode"  # the tensor-only method each compiled module has
+
+
+class CompileError(UserError, RuntimeError):
+    """A part of the model that ``torch.compile`` cannot trace into one graph."""
+
+
+def is_compiled(module: nn.Module) -> bool:
+    return CORE in vars(module)
+
+
+def compile_model(model: nn.Module, mode: str | bool, backend: str = "inductor") -> list[str]:
+    """Compile ``model``'s video core and, where the text side trains with prompts, its text core.
+
+    ``mode``: ``False`` / ``"false"`` leaves the model eager; else one of :data:`COMPILE_MODES`.
+    Returns the names of the modules compiled (``[]`` when eager). Compilation itself happens at the
+    first call; a part that cannot be traced then raises :class:`CompileError`.
+    """
+    if mode is False or mode == "false":
+        return []
+    if mode not in COMPILE_MODES or backend not in COMPILE_BACKENDS:
+        raise ValueError(
+            f"compile mode {mode!r}, backend {backend!r}: "
+            f"expected a mode of {COMPILE_MODES} and a backend of {COMPILE_BACKENDS}"
+        )
+    # name -> (module, its core's arguments with a batch dimension: video, frame mask, padded frames)
+    targets = {"video model": (model, (0, 1, 2))}
+    text = getattr(model, "text_encoder", None)
+    if text is not None and text.prompts_enabled:
+        targets["text encoder"] = (text, ())
+    for name, (module, batched) in targets.items():
+        if not is_compiled(module):
+            core = torch.compile(
+                getattr(module, CORE),
+                fullgraph=True,
+                backend=backend,
+                mode=mode if backend == "inductor" else None,  # modes are inductor's
+            )
+            setattr(module, CORE, _reporting(core, model, name, mode, batched))
+    return list(targets)
+
+
+def _reporting(core: Callable, model: nn.Module, name: str, mode: str, batched: tuple[int, ...]) -> Callable:
+    """``core`` with its batch dimensions marked dynamic and a trace failure turned into one line."""
+
+    @functools.wraps(core)
+    def run(*args):
+        for index in batched:
+            if isinstance(args[index], torch.Tensor):
+                torch._dynamo.maybe_mark_dynamic(args[index], 0)  # [B, ...]: any batch size, one graph
+        try:
+            return core(*args)
+        except (torch._dynamo.exc.Unsupported, torch._dynamo.exc.UserError) as err:
+            reason = next(
+                (line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__
+            )
+            raise CompileError(
+                f"trainer.compile={mode}: the {name} cannot be compiled into one graph at "
+                f"{_culprit(err, model)} ({reason}); set trainer.compile=false to train this preset eagerly"
+            ) from None
+
+    return run
+
+
+def _culprit(err: Exception, model: nn.Module) -> str:
+    """The innermost frame of the failed trace outside PyTorch, named by the submodule whose forward
+    it is when there is one: ``module 'temporal' (TemporalPrompter, temporal.py:88)``."""
+    torch_dir = str(Path(torch.__file__).parent)
+    frames = [f for f in (getattr(err, "real_stack", None) or []) if not f.filename.startswith(torch_dir)]
+    if not frames:
+        return "a part PyTorch did not name"
+    frame = frames[-1]
+    where = f"{Path(frame.filename).name}:{frame.lineno}"
+    for path, sub in model.named_modules():
+        code = getattr(type(sub).forward, "__code__", None)
+        if code is not None and code.co_filename == frame.filename and code.co_name == frame.name:
+            lines = range(code.co_firstlineno, max(ln for _, _, ln in code.co_lines() if ln) + 1)
+            if frame.lineno in lines:
+                return f"module '{path or 'model'}' ({type(sub).__name__}, {where})"
+    return f"{where} in {frame.name}"
