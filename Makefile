@@ -26,7 +26,7 @@ help:
 	@echo "make zero_shot CKPT=k400.ckpt [ARGS='k=v']  K400 model -> HMDB51/UCF101/K600 zero-shot table"
 	@echo "make sweep SWEEP=hmdb51_fig4      W&B sweep online, local grid offline"
 	@echo "make notebook [CKPT=x.ckpt] [VIDEO=clip.mp4]  run the notebook into $(NOTEBOOK_OUT)/ and say how to open it"
-	@echo "make bench [ARGS=--quick]         cost of prompts, data formats, search -> docs/benchmarks.md"
+	@echo "make bench [ARGS=--quick]         cost of prompts, launches eager/compiled, data formats, search -> docs/benchmarks.md"
 	@echo "make motion-table                 STOP/DGL/meanP on the SSv2-like motion set -> docs/motion_benchmark.md"
 	@echo "make demo-table                   the demo per preset over 5 seeds x 1-2 threads -> README, docs/fidelity.md"
 	@echo "make lint                         ruff"
@@ -77,6 +77,7 @@ notebook:
 
 bench:
 	$(PY) benchmarks/run.py $(ARGS)
+	$(PY) benchmarks/launches.py $(ARGS)
 	$(PY) benchmarks/search.py --threads 1
 	$(PY) benchmarks/data_formats.py $(ARGS)
 

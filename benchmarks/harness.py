@@ -34,7 +34,7 @@ from transformers import CLIPModel
 from stop_lightning.models.tiny_clip import OPENAI_EOT_ID, OPENAI_SOT_ID, sized_clip_config
 from stop_lightning.models.video_encoder import STOPVideoModel
 from stop_lightning.schema import EXPERIMENTS_DIR, ModelConfig
-from stop_lightning.tasks.optim import parameter_groups
+from stop_lightning.tasks.optim import adamw, parameter_groups
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def build_subjects(
             .train()
         )
         groups = parameter_groups(model, 0.2)
-        optimizer = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.98)) if groups else None
+        optimizer = adamw(groups, 1e-3, (0.9, 0.98)) if groups else None
         out[name] = Subject(name, spec, model, optimizer, model.trainable_parameter_count()[0])
     return out
 

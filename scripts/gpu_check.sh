@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU check, about 4-5 minutes on a bare CUDA machine with torch, lightning, transformers and
+# One GPU check, about 10-15 minutes on a bare CUDA machine with torch, lightning, transformers and
 # torchmetrics installed (issue 16). Run from the repository root:
 #
 #   OUT=/some/folder bash scripts/gpu_check.sh          # on the GPU machine
@@ -7,7 +7,8 @@
 #
 # 1. installs what the machine lacks from wheels downloaded beforehand into .whl/ (ignored by git:
 #    av, omegaconf + antlr4, litdata + boto3/botocore/s3transfer/jmespath/python-dateutil/six),
-# 2. benchmarks/run.py --device cuda --compact: batch 32 x 12 frames, bf16, MFU,
+# 2. benchmarks/run.py --device cuda --compact: batch 32 x 12 frames, bf16, MFU; then
+#    benchmarks/launches.py: eager and compiled steps against the floor, batch 32 and 64 x 12, bf16,
 # 3. the shard training loader with one worker per core, float32 clips, uint8 clips
 #    (data.normalize_on_device) and JPEG bytes only (data.decode_on=device): clips/s, per worker, per
 #    CPU-second, start-up apart; then the device side of data.decode_on=device timed on its own. The manifest is
@@ -64,6 +65,18 @@ if [ $CPU -eq 1 ]; then DEV=cpu; LOADER_W=2; LOADER_S=5; QUICK=--quick; ACC=cpu;
 else DEV=cuda; LOADER_W=$CORES; LOADER_S=20; QUICK=; ACC=gpu; PREC=bf16-mixed; SMALL=; EPOCHS=4; fi
 stage bench 150 $PY benchmarks/run.py --device $DEV --compact --sections train,infer --out-dir "$OUT/bench"
 [ -f "$OUT/bench/benchmarks-compact.md" ] && grep -E "^\| |MFU|mfu" "$OUT/bench/benchmarks-compact.md" | head -20 >> "$SUMMARY"
+
+# -- 1b. compiled step (issue 29): torch.compile(model), default inductor, against the compiled floor;
+#    MFU and peak memory, batch 32 and 64 x 12 frames, bf16 (--cpu: tiny CLIP, fp32, batch 2).
+#    Goal on an H100/H200: compiled stop_fast <= 1.3x the compiled floor, >= 35% MFU at batch 64 x 12.
+#    Each stage compiles the floor and stop_fast afresh (minutes; on 2 loaded CPU cores the tiny CLIP's
+#    stop_fast alone took over 4 minutes, hence one batch and a long limit in the rehearsal).
+if [ $CPU -eq 1 ]; then LAUNCHES="--tiny --device cpu"; BATCHES="2"; CLIMIT=900
+else LAUNCHES="--device cuda"; BATCHES="32 64"; CLIMIT=420; fi
+for B in $BATCHES; do
+  stage compiled_b$B $CLIMIT $PY benchmarks/launches.py $LAUNCHES --batch $B --frames 12 --label "b$B" --out "$OUT/launches.md"
+done
+[ -f "$OUT/launches.md" ] && grep -E "^\| |^- " "$OUT/launches.md" >> "$SUMMARY"
 
 # -- 2. shard loader, one worker per core -----------------------------------------------------------
 stage shard_loader 150 $PY benchmarks/data_formats.py $QUICK --loader-workers $LOADER_W --seconds $LOADER_S --out-dir "$OUT/loader"

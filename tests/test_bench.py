@@ -127,3 +127,32 @@ def test_long_videos_block_is_written_once_and_replaced(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| `stop_fast`"))
     without, with_ = (float(v.replace(",", "")) for v in row.split("|")[2:4])
     assert without >= 0 and with_ >= 0  # peak RSS above the resident model, both cases measured
+
+
+def test_launch_count_counts_operators_not_views_and_each_once():
+    """The launch count of `benchmarks/launches.py` on steps whose operators are known: views are free,
+    a copy a view makes is one, an operator's own sub-operators are not counted again."""
+    from benchmarks.launches import count_launches
+
+    x = torch.randn(4, 6)
+    cpu = torch.device("cpu")
+    assert count_launches(lambda: (x + 1).mul_(2).view(-1).t().sum(), cpu)["launches"] == 3
+    assert count_launches(lambda: x.t().reshape(-1), cpu)["launches"] == 1  # non-contiguous: a copy
+    assert count_launches(lambda: x.reshape(-1), cpu)["launches"] == 0  # contiguous: a view
+    # linear runs addmm/matmul inside itself: one launch; layer_norm likewise
+    lin = torch.nn.Linear(6, 3)
+    assert count_launches(lambda: torch.nn.functional.layer_norm(lin(x), (3,)), cpu)["launches"] == 2
+
+
+def test_launch_table_smoke(tmp_path):
+    from benchmarks.launches import main
+
+    out = tmp_path / "launches.md"
+    assert main(["--tiny", "--no-compile", "--label", "smoke", "--out", str(out), "--sections", "train"]) == 0
+    text = out.read_text()
+    assert "| `clip_fwd_bwd` | eager |" in text and "| `stop_fast` | eager |" in text
+    data = json.loads(out.with_suffix(".json").read_text())["cpu-launches-smoke"]
+    floor = next(r for r in data["rows"] if r["subject"] == report.FLOOR)
+    fast = next(r for r in data["rows"] if r["subject"] == "stop_fast")
+    assert floor["launches_vs_floor"] == 1.0 and fast["launches"] > floor["launches"] > 0
+    assert fast["launches_vs_floor"] == pytest.approx(fast["launches"] / floor["launches"])

@@ -217,6 +217,22 @@ def cells_to_pixels(mask: torch.Tensor, patch_size: int, layout: str) -> torch.T
     return mask.repeat(*([1] * (mask.dim() - 2)), P, P)  # tiles the g x g mask P x P times
 
 
+def scale_by_cells(pixels: torch.Tensor, cells: torch.Tensor, patch_size: int, layout: str) -> torch.Tensor:
+    """Each pixel of ``pixels [..., H, W]`` times its cell's value in ``cells [..., g, g]`` (leading axes
+    broadcast): ``pixels * cells_to_pixels(cells)`` as one broadcast multiplication, without the
+    ``[..., H, W]`` pixel mask (two ``repeat_interleave`` and their copies) built every step."""
+    H, W = pixels.shape[-2:]
+    g, P = cells.shape[-1], patch_size
+    lead = pixels.shape[:-2]
+    if check_choice("model.spatial.mask_layout", layout) == "block":  # pixel (h, w) -> (h // P, w // P)
+        x = pixels.reshape(*lead, g, P, g, P)  # [..., H, W] -> [..., g, P, g, P]
+        c = cells.reshape(*cells.shape[:-2], g, 1, g, 1)
+    else:  # lattice: pixel (h, w) -> (h mod g, w mod g)
+        x = pixels.reshape(*lead, P, g, P, g)  # [..., H, W] -> [..., P, g, P, g]
+        c = cells.reshape(*cells.shape[:-2], 1, g, 1, g)
+    return (x * c).reshape(*lead, H, W)
+
+
 class ReferenceScorer(nn.Module):
     """The reference scorer: Conv3d(3 -> 1, (5, 11, 11)) over the pixels, averaged into g x g cells.
 
@@ -295,9 +311,10 @@ class SpatialPrompter(nn.Module):
         scores = self.scorer(video, patch_embeds)  # [B, T, N]
         select = topk_patch_mask if self.threshold == "topk" else strict_threshold_mask
         mask = select(scores, self.k).view(B, T, g, g)
-        pixel_mask = cells_to_pixels(mask, P, self.mask_layout)  # [B, T, H, W]
         p = self.generator(video)  # [B, T, 3, H, W]
-        delta = self.alpha * p * (1 + pixel_mask.unsqueeze(2).to(p.dtype))  # alpha*p + alpha*p*m
+        # alpha*p + alpha*p*m = p * (alpha*(1+m)): alpha or 2*alpha per cell, exact in any float type
+        scale = (self.alpha * (1 + mask)).to(p.dtype).unsqueeze(2)  # [B, T, 1, g, g]
+        delta = scale_by_cells(p, scale, P, self.mask_layout)  # [B, T, 3, H, W]
         return delta, mask
 
     def attach(self, parts: VisionParts, hooks: HookSet, num_frames: Callable[[], int | None]) -> None:
