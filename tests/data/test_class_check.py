@@ -76,7 +76,7 @@ def test_missing_files_are_one_line_exit_2(manifests, tmp_path, capsys):
     code, _, err = check(capsys, str(listed), "--manifests", str(tmp_path / "nowhere"))
     assert code == 2 and "classes.txt does not exist" in one_line(err)
     code, _, err = check(capsys, str(tmp_path / "absent.csv"), "--manifests", str(manifests))
-    assert code == 2 and "absent.csv cannot be read" in one_line(err)
+    assert code == 2 and "absent.csv does not exist" in one_line(err)
 
 
 def test_manifest_help_names_the_check(capsys):

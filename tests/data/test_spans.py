@@ -124,6 +124,16 @@ def test_spans_of_one_video_are_items_of_their_own(video):
     assert np.all(np.diff(codes(ds[1]["video"])) > 0)
 
 
+class Unchanged:
+    """A shard transform (its random draws, then their application) that leaves the frames as stored."""
+
+    def draw(self, height: int, width: int) -> None:
+        return None
+
+    def apply(self, video, params=None):
+        return video
+
+
 def test_frame_shards_sample_the_same_span(video, tmp_path):
     rows = [ClipRecord("codes.mp4", label=0, start=2.25, end=9.0)]
     manifests = tmp_path / "manifests"
@@ -131,7 +141,7 @@ def test_frame_shards_sample_the_same_span(video, tmp_path):
     write_shards(video, manifests, tmp_path / "shards", StoreSettings(short_side=32, fps=0), progress=False)
     sampling = SamplingConfig(num_frames=8)
     shards = shard_dataset(
-        VideoClipDataset, rows, str(tmp_path / "shards"), manifests, "val", sampling, lambda c: c
+        VideoClipDataset, rows, str(tmp_path / "shards"), manifests, "val", sampling, Unchanged()
     )
     assert codes(shards[0]["video"]) == codes(clip_dataset(video, rows, stage="val")[0]["video"])
     assert set(codes(shards[0]["video"])) <= in_span(2.25, 9.0)
