@@ -101,7 +101,7 @@ def build_subjects(
             .train()
         )
         groups = parameter_groups(model, 0.2)
-        optimizer = adamw(groups, 1e-3, (0.9, 0.98)) if groups else None
+        optimizer = adamw(groups, 1e-3, (0.9, 0.98), fused=True) if groups else None  # docs/benchmarks.md
         out[name] = Subject(name, spec, model, optimizer, model.trainable_parameter_count()[0])
     return out
 

@@ -128,13 +128,7 @@ class VideoTaskModule(L.LightningModule):
     def configure_optimizers(self):
         trainer = self.trainer
         total = int(trainer.estimated_stepping_batches) if trainer is not None else 1
-        # Lightning's mixed precision refuses gradient clipping with a fused optimiser (no unscaling first).
-        clipped_mixed = (
-            trainer is not None
-            and bool(trainer.gradient_clip_val)
-            and str(trainer.precision).endswith("-mixed")
-        )
-        opt = build_optimizer(self, self.cfg.optim, total, fused=not clipped_mixed)  # the model and any head
+        opt = build_optimizer(self, self.cfg.optim, total)  # the model and any head
         if opt is None:
             raise RuntimeError(
                 f"preset '{self.cfg.model.preset}' has nothing to train; run `stop-lightning eval` instead "
