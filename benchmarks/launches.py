@@ -165,6 +165,55 @@ def count_launches(fn, device: torch.device) -> dict[str, Any]:
     return {"launches": len(events), "top": top, "kernels": kernels}
 
 
+def launch_breakdown(model: torch.nn.Module, fn) -> dict[str, dict[str, int]]:
+    """Where one step's launches go: the operator events of :func:`count_launches`, each given to the
+    module (:func:`benchmarks.harness.module_labels`) whose forward ran it, a backward operator to the
+    module whose forward operator created its autograd node (matched by sequence number), the
+    optimiser's to the optimiser. ``{label: {"forward": n, "backward": n}}``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    labels = H.module_labels(model)
+    names = {name for _, name in labels}
+    with H._record_modules(labels), profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+
+    def chain(ev):
+        while ev is not None:
+            yield ev
+            ev = ev.cpu_parent
+
+    def backward_node(ev):  # the autograd node evaluation an operator runs in, if any
+        return next((a for a in chain(ev) if a.name.startswith(H._BACKWARD)), None)
+
+    def label_of(ev) -> str:
+        for a in chain(ev.cpu_parent):
+            if a.name in names:
+                return a.name
+            if a.name.startswith("Optimizer."):
+                return H._OPTIMIZER
+        return H._UNLABELLED
+
+    created: dict[int, str] = {}  # autograd sequence number -> the module whose forward made the node
+    for ev in prof.events():
+        if ev.sequence_nr >= 0 and ev.name not in names and backward_node(ev) is None:
+            created.setdefault(ev.sequence_nr, label_of(ev))
+    out: dict[str, dict[str, int]] = {}
+    for ev in _operator_events(prof):
+        node = backward_node(ev)
+        if node is None:
+            label, side = label_of(ev), "forward"
+        else:
+            label = (
+                H._OPTIMIZER
+                if "AccumulateGrad" in node.name
+                else created.get(node.sequence_nr, H._UNLABELLED)
+            )
+            side = "backward"
+        counts = out.setdefault(label, {"forward": 0, "backward": 0})
+        counts[side] += 1
+    return out
+
+
 def _compiled(subject: H.Subject) -> H.Subject:
     """The same subject (same parameters, same optimiser) with ``torch.compile(model)`` as its forward."""
     return replace(subject, model=torch.compile(subject.model))
@@ -196,6 +245,11 @@ def run(plan: KernelPlan, device: torch.device, log=print, command: str = "") ->
         first[key] = time.perf_counter() - t0
         log(f"  warm-up {key[0]} {key[1]}: {first[key]:.1f}s")
     launches = {key: count_launches(fn, device) for key, fn in steps.items()}
+    breakdown = {  # eager only: a compiled graph is one module to the profiler
+        name: launch_breakdown(subjects[name].model, steps[(name, "eager")])
+        for name in (report.FLOOR, "stop_fast")
+        if name in subjects and device.type == "cpu"
+    }
     timing = H.measure(
         [H.Case(f"{n}|{m}", steps[(n, m)], repeats=plan.repeats, warmup=False) for n, m in steps],
         device,
@@ -242,6 +296,7 @@ def run(plan: KernelPlan, device: torch.device, log=print, command: str = "") ->
         },
         "rows": rows,
         "targets": targets(rows, device.type == "cuda"),
+        "breakdown": breakdown,
         "wall_s": time.time() - start,
     }
 
@@ -326,7 +381,35 @@ def render(r: dict[str, Any], label: str) -> str:
             "- most frequent operators of the eager `stop_fast` step: "
             + ", ".join(f"`{n}` {c}" for n, c in fast["top_ops"])
         )
+    lines += _render_breakdown(r.get("breakdown") or {})
     return "\n".join(lines) + "\n\n"
+
+
+def _render_breakdown(breakdown: dict[str, dict[str, dict[str, int]]]) -> list[str]:
+    """The eager launches of the floor and of ``stop_fast`` by module, forward + backward."""
+    if report.FLOOR not in breakdown or "stop_fast" not in breakdown:
+        return []
+    floor, fast = breakdown[report.FLOOR], breakdown["stop_fast"]
+
+    def total(counts: dict[str, int] | None) -> int:
+        return sum(counts.values()) if counts else 0
+
+    lines = [
+        "",
+        "Where the eager launches go (one step; forward + backward, each operator given to the module "
+        "whose forward ran it or created its backward node):",
+        "",
+        f"| module | `{report.FLOOR}` | `stop_fast` | `stop_fast` forward / backward |",
+        "|---|---:|---:|---:|",
+    ]
+    for label in sorted(set(floor) | set(fast), key=lambda k: (-total(fast.get(k)), k)):
+        f = fast.get(label, {"forward": 0, "backward": 0})
+        lines.append(
+            f"| {label} | {total(floor.get(label))} | {total(f)} | {f['forward']} / {f['backward']} |"
+        )
+    sums = (sum(total(v) for v in floor.values()), sum(total(v) for v in fast.values()))
+    lines.append(f"| **all** | **{sums[0]}** | **{sums[1]}** | |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

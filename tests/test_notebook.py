@@ -74,7 +74,7 @@ def test_make_notebook_executes_a_copy_and_prints_how_to_open_it():
     assert execute[-1] == str(NOTEBOOK.relative_to(root))
     (said,) = [line for line in lines if line.startswith("echo ")]
     opened = ".venv/bin/jupyter lab runs/notebooks/explore_checkpoint.ipynb"
-    assert said.endswith(f"open it with: {opened}\"")
+    assert said.endswith(f'open it with: {opened}"')
     assert opened in (root / "README.md").read_text()
     # Without CKPT / VIDEO the notebook picks the newest demo run and its first test video.
     (bare,) = [shlex.split(line) for line in planned() if "nbconvert --to" in line]

@@ -70,7 +70,12 @@ def test_writing_prompts_equals_slicing_and_concatenating(tiny_clip, model_cfg, 
             gen = torch.Generator().manual_seed(layer + 10 * B + 100 * T)
             shape = (B, G + T * S, D) if G else (B * T, S, D)
             hidden = torch.randn(shape, generator=gen, requires_grad=True)
-            model._state = _ForwardState(batch=B, frames=T, local=model.local_prompts())
+            model._state = _ForwardState(
+                batch=B,
+                frames=T,
+                local=model.local_prompts().unbind(0),
+                global_tokens=model.global_prompts.tokens.unbind(0) if G else None,
+            )
             got = model._write_prompts(layer, hidden)
             slots = model._state.local[layer].expand(B, T, K, D) if layer < model.slot_depth else None
             own = model.global_prompts.tokens[layer].expand(B, G, D) if G else None
@@ -126,3 +131,41 @@ def test_a_model_first_run_without_gradient_still_trains(tiny_clip, model_cfg, m
     model.eval()
     with torch.no_grad():
         assert (model(video).embeds - reference).abs().max() <= 1e-6
+
+
+def _block_attention_by_mask(query, key, value, G, T, S, scale):
+    """The video block layout written out: a dense score matrix over ``[G globals, T frames of S]``,
+    a frame's tokens seeing their own frame and the globals, the globals seeing everything."""
+    L = G + T * S
+    frame_of = torch.cat([torch.full((G,), -1), torch.arange(T).repeat_interleave(S)])  # [L]
+    allowed = (frame_of[:, None] == frame_of[None, :]) | (frame_of[:, None] < 0) | (frame_of[None, :] < 0)
+    scores = (query @ key.transpose(-1, -2)) * scale  # [B, H, L, L]
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    out = scores.softmax(-1) @ value  # [B, H, L, d]
+    assert allowed.shape == (L, L)
+    return out.transpose(1, 2)  # [B, L, H, d], the layout HF's attention functions return
+
+
+@pytest.mark.parametrize(
+    ("B", "H", "G", "T", "S", "d"),
+    [(2, 3, 2, 4, 5, 8), (1, 1, 1, 1, 1, 4), (3, 2, 0, 4, 5, 8), (1, 4, 3, 1, 7, 16), (2, 2, 1, 3, 1, 8)],
+)
+def test_video_block_attention_equals_the_masked_scores(B, H, G, T, S, d):
+    """Values and gradients of the split-and-concatenate form against the dense masked formula, with
+    awkward shapes: one frame, one token a frame, no globals, one head."""
+    from stop_lightning.models.global_prompts import video_block_attention
+
+    gen = torch.Generator().manual_seed(B + 10 * G + 100 * T + 1000 * S)
+    L = G + T * S
+    qkv = torch.randn(3, B, H, L, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(B, L, H, d, generator=gen, dtype=torch.float64)
+    scale = d**-0.5
+    got, _ = video_block_attention(None, *qkv, None, scaling=scale, video_blocks=(G, T, S))
+    want = _block_attention_by_mask(*qkv, G, T, S, scale)
+    assert got.shape == want.shape == (B, L, H, d)
+    (grad_got,) = torch.autograd.grad(got, qkv, upstream)
+    (grad_want,) = torch.autograd.grad(want, qkv, upstream)
+    # float64 throughout: the two orders of summation agree to ~1e-15; 1e-10 leaves room and still
+    # fails on any misplaced key (an error of order 1).
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    torch.testing.assert_close(grad_got, grad_want, rtol=0, atol=1e-10)

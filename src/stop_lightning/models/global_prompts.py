@@ -64,26 +64,32 @@ def video_block_attention(
     B, H, L, d = query.shape
     if L != G + T * S:
         raise ValueError(f"video block attention: sequence of {L} tokens, expected G + T*S = {G} + {T}*{S}")
+    # Whole-tensor form, few kernels each way: ``split`` (one ``cat`` in the backward, where slicing
+    # costs a zero-filled tensor and an add per slice), the frames kept head-major so that the
+    # per-frame keys are one ``cat`` and the output one ``cat`` straight into the layout HF expects.
+    q_g, q_f = query.split((G, T * S), dim=2)  # [B, H, G, d], [B, H, T*S, d]
+    k_g, k_f = key.split((G, T * S), dim=2)
+    v_g, v_f = value.split((G, T * S), dim=2)
 
-    def frames(x: torch.Tensor) -> torch.Tensor:  # [B, H, G + T*S, d] -> [B*T, H, S, d]
-        return x[:, :, G:].reshape(B, H, T, S, d).transpose(1, 2).reshape(B * T, H, S, d)
-
-    def with_globals(
-        x: torch.Tensor,
-    ) -> torch.Tensor:  # -> [B*T, H, G + S, d]: each frame's keys/values plus the globals'
-        g = x[:, :, :G].unsqueeze(1).expand(B, T, H, G, d).reshape(B * T, H, G, d)
-        return torch.cat([g, frames(x)], dim=2)
+    def frame_keys(g: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        # [B, H, G, d] + [B, H, T*S, d] -> [B, H*T, G + S, d]: each frame's keys after the globals'
+        g = g.unsqueeze(2).expand(B, H, T, G, d)
+        return torch.cat([g, f.unflatten(2, (T, S))], dim=3).view(B, H * T, G + S, d)
 
     per_frame = F.scaled_dot_product_attention(
-        frames(query), with_globals(key), with_globals(value), dropout_p=dropout, scale=scaling
-    )
-    per_frame = per_frame.reshape(B, T, H, S, d).transpose(1, 2).reshape(B, H, T * S, d)
-    if G:
-        globals_ = F.scaled_dot_product_attention(
-            query[:, :, :G], key, value, dropout_p=dropout, scale=scaling
-        )  # [B, H, G, d]
-        per_frame = torch.cat([globals_, per_frame], dim=2)
-    return per_frame.transpose(1, 2).contiguous(), None
+        q_f.reshape(B, H * T, S, d),  # [B, H, T*S, d] -> [B, H*T, S, d]
+        frame_keys(k_g, k_f),
+        frame_keys(v_g, v_f),
+        dropout_p=dropout,
+        scale=scaling,
+    ).view(B, H, T * S, d)  # [B, H*T, S, d] -> [B, H, T*S, d]
+    if not G:
+        return per_frame.transpose(1, 2).contiguous(), None
+    globals_ = F.scaled_dot_product_attention(
+        q_g, key, value, dropout_p=dropout, scale=scaling
+    )  # [B, H, G, d]
+    # [B, G, H, d] + [B, T*S, H, d] -> [B, G + T*S, H, d]
+    return torch.cat([globals_.transpose(1, 2), per_frame.transpose(1, 2)], dim=1), None
 
 
 def use_video_block_attention(vision_config: Any) -> bool:
@@ -178,9 +184,12 @@ class GlobalPrompts(nn.Module):
         nn.init.normal_(tokens[0] if self.per_layer == "add" else tokens, std=float(cfg.init_std))
         self.tokens = nn.Parameter(tokens)
 
-    def at_layer(self, layer: int, carried: torch.Tensor | None, batch: int) -> torch.Tensor:
-        """Global slots entering ``layer``: ``carried [B, G, D]`` (None at layer 0) -> ``[B, G, D]``."""
-        own = self.tokens[layer].unsqueeze(0).expand(batch, -1, -1)
+    def at_layer(
+        self, layer: int, carried: torch.Tensor | None, batch: int, own: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Global slots entering ``layer``: ``carried [B, G, D]`` (None at layer 0) -> ``[B, G, D]``.
+        ``own``: this layer's ``[G, D]`` when the caller split ``tokens`` already."""
+        own = (self.tokens[layer] if own is None else own).unsqueeze(0).expand(batch, -1, -1)
         if carried is None or self.per_layer == "replace":
             return own.to(carried.dtype) if carried is not None else own
         return carried + own.to(carried.dtype)

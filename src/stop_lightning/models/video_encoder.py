@@ -65,7 +65,8 @@ class _ForwardState:
 
     batch: int
     frames: int
-    local: torch.Tensor | None = None  # [L, T or 1, K, D]
+    local: tuple[torch.Tensor, ...] | None = None  # per layer [T or 1, K, D]
+    global_tokens: tuple[torch.Tensor, ...] | None = None  # per layer [G, D]
     temporal: torch.Tensor | None = None  # [B, T, K, D], alpha and (1 + w) applied
     weights: torch.Tensor | None = None  # [B, T]
     frame_mask: torch.Tensor | None = None  # [B, T] True: a real frame (VoP-C and VoP-F skip padded ones)
@@ -397,7 +398,11 @@ class STOPVideoModel(nn.Module):
         S = (hidden.shape[1] - G) // T if G else hidden.shape[1]
         D = hidden.shape[-1]
         written = K if layer < self.slot_depth else 0
-        own = self.global_prompts.at_layer(layer, None, B).to(hidden.dtype) if G else None  # [B, G, D]
+        own = (
+            self.global_prompts.at_layer(layer, None, B, st.global_tokens[layer]).to(hidden.dtype)
+            if G
+            else None
+        )  # [B, G, D]
         if written:
             frames = hidden[:, G:].unflatten(1, (T, S)) if G else hidden.unflatten(0, (B, T))  # [B, T, S, D]
             slots = F.pad(self._slot_tokens(layer, frames), (0, 0, 1, S - 1 - K))  # -> [B, T, S, D]
@@ -421,17 +426,17 @@ class STOPVideoModel(nn.Module):
         st = self._state
         B, T, K, D = st.batch, st.frames, self.num_slots, self.width
         like = frames
-        tokens = like.new_zeros(B, T, K, D)
+        tokens = None  # the caller asks only for a layer with local or temporal prompts
         if layer < self.local_depth:
-            local = st.local[layer].to(like.dtype)  # [T or 1, K, D]
+            tokens = st.local[layer].to(like.dtype)  # [T or 1, K, D]
             if self.context_prompts is not None:
                 cls = frames[:, :, 0]  # [B, T, D]: the frames' CLS tokens entering this layer
                 context = self.context_prompts(cls, st.frame_mask).to(like.dtype)  # [B, T, P, D]
-                local = torch.cat([local.expand(B, T, -1, D), context], dim=2)  # [B, T, K - P + P, D]
-            tokens = tokens + local  # [T or 1, K, D] or [B, T, K, D] -> [B, T, K, D]
+                tokens = torch.cat([tokens.expand(B, T, -1, D), context], dim=2)  # [B, T, K - P + P, D]
         if layer < self.temporal_depth:
-            tokens = tokens + st.temporal.to(like.dtype)
-        return tokens
+            temporal = st.temporal.to(like.dtype)  # [B, T, K, D]
+            tokens = temporal if tokens is None else tokens + temporal
+        return tokens.expand(B, T, K, D)  # [T or 1, K, D] or [B, T, K, D] -> [B, T, K, D]
 
     def _enter_layer(self, index: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict):
@@ -509,13 +514,20 @@ class STOPVideoModel(nn.Module):
         B, T = video.shape[:2]
         st = self._state = _ForwardState(batch=B, frames=T, frame_mask=padded)
         try:
+            local = None  # [L, T or 1, K, D]
             if self.shared_space is not None:
                 visual, _ = self.shared_space()
-                st.local = visual if self.local_depth else None
+                local = visual if self.local_depth else None
             elif self.local_prompts is not None:
-                st.local = self.local_prompts()
-            if st.local is not None and st.local.shape[1] not in (1, T):
-                raise ValueError(f"local prompts are made for {st.local.shape[1]} frames, the clip has {T}")
+                local = self.local_prompts()
+            if local is not None:
+                if local.shape[1] not in (1, T):
+                    raise ValueError(f"local prompts are made for {local.shape[1]} frames, the clip has {T}")
+                # Split once per forward: the layers' gradients come back as one stack, not a
+                # zero-filled select_backward and an add per layer.
+                st.local = local.unbind(0)
+            if self.global_prompts is not None:
+                st.global_tokens = self.global_prompts.tokens.unbind(0)  # per layer [G, D], as above
             image = self.clip.get_image_features(
                 pixel_values=video.flatten(0, 1)
             )  # [B*T, 3, H, W] -> [B*T, E]
