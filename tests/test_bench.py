@@ -156,3 +156,10 @@ def test_launch_table_smoke(tmp_path):
     fast = next(r for r in data["rows"] if r["subject"] == "stop_fast")
     assert floor["launches_vs_floor"] == 1.0 and fast["launches"] > floor["launches"] > 0
     assert fast["launches_vs_floor"] == pytest.approx(fast["launches"] / floor["launches"])
+    # the breakdown gives every launch of the eager step to exactly one module (forward or backward)
+    for row in (floor, fast):
+        parts = data["breakdown"][row["subject"]]
+        assert sum(c["forward"] + c["backward"] for c in parts.values()) == row["launches"]
+    assert "adapters" in data["breakdown"]["stop_fast"] and "adapters" not in data["breakdown"][report.FLOOR]
+    assert fast["launches"] > data["breakdown"]["stop_fast"]["adapters"]["backward"] > 0
+    assert "Where the eager launches go" in text
