@@ -119,3 +119,18 @@ def test_a_missing_source_is_a_config_error(cache_dir, tmp_path, capsys):
     assert main(["train", "demo", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert "model.init_from" in err and "nothing.ckpt" in err and len(err.splitlines()) == 1
+
+
+def test_a_run_resumes_after_its_init_from_source_has_gone(demo_run, cache_dir, tmp_path, monkeypatch):
+    """The source is read once, when the run starts; a resumed run has its own weights, so a source
+    deleted since (a scratch folder cleaned) must not stop the resume."""
+    source = tmp_path / "source.ckpt"
+    source.write_bytes(demo_run.ckpt.read_bytes())
+    monkeypatch.setenv("STOP_RUN_STAMP", "gone")
+    args = overrides(cache_dir, tmp_path, f"model.init_from={source}")
+    assert main(["train", "demo", *args]) == 0
+    source.unlink()
+    resume = [*args, "trainer.max_epochs=2", "--resume", "auto", "--allow-change", "trainer"]
+    assert main(["train", "demo", *resume]) == 0
+    last = torch.load(tmp_path / "demo" / "gone" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 1  # the second epoch ran

@@ -209,8 +209,10 @@ def _check_trainer(t: DictConfig) -> None:
         )
 
 
-def _check_init_from(source: str) -> None:
-    """``model.init_from`` names a file or folder that is there (what it holds is read at the start)."""
+def check_init_from(source: str) -> None:
+    """``model.init_from`` names a file or folder that is there (what it holds is read at the start).
+    Checked where a new run starts, not when a config is composed: a resumed run has its own weights
+    and must resume even when the source has gone since (a scratch folder cleaned, a run moved)."""
     if source and not Path(source).exists():
         raise ConfigError(
             f"config key 'model.init_from' = {source!r}: no such file or folder; give a .ckpt written by "
@@ -356,7 +358,6 @@ def load_config(
     if not cfg.task.templates:  # the dataset's own prompt templates (data/registry.py)
         cfg.task.templates = list(get_dataset(cfg.data.dataset).templates)
     _check_trainer(cfg.trainer)
-    _check_init_from(cfg.model.init_from)
     _check_logger(cfg.logger)
     check_components(cfg)  # imports the named classes' modules: only once composed
     OmegaConf.set_readonly(cfg, True)

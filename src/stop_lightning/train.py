@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from stop_lightning.callbacks import build_callbacks
 from stop_lightning.checkpoint_io import AtomicCheckpointIO, load_trained_weights, read_checkpoint
-from stop_lightning.config import read_yaml
+from stop_lightning.config import check_init_from, read_yaml
 from stop_lightning.data.class_lists import write_protocol_files
 from stop_lightning.data.datasets import SKIP_ADVICE
 from stop_lightning.data.decode import VideoDecodeError
@@ -313,6 +313,7 @@ def _fit_and_test(
         read_checkpoint(resume_ckpt)  # an empty, cut or foreign checkpoint ends here, before any work
     bundle, init = None, None
     if cfg.model.init_from and resume_ckpt is None:  # a resumed run has its own weights already
+        check_init_from(cfg.model.init_from)
         bundle = load_clip(cfg.model.clip, cfg.paths.cache_dir)
         init = read_initial_weights(cfg, bundle)  # refused here: no run folder yet
     cfg, bundle, datamodule = setup_run(
