@@ -334,3 +334,24 @@ def test_a_full_disk_met_by_a_writer_not_ours_is_one_line(tmp_path, capsys, monk
     line = one_line(*run_cli(["train", "demo", f"paths.output_dir={tmp_path}"], capsys, monkeypatch))
     named = filename or "a file (the writer did not name it)"
     assert line.startswith(f"error: disk full writing {named}: "), line
+
+
+def test_the_tiny_clip_cache_on_a_simulated_full_disk(tmp_path, monkeypatch):
+    """The random tiny CLIP written into the cache: a disk that fills while its weights are written
+    is one line naming the cache folder, and neither a half model nor a temporary folder is left
+    (the next run would otherwise load a cut weights file or trip over the leftover)."""
+    from stop_lightning.models import backbone
+    from stop_lightning.schema import ClipSource
+
+    def fills_up(out_dir, **kwargs):
+        (Path(out_dir) / "config.json").write_text("{}")
+        (Path(out_dir) / "model.safetensors").write_bytes(b"\0" * 1024)  # half the weights, then full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(backbone, "make_tiny_clip", fills_up)
+    cache = tmp_path / "cache"
+    source = ClipSource(source="tiny", tiny_width=32, tiny_layers=1, tiny_patch_size=16, tiny_image_size=32)
+    with pytest.raises(StorageError) as got:
+        backbone._tiny_clip_dir(source, cache)
+    assert_full(got.value, cache / "tiny-clip-w32-l1-p16-i32")
+    assert not list(cache.iterdir()), list(cache.iterdir())

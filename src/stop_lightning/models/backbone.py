@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -25,6 +22,7 @@ from transformers import CLIPConfig, CLIPModel
 
 from stop_lightning.choices import check_choice
 from stop_lightning.errors import UserError
+from stop_lightning.fileio import atomic_dir
 from stop_lightning.models.hooks import freeze
 from stop_lightning.models.layers import attention_heads
 from stop_lightning.models.tiny_clip import CLIP_MEAN, CLIP_STD, make_tiny_clip
@@ -161,14 +159,12 @@ def _tiny_clip_dir(clip_cfg: ClipSource, cache_dir: Path) -> Path:
     )
     out = cache_dir / "tiny-clip-w{width}-l{layers}-p{patch_size}-i{image_size}".format(**sizes)
     if not (out / "config.json").is_file():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        # Written next to its final place and renamed, so concurrent runs never see half a model.
-        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=cache_dir))
-        make_tiny_clip(tmp, seed=0, **sizes)
-        try:
-            os.replace(tmp, out)
-        except OSError:  # another process won the race
-            shutil.rmtree(tmp, ignore_errors=True)
+        try:  # written beside its place and renamed: concurrent runs never see half a model
+            with atomic_dir(out) as tmp:
+                make_tiny_clip(tmp, seed=0, **sizes)
+        except OSError:  # a full disk is one line; another process winning the race is no error
+            if not (out / "config.json").is_file():
+                raise
     return out
 
 
