@@ -253,7 +253,7 @@ def run(plan: KernelPlan, device: torch.device, log=print, command: str = "") ->
     breakdown = {  # eager only: a compiled graph is one module to the profiler
         name: launch_breakdown(subjects[name].model, steps[(name, "eager")])
         for name in (report.FLOOR, "stop_fast")
-        if name in subjects and device.type == "cpu"
+        if name in subjects
     }
     timing = H.measure(
         [H.Case(f"{n}|{m}", steps[(n, m)], repeats=plan.repeats, warmup=False) for n, m in steps],
