@@ -120,10 +120,12 @@ class VideoTaskModule(L.LightningModule):
             feats.append(self.model.encode_text(ids, mask))
         return torch.nn.functional.normalize(torch.cat(feats).float(), dim=-1)
 
-    def encode_videos(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None):
-        """``[B, T, 3, H, W]`` (and ``frame_mask [B, T]``) -> (L2-normalised ``[B, E]``, the model's
-        full output)."""
-        out = self.model(video, frame_mask)
+    def encode_videos(
+        self, video: torch.Tensor, frame_mask: torch.Tensor | None = None, padded_frames: bool | None = None
+    ):
+        """``[B, T, 3, H, W]`` (and ``frame_mask [B, T]``, with the batch's ``padded_frames``) ->
+        (L2-normalised ``[B, E]``, the model's full output)."""
+        out = self.model(video, frame_mask, padded_frames)
         return torch.nn.functional.normalize(out.embeds.float(), dim=-1), out
 
     @property
