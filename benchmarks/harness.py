@@ -112,8 +112,8 @@ class Workload:
 
     video: torch.Tensor  # [B, T, 3, H, W]
     labels: torch.Tensor  # [B]
-    input_ids: torch.Tensor  # [C, 32] class prompts, padded like the tokenizer pads them
-    attention_mask: torch.Tensor  # [C, 32]
+    input_ids: torch.Tensor  # [C, S] class prompts, cut to the longest (S <= 12) as tokenize leaves them
+    attention_mask: torch.Tensor  # [C, S]
     text_features: torch.Tensor  # [C, E] cached, normalised (what a frozen text side uses)
     video_features: torch.Tensor  # [B, E] fixed, normalised (the other side of the text-side loss)
 
@@ -135,11 +135,12 @@ def make_workload(
     with torch.no_grad():
         text = clip.get_text_features(input_ids=ids.to(device), attention_mask=mask.to(device)).pooler_output
     dim = text.shape[-1]
+    longest = int(lengths.max())  # the padding after the last EOT dropped (PromptedTextEncoder.prepare)
     return Workload(
         video=video.to(device),
         labels=torch.randint(0, num_classes, (batch,), generator=g).to(device),
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
+        input_ids=ids[:, :longest].to(device),  # [C, 32] -> [C, S]
+        attention_mask=mask[:, :longest].to(device),
         text_features=F.normalize(text.float(), dim=-1),
         video_features=F.normalize(torch.randn(batch, dim, generator=g), dim=-1).to(device),
     )

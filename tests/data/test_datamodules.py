@@ -61,6 +61,10 @@ def test_retrieval_batches_and_captions(msrvtt, data_cfg):
     assert train["video"].shape == (4, 8, 3, 24, 24) and train["frame_mask"].dtype == torch.bool
     # 16 frames at 8 fps resampled at 3 fps -> 6 real frames, 2 padded.
     assert train["frame_mask"].sum(1).tolist() == [6] * 4
+    # Whether a batch has padded frames is read on the host, before the transfer (the model does not).
+    assert dm.on_before_batch_transfer(train, 0)["padded_frames"] is True
+    unpadded = {**train, "frame_mask": torch.ones(4, 8, dtype=torch.bool)}
+    assert dm.on_before_batch_transfer(unpadded, 0)["padded_frames"] is False
     assert isinstance(train["caption"], list) and len(train["caption"]) == 4
     for cap, vi in zip(train["caption"], train["index"].tolist()):
         assert cap in dm.datasets["train"].captions[vi]

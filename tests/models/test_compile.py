@@ -72,19 +72,19 @@ def core_step(model: STOPVideoModel, video: torch.Tensor):
     checks (padded frames, end-of-text positions, layout) done outside, as their forwards do them."""
     text = model.text_encoder
 
-    def run(video, padded, ids, mask, layout, prompts):
+    def run(video, padded, ids, layout, prompts):
         video_feats = nn.functional.normalize(model._encode(video, padded, padded).embeds, dim=-1)
-        text_feats = nn.functional.normalize(text._encode(ids, mask, layout, prompts), dim=-1)
+        text_feats = nn.functional.normalize(text._encode(ids, layout, prompts), dim=-1)
         logits = model.logit_scale * video_feats @ text_feats.t()
         return nn.functional.cross_entropy(logits, torch.arange(len(video)) % len(ids))
 
-    ids, mask = captions()
+    ids, _ = captions()
     layout = PromptLayout.build(
         eot_positions(ids, text.eos_token_id), ids.shape[1], text.num_prefix, text.num_postfix
     )
     prompts = model.shared_space()[1] if model.shared_space is not None else text.prompts
     padded = frame_mask(len(video)) if model.function_prompts is not None else None
-    return run, (video, padded, ids, mask, layout, prompts)
+    return run, (video, padded, ids, layout, prompts)
 
 
 @pytest.mark.parametrize("preset", PRESETS)

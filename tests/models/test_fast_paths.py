@@ -135,8 +135,10 @@ def test_trimmed_padding_gives_the_same_text_features(tiny_clip, model_cfg):
     for trim in (False, True):
         torch.manual_seed(0)
         encoder = PromptedTextEncoder(clip, cfg, HookSet(), trim_padding=trim)
+        prepared = encoder.prepare(ids, mask)  # on the host, as the tasks' tokenize does
+        assert prepared[0].shape == (3, 7 if trim else 16)
         with torch.no_grad():
-            features.append(encoder(ids, mask))
+            features.append(encoder(*prepared))
     torch.testing.assert_close(features[1], features[0], rtol=1e-5, atol=1e-5)
 
 

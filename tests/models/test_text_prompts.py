@@ -7,7 +7,12 @@ import torch
 from transformers import CLIPModel, CLIPTokenizer
 
 from stop_lightning.models.hooks import HookSet, freeze, text_parts
-from stop_lightning.models.text_prompts import PromptedTextEncoder, PromptLayout, eot_positions
+from stop_lightning.models.text_prompts import (
+    PromptedTextEncoder,
+    PromptLayout,
+    checked_eot_positions,
+    eot_positions,
+)
 from stop_lightning.models.tiny_clip import make_tiny_clip
 from stop_lightning.schema import ModelConfig
 
@@ -200,7 +205,9 @@ def test_prompt_errors(clip, batch):
         disabled(batch.input_ids, batch.attention_mask, text_prompts=torch.zeros(2, 8, 32))
     no_eot = batch.input_ids.clone()
     no_eot[0, :] = 300
-    with pytest.raises(ValueError, match="no end-of-text"):
+    with pytest.raises(ValueError, match=r"captions \[0\] have no end-of-text"):
+        checked_eot_positions(no_eot, clip.config.text_config.eos_token_id)
+    with pytest.raises(RuntimeError, match="no end-of-text"):  # on the device, without a host read
         eot_positions(no_eot, clip.config.text_config.eos_token_id)
 
 

@@ -9,9 +9,12 @@ Recognition batches::
 Retrieval batches::
 
     train:    {"video": [B, T, 3, H, W], "frame_mask": bool [B, T], "caption": list[str], "index": int64 [B],
-               "unreadable": bool [B]}
-    val/test: {"video", "frame_mask", "index", "unreadable"}, one item per video;
+               "unreadable": bool [B], "padded_frames": bool}
+    val/test: {"video", "frame_mask", "index", "unreadable", "padded_frames"}, one item per video;
               captions via eval_captions(stage)
+
+``padded_frames`` (a Python bool, added on the host before the transfer) says whether some frame of
+``frame_mask`` is padding, so that the model need not read the mask back from the device.
 
 ``unreadable`` marks an evaluation item whose video could not be read (``data.bad_video=skip``): a
 blank stand-in that the tasks score as a miss.
@@ -522,6 +525,14 @@ class RetrievalDataModule(VideoDataModule):
             records = self._read(path, name)
             self.health[name] = DataHealth()  # per process: a DDP rank counts its own clips
             self.datasets[name] = self._dataset(VideoCaptionDataset, records, name)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """The batch with ``padded_frames``: whether any of its frames is padding, a Python bool read
+        here, on the host, while ``frame_mask`` is still a CPU tensor. The video model takes VoP's
+        masked paths only then, without reading the mask back from the device in the training step."""
+        if isinstance(batch, dict) and isinstance(batch.get("frame_mask"), torch.Tensor):
+            batch = {**batch, "padded_frames": not bool(batch["frame_mask"].all())}
+        return batch
 
     def eval_captions(self, stage: str = "test") -> tuple[list[str], list[int]]:
         """All captions of ``stage`` and the ``index`` of the video each belongs to (1k-A: one per video)."""

@@ -1,8 +1,8 @@
 """``trainer.compile``: ``torch.compile`` of the video model's step, its hooks included, in place.
 
-:meth:`STOPVideoModel.forward` and :meth:`PromptedTextEncoder.forward` check their inputs and do the
-host-side work (the padded-frame check, the captions' end-of-text positions and layout) eagerly, then
-call a tensor-only core, ``_encode``, that runs the frozen CLIP with every prompt hook. Only those
+:meth:`STOPVideoModel.forward` and :meth:`PromptedTextEncoder.forward` check their inputs' shapes
+and do the work outside the graph (the padded-frame choice, the captions' end-of-text positions and
+layout) eagerly, then call a tensor-only core, ``_encode``, that runs the frozen CLIP with every prompt hook. Only those
 cores are compiled, each into one graph (``fullgraph=True``): a part that would split the graph stops
 the first step with one line naming it instead of silently running half eager.
 

@@ -10,10 +10,13 @@ Every text layer sees the caption with ``P`` prefix and ``Q`` postfix prompt tok
   accumulated): layer ``l`` sees ``prompts[l]``. Prompts carry no position embedding; caption
   tokens keep the positions ``0..S-1`` they had, so only ``S <= max_text_tokens`` positions are used.
 - The stock tower still runs end to end: a forward hook on the embeddings widens the sequence,
-  a pre-hook on each layer writes the prompt slots, the padding mask is widened before the call
-  (the tower builds its causal mask from the widened embeddings), and the feature is pooled
-  here at the shifted EOT index ``EOT + P + Q``. The tower's own ``pooler_output`` reads the
-  unshifted index from ``input_ids`` and is ignored.
+  a pre-hook on each layer writes the prompt slots, the tower builds its causal mask from the
+  widened embeddings (no padding mask: padding comes after EOT, which causal attention keeps from
+  EOT's feature), and the feature is pooled here at the shifted EOT index ``EOT + P + Q``. The
+  tower's own ``pooler_output`` reads the unshifted index from ``input_ids`` and is ignored.
+- Nothing in :meth:`PromptedTextEncoder.forward` reads tensor values on the host (on a GPU that
+  would make the host wait for the device every step): checking the captions and trimming their
+  padding happen where they are tokenized, in :meth:`PromptedTextEncoder.prepare`.
 - Hooks only act during :meth:`PromptedTextEncoder.forward`; any other call of the text tower
   (e.g. ``clip.get_text_features``) sees stock CLIP plus the adapters.
 """
@@ -29,30 +32,52 @@ from stop_lightning.models.adapters import attach_adapters
 from stop_lightning.models.hooks import HookSet, text_parts
 from stop_lightning.schema import ModelConfig
 
+NO_EOT = (
+    "a caption has no end-of-text token, or has it at position 0; tokenize with the CLIP tokenizer, "
+    "which starts each caption with start-of-text and ends it with end-of-text"
+)
 
-def eot_positions(input_ids: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
-    """Index of each caption's end-of-text token, by the rule the HF text tower pools with.
 
-    ``input_ids``: ``[N, S]`` -> ``[N]``. Legacy configs (``eos_token_id == 2``) take the highest
-    id, which is EOT in OpenAI's vocabulary; otherwise the first ``eos_token_id`` (the pad token
-    may equal it).
-    """
+def _first_eot(input_ids: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
+    """The pooling rule: ``[N, S]`` -> ``[N]``, 0 for a caption without end-of-text."""
     if eos_token_id is None:
         raise ValueError(
             "the CLIP text config has no eos_token_id, so the end-of-text position cannot be found; "
             "set text_config.eos_token_id to the tokenizer's eos_token_id"
         )
     if eos_token_id == 2:
-        eot = input_ids.argmax(dim=-1)
-    else:
-        is_eos = input_ids == eos_token_id
-        missing = (~is_eos.any(dim=-1)).nonzero().flatten()
+        return input_ids.argmax(dim=-1)
+    return (input_ids == eos_token_id).int().argmax(dim=-1)
+
+
+def eot_positions(input_ids: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
+    """Index of each caption's end-of-text token, by the rule the HF text tower pools with, computed
+    on the ids' device without reading them on the host.
+
+    ``input_ids``: ``[N, S]`` -> ``[N]``. Legacy configs (``eos_token_id == 2``) take the highest
+    id, which is EOT in OpenAI's vocabulary; otherwise the first ``eos_token_id`` (the pad token
+    may equal it). A caption without EOT, or with it at position 0, fails ``torch._assert_async``:
+    at once on the CPU (``RuntimeError``), as a device-side assert on a GPU (the host does not wait
+    for the check; the assert stops the process). :func:`checked_eot_positions` is the host's check,
+    with the bad captions named.
+    """
+    eot = _first_eot(input_ids, eos_token_id)
+    torch._assert_async((eot >= 1).all(), NO_EOT)
+    return eot
+
+
+def checked_eot_positions(input_ids: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
+    """:func:`eot_positions` for CPU tensors, where captions are tokenized: a bad caption is a
+    ``ValueError`` naming it. It reads the ids on the host (on a GPU that would wait for the device).
+    ``[N, S]`` -> ``[N]``."""
+    eot = _first_eot(input_ids, eos_token_id)
+    if eos_token_id != 2:
+        missing = (~(input_ids == eos_token_id).any(dim=-1)).nonzero().flatten()
         if missing.numel():
             raise ValueError(
                 f"captions {missing.tolist()} have no end-of-text token (id {eos_token_id}); "
                 "tokenize with the CLIP tokenizer, which appends it"
             )
-        eot = is_eos.int().argmax(dim=-1)
     if (eot < 1).any():
         raise ValueError(
             "a caption has its end-of-text token at position 0; captions must start with start-of-text"
@@ -94,18 +119,21 @@ class PromptedTextEncoder(nn.Module):
     """CLIP text features with deep prefix/postfix prompts and adapters.
 
     ``forward(input_ids [N, S], attention_mask [N, S], text_prompts) -> [N, E]``: the projected
-    EOT feature after the final LayerNorm and ``text_projection``, not normalised.
+    EOT feature after the final LayerNorm and ``text_projection``, not normalised. The attention
+    mask reaches only stock CLIP (prompts off); with prompts the tower is causal and reads none.
 
     ``text_prompts`` is ``[L_t, prefix + postfix, D_t]`` (prefix rows first), one set per text
     layer, e.g. the text half of :class:`SharedPromptSpace`. With ``None`` the encoder uses its
     own learnable prompts (``model.text_prompts.enabled`` and ``model.shared_latent == none``)
     or, with text prompts disabled, runs stock CLIP (plus adapters when enabled).
 
-    ``trim_padding``: drop the columns after the last EOT of the batch before running the tower.
-    Those are padding in every row and the tower is causal and pools at EOT, so the features are
-    the same; class prompts (~10 tokens padded to 32, re-encoded every training step) cost about
-    half. :class:`~stop_lightning.models.video_encoder.STOPVideoModel` turns it on; off, every
-    sequence keeps the padded length ``S + P + Q``.
+    ``trim_padding``: :meth:`prepare` drops the columns after the last EOT of the batch, on the host
+    before the ids move to the model's device. Those are padding in every row and the tower is causal
+    and pools at EOT, so the features are the same (fp32 rounding, ``tests/models/test_host_sync.py``);
+    class prompts (~10 tokens padded to 32, re-encoded every training step) cost about half.
+    :class:`~stop_lightning.models.video_encoder.STOPVideoModel` turns it on; off, every sequence
+    keeps the padded length ``S + P + Q``. :meth:`forward` itself never reads the ids on the host:
+    its sequence length is the ids' shape, its EOT positions an argmax on their device.
 
     The encoder does not own ``clip`` (it is not registered as a submodule): the caller holds,
     freezes and moves CLIP; this module holds only the prompts and the text adapters.
@@ -196,8 +224,6 @@ class PromptedTextEncoder(nn.Module):
                 f"(model.text_prompts.max_text_tokens); tokenize with max_length={self.max_text_tokens}, "
                 "truncation=True (data.max_text_tokens)"
             )
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
         tower, projection = self._parts.tower, self._parts.projection
 
         prompts = text_prompts if text_prompts is not None else self.prompts
@@ -222,30 +248,41 @@ class PromptedTextEncoder(nn.Module):
                 f"expected [L_t, prefix+postfix, D_t] = {list(expected)}"
             )
 
-        eot = eot_positions(input_ids, self.eos_token_id)
-        if self.trim_padding:  # see the class docstring: same features, fewer columns
-            S = int(eot.max()) + 1
-            input_ids, attention_mask = input_ids[:, :S], attention_mask[:, :S]
+        eot = eot_positions(input_ids, self.eos_token_id)  # [N], on the ids' device
         layout = PromptLayout.build(eot, S, self.num_prefix, self.num_postfix)
-        return self._encode(input_ids, attention_mask, layout, prompts)
+        return self._encode(input_ids, layout, prompts)
 
-    def _encode(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        layout: PromptLayout,
-        prompts: torch.Tensor,
-    ) -> torch.Tensor:
-        """:meth:`forward`'s tensor work once the captions are checked and laid out, free of host
-        synchronisation: the part ``trainer.compile`` compiles (:mod:`stop_lightning.models.compile`).
-        ``input_ids``, ``attention_mask`` ``[N, S]`` -> ``[N, E]``."""
+    def prepare(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The host's part of :meth:`forward`, on the CPU tensors the tokenizer returns, before they
+        move to the model's device (``VideoTaskModule.tokenize``): with prompts, the captions checked
+        (:func:`checked_eot_positions`) and, with ``trim_padding``, the columns after the batch's last
+        EOT dropped. ``input_ids``, ``attention_mask`` ``[N, S]`` -> ``[N, S']``, ``S' <= S``."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if not self.prompts_enabled:  # stock CLIP (plus adapters) pools by its own rule, untrimmed
+            return input_ids, attention_mask
+        eot = checked_eot_positions(input_ids, self.eos_token_id)  # [N]
+        if not self.trim_padding:
+            return input_ids, attention_mask
+        S = int(eot.max()) + 1
+        return input_ids[:, :S], attention_mask[:, :S]  # [N, S] -> [N, S']
+
+    def _encode(self, input_ids: torch.Tensor, layout: PromptLayout, prompts: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward`'s tensor work once the captions are laid out, free of host synchronisation:
+        the part ``trainer.compile`` compiles (:mod:`stop_lightning.models.compile`).
+        ``input_ids [N, S]`` -> ``[N, E]``.
+
+        The tower runs with its causal mask alone, no padding mask: a CLIP tokenizer pads only after
+        EOT, which the causal tower never lets reach EOT's feature (OpenAI's CLIP has no padding mask
+        either), and the stock tower would read a padding mask on the host to pick its attention
+        kernel. Measured against the padding mask: bit-identical features on the CPU
+        (``tests/models/test_host_sync.py``)."""
         tower, projection = self._parts.tower, self._parts.projection
-        wide_mask = attention_mask.gather(1, layout.token_index).masked_fill(layout.is_prompt, 1)  # [N, S']
         self._active = (layout, prompts)
         try:
-            hidden = tower(
-                input_ids=input_ids, attention_mask=wide_mask
-            ).last_hidden_state  # [N, S', D], final LN applied
+            hidden = tower(input_ids=input_ids).last_hidden_state  # [N, S', D], final LN applied
         finally:
             self._active = None
         pooled = hidden[torch.arange(len(hidden), device=hidden.device), layout.pool_index]  # [N, D]

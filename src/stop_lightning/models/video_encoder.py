@@ -495,15 +495,21 @@ class STOPVideoModel(nn.Module):
         """CLIP's head on any token: post-LayerNorm then visual projection. ``[..., D] -> [..., E]``."""
         return self.parts.projection(self.parts.post_layernorm(hidden))
 
-    def forward(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None) -> VideoOutput:
+    def forward(
+        self, video: torch.Tensor, frame_mask: torch.Tensor | None = None, padded_frames: bool | None = None
+    ) -> VideoOutput:
         """``video [B, T, 3, H, W]`` (CLIP-normalised frames), optional ``frame_mask [B, T]`` ->
-        :class:`VideoOutput`."""
+        :class:`VideoOutput`. ``padded_frames``: whether some frame of ``frame_mask`` is padding, as the
+        host knew it before the mask moved to the device (the DataModule's batch key of that name);
+        ``None`` reads it from the mask, which on a GPU makes the host wait for the device."""
         if video.dim() != 5:
             raise ValueError(f"expected a video batch [B, T, 3, H, W], got shape {tuple(video.shape)}")
         padded = None  # [B, T] bool for VoP-C / VoP-F when some frame is padding, else None
         if frame_mask is not None and (self.context_prompts is not None or self.function_prompts is not None):
             mask = frame_mask.to(video.device).bool()
-            padded = None if bool(mask.all()) else mask  # checked once here, not at every layer
+            if padded_frames is None:
+                padded_frames = not bool(mask.all())  # a host read: once here, not at every layer
+            padded = mask if padded_frames else None
         return self._encode(video, frame_mask, padded)
 
     def _encode(

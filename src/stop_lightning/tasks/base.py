@@ -91,7 +91,10 @@ class VideoTaskModule(L.LightningModule):
 
     # ---------------------------------------------------------------- text
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Captions or class prompts -> (input_ids, attention_mask) ``[N, S]``, S <= max_text_tokens."""
+        """Captions or class prompts -> (input_ids, attention_mask) ``[N, S]``, S <= max_text_tokens,
+        on the model's device. The prompted text encoder's host work (checking the captions, dropping
+        the padding after the batch's last end-of-text) is done here, on the CPU, so that its forward
+        never waits for the device (``PromptedTextEncoder.prepare``)."""
         if self.tokenizer is None:
             raise RuntimeError(
                 f"the CLIP at '{self.clip_source['source']}' has no tokenizer files; text features need one "
@@ -104,7 +107,10 @@ class VideoTaskModule(L.LightningModule):
             max_length=self.cfg.data.max_text_tokens,
             return_tensors="pt",
         )
-        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        ids, mask = enc["input_ids"], enc["attention_mask"]  # [N, max_text_tokens]
+        if self.model.text_encoder is not None:
+            ids, mask = self.model.text_encoder.prepare(ids, mask)  # [N, S]
+        return ids.to(self.device), mask.to(self.device)
 
     def encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
         """L2-normalised text features ``[N, E]``."""
@@ -114,10 +120,12 @@ class VideoTaskModule(L.LightningModule):
             feats.append(self.model.encode_text(ids, mask))
         return torch.nn.functional.normalize(torch.cat(feats).float(), dim=-1)
 
-    def encode_videos(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None):
-        """``[B, T, 3, H, W]`` (and ``frame_mask [B, T]``) -> (L2-normalised ``[B, E]``, the model's
-        full output)."""
-        out = self.model(video, frame_mask)
+    def encode_videos(
+        self, video: torch.Tensor, frame_mask: torch.Tensor | None = None, padded_frames: bool | None = None
+    ):
+        """``[B, T, 3, H, W]`` (and ``frame_mask [B, T]``, with the batch's ``padded_frames``) ->
+        (L2-normalised ``[B, E]``, the model's full output)."""
+        out = self.model(video, frame_mask, padded_frames)
         return torch.nn.functional.normalize(out.embeds.float(), dim=-1), out
 
     @property

@@ -19,9 +19,10 @@ Padded frames. ``fps`` sampling repeats a short video's last frame and marks the
 ``frame_mask``, which the task passes to the video model and the model to its aggregator. Where
 the video vector is a plain mean of frame features (``aggregation.output=mean_cls`` without the
 MSA block: the CLIP4Clip meanP and zero-shot presets) the aggregator skips the repeats. Inside
-the encoder the mask is not used: STOP's global prompts, temporal prompts and MSA block still see
-the repeated frames. On MSRVTT this never matters (every video is >= 10 s; 12 frames at 3 fps
-span 4 s).
+the encoder STOP's global prompts, temporal prompts and MSA block still see the repeated frames;
+VoP-C and VoP-F leave them out when the batch's ``padded_frames`` (read on the host by the
+DataModule, so the model need not read the mask from the device) says there are any. On MSRVTT
+this never matters (every video is >= 10 s; 12 frames at 3 fps span 4 s).
 """
 
 from __future__ import annotations
@@ -100,7 +101,9 @@ class RetrievalModule(VideoTaskModule):
 
     def contrastive_loss(self, batch: dict) -> torch.Tensor:
         """Symmetric InfoNCE of a batch's videos and captions against the whole global batch."""
-        video, _ = self.encode_videos(batch["video"], batch.get("frame_mask"))  # [B, E]
+        video, _ = self.encode_videos(
+            batch["video"], batch.get("frame_mask"), batch.get("padded_frames")
+        )  # [B, E]
         text = self.encode_texts(batch["caption"])  # [B, E]
         return symmetric_infonce(self.gather(text), self.gather(video), self.logit_scale)
 
@@ -111,7 +114,7 @@ class RetrievalModule(VideoTaskModule):
 
     # ---------------------------------------------------------------- evaluation
     def _eval_step(self, batch) -> None:
-        feats, _ = self.encode_videos(batch["video"], batch.get("frame_mask"))
+        feats, _ = self.encode_videos(batch["video"], batch.get("frame_mask"), batch.get("padded_frames"))
         self._eval_feats.append(feats.detach())
         self._eval_index.append(batch["index"].detach().to(feats.device))
         unreadable = batch.get("unreadable")  # True for a video that could not be read (a blank stand-in)
