@@ -168,3 +168,36 @@ def test_base_to_novel_training_gives_novel_class_logits_no_gradient(cache_dir, 
     grad = logits["out"].grad  # [6, 4]
     assert torch.count_nonzero(grad[:, [1, 3]]) == 0  # novel classes: outside the training softmax
     assert (grad[:, [0, 2]].abs() > 0).all()
+
+
+def test_training_steps_reuse_the_class_prompts_tokens_and_the_base_classes(cache_dir, tmp_path, monkeypatch):
+    """Where the text side trains, every step re-encodes the class prompts: their tokens are made on
+    the host once and kept on the device (not tokenized and copied each step), and a base-to-novel
+    run's base classes and label remap likewise; the features and the loss are those of tokenizing
+    afresh."""
+    cfg = cfg_for(
+        cache_dir, tmp_path, monkeypatch, "data.protocol=base_to_novel", "model.text_prompts.enabled=true"
+    )
+    bundle = load_clip(cfg.model.clip, cfg.paths.cache_dir)
+    module = RecognitionModule(cfg, ["a", "b", "c", "d"], base_novel_split=([0, 2], [1, 3]), bundle=bundle)
+    assert module.model.text_side_trains
+    calls = []
+    tokenize = module.tokenize
+    monkeypatch.setattr(module, "tokenize", lambda texts: calls.append(len(texts)) or tokenize(texts))
+    module.train()
+    gen = torch.Generator().manual_seed(1)
+    video = torch.randn(3, cfg.data.num_frames, 3, bundle.image_size, bundle.image_size, generator=gen)
+    batch = {"video": video, "label": torch.tensor([0, 2, 3])}
+    losses = []
+    for i in range(3):
+        torch.manual_seed(0)  # the same dropout masks each step
+        losses.append(module.training_step(batch, i).detach())
+    assert calls == [len(module.prompts)]  # one chunk, tokenized at the first step only
+    # the same numbers as tokenizing afresh (no parameter changed between the steps: no optimiser here)
+    assert torch.equal(losses[0], losses[2])
+    afresh = module.encode_tokens([tokenize(module.prompts)])
+    afresh = torch.nn.functional.normalize(afresh.view(-1, 4, afresh.shape[-1]).mean(0), dim=-1)
+    assert torch.equal(module._class_text_features(), afresh)
+    ids, remap = module._train_class_remap(torch.device("cpu"))
+    assert ids.tolist() == [0, 2] and remap.tolist() == [0, -100, 1, -100]
+    assert module._train_class_remap(torch.device("cpu"))[1] is remap  # built once

@@ -2,9 +2,10 @@
 
 :meth:`STOPVideoModel.forward` and :meth:`PromptedTextEncoder.forward` check their inputs' shapes
 and do the work outside the graph (the padded-frame choice, the captions' end-of-text positions and
-layout) eagerly, then call a tensor-only core, ``_encode``, that runs the frozen CLIP with every prompt hook. Only those
-cores are compiled, each into one graph (``fullgraph=True``): a part that would split the graph stops
-the first step with one line naming it instead of silently running half eager.
+layout) eagerly, then call a tensor-only core, ``_encode``, that runs the frozen CLIP with every
+prompt hook. Only those cores are compiled, each into one graph (``fullgraph=True``): a part that
+would split the graph stops the first step with one line naming it instead of silently running half
+eager.
 
 Compiling in place replaces a bound method on the instance, so the modules, their parameters and
 their state-dict keys stay as they are (no ``_orig_mod.`` prefix): a compiled run's checkpoints and

@@ -112,13 +112,21 @@ class VideoTaskModule(L.LightningModule):
             ids, mask = self.model.text_encoder.prepare(ids, mask)  # [N, S]
         return ids.to(self.device), mask.to(self.device)
 
+    def tokenize_batches(
+        self, texts: list[str], batch_size: int = 256
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`tokenize` in chunks: ``[(input_ids, attention_mask)]``, each ``[n, S]``."""
+        starts = range(0, len(texts), batch_size)
+        return [self.tokenize(texts[start : start + batch_size]) for start in starts]
+
+    def encode_tokens(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """L2-normalised text features ``[N, E]`` of :meth:`tokenize_batches`' chunks."""
+        feats = [self.model.encode_text(ids, mask) for ids, mask in batches]
+        return torch.nn.functional.normalize(torch.cat(feats).float(), dim=-1)
+
     def encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
         """L2-normalised text features ``[N, E]``."""
-        feats = []
-        for start in range(0, len(texts), batch_size):
-            ids, mask = self.tokenize(texts[start : start + batch_size])
-            feats.append(self.model.encode_text(ids, mask))
-        return torch.nn.functional.normalize(torch.cat(feats).float(), dim=-1)
+        return self.encode_tokens(self.tokenize_batches(texts, batch_size))
 
     def encode_videos(
         self, video: torch.Tensor, frame_mask: torch.Tensor | None = None, padded_frames: bool | None = None

@@ -105,6 +105,9 @@ class RecognitionModule(VideoTaskModule):
         if self.cfg.task.head == "linear":
             self.classifier = torch.nn.Linear(int(self.model.clip.config.projection_dim), self.num_classes)
         self._cached_text: torch.Tensor | None = None
+        # Made on the host once and kept on the model's device, not rebuilt and copied every step:
+        self._prompt_tokens: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # class prompts
+        self._train_classes: tuple[torch.Tensor, torch.Tensor] | None = None  # (ids [C_b], remap [C])
         # Evaluation keeps every clip's scores and computes the metrics once, at epoch end, on the
         # de-duplicated gathered clips (see _collect_eval).
         self._eval_scores: list[torch.Tensor] = []
@@ -145,7 +148,9 @@ class RecognitionModule(VideoTaskModule):
         return self._cached_text
 
     def _class_text_features(self) -> torch.Tensor:
-        feats = self.encode_texts(self.prompts)  # [n_templates * C, E]
+        if self._prompt_tokens is None or self._prompt_tokens[0][0].device != self.device:
+            self._prompt_tokens = self.tokenize_batches(self.prompts)
+        feats = self.encode_tokens(self._prompt_tokens)  # [n_templates * C, E]
         feats = feats.view(-1, self.num_classes, feats.shape[-1]).mean(0)  # [C, E]
         return F.normalize(feats, dim=-1)
 
@@ -177,15 +182,23 @@ class RecognitionModule(VideoTaskModule):
         logits = self(batch["video"])
         labels = batch["label"]
         if self.train_class_ids is not None:
-            ids = torch.as_tensor(self.train_class_ids, device=logits.device)
-            remap = torch.full((self.num_classes,), -100, dtype=torch.long, device=logits.device)
-            remap[ids] = torch.arange(len(ids), device=logits.device)
+            ids, remap = self._train_class_remap(logits.device)
             logits, labels = logits[:, ids], remap[labels]
         loss = F.cross_entropy(logits, labels, label_smoothing=self.cfg.optim.label_smoothing)
         acc = (logits.argmax(-1) == labels).float().mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=labels.numel())
         self.log("train/acc", acc, prog_bar=True, batch_size=labels.numel())
         return loss
+
+    def _train_class_remap(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The base classes a base-to-novel run trains on, ``ids [C_b]``, and ``remap [C]``: a label's
+        index among them (-100, ignored by the loss, for a novel class). Built once per device."""
+        if self._train_classes is None or self._train_classes[0].device != device:
+            ids = torch.as_tensor(self.train_class_ids, device=device)
+            remap = torch.full((self.num_classes,), -100, dtype=torch.long, device=device)
+            remap[ids] = torch.arange(len(ids), device=device)
+            self._train_classes = (ids, remap)
+        return self._train_classes
 
     def _eval_step(self, batch) -> None:
         scores = self.multiview_scores(batch["video"])  # [B, C]
