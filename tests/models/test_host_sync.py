@@ -329,3 +329,22 @@ def test_vop_outputs_equal_the_mask_read_back(preset, build, make_video):
             assert torch.equal(model(video, mask, flag).embeds, before)
         assert not torch.allclose(model(video, padded, True).embeds, model(video, full, False).embeds)
         assert torch.equal(model(video, full, True).embeds, model(video, full, False).embeds)
+
+
+def test_text_adapters_without_prompts_never_wait_for_the_device(model_cfg, tiny_clip, make_video):
+    """A text side that trains only its adapters runs the stock tower each step: without the padding
+    mask (which HF reads on the host to pick a kernel), and with the features the mask gave."""
+    torch.manual_seed(0)
+    model = STOPVideoModel(model_cfg("dgl", "text_prompts.enabled=false"), tiny_clip(), FRAMES).train()
+    assert model.text_side_trains and not model.text_encoder.prompts_enabled
+    for param in model.text_encoder.parameters():  # the zero-initialised up-projections too
+        param.data.normal_(0, 0.1)
+    batch = make_batch(model, make_video, padded=False)
+    with HostSyncDetector() as detector:
+        training_step(model, batch)
+    assert detector.found == []
+    ids, mask = caption_batch([5, 9, 4, 16, 3], width=16, pad=EOT)
+    tower, projection = model.text_encoder._parts.tower, model.text_encoder._parts.projection
+    with torch.no_grad():
+        masked = projection(tower(input_ids=ids, attention_mask=mask).pooler_output)  # what it was
+        assert torch.equal(model.encode_text(ids, mask), masked)

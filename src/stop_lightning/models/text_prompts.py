@@ -238,7 +238,8 @@ class PromptedTextEncoder(nn.Module):
                     "model.text_prompts.enabled with a shared latent space: pass the text prompts "
                     "[L_t, prefix+postfix, D_t] from SharedPromptSpace"
                 )
-            pooled = tower(input_ids=input_ids, attention_mask=attention_mask).pooler_output  # stock
+            # Stock tower (text adapters alone): causal, no padding mask, for the reason in _encode
+            pooled = tower(input_ids=input_ids).pooler_output
             return projection(pooled)
 
         expected = (self.num_layers, self.num_prefix + self.num_postfix, self.width)
