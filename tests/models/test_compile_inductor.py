@@ -1,5 +1,5 @@
 """``trainer.compile`` with inductor, the backend that generates kernels: a compiled training step gives
-eager's loss and gradients to rounding (models/compile.py).
+eager's loss and gradients to rounding, and one graph serves any batch size (models/compile.py).
 
 ``test_compile.py`` checks the trace with the eager backend, bit for bit. Inductor's kernels fuse and sum
 in another order, so here the check runs in float64, where rounding shrinks far below any real fault:
@@ -24,6 +24,20 @@ BATCH, FRAMES = 2, 2
 # promoted to float64 by hand, 6e-15). Inductor's own dropout masks, the fault models/compile.py now
 # avoids, gave 5e-5 and 1e-3 (4 frames).
 TOLERANCE = 1e-7
+# The same in float32, where inductor's C++ sums choose their kernel by length: measured 2e-7 (loss) and
+# 3e-6 (gradients) at batches of 2, 3 and 5.
+TOLERANCE_FP32 = 2e-5
+
+
+def build(model_cfg, tiny_clip, dtype: torch.dtype) -> STOPVideoModel:
+    """``stop_fast`` on the tiny CLIP in training mode (its spatial dropout live), the same for every call."""
+    clip = tiny_clip()
+    torch.manual_seed(0)
+    model = STOPVideoModel(model_cfg("stop_fast"), clip, FRAMES)
+    for param in model.parameters():  # zero-initialised parts too: every gradient path is live
+        if param.requires_grad:
+            param.data.normal_(0, 0.1)
+    return model.to(dtype).train()
 
 
 def train_step(model: STOPVideoModel, video: torch.Tensor, seed: int):
@@ -39,6 +53,18 @@ def train_step(model: STOPVideoModel, video: torch.Tensor, seed: int):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def assert_step_close(step, eager_step, tolerance: float) -> None:
+    """Loss within ``tolerance`` relative, every gradient within ``tolerance`` of eager's largest."""
+    (loss, grads), (eager_loss, eager_grads) = step, eager_step
+    torch.testing.assert_close(loss, eager_loss, rtol=tolerance, atol=0)
+    assert grads.keys() == eager_grads.keys() and len(grads) > 0
+    scale = max(grad.abs().max() for grad in eager_grads.values()).item()
+    for name in grads:
+        torch.testing.assert_close(
+            grads[name], eager_grads[name], rtol=tolerance, atol=tolerance * scale, msg=name
+        )
+
+
 @pytest.mark.slow
 def test_inductor_step_equals_eager_in_float64(model_cfg, tiny_clip, make_video):
     """``stop_fast`` in training mode (its spatial dropout live), the same weights and seed: the
@@ -47,24 +73,32 @@ def test_inductor_step_equals_eager_in_float64(model_cfg, tiny_clip, make_video)
     videos = [make_video(BATCH, FRAMES, seed=seed).double() for seed in (1, 2)]
     runs = []
     for compiled in (False, True):
-        clip = tiny_clip()
-        torch.manual_seed(0)
-        model = STOPVideoModel(model_cfg("stop_fast"), clip, FRAMES)
-        for param in model.parameters():  # zero-initialised parts too: every gradient path is live
-            if param.requires_grad:
-                param.data.normal_(0, 0.1)
-        model = model.double().train()
+        model = build(model_cfg, tiny_clip, torch.float64)
         if compiled:
             torch._dynamo.reset()
             counters.clear()
             assert compile_model(model, "default") == ["video model", "text encoder"]
         runs.append([train_step(model, video, seed=10 + i) for i, video in enumerate(videos)])
     assert counters["stats"]["unique_graphs"] == 2  # the video core and the text core, once each
-    for (eager_loss, eager_grads), (loss, grads) in zip(*runs):
-        torch.testing.assert_close(loss, eager_loss, rtol=TOLERANCE, atol=0)
-        assert grads.keys() == eager_grads.keys() and len(grads) > 0
-        scale = max(grad.abs().max() for grad in eager_grads.values()).item()
-        for name in grads:
-            torch.testing.assert_close(
-                grads[name], eager_grads[name], rtol=TOLERANCE, atol=TOLERANCE * scale, msg=name
-            )
+    for eager_step, step in zip(*runs):
+        assert_step_close(step, eager_step, TOLERANCE)
+
+
+@pytest.mark.slow
+def test_inductor_graph_serves_another_batch(model_cfg, tiny_clip, make_video):
+    """In float32, after a first step at a batch of 2, steps at 3 and 5 reuse the graph (dynamo's
+    recompilation error is on) and are eager's steps to rounding. Without ``_batch_free_sums`` in
+    models/compile.py, 3 compiled again and so did 5: inductor chose each float32 sum's kernel by the batch
+    being compiled (the scalar PReLUs' weight gradients, 1472 and 1024 values per clip, either side of
+    4096 from a batch of 3 and of 5). Batches stay below 16 (PyTorch's convolution compiles once more
+    from 16; README, "Compiling the step")."""
+    eager, compiled = build(model_cfg, tiny_clip, torch.float32), build(model_cfg, tiny_clip, torch.float32)
+    torch._dynamo.reset()
+    counters.clear()
+    compile_model(compiled, "default")
+    for step, batch in enumerate((BATCH, 3, 5)):
+        video = make_video(batch, FRAMES, seed=batch)
+        with torch._dynamo.config.patch(error_on_recompile=step > 0):
+            result = train_step(compiled, video, seed=10 + step)
+        assert_step_close(result, train_step(eager, video, seed=10 + step), TOLERANCE_FP32)
+    assert counters["stats"]["unique_graphs"] == 2  # the video core and the text core, once each

@@ -13,15 +13,19 @@ exports load into an eager model and back.
 
 The video core marks the batch dimension dynamic, so an uneven last batch reuses the graph instead
 of compiling another; the text side keeps PyTorch's automatic dynamic shapes (captions of a new
-length compile once more, as dynamic, then never again). Inductor runs random ops (dropout) with eager's
-kernels, so a compiled step draws the masks an eager one draws from the same seed and gives its losses
-and gradients to rounding.
+length compile once more, as dynamic, then never again). Inductor's C++ kernels would still tie a graph to
+a range of batch sizes through their float32 sums (:func:`_batch_free_sums`), and PyTorch's convolution
+ties it to a batch below or from 16 (README, "Compiling the step"). Inductor runs random ops (dropout)
+with eager's kernels, so a compiled step draws the masks an eager one draws from the same seed and gives
+its losses and gradients to rounding.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -31,6 +35,7 @@ from stop_lightning.choices import COMPILE_BACKENDS, COMPILE_MODES
 from stop_lightning.errors import UserError
 
 CORE = "_encode"  # the tensor-only method each compiled module has
+CASCADE_CHUNK = 4096  # inductor's C++ kernels sum float32 reductions longer than this in chunks
 
 
 class CompileError(UserError, RuntimeError):
@@ -68,7 +73,8 @@ def compile_model(model: nn.Module, mode: str | bool, backend: str = "inductor")
                 backend=backend,
                 options=_inductor_options(mode) if backend == "inductor" else None,  # modes are inductor's
             )
-            setattr(module, CORE, _reporting(core, model, name, mode, batched))
+            sums = _batch_free_sums if backend == "inductor" else contextlib.nullcontext
+            setattr(module, CORE, _reporting(core, model, name, mode, batched, sums))
     return list(targets)
 
 
@@ -82,8 +88,55 @@ def _inductor_options(mode: str) -> dict[str, object]:
     return {**torch._inductor.list_mode_options(mode), "fallback_random": True}
 
 
-def _reporting(core: Callable, model: nn.Module, name: str, mode: str, batched: tuple[int, ...]) -> Callable:
-    """``core`` with its batch dimensions marked dynamic and a trace failure turned into one line."""
+@contextlib.contextmanager
+def _batch_free_sums() -> Iterator[None]:
+    """While inductor compiles: its C++ kernels sum a float32 reduction in chunks of :data:`CASCADE_CHUNK`
+    (a cascade, eager's precision) whenever the reduction's length is not known to be at most one chunk.
+
+    Inductor chooses the chunked sum for a reduction longer than one chunk and a single running sum
+    otherwise, and for a length that grows with the dynamic batch it decides by the batch of the step
+    being compiled and guards on it (``CppKernel.need_use_acc_helper``, torch 2.14). Any sum over the batch
+    of fewer than 2049 values per clip therefore ties the graph to a range of batch sizes: on the tiny
+    CLIP's ``stop_fast`` the scalar PReLUs' weight gradients (1472 and 1024 values per clip) compiled the
+    graph for a batch of exactly 2, again for 3 to 4, and again from 5. The helper sizes its chunks
+    when the kernel runs, and over one chunk it is the single running sum, so choosing it whenever the
+    length is not known to fit one chunk gives every batch the kernel inductor would have compiled for
+    that batch, with no guard. The cache key is tagged so that no compilation made without this rule is
+    reused. Patches inductor's own method for the duration of a call: PyTorch offers no setting for it;
+    where a later PyTorch has no such method, nothing is patched."""
+    from torch._inductor.codegen.cpp import CppKernel  # inductor's code generator: only when compiling
+    from torch._inductor.virtualized import V
+
+    decide = getattr(CppKernel, "need_use_acc_helper", None)
+    if decide is None:
+        yield
+        return
+
+    def chunked_unless_short(kernel, reduction_type, dtype, use_scalar):
+        if reduction_type == "sum" and dtype == torch.float:
+            length = math.prod(kernel.call_ranges[kernel.reduction_depth :])
+            return not V.graph.sizevars.statically_known_leq(length, CASCADE_CHUNK)
+        return decide(kernel, reduction_type, dtype, use_scalar)
+
+    tag = f"{torch.compiler.config.cache_key_tag}|stop_lightning:chunked-sums-unless-short"
+    CppKernel.need_use_acc_helper = chunked_unless_short
+    try:
+        with torch.compiler.config.patch(cache_key_tag=tag):
+            yield
+    finally:
+        CppKernel.need_use_acc_helper = decide
+
+
+def _reporting(
+    core: Callable,
+    model: nn.Module,
+    name: str,
+    mode: str,
+    batched: tuple[int, ...],
+    sums: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> Callable:
+    """``core`` with its batch dimensions marked dynamic, run under ``sums`` (the code generator's rules,
+    :func:`_batch_free_sums`), and a trace failure turned into one line."""
 
     @functools.wraps(core)
     def run(*args):
@@ -91,7 +144,8 @@ def _reporting(core: Callable, model: nn.Module, name: str, mode: str, batched: 
             if isinstance(args[index], torch.Tensor):
                 torch._dynamo.maybe_mark_dynamic(args[index], 0)  # [B, ...]: any batch size, one graph
         try:
-            return core(*args)
+            with sums():
+                return core(*args)
         except (torch._dynamo.exc.Unsupported, torch._dynamo.exc.UserError) as err:
             reason = next(
                 (line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__
