@@ -118,10 +118,15 @@ def _batch_free_sums() -> Iterator[None]:
             return not V.graph.sizevars.statically_known_leq(length, CASCADE_CHUNK)
         return decide(kernel, reduction_type, dtype, use_scalar)
 
-    tag = f"{torch.compiler.config.cache_key_tag}|stop_lightning:chunked-sums-unless-short"
+    config = torch.compiler.config
+    tagged = (  # a PyTorch without the tag caches by its own key: the rule is still applied
+        config.patch(cache_key_tag=f"{config.cache_key_tag}|stop_lightning:chunked-sums-unless-short")
+        if hasattr(config, "cache_key_tag")
+        else contextlib.nullcontext()
+    )
     CppKernel.need_use_acc_helper = chunked_unless_short
     try:
-        with torch.compiler.config.patch(cache_key_tag=tag):
+        with tagged:
             yield
     finally:
         CppKernel.need_use_acc_helper = decide
