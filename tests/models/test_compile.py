@@ -4,6 +4,8 @@ state-dict keys (models/compile.py)."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from torch import nn
@@ -14,31 +16,14 @@ from stop_lightning.models.text_prompts import PromptLayout, eot_positions
 from stop_lightning.models.video_encoder import STOPVideoModel
 
 FRAMES = 4
-# preset -> overrides for the tiny CLIP's 2 vision layers (VoP-F's split layer is 8 of 12 on ViT-B/32)
-PRESETS = {
-    "stop_fast": (),
-    "stop": (),
-    "stop_official": (),
-    "dgl": (),
-    "vop_f": ("function_prompts.split_layer=1",),
-}
+PRESETS = ("stop_fast", "stop", "stop_official", "dgl", "vop_f")
 CLASS_PROMPTS = 3  # captions of the text side; the tiny vocabulary's last id is end-of-text
 
 
 @pytest.fixture
-def build(model_cfg, tiny_clip):
-    """``build(preset) -> STOPVideoModel`` on the tiny CLIP, in training mode, the same for the same seed."""
-
-    def make(preset: str, seed: int = 0) -> STOPVideoModel:
-        clip = tiny_clip()  # seeds the global generator itself
-        torch.manual_seed(seed)
-        model = STOPVideoModel(model_cfg(preset, *PRESETS.get(preset, ())), clip, FRAMES)
-        for param in model.parameters():  # zero-initialised parts too: a seed's model is its own
-            if param.requires_grad:
-                param.data.normal_(0, 0.1)
-        return model.train()
-
-    return make
+def build(training_model):
+    """``build(preset, seed=0) -> STOPVideoModel`` at ``FRAMES`` frames (tests/models/conftest.py)."""
+    return functools.partial(training_model, frames=FRAMES)
 
 
 def captions(n: int = CLASS_PROMPTS, length: int = 8) -> tuple[torch.Tensor, torch.Tensor]:

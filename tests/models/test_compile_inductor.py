@@ -29,17 +29,6 @@ TOLERANCE = 1e-7
 TOLERANCE_FP32 = 2e-5
 
 
-def build(model_cfg, tiny_clip, dtype: torch.dtype) -> STOPVideoModel:
-    """``stop_fast`` on the tiny CLIP in training mode (its spatial dropout live), the same for every call."""
-    clip = tiny_clip()
-    torch.manual_seed(0)
-    model = STOPVideoModel(model_cfg("stop_fast"), clip, FRAMES)
-    for param in model.parameters():  # zero-initialised parts too: every gradient path is live
-        if param.requires_grad:
-            param.data.normal_(0, 0.1)
-    return model.to(dtype).train()
-
-
 def train_step(model: STOPVideoModel, video: torch.Tensor, seed: int):
     """Loss and gradients of one recognition step, with the random ops (dropout) drawn from ``seed``."""
     model.zero_grad(set_to_none=True)
@@ -66,14 +55,14 @@ def assert_step_close(step, eager_step, tolerance: float) -> None:
 
 
 @pytest.mark.slow
-def test_inductor_step_equals_eager_in_float64(model_cfg, tiny_clip, make_video):
+def test_inductor_step_equals_eager_in_float64(training_model, make_video):
     """``stop_fast`` in training mode (its spatial dropout live), the same weights and seed: the
     inductor-compiled step's loss and every gradient are eager's within :data:`TOLERANCE`, at the first
     call and at a second one that reuses the compiled kernels."""
     videos = [make_video(BATCH, FRAMES, seed=seed).double() for seed in (1, 2)]
     runs = []
     for compiled in (False, True):
-        model = build(model_cfg, tiny_clip, torch.float64)
+        model = training_model("stop_fast", frames=FRAMES).double()  # spatial dropout live
         if compiled:
             torch._dynamo.reset()
             counters.clear()
@@ -85,14 +74,14 @@ def test_inductor_step_equals_eager_in_float64(model_cfg, tiny_clip, make_video)
 
 
 @pytest.mark.slow
-def test_inductor_graph_serves_another_batch(model_cfg, tiny_clip, make_video):
+def test_inductor_graph_serves_another_batch(training_model, make_video):
     """In float32, after a first step at a batch of 2, steps at 3 and 5 reuse the graph (dynamo's
     recompilation error is on) and are eager's steps to rounding. Without ``_batch_free_sums`` in
     models/compile.py, 3 compiled again and so did 5: inductor chose each float32 sum's kernel by the batch
     being compiled (the scalar PReLUs' weight gradients, 1472 and 1024 values per clip, either side of
     4096 from a batch of 3 and of 5). Batches stay below 16 (PyTorch's convolution compiles once more
     from 16; README, "Compiling the step")."""
-    eager, compiled = build(model_cfg, tiny_clip, torch.float32), build(model_cfg, tiny_clip, torch.float32)
+    eager, compiled = training_model("stop_fast", frames=FRAMES), training_model("stop_fast", frames=FRAMES)
     torch._dynamo.reset()
     counters.clear()
     compile_model(compiled, "default")

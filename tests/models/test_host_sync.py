@@ -15,6 +15,7 @@ read back from the device (``padded_frames=None``, the path a caller without the
 
 from __future__ import annotations
 
+import functools
 import traceback
 
 import pytest
@@ -27,15 +28,7 @@ from stop_lightning.models.video_encoder import STOPVideoModel
 
 aten = torch.ops.aten
 FRAMES = 4
-# preset -> overrides for the tiny CLIP's 2 vision layers (VoP-F's split layer is 8 of 12 on ViT-B/32)
-PRESETS = {
-    "stop_fast": (),
-    "stop": (),
-    "dgl": (),
-    "vop_c": (),
-    "vop_f": ("function_prompts.split_layer=1",),
-    "vop_fc": ("function_prompts.split_layer=1",),
-}
+PRESETS = ("stop_fast", "stop", "dgl", "vop_c", "vop_f", "vop_fc")
 VOP = ("vop_c", "vop_f", "vop_fc")
 VOCAB = 64  # the tiny CLIP's vocabulary: SOT 62, EOT 63 (its last id), words 3..61
 SOT, EOT = VOCAB - 2, VOCAB - 1
@@ -108,19 +101,9 @@ class HostSyncDetector(TorchDispatchMode):
 
 
 @pytest.fixture
-def build(model_cfg, tiny_clip):
-    """``build(preset) -> STOPVideoModel`` on the tiny CLIP, in training mode, the same for the same seed."""
-
-    def make(preset: str, seed: int = 0) -> STOPVideoModel:
-        clip = tiny_clip()  # seeds the global generator itself
-        torch.manual_seed(seed)
-        model = STOPVideoModel(model_cfg(preset, *PRESETS[preset]), clip, FRAMES)
-        for param in model.parameters():  # zero-initialised parts too: every part changes the output
-            if param.requires_grad:
-                param.data.normal_(0, 0.1)
-        return model.train()
-
-    return make
+def build(training_model):
+    """``build(preset, seed=0) -> STOPVideoModel`` at ``FRAMES`` frames (tests/models/conftest.py)."""
+    return functools.partial(training_model, frames=FRAMES)
 
 
 def caption_batch(
@@ -331,14 +314,11 @@ def test_vop_outputs_equal_the_mask_read_back(preset, build, make_video):
         assert torch.equal(model(video, full, True).embeds, model(video, full, False).embeds)
 
 
-def test_text_adapters_without_prompts_never_wait_for_the_device(model_cfg, tiny_clip, make_video):
+def test_text_adapters_without_prompts_never_wait_for_the_device(build, make_video):
     """A text side that trains only its adapters runs the stock tower each step: without the padding
     mask (which HF reads on the host to pick a kernel), and with the features the mask gave."""
-    torch.manual_seed(0)
-    model = STOPVideoModel(model_cfg("dgl", "text_prompts.enabled=false"), tiny_clip(), FRAMES).train()
+    model = build("dgl", overrides=("text_prompts.enabled=false",))
     assert model.text_side_trains and not model.text_encoder.prompts_enabled
-    for param in model.text_encoder.parameters():  # the zero-initialised up-projections too
-        param.data.normal_(0, 0.1)
     batch = make_batch(model, make_video, padded=False)
     with HostSyncDetector() as detector:
         training_step(model, batch)
