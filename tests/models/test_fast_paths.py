@@ -138,7 +138,7 @@ def test_trimmed_padding_gives_the_same_text_features(tiny_clip, model_cfg):
         prepared = encoder.prepare(ids, mask)  # on the host, as the tasks' tokenize does
         assert prepared[0].shape == (3, 7 if trim else 16)
         with torch.no_grad():
-            features.append(encoder(*prepared))
+            features.append(encoder(prepared[0]))
     torch.testing.assert_close(features[1], features[0], rtol=1e-5, atol=1e-5)
 
 

@@ -151,6 +151,6 @@ def test_text_tower_takes_the_shared_prompts(tmp_path, variant):
     )
     encoder = PromptedTextEncoder(clip, cfg, HookSet())
     _, text_prompts = space()
-    encoder(batch.input_ids, batch.attention_mask, text_prompts=text_prompts).square().sum().backward()
+    encoder(batch.input_ids, text_prompts=text_prompts).square().sum().backward()
     source = space.source if variant == "linear" else space.embedding
     assert source.grad.abs().sum() > 0

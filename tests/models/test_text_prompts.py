@@ -63,9 +63,7 @@ def stock_features(clip, batch) -> torch.Tensor:
 def test_disabled_equals_stock(clip, batch):
     encoder = PromptedTextEncoder(clip, model_cfg(prompts=False), HookSet())
     with torch.no_grad():
-        torch.testing.assert_close(
-            encoder(batch.input_ids, batch.attention_mask), stock_features(clip, batch), rtol=0, atol=0
-        )
+        torch.testing.assert_close(encoder(batch.input_ids), stock_features(clip, batch), rtol=0, atol=0)
     assert sum(p.numel() for p in encoder.parameters()) == 0
 
 
@@ -75,7 +73,7 @@ def test_hooks_idle_outside_forward(clip, batch):
         before = stock_features(clip, batch)
         hooks = HookSet()
         encoder = PromptedTextEncoder(clip, model_cfg(), hooks)
-        prompted = encoder(batch.input_ids, batch.attention_mask)
+        prompted = encoder(batch.input_ids)
         torch.testing.assert_close(stock_features(clip, batch), before, rtol=0, atol=0)
         assert not torch.allclose(prompted, before)
         hooks.remove()
@@ -89,12 +87,12 @@ def test_changing_prompts_changes_caption_feature(clip, batch, part):
     rows = slice(0, cfg.text_prompts.prefix) if part == "prefix" else slice(cfg.text_prompts.prefix, None)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        before = encoder(batch.input_ids, batch.attention_mask)
+        before = encoder(batch.input_ids)
         for layer in range(encoder.num_layers):
             changed = encoder.prompts.detach().clone()
             # random, not a constant shift: LayerNorm would erase a shift shared by all features
             changed[layer, rows] += torch.randn(changed[layer, rows].shape, generator=generator)
-            after = encoder(batch.input_ids, batch.attention_mask, text_prompts=changed)
+            after = encoder(batch.input_ids, text_prompts=changed)
             # every caption's feature moves, whichever layer's prompts change
             assert ((after - before).abs().amax(dim=-1) > 1e-4).all(), (part, layer)
 
@@ -113,7 +111,7 @@ def test_token_count_and_replacement_at_every_layer(clip, batch):
         hooks.forward_pre(layer, record_in, with_kwargs=True)
         hooks.forward(layer, lambda m, a, out: seen_out.append(out.shape))
     with torch.no_grad():
-        encoder(batch.input_ids, batch.attention_mask)
+        encoder(batch.input_ids)
 
     assert len(seen_in) == encoder.num_layers == len(seen_out)
     assert [tuple(h.shape[:2]) for h in seen_in] == [(len(CAPTIONS), CAP + P + Q)] * encoder.num_layers
@@ -159,7 +157,7 @@ def test_pooling_matches_manual_sequence(clip_dir, batch, attn):
     encoder = PromptedTextEncoder(clip, cfg, HookSet())
     P = cfg.text_prompts.prefix
     with torch.no_grad():
-        features = encoder(batch.input_ids, batch.attention_mask)
+        features = encoder(batch.input_ids)
         eot = eot_positions(batch.input_ids, clip.config.text_config.eos_token_id)
         for n, e in enumerate(eot.tolist()):
             expected = manual_feature(clip, batch.input_ids[n, : e + 1], encoder.prompts, P)
@@ -183,26 +181,26 @@ def test_caption_cap(clip, tokenizer):
         [long_caption], padding="max_length", max_length=CAP + 8, truncation=True, return_tensors="pt"
     )
     with pytest.raises(ValueError, match=r"cap is 32.*max_length=32"):
-        encoder(ids.input_ids, ids.attention_mask)
+        encoder(ids.input_ids)
     capped = tokenizer(
         [long_caption], padding="max_length", max_length=CAP, truncation=True, return_tensors="pt"
     )
     assert capped.input_ids.shape == (1, CAP) and capped.input_ids[0, -1] == tokenizer.eos_token_id
-    assert encoder(capped.input_ids, capped.attention_mask).shape == (1, clip.config.projection_dim)
+    assert encoder(capped.input_ids).shape == (1, clip.config.projection_dim)
     short = tokenizer(["a video"], return_tensors="pt")  # S < cap works too
-    assert encoder(short.input_ids, short.attention_mask).shape == (1, clip.config.projection_dim)
+    assert encoder(short.input_ids).shape == (1, clip.config.projection_dim)
 
 
 def test_prompt_errors(clip, batch):
     shared = PromptedTextEncoder(clip, model_cfg(shared="linear"), HookSet())
     assert shared.prompts is None  # the shared space owns them
     with pytest.raises(ValueError, match="SharedPromptSpace"):
-        shared(batch.input_ids, batch.attention_mask)
+        shared(batch.input_ids)
     with pytest.raises(ValueError, match="expected"):
-        shared(batch.input_ids, batch.attention_mask, text_prompts=torch.zeros(1, 8, 32))
+        shared(batch.input_ids, text_prompts=torch.zeros(1, 8, 32))
     disabled = PromptedTextEncoder(clip, model_cfg(prompts=False), HookSet())
     with pytest.raises(ValueError, match="enabled is false"):
-        disabled(batch.input_ids, batch.attention_mask, text_prompts=torch.zeros(2, 8, 32))
+        disabled(batch.input_ids, text_prompts=torch.zeros(2, 8, 32))
     no_eot = batch.input_ids.clone()
     no_eot[0, :] = 300
     with pytest.raises(ValueError, match=r"captions \[0\] have no end-of-text"):
@@ -213,7 +211,7 @@ def test_prompt_errors(clip, batch):
 
 def test_gradient_reaches_prompts_only(clip, batch):
     encoder = PromptedTextEncoder(clip, model_cfg(adapters=True), HookSet())
-    encoder(batch.input_ids, batch.attention_mask).square().sum().backward()
+    encoder(batch.input_ids).square().sum().backward()
     assert encoder.prompts.grad is not None and encoder.prompts.grad.abs().sum() > 0
     assert all(p.grad is None for p in clip.parameters())
     names = {n for n, _ in encoder.named_parameters()}

@@ -118,9 +118,9 @@ class PromptLayout:
 class PromptedTextEncoder(nn.Module):
     """CLIP text features with deep prefix/postfix prompts and adapters.
 
-    ``forward(input_ids [N, S], attention_mask [N, S], text_prompts) -> [N, E]``: the projected
-    EOT feature after the final LayerNorm and ``text_projection``, not normalised. The attention
-    mask reaches only stock CLIP (prompts off); with prompts the tower is causal and reads none.
+    ``forward(input_ids [N, S], text_prompts) -> [N, E]``: the projected EOT feature after the final
+    LayerNorm and ``text_projection``, not normalised. It takes no padding mask: the tower runs
+    causal, which gives EOT's feature the padding mask would (see :meth:`_encode`).
 
     ``text_prompts`` is ``[L_t, prefix + postfix, D_t]`` (prefix rows first), one set per text
     layer, e.g. the text half of :class:`SharedPromptSpace`. With ``None`` the encoder uses its
@@ -211,12 +211,7 @@ class PromptedTextEncoder(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        text_prompts: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, text_prompts: torch.Tensor | None = None) -> torch.Tensor:
         N, S = input_ids.shape
         if S > self.max_text_tokens:
             raise ValueError(

@@ -565,7 +565,7 @@ class STOPVideoModel(nn.Module):
         text_prompts = None
         if self.shared_space is not None and self.cfg.text_prompts.enabled:
             _, text_prompts = self.shared_space()
-        return self.text_encoder(input_ids, attention_mask, text_prompts)
+        return self.text_encoder(input_ids, text_prompts)  # causal: no padding mask needed
 
     def extra_repr(self) -> str:
         trainable, frozen = self.trainable_parameter_count()
