@@ -12,7 +12,7 @@ import av
 import pytest
 
 from stop_lightning.cli import main
-from stop_lightning.data.decode import VideoDecodeError, VideoFile
+from stop_lightning.data.decode import VideoDecodeError, VideoFile, error_text
 from stop_lightning.data.frame_indices import segment_indices
 from stop_lightning.data.manifest import ClipRecord, read_manifest, write_manifest
 from stop_lightning.data.synthetic import frame_code_frames, write_video
@@ -268,3 +268,18 @@ def test_the_probe_is_off_with_its_key(dataset_copy):
     off = RecognitionDataModule(replace(cfg, probe_videos=False), 32, (0.5,) * 3, (0.5,) * 3)
     off.setup("test")
     assert off.probe_videos(("test",)) == {}
+
+
+def test_a_reason_leaves_out_ffmpegs_process_wide_last_log():
+    """PyAV appends FFmpeg's last log line, which is process-wide: in the probe's thread pool another
+    file's decoder may have written it, so one file gave other words on another run (this suite's
+    thread test failed that way once). The reason keeps PyAV's own message only."""
+    err = av.error.InvalidDataError(
+        1094995529,
+        "Invalid data found when processing input",
+        "x.mp4",
+        (16, "mov,mp4", "moov atom not found"),
+    )
+    assert "last error log" in str(err)  # what PyAV says
+    assert error_text(err) == "[Errno 1094995529] Invalid data found when processing input: 'x.mp4'"
+    assert error_text(ValueError("plain")) == "plain"

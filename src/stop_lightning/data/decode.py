@@ -49,6 +49,14 @@ class VideoDecodeError(UserError, RuntimeError):
         super().__init__(f"{path}: {self.reason}")
 
 
+def error_text(err: BaseException) -> str:
+    """PyAV's message for ``err`` without the "last error log" it may append: that is FFmpeg's
+    process-wide last log line, which a decoder in another thread may have written (so the same
+    file read in a thread pool gave other words); what FFmpeg said about this file is in
+    :class:`DecodeStats`."""
+    return str(err).split("; last error log:")[0]
+
+
 def _worker_message(text: str) -> str:
     """``path: reason`` from a worker traceback's last line (``...VideoDecodeError: path: reason``)."""
     marker = "VideoDecodeError: "
@@ -123,7 +131,7 @@ class VideoFile:
                 self.container = av.open(str(self.path))
         except (av.error.FFmpegError, OSError) as err:
             self._absorb(capture.logs)
-            raise VideoDecodeError(self.path, f"cannot open: {err}; {self._why()}") from err
+            raise VideoDecodeError(self.path, f"cannot open: {error_text(err)}; {self._why()}") from err
         self._absorb(capture.logs)
         if not self.container.streams.video:
             self.container.close()
@@ -194,7 +202,7 @@ class VideoFile:
             try:
                 frames = packet.decode()
             except av.error.FFmpegError as err:
-                self.stats.add_message(av.logging.ERROR, f"packet decode failed: {err}")
+                self.stats.add_message(av.logging.ERROR, f"packet decode failed: {error_text(err)}")
                 continue
             for frame in frames:
                 if seek_to is None:

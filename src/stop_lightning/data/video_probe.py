@@ -26,7 +26,7 @@ from pathlib import Path
 
 import av
 
-from .decode import VideoDecodeError, VideoFile
+from .decode import VideoDecodeError, VideoFile, error_text
 from .frame_indices import segment_indices
 
 SHOWN = 5  # unreadable files named in the one-line message
@@ -56,7 +56,7 @@ def probe_reason(path: str | Path, sampled_frames: int) -> str | None:
     except VideoDecodeError as err:
         return err.reason
     except (av.error.FFmpegError, OSError) as err:
-        return " ".join(f"cannot read: {err}".split())
+        return " ".join(f"cannot read: {error_text(err)}".split())
     return None
 
 
